@@ -1,0 +1,75 @@
+/* Single-flight blob fetches, with the temp file as the buffer. A fetch is keyed by digest;
+ * one producer (the upstream download, driven by the registry layer) appends bytes, which are
+ * hashed and written to store/tmp; any number of readers send from the same file up to the
+ * bytes written so far and are woken when more land. Verified bytes are renamed into the
+ * store. It knows digests, files and readers, not HTTP or registries. */
+#ifndef RGM_CACHE_FETCH_H
+#define RGM_CACHE_FETCH_H
+
+#include <uv.h>
+#include "core/common.h"
+#include "cache/store.h"
+
+typedef struct rgm_fetches rgm_fetches_t;
+typedef struct rgm_fetch rgm_fetch_t;
+typedef struct rgm_fetch_reader rgm_fetch_reader_t;
+
+enum rgm_fetch_state { RGM_FETCH_RUNNING = 0, RGM_FETCH_DONE, RGM_FETCH_FAILED };
+
+/* The table of fetches in flight. store is borrowed. */
+rgm_fetches_t *rgm_fetches_new(uv_loop_t *loop, rgm_store_t *store);
+/* Every fetch must be gone (no producer, no reader). */
+void rgm_fetches_free(rgm_fetches_t *t);
+/* The fetch in flight for this digest, or NULL. Borrowed: take a reader to keep it. */
+rgm_fetch_t *rgm_fetches_find(rgm_fetches_t *t, const char *digest);
+size_t rgm_fetches_count(const rgm_fetches_t *t);
+
+/* ---- producer side ---- */
+
+/* Called once when the fetch ends, after the rename on success: status 0 (verified and in the
+ * store, size bytes) or <0 (UV_EINVAL: digest mismatch; others: the producer's error or a disk
+ * error). The registry layer indexes the blob here. */
+typedef void (*rgm_fetch_done_fn)(rgm_fetch_t *f, int status, void *ud);
+
+/* Start a fetch for digest ("sha256:<hex>" or "sha512:<hex>"); creates the temp file and
+ * enters the table. Fails with UV_EEXIST when one is in flight, or a file error. */
+RGM_MUST_CHECK int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
+                                   void *ud, rgm_fetch_t **out);
+/* Expected total size, when known (Content-Length); a longer body fails the fetch. */
+void rgm_fetch_set_size(rgm_fetch_t *f, uint64_t size);
+/* Append len bytes (copied), hashed, written with uv_fs_write. cb runs once they are in the
+ * file (status 0) or the write failed (<0, the fetch is then failed). At most one append may
+ * be pending: the producer stops reading upstream until cb, so the upstream runs at disk
+ * speed, never at a client's. */
+RGM_MUST_CHECK int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len,
+                                    void (*cb)(rgm_fetch_t *f, int status, void *ud), void *ud);
+/* All bytes were appended: verify the digest, fsync and rename into the store (async); then
+ * done runs and readers are woken. */
+void rgm_fetch_finish(rgm_fetch_t *f);
+/* The producer gives up (err < 0): readers are woken and see FAILED; temp file removed. */
+void rgm_fetch_fail(rgm_fetch_t *f, int err);
+/* Bytes appended so far (where a resume with Range should start). */
+uint64_t rgm_fetch_written(const rgm_fetch_t *f);
+const char *rgm_fetch_digest(const rgm_fetch_t *f);
+
+/* ---- reader side ---- */
+
+/* Join a fetch. on_more runs (never from inside this call) whenever readable bytes grow or the
+ * state changes. The reader keeps the fetch (and its fd) alive until rgm_fetch_leave(). */
+rgm_fetch_reader_t *rgm_fetch_join(rgm_fetch_t *f, void (*on_more)(rgm_fetch_reader_t *rd,
+                                                                   void *ud),
+                                   void *ud);
+void rgm_fetch_leave(rgm_fetch_reader_t *rd);
+rgm_fetch_t *rgm_fetch_reader_fetch(const rgm_fetch_reader_t *rd);
+
+enum rgm_fetch_state rgm_fetch_state(const rgm_fetch_t *f);
+int rgm_fetch_error(const rgm_fetch_t *f);
+/* Bytes a reader may send now. While running, the last byte is held back until the digest is
+ * verified, so that a client of a corrupt blob is always cut short before its last byte. */
+uint64_t rgm_fetch_readable(const rgm_fetch_t *f);
+/* Expected total size, or UINT64_MAX when not known yet. */
+uint64_t rgm_fetch_size(const rgm_fetch_t *f);
+/* A read-only fd on the file, valid while the reader is joined (across the rename). */
+int rgm_fetch_fd(const rgm_fetch_t *f);
+
+#endif

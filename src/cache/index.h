@@ -1,0 +1,4 @@
+#ifndef RGM_CACHE_INDEX_H
+#define RGM_CACHE_INDEX_H
+/* not written yet */
+#endif

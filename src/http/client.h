@@ -1,0 +1,74 @@
+/* Upstream HTTP/1.1 client on the same loop: per-origin keep-alive pools, DNS through
+ * uv_getaddrinfo, TLS (tls.h) for https, llhttp response parsing (Content-Length, chunked,
+ * close-delimited), timeouts, redirects. It knows nothing of registries, auth or caches. */
+#ifndef RGM_HTTP_CLIENT_H
+#define RGM_HTTP_CLIENT_H
+
+#include <uv.h>
+#include "core/common.h"
+
+typedef struct rgm_client rgm_client_t;
+typedef struct rgm_upreq rgm_upreq_t;
+
+typedef struct rgm_client_opts {
+    uint64_t connect_timeout_ms; /* DNS + TCP + TLS handshake; default 10 s */
+    uint64_t read_timeout_ms;    /* no byte received for this long; default 60 s */
+    unsigned max_idle_per_origin; /* idle keep-alive connections kept; default 8 */
+    unsigned max_conns_per_origin; /* more requests wait in FIFO order; default 32 */
+    uint64_t idle_timeout_ms;     /* idle pooled connections closed after; default 30 s */
+} rgm_client_opts_t;
+
+/* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
+typedef struct rgm_tls_opts {
+    const char *ca_file;      /* PEM bundle, or NULL for the system CAs */
+    int insecure_skip_verify; /* no verification at all (logged as a warning by the caller) */
+} rgm_tls_opts_t;
+
+typedef struct rgm_upreq_cbs {
+    /* Final status line and headers arrived (after redirects were followed). Return 0 to read
+     * the body, or <0 to stop (on_done then runs with that code). */
+    int (*on_head)(rgm_upreq_t *r, int status, void *ud);
+    /* Body bytes (de-chunked). The callee may call rgm_upreq_pause() to stop reading. Return 0,
+     * or <0 to stop (on_done then runs with that code). */
+    int (*on_body)(rgm_upreq_t *r, const char *data, size_t len, void *ud);
+    /* Exactly once, never from inside rgm_upreq_start(): err 0 when the whole message arrived,
+     * else <0 (UV_ETIMEDOUT, UV_ECONNRESET, UV_EOF for a body cut short, UV_EPROTO for a
+     * malformed response or a TLS/verification failure, UV_ECANCELED, UV_ELOOP for too many
+     * redirects...). The request is freed after on_done returns. */
+    void (*on_done)(rgm_upreq_t *r, int err, void *ud);
+} rgm_upreq_cbs_t;
+
+/* opts may be NULL (defaults). */
+rgm_client_t *rgm_client_new(uv_loop_t *loop, const rgm_client_opts_t *opts);
+/* Close idle connections and free the client; every request must have finished (on_done run).
+ * cb runs when every handle is closed. */
+void rgm_client_close(rgm_client_t *c, void (*cb)(void *ud), void *ud);
+
+/* A request for url ("http://host:port/path?query" or https). method is "GET" or "HEAD" (any
+ * token is sent as is). tls may be NULL (system CAs, verify). Returns NULL for a URL that
+ * cannot be parsed. */
+rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
+                           const rgm_tls_opts_t *tls);
+/* Add a request header (copied). Host, Connection, Accept-Encoding: identity and User-Agent are
+ * added by the client. */
+void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value);
+/* Follow at most max redirects (301, 302, 303, 307, 308; default 5; 0 = return them). On a
+ * redirect to another origin (scheme, host or port differ) the Authorization header is dropped
+ * and never sent again for this request. */
+void rgm_upreq_set_max_redirects(rgm_upreq_t *r, unsigned max);
+/* Start. Returns 0 (then on_done runs exactly once, later) or <0 (nothing will run; the
+ * request is freed). */
+RGM_MUST_CHECK int rgm_upreq_start(rgm_upreq_t *r, const rgm_upreq_cbs_t *cbs, void *ud);
+/* Stop / restart reading the response body (backpressure). Idempotent. */
+void rgm_upreq_pause(rgm_upreq_t *r);
+void rgm_upreq_resume(rgm_upreq_t *r);
+/* Abandon the request; on_done(UV_ECANCELED) runs later, unless it already ran. */
+void rgm_upreq_cancel(rgm_upreq_t *r);
+
+/* Valid from on_head until on_done returns. */
+int rgm_upreq_status(const rgm_upreq_t *r);
+const char *rgm_upreq_header(const rgm_upreq_t *r, const char *name); /* case-insensitive */
+int64_t rgm_upreq_content_length(const rgm_upreq_t *r);               /* -1 when unknown */
+const char *rgm_upreq_url(const rgm_upreq_t *r); /* after redirects */
+
+#endif

@@ -1,0 +1,6 @@
+/* regmirror: subcommand dispatch. */
+#include <stdio.h>
+int main(void)
+{
+    return 0;
+}

@@ -9,7 +9,9 @@ enum rgm_log_level { RGM_LOG_ERROR = 0, RGM_LOG_WARN, RGM_LOG_INFO, RGM_LOG_DEBU
 
 extern int rgm_log_level_cur;
 
-/* path NULL: stderr. Returns 0 or a negative errno. */
+/* Set the level (ignored when not a valid level) and the destination. path NULL: stderr;
+ * otherwise opened O_APPEND|O_CREAT|O_CLOEXEC, mode 0644. Every line goes out in one write(2).
+ * Returns 0 or a negative errno (the previous destination stays). */
 RGM_MUST_CHECK int rgm_log_open(const char *path, int level);
 /* Reopen the file (SIGHUP, after rotation); no-op on stderr. */
 RGM_MUST_CHECK int rgm_log_reopen(void);
@@ -30,8 +32,10 @@ void rgm_log_kv(int level, const char *module, const char *fmt, ...) RGM_PRINTF(
             rgm_log_write((level), (module), __VA_ARGS__);                                         \
     } while (0)
 
-/* Quote s for logfmt into out (always NUL-terminated; truncated with "..." when too long):
- * double quotes, backslashes and control characters escaped. Returns out. */
+/* Quote s for logfmt into out, surrounding double quotes included (always NUL-terminated;
+ * truncated with "..." before the closing quote when too long; outlen < 8 gives ""): double
+ * quotes, backslashes, \n \r \t escaped, other control and non-ASCII bytes as \xHH. s NULL is
+ * quoted as empty. Returns out. */
 char *rgm_log_quote(const char *s, char *out, size_t outlen);
 
 #endif

@@ -1,0 +1,89 @@
+/* Configuration: embedded defaults, the JSON file (jansson), command-line overrides. Every key
+ * is documented in conf/regmirror.json. Parsing is strict: a bad value names its key. */
+#ifndef RGM_CORE_CONFIG_H
+#define RGM_CORE_CONFIG_H
+
+#include "core/common.h"
+
+typedef struct rgm_registry_cfg {
+    char *name;              /* "docker.io", "ghcr.io", "registry.example.com:5000" */
+    char *endpoint;          /* "https://registry-1.docker.io" (no trailing slash) */
+    uint64_t tag_ttl_ms;     /* tag_ttl, default 60 s */
+    char *ca_file;           /* NULL: system CAs */
+    int insecure_skip_verify;
+    int is_mirror;           /* "mirror": true — the endpoint is another regmirror */
+    unsigned max_parallel_fetches; /* 0: only the global limit */
+    char *username;          /* credentials.username */
+    char *password;          /* read from credentials.password_file at load; never logged */
+    char *docker_config;     /* credentials.docker_config: path of a docker config.json */
+} rgm_registry_cfg_t;
+
+typedef struct rgm_config {
+    char **listen; /* "127.0.0.1:5000" */
+    size_t listen_len;
+    char *storage;
+    uint64_t max_cache_bytes; /* 0: unlimited */
+    char *default_registry;
+    int allow_any_registry;
+    unsigned max_parallel_fetches;
+    rgm_registry_cfg_t *registries;
+    size_t registries_len;
+
+    /* downstream limits */
+    unsigned max_connections;
+    size_t max_header_bytes; /* all header lines together */
+    unsigned max_headers;
+    size_t max_url_len;
+    uint64_t header_timeout_ms;   /* whole request head must arrive within (slowloris) */
+    uint64_t idle_timeout_ms;     /* keep-alive idle */
+    uint64_t send_timeout_ms;     /* no write progress for this long: client closed */
+    uint64_t shutdown_timeout_ms; /* grace for responses in flight at SIGTERM */
+    int use_sendfile;
+
+    /* upstream */
+    uint64_t upstream_connect_timeout_ms;
+    uint64_t upstream_read_timeout_ms;
+    uint64_t auth_cache_ttl_ms; /* private access decisions */
+
+    int log_level; /* enum rgm_log_level */
+    char *log_file; /* NULL: stderr */
+    int access_log;
+} rgm_config_t;
+
+/* Embedded defaults: listen 127.0.0.1:5000, storage ./regmirror-data, docker.io and the
+ * well-known public registries (DESIGN). */
+void rgm_config_init(rgm_config_t *cfg);
+
+/* Load a JSON file over the current values. On error returns <0 and writes a message naming the
+ * key and the problem into err ("config.json: registries.docker.io.tag_ttl: bad duration
+ * \"5x\""; syntax errors as "config.json:LINE:COL: ..."). Keys not known are errors; keys
+ * starting with "//" are documentation and skipped at every level. "registries" in the file
+ * replaces the embedded set. All or nothing: on error cfg is unchanged. password_file is read
+ * here; ca_file and docker_config are checked readable. Blocking file I/O: call before the loop
+ * runs. */
+RGM_MUST_CHECK int rgm_config_load_file(rgm_config_t *cfg, const char *path, char *err,
+                                        size_t errlen);
+
+/* --registry NAME=URL: add or replace one registry's endpoint. An existing registry keeps its
+ * other settings; a new one gets the defaults (tag_ttl 60 s, no credentials). 0 or UV_EINVAL
+ * with a message in err. */
+RGM_MUST_CHECK int rgm_config_set_registry(rgm_config_t *cfg, const char *arg, char *err,
+                                           size_t errlen);
+
+/* Check cross-key consistency (default_registry is configured, listen non-empty...). 0 or
+ * UV_EINVAL with a message in err. */
+RGM_MUST_CHECK int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen);
+
+/* Borrowed; NULL when not configured. docker.io aliases (index.docker.io,
+ * registry-1.docker.io) find docker.io. */
+const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const char *name);
+
+/* Free everything cfg owns (the password is wiped first) and zero it. */
+void rgm_config_free(rgm_config_t *cfg);
+
+/* 1 when name is a registry name as the config accepts it: a lowercase host name (labels of
+ * [a-z0-9-], no leading/trailing '-') with an optional :PORT (1..65535); else 0. Useful to check
+ * ?ns= values before they reach a URL. */
+int rgm_config_valid_registry_name(const char *name);
+
+#endif

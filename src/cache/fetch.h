@@ -18,7 +18,9 @@ enum rgm_fetch_state { RGM_FETCH_RUNNING = 0, RGM_FETCH_DONE, RGM_FETCH_FAILED }
 
 /* The table of fetches in flight. store is borrowed. */
 rgm_fetches_t *rgm_fetches_new(uv_loop_t *loop, rgm_store_t *store);
-/* Every fetch must be gone (no producer, no reader). */
+/* Every fetch must be gone (no producer, no reader; otherwise this logs an error and leaks
+ * the table). The table owns no libuv handle while no fetch is alive, so this is a plain free:
+ * no loop run is needed before uv_loop_close(). NULL is a no-op. */
 void rgm_fetches_free(rgm_fetches_t *t);
 /* The fetch in flight for this digest, or NULL. Borrowed: take a reader to keep it. */
 rgm_fetch_t *rgm_fetches_find(rgm_fetches_t *t, const char *digest);
@@ -27,26 +29,40 @@ size_t rgm_fetches_count(const rgm_fetches_t *t);
 /* ---- producer side ---- */
 
 /* Called once when the fetch ends, after the rename on success: status 0 (verified and in the
- * store, size bytes) or <0 (UV_EINVAL: digest mismatch; others: the producer's error or a disk
- * error). The registry layer indexes the blob here. */
+ * store, size bytes) or <0 (UV_EINVAL: digest mismatch or a total size other than set_size;
+ * UV_E2BIG: more bytes than set_size; others: the producer's error or a disk error). The
+ * registry layer indexes the blob here. It runs from the loop (an idle pass), never inside a
+ * call into this module, after any append cb, and is the last call the producer gets: the
+ * producer's hold on f ends when it returns. Readers are woken after it. */
 typedef void (*rgm_fetch_done_fn)(rgm_fetch_t *f, int status, void *ud);
 
 /* Start a fetch for digest ("sha256:<hex>" or "sha512:<hex>"); creates the temp file and
- * enters the table. Fails with UV_EEXIST when one is in flight, or a file error. */
+ * enters the table. Fails with UV_EINVAL (bad digest), UV_EEXIST when one is in flight, or a
+ * file error; done is then never called. On success *out is held by the producer until done
+ * has run. Ended fetches (DONE/FAILED) leave the table at once, so that a later request goes
+ * to the store or starts anew. */
 RGM_MUST_CHECK int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
                                    void *ud, rgm_fetch_t **out);
-/* Expected total size, when known (Content-Length); a longer body fails the fetch. */
+/* Expected total size, when known (Content-Length); a longer body fails the fetch with
+ * UV_E2BIG (also at once when more was already appended), a shorter one at finish with
+ * UV_EINVAL. */
 void rgm_fetch_set_size(rgm_fetch_t *f, uint64_t size);
 /* Append len bytes (copied), hashed, written with uv_fs_write. cb runs once they are in the
- * file (status 0) or the write failed (<0, the fetch is then failed). At most one append may
- * be pending: the producer stops reading upstream until cb, so the upstream runs at disk
- * speed, never at a client's. */
+ * file (status 0) or the write failed (<0, the fetch is then failed; UV_ECANCELED when the
+ * producer failed it meanwhile). At most one append may be pending: the producer stops reading
+ * upstream until cb, so the upstream runs at disk speed, never at a client's.
+ * Returns <0 without calling cb: the fetch's error when it already ended, UV_EBUSY (an append
+ * is pending), UV_EINVAL (after finish), UV_E2BIG (beyond set_size: the fetch is failed), or
+ * a uv_fs_write error (the fetch is failed). RGM_FAULT("store.write") fails the write. */
 RGM_MUST_CHECK int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len,
                                     void (*cb)(rgm_fetch_t *f, int status, void *ud), void *ud);
 /* All bytes were appended: verify the digest, fsync and rename into the store (async); then
- * done runs and readers are woken. */
+ * done runs and readers are woken. May be called while the last append is pending (it waits
+ * for it). Ignored once the fetch has ended or after a first finish. */
 void rgm_fetch_finish(rgm_fetch_t *f);
-/* The producer gives up (err < 0): readers are woken and see FAILED; temp file removed. */
+/* The producer gives up (err < 0, else UV_EIO): readers are woken and see FAILED; temp file
+ * removed. Allowed while an append or the finish is pending (nothing enters the store); a
+ * no-op once the fetch has ended. done still runs once, later. */
 void rgm_fetch_fail(rgm_fetch_t *f, int err);
 /* Bytes appended so far (where a resume with Range should start). */
 uint64_t rgm_fetch_written(const rgm_fetch_t *f);
@@ -55,10 +71,13 @@ const char *rgm_fetch_digest(const rgm_fetch_t *f);
 /* ---- reader side ---- */
 
 /* Join a fetch. on_more runs (never from inside this call) whenever readable bytes grow or the
- * state changes. The reader keeps the fetch (and its fd) alive until rgm_fetch_leave(). */
-rgm_fetch_reader_t *rgm_fetch_join(rgm_fetch_t *f, void (*on_more)(rgm_fetch_reader_t *rd,
-                                                                   void *ud),
-                                   void *ud);
+ * state changes, and once soon after joining, so a reader needs one code path; it may call
+ * rgm_fetch_leave (for itself or another reader) and rgm_fetch_join. Joining an ended fetch
+ * (through a reader already holding it) is allowed. The reader keeps the fetch (and its fd)
+ * alive until rgm_fetch_leave(), which frees rd (NULL is a no-op). Readers leaving do not stop
+ * the producer: the fetch still finishes into the cache. */
+rgm_fetch_reader_t *rgm_fetch_join(rgm_fetch_t *f,
+                                   void (*on_more)(rgm_fetch_reader_t *rd, void *ud), void *ud);
 void rgm_fetch_leave(rgm_fetch_reader_t *rd);
 rgm_fetch_t *rgm_fetch_reader_fetch(const rgm_fetch_reader_t *rd);
 

@@ -1,1 +1,682 @@
-/* not written yet */
+/* The cache index in SQLite (WAL). Prepared statements live for the whole session; every
+ * value is bound, never formatted into SQL. Touches are coalesced in a small hash table and
+ * written in one transaction by rgm_index_flush. No HTTP, no files except through the store. */
+#include "cache/index.h"
+
+#include <inttypes.h>
+
+#include <sqlite3.h>
+#include <uv.h>
+
+#include "core/log.h"
+
+#define TOUCH_BUCKETS     1024
+#define TOUCH_MAX_PENDING 65536
+#define BUSY_TIMEOUT_MS   5000
+
+enum {
+    ST_BEGIN,
+    ST_COMMIT,
+    ST_ROLLBACK,
+    ST_GET_OBJECT,
+    ST_PUT_OBJECT,
+    ST_DEL_OBJECT,
+    ST_DEL_ORIGINS,
+    ST_ADD_ORIGIN,
+    ST_HAS_PUBLIC,
+    ST_HAS_ORIGIN,
+    ST_GET_TAG,
+    ST_PUT_TAG,
+    ST_LIST_TAGS,
+    ST_TOUCH,
+    ST_STATS,
+    ST_LRU,
+    ST_ALL_OBJECTS,
+    ST_GC_ORIGINS,
+    ST_COUNT
+};
+
+static const char *const stmt_sql[ST_COUNT] = {
+    [ST_BEGIN] = "BEGIN IMMEDIATE",
+    [ST_COMMIT] = "COMMIT",
+    [ST_ROLLBACK] = "ROLLBACK",
+    [ST_GET_OBJECT] = "SELECT size, media_type, kind, created, last_access, hits FROM objects "
+                      "WHERE digest = ?1",
+    [ST_PUT_OBJECT] = "INSERT INTO objects(digest, size, media_type, kind, created, last_access, "
+                      "hits) VALUES (?1, ?2, ?3, ?4, ?5, ?5, 0) ON CONFLICT(digest) DO UPDATE "
+                      "SET size = excluded.size, media_type = excluded.media_type, "
+                      "kind = excluded.kind",
+    [ST_DEL_OBJECT] = "DELETE FROM objects WHERE digest = ?1",
+    [ST_DEL_ORIGINS] = "DELETE FROM origins WHERE digest = ?1",
+    [ST_ADD_ORIGIN] = "INSERT INTO origins(digest, registry, repository, is_public) "
+                      "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(digest, registry, repository) "
+                      "DO UPDATE SET is_public = excluded.is_public",
+    [ST_HAS_PUBLIC] = "SELECT 1 FROM origins WHERE digest = ?1 AND is_public != 0 LIMIT 1",
+    [ST_HAS_ORIGIN] = "SELECT is_public FROM origins WHERE digest = ?1 AND registry = ?2 "
+                      "AND repository = ?3",
+    [ST_GET_TAG] = "SELECT digest, checked FROM tags WHERE registry = ?1 AND repository = ?2 "
+                   "AND tag = ?3",
+    [ST_PUT_TAG] = "INSERT OR REPLACE INTO tags(registry, repository, tag, digest, checked) "
+                   "VALUES (?1, ?2, ?3, ?4, ?5)",
+    [ST_LIST_TAGS] = "SELECT tag FROM tags WHERE registry = ?1 AND repository = ?2 AND tag > ?3 "
+                     "ORDER BY tag LIMIT ?4",
+    [ST_TOUCH] = "UPDATE objects SET last_access = MAX(last_access, ?2), hits = hits + ?3 "
+                 "WHERE digest = ?1",
+    [ST_STATS] = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects",
+    [ST_LRU] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM objects "
+               "ORDER BY last_access, digest LIMIT ?1",
+    [ST_ALL_OBJECTS] = "SELECT digest, size FROM objects",
+    [ST_GC_ORIGINS] = "DELETE FROM origins WHERE digest NOT IN (SELECT digest FROM objects)",
+};
+
+static const char schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS objects("
+    " digest TEXT PRIMARY KEY NOT NULL,"
+    " size INTEGER NOT NULL,"
+    " media_type TEXT NOT NULL DEFAULT '',"
+    " kind TEXT NOT NULL CHECK (kind IN ('manifest', 'blob')),"
+    " created INTEGER NOT NULL,"
+    " last_access INTEGER NOT NULL,"
+    " hits INTEGER NOT NULL DEFAULT 0"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS objects_last_access ON objects(last_access);"
+    "CREATE TABLE IF NOT EXISTS origins("
+    " digest TEXT NOT NULL,"
+    " registry TEXT NOT NULL,"
+    " repository TEXT NOT NULL,"
+    " is_public INTEGER NOT NULL,"
+    " PRIMARY KEY (digest, registry, repository)"
+    ") WITHOUT ROWID;"
+    "CREATE TABLE IF NOT EXISTS tags("
+    " registry TEXT NOT NULL,"
+    " repository TEXT NOT NULL,"
+    " tag TEXT NOT NULL,"
+    " digest TEXT NOT NULL,"
+    " checked INTEGER NOT NULL,"
+    " PRIMARY KEY (registry, repository, tag)"
+    ") WITHOUT ROWID;";
+
+struct touch {
+    struct touch *next;
+    uint64_t last_ms;
+    uint64_t hits;
+    char digest[RGM_DIGEST_MAX];
+};
+
+struct rgm_index {
+    sqlite3 *db;
+    sqlite3_stmt *st[ST_COUNT];
+    struct touch *touches[TOUCH_BUCKETS];
+    size_t touch_count;
+};
+
+/* ---- helpers ---- */
+
+static int db_fail(rgm_index_t *idx, const char *what)
+{
+    rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, sqlite3_errmsg(idx->db));
+    return UV_EIO;
+}
+
+/* Reset a statement for reuse; its error was already reported by step. */
+static void st_done(sqlite3_stmt *st)
+{
+    (void)sqlite3_reset(st);
+    (void)sqlite3_clear_bindings(st);
+}
+
+static int bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    return sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_TRANSIENT);
+}
+
+static int64_t to_i64(uint64_t v)
+{
+    return v > INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    sqlite3_int64 v = sqlite3_column_int64(st, i);
+    return v < 0 ? 0 : (uint64_t)v;
+}
+
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t len)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+
+    snprintf(out, len, "%s", s ? (const char *)s : "");
+}
+
+static int col_kind(sqlite3_stmt *st, int i)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+
+    return s && strcmp((const char *)s, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
+}
+
+/* Run a statement that returns no rows (or whose rows are ignored). */
+static int exec_st(rgm_index_t *idx, int which, const char *what)
+{
+    sqlite3_stmt *st = idx->st[which];
+    int rc;
+
+    do {
+        rc = sqlite3_step(st);
+    } while (rc == SQLITE_ROW);
+    st_done(st);
+    if (rc != SQLITE_DONE)
+        return db_fail(idx, what);
+    return 0;
+}
+
+static uint64_t now_ms(void)
+{
+    uv_timeval64_t tv;
+
+    if (uv_gettimeofday(&tv) < 0)
+        return 0;
+    return (uint64_t)tv.tv_sec * 1000 + (uint64_t)tv.tv_usec / 1000;
+}
+
+/* ---- open / close ---- */
+
+static int setup_schema(rgm_index_t *idx)
+{
+    sqlite3_stmt *st = NULL;
+    char *errmsg = NULL;
+    int version = -1;
+    char sql[64];
+
+    if (sqlite3_prepare_v2(idx->db, "PRAGMA user_version", -1, &st, NULL) != SQLITE_OK)
+        return db_fail(idx, "user_version");
+    if (sqlite3_step(st) == SQLITE_ROW)
+        version = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    if (version == RGM_INDEX_SCHEMA_VERSION)
+        return 0;
+    if (version != 0) {
+        rgm_log(RGM_LOG_ERROR, "index", "schema version %d, this build knows %d", version,
+                RGM_INDEX_SCHEMA_VERSION);
+        return UV_EIO;
+    }
+    snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", RGM_INDEX_SCHEMA_VERSION);
+    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(idx->db, schema_sql, NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(idx->db, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
+        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) != SQLITE_OK) {
+        rgm_log(RGM_LOG_ERROR, "index", "create schema: %s", errmsg ? errmsg : "?");
+        sqlite3_free(errmsg);
+        (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
+        return UV_EIO;
+    }
+    return 0;
+}
+
+int rgm_index_open(const char *path, rgm_index_t **out)
+{
+    rgm_index_t *idx;
+    char *errmsg = NULL;
+    int rc;
+    int i;
+
+    *out = NULL;
+    idx = rgm_calloc(1, sizeof(*idx));
+    rc = sqlite3_open_v2(path, &idx->db,
+                         SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+    if (rc != SQLITE_OK) {
+        rgm_log(RGM_LOG_ERROR, "index", "open %s: %s", path,
+                idx->db ? sqlite3_errmsg(idx->db) : sqlite3_errstr(rc));
+        goto fail;
+    }
+    (void)sqlite3_busy_timeout(idx->db, BUSY_TIMEOUT_MS);
+    if (sqlite3_exec(idx->db, "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;", NULL, NULL,
+                     &errmsg) != SQLITE_OK) {
+        rgm_log(RGM_LOG_ERROR, "index", "open %s: %s", path, errmsg ? errmsg : "?");
+        sqlite3_free(errmsg);
+        goto fail;
+    }
+    if (setup_schema(idx) < 0)
+        goto fail;
+    for (i = 0; i < ST_COUNT; i++) {
+        rc = sqlite3_prepare_v3(idx->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &idx->st[i],
+                                NULL);
+        if (rc != SQLITE_OK) {
+            (void)db_fail(idx, stmt_sql[i]);
+            goto fail;
+        }
+    }
+    *out = idx;
+    return 0;
+
+fail:
+    rgm_index_close(idx);
+    return UV_EIO;
+}
+
+static void touches_clear(rgm_index_t *idx)
+{
+    struct touch *t;
+    size_t b;
+
+    for (b = 0; b < TOUCH_BUCKETS; b++) {
+        while ((t = idx->touches[b]) != NULL) {
+            idx->touches[b] = t->next;
+            free(t);
+        }
+    }
+    idx->touch_count = 0;
+}
+
+void rgm_index_close(rgm_index_t *idx)
+{
+    int i;
+
+    if (!idx)
+        return;
+    if (idx->st[ST_COUNT - 1])
+        (void)rgm_index_flush(idx);
+    touches_clear(idx);
+    for (i = 0; i < ST_COUNT; i++)
+        sqlite3_finalize(idx->st[i]);
+    if (idx->db && sqlite3_close(idx->db) != SQLITE_OK)
+        rgm_log(RGM_LOG_ERROR, "index", "close: %s", sqlite3_errmsg(idx->db));
+    free(idx);
+}
+
+/* ---- touches ---- */
+
+static size_t touch_bucket(const char *digest)
+{
+    uint32_t h = 2166136261u; /* FNV-1a */
+
+    while (*digest) {
+        h ^= (unsigned char)*digest++;
+        h *= 16777619u;
+    }
+    return h % TOUCH_BUCKETS;
+}
+
+static struct touch *touch_find(const rgm_index_t *idx, const char *digest)
+{
+    struct touch *t;
+
+    for (t = idx->touches[touch_bucket(digest)]; t; t = t->next) {
+        if (strcmp(t->digest, digest) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+void rgm_index_touch(rgm_index_t *idx, const char *digest, uint64_t now)
+{
+    struct touch *t;
+    size_t b;
+
+    if (strlen(digest) >= RGM_DIGEST_MAX)
+        return;
+    t = touch_find(idx, digest);
+    if (!t) {
+        if (idx->touch_count >= TOUCH_MAX_PENDING)
+            (void)rgm_index_flush(idx);
+        b = touch_bucket(digest);
+        t = rgm_calloc(1, sizeof(*t));
+        snprintf(t->digest, sizeof(t->digest), "%s", digest);
+        t->next = idx->touches[b];
+        idx->touches[b] = t;
+        idx->touch_count++;
+    }
+    if (now > t->last_ms)
+        t->last_ms = now;
+    t->hits++;
+}
+
+int rgm_index_flush(rgm_index_t *idx)
+{
+    sqlite3_stmt *st = idx->st[ST_TOUCH];
+    struct touch *t;
+    size_t b;
+    int err;
+    int rc;
+
+    if (idx->touch_count == 0)
+        return 0;
+    err = exec_st(idx, ST_BEGIN, "flush: begin");
+    for (b = 0; err == 0 && b < TOUCH_BUCKETS; b++) {
+        for (t = idx->touches[b]; err == 0 && t; t = t->next) {
+            (void)bind_text(st, 1, t->digest);
+            (void)sqlite3_bind_int64(st, 2, to_i64(t->last_ms));
+            (void)sqlite3_bind_int64(st, 3, to_i64(t->hits));
+            rc = sqlite3_step(st);
+            st_done(st);
+            if (rc != SQLITE_DONE)
+                err = db_fail(idx, "flush: update");
+        }
+    }
+    if (err == 0)
+        err = exec_st(idx, ST_COMMIT, "flush: commit");
+    else
+        (void)exec_st(idx, ST_ROLLBACK, "flush: rollback");
+    touches_clear(idx);
+    return err;
+}
+
+/* ---- objects ---- */
+
+int rgm_index_get_object(rgm_index_t *idx, const char *digest, rgm_index_object_t *obj)
+{
+    sqlite3_stmt *st = idx->st[ST_GET_OBJECT];
+    const struct touch *t;
+    int rc;
+
+    memset(obj, 0, sizeof(*obj));
+    (void)bind_text(st, 1, digest);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        st_done(st);
+        return rc == SQLITE_DONE ? UV_ENOENT : db_fail(idx, "get object");
+    }
+    snprintf(obj->digest, sizeof(obj->digest), "%s", digest);
+    obj->size = col_u64(st, 0);
+    col_text(st, 1, obj->media_type, sizeof(obj->media_type));
+    obj->kind = col_kind(st, 2);
+    obj->created_ms = col_u64(st, 3);
+    obj->last_access_ms = col_u64(st, 4);
+    obj->hits = col_u64(st, 5);
+    st_done(st);
+    t = touch_find(idx, digest);
+    if (t) {
+        obj->hits += t->hits;
+        if (t->last_ms > obj->last_access_ms)
+            obj->last_access_ms = t->last_ms;
+    }
+    return 0;
+}
+
+int rgm_index_put_object(rgm_index_t *idx, const rgm_index_object_t *obj)
+{
+    sqlite3_stmt *st = idx->st[ST_PUT_OBJECT];
+    uint64_t created = obj->created_ms ? obj->created_ms : now_ms();
+    int rc;
+
+    (void)bind_text(st, 1, obj->digest);
+    (void)sqlite3_bind_int64(st, 2, to_i64(obj->size));
+    (void)bind_text(st, 3, obj->media_type);
+    (void)bind_text(st, 4, obj->kind == RGM_OBJ_MANIFEST ? "manifest" : "blob");
+    (void)sqlite3_bind_int64(st, 5, to_i64(created));
+    rc = sqlite3_step(st);
+    st_done(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "put object");
+}
+
+int rgm_index_remove_object(rgm_index_t *idx, const char *digest)
+{
+    int err;
+
+    err = exec_st(idx, ST_BEGIN, "remove: begin");
+    if (err < 0)
+        return err;
+    (void)bind_text(idx->st[ST_DEL_OBJECT], 1, digest);
+    err = exec_st(idx, ST_DEL_OBJECT, "remove object");
+    if (err == 0) {
+        (void)bind_text(idx->st[ST_DEL_ORIGINS], 1, digest);
+        err = exec_st(idx, ST_DEL_ORIGINS, "remove origins");
+    }
+    if (err == 0)
+        return exec_st(idx, ST_COMMIT, "remove: commit");
+    (void)exec_st(idx, ST_ROLLBACK, "remove: rollback");
+    return err;
+}
+
+int rgm_index_stats(rgm_index_t *idx, uint64_t *objects, uint64_t *bytes)
+{
+    sqlite3_stmt *st = idx->st[ST_STATS];
+    int rc;
+
+    *objects = 0;
+    *bytes = 0;
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        *objects = col_u64(st, 0);
+        *bytes = col_u64(st, 1);
+    }
+    st_done(st);
+    return rc == SQLITE_ROW ? 0 : db_fail(idx, "stats");
+}
+
+int rgm_index_walk_lru(rgm_index_t *idx, size_t n, rgm_index_object_fn cb, void *ud)
+{
+    sqlite3_stmt *st = idx->st[ST_LRU];
+    rgm_index_object_t obj;
+    int count = 0;
+    int rc;
+
+    if (rgm_index_flush(idx) < 0)
+        return UV_EIO;
+    (void)sqlite3_bind_int64(st, 1, n == 0 ? -1 : to_i64(n));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(&obj, 0, sizeof(obj));
+        col_text(st, 0, obj.digest, sizeof(obj.digest));
+        obj.size = col_u64(st, 1);
+        col_text(st, 2, obj.media_type, sizeof(obj.media_type));
+        obj.kind = col_kind(st, 3);
+        obj.created_ms = col_u64(st, 4);
+        obj.last_access_ms = col_u64(st, 5);
+        obj.hits = col_u64(st, 6);
+        count++;
+        if (cb(&obj, ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    st_done(st);
+    return rc == SQLITE_DONE ? count : db_fail(idx, "walk lru");
+}
+
+/* ---- origins ---- */
+
+int rgm_index_add_origin(rgm_index_t *idx, const char *digest, const char *registry,
+                         const char *repo, int is_public)
+{
+    sqlite3_stmt *st = idx->st[ST_ADD_ORIGIN];
+    int rc;
+
+    (void)bind_text(st, 1, digest);
+    (void)bind_text(st, 2, registry);
+    (void)bind_text(st, 3, repo);
+    (void)sqlite3_bind_int(st, 4, is_public ? 1 : 0);
+    rc = sqlite3_step(st);
+    st_done(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "add origin");
+}
+
+int rgm_index_has_public_origin(rgm_index_t *idx, const char *digest)
+{
+    sqlite3_stmt *st = idx->st[ST_HAS_PUBLIC];
+    int rc;
+
+    (void)bind_text(st, 1, digest);
+    rc = sqlite3_step(st);
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "has public origin");
+}
+
+int rgm_index_has_origin(rgm_index_t *idx, const char *digest, const char *registry,
+                         const char *repo, int *is_public)
+{
+    sqlite3_stmt *st = idx->st[ST_HAS_ORIGIN];
+    int rc;
+
+    (void)bind_text(st, 1, digest);
+    (void)bind_text(st, 2, registry);
+    (void)bind_text(st, 3, repo);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW && is_public)
+        *is_public = sqlite3_column_int(st, 0) != 0;
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "has origin");
+}
+
+/* ---- tags ---- */
+
+int rgm_index_get_tag(rgm_index_t *idx, const char *registry, const char *repo, const char *tag,
+                      char *digest_out, uint64_t *checked_ms)
+{
+    sqlite3_stmt *st = idx->st[ST_GET_TAG];
+    int rc;
+
+    digest_out[0] = '\0';
+    (void)bind_text(st, 1, registry);
+    (void)bind_text(st, 2, repo);
+    (void)bind_text(st, 3, tag);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        col_text(st, 0, digest_out, RGM_DIGEST_MAX);
+        if (checked_ms)
+            *checked_ms = col_u64(st, 1);
+    }
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    return rc == SQLITE_DONE ? UV_ENOENT : db_fail(idx, "get tag");
+}
+
+int rgm_index_put_tag(rgm_index_t *idx, const char *registry, const char *repo, const char *tag,
+                      const char *digest, uint64_t checked_ms)
+{
+    sqlite3_stmt *st = idx->st[ST_PUT_TAG];
+    int rc;
+
+    (void)bind_text(st, 1, registry);
+    (void)bind_text(st, 2, repo);
+    (void)bind_text(st, 3, tag);
+    (void)bind_text(st, 4, digest);
+    (void)sqlite3_bind_int64(st, 5, to_i64(checked_ms));
+    rc = sqlite3_step(st);
+    st_done(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "put tag");
+}
+
+int rgm_index_list_tags(rgm_index_t *idx, const char *registry, const char *repo, const char *after,
+                        size_t n, rgm_index_tag_fn cb, void *ud)
+{
+    sqlite3_stmt *st = idx->st[ST_LIST_TAGS];
+    int count = 0;
+    int rc;
+
+    (void)bind_text(st, 1, registry);
+    (void)bind_text(st, 2, repo);
+    (void)bind_text(st, 3, after);
+    (void)sqlite3_bind_int64(st, 4, n == 0 ? -1 : to_i64(n));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *tag = sqlite3_column_text(st, 0);
+
+        count++;
+        if (cb(tag ? (const char *)tag : "", ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    st_done(st);
+    return rc == SQLITE_DONE ? count : db_fail(idx, "list tags");
+}
+
+/* ---- reconcile ---- */
+
+struct reconcile {
+    rgm_index_t *idx;
+    rgm_store_t *store;
+    unsigned long files_deleted;
+    int err;
+};
+
+/* Store walk: delete a file that has no row. */
+static int reconcile_file(const char *digest, uint64_t size, void *ud)
+{
+    struct reconcile *r = ud;
+    sqlite3_stmt *st = r->idx->st[ST_GET_OBJECT];
+    int rc;
+
+    (void)size; /* sizes were compared from the rows' side */
+    (void)bind_text(st, 1, digest);
+    rc = sqlite3_step(st);
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    if (rc != SQLITE_DONE) {
+        r->err = db_fail(r->idx, "reconcile: lookup");
+        return 1;
+    }
+    if (rgm_store_remove(r->store, digest) == 0)
+        r->files_deleted++;
+    return 0;
+}
+
+/* Digests of rows whose file is missing or has another size. *out malloc'd. */
+static int rows_without_file(rgm_index_t *idx, rgm_store_t *store, char ***out, size_t *out_len)
+{
+    sqlite3_stmt *st = idx->st[ST_ALL_OBJECTS];
+    char **list = NULL;
+    size_t len = 0, cap = 0;
+    char digest[RGM_DIGEST_MAX];
+    uint64_t size;
+    int has;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        col_text(st, 0, digest, sizeof(digest));
+        size = 0;
+        has = rgm_store_has(store, digest, &size);
+        if (has == 1 && size == col_u64(st, 1))
+            continue;
+        if (len == cap) {
+            cap = cap ? 2 * cap : 64;
+            list = rgm_realloc(list, cap * sizeof(*list));
+        }
+        list[len++] = rgm_strdup(digest);
+    }
+    st_done(st);
+    *out = list;
+    *out_len = len;
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "reconcile: rows");
+}
+
+int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
+{
+    struct reconcile r = {idx, store, 0, 0};
+    char **dropped = NULL;
+    size_t n = 0, i;
+    int err;
+
+    err = rows_without_file(idx, store, &dropped, &n);
+    for (i = 0; err == 0 && i < n; i++) {
+        /* A file of the wrong size is not what the row describes: delete both. */
+        if (rgm_store_remove(store, dropped[i]) < 0)
+            rgm_log(RGM_LOG_WARN, "index", "reconcile: cannot remove %s", dropped[i]);
+        err = rgm_index_remove_object(idx, dropped[i]);
+    }
+    for (i = 0; i < n; i++)
+        free(dropped[i]);
+    free(dropped);
+    if (err < 0)
+        return err;
+    err = rgm_store_walk(store, reconcile_file, &r);
+    if (r.err < 0)
+        return r.err;
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "index", "reconcile: walk: %s", uv_strerror(err));
+        return err;
+    }
+    err = exec_st(idx, ST_GC_ORIGINS, "reconcile: origins");
+    if (err < 0)
+        return err;
+    rgm_log(RGM_LOG_INFO, "index",
+            "reconcile: %zu rows without file dropped, %lu files "
+            "without row deleted",
+            n, r.files_deleted);
+    return 0;
+}

@@ -1,4 +1,93 @@
+/* The cache index in SQLite (WAL): objects (size, media type, kind, access stats), the
+ * registry/repository each object came through and whether that repository is public, and
+ * tags. Statements are prepared once at open; every string is bound as a parameter. Hot-path
+ * access updates (rgm_index_touch) are coalesced in memory and written by rgm_index_flush.
+ * Calls are synchronous single-row queries on the loop thread; it knows rows, not HTTP. */
 #ifndef RGM_CACHE_INDEX_H
 #define RGM_CACHE_INDEX_H
-/* not written yet */
+
+#include "core/common.h"
+#include "cache/store.h"
+
+/* PRAGMA user_version of the schema this code writes. */
+#define RGM_INDEX_SCHEMA_VERSION 1
+
+typedef struct rgm_index rgm_index_t;
+
+enum rgm_object_kind { RGM_OBJ_BLOB = 0, RGM_OBJ_MANIFEST = 1 };
+
+typedef struct rgm_index_object {
+    char digest[RGM_DIGEST_MAX];
+    uint64_t size;
+    char media_type[256]; /* "" when not known; longer values are truncated */
+    int kind;             /* enum rgm_object_kind */
+    uint64_t created_ms;  /* put_object: 0 means now */
+    uint64_t last_access_ms;
+    uint64_t hits;
+} rgm_index_object_t;
+
+/* Open or create the database at path (WAL, synchronous=NORMAL, busy_timeout), create or check
+ * the schema. *out is the caller's (rgm_index_close). 0 or UV_EIO (logged). */
+RGM_MUST_CHECK int rgm_index_open(const char *path, rgm_index_t **out);
+/* Flush pending touches, finalise statements, close. NULL is a no-op. */
+void rgm_index_close(rgm_index_t *idx);
+
+/* Fill *obj (pending touches included). 0, UV_ENOENT or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_get_object(rgm_index_t *idx, const char *digest,
+                                        rgm_index_object_t *obj);
+/* Insert, or update size/media type/kind of an existing row (created, last access and hits of
+ * an existing row are kept). A new row's last access is its creation time. 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_put_object(rgm_index_t *idx, const rgm_index_object_t *obj);
+/* Delete the object and its origins (tags are left: they name digests, which are refetched
+ * when missing). 0 (also when absent) or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_remove_object(rgm_index_t *idx, const char *digest);
+
+/* Record that digest was fetched through registry/repo; is_public replaces an earlier value.
+ * 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_add_origin(rgm_index_t *idx, const char *digest, const char *registry,
+                                        const char *repo, int is_public);
+/* 1 when some origin of digest is public, 0 when none, <0 (UV_EIO). */
+int rgm_index_has_public_origin(rgm_index_t *idx, const char *digest);
+/* 1 when digest came through registry/repo (*is_public set when not NULL), 0 when not, <0. */
+int rgm_index_has_origin(rgm_index_t *idx, const char *digest, const char *registry,
+                         const char *repo, int *is_public);
+
+/* Tag -> digest (digest_out has RGM_DIGEST_MAX bytes), and when it was last checked upstream.
+ * 0, UV_ENOENT or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_get_tag(rgm_index_t *idx, const char *registry, const char *repo,
+                                     const char *tag, char *digest_out, uint64_t *checked_ms);
+/* Insert or replace. 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_put_tag(rgm_index_t *idx, const char *registry, const char *repo,
+                                     const char *tag, const char *digest, uint64_t checked_ms);
+/* Called per tag, in byte order; tag is borrowed for the call. Non-zero stops the listing. */
+typedef int (*rgm_index_tag_fn)(const char *tag, void *ud);
+/* Tags of registry/repo sorted, strictly after `after` (NULL or "" = from the start), at most
+ * n (0 = no limit); for the tags/list fallback. Returns the number of tags given to cb, or
+ * UV_EIO. */
+int rgm_index_list_tags(rgm_index_t *idx, const char *registry, const char *repo, const char *after,
+                        size_t n, rgm_index_tag_fn cb, void *ud);
+
+/* Record a hit (hot path): coalesced in memory, no SQL. Written by the next flush. (Only when
+ * more than 65536 distinct digests are pending does it flush inline.) */
+void rgm_index_touch(rgm_index_t *idx, const char *digest, uint64_t now_ms);
+/* Write every pending touch in one transaction (last_access = max, hits += n); the caller's
+ * timer calls it every few seconds, and close calls it. Pending touches are dropped on error.
+ * 0 or UV_EIO. */
+int rgm_index_flush(rgm_index_t *idx);
+
+/* Count of object rows and the sum of their sizes. 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_stats(rgm_index_t *idx, uint64_t *objects, uint64_t *bytes);
+
+/* Called per object; obj is borrowed for the call. Non-zero stops. */
+typedef int (*rgm_index_object_fn)(const rgm_index_object_t *obj, void *ud);
+/* Objects by last access, oldest first, at most n (0 = all), for gc and ls. Pending touches
+ * are flushed first. The callback must not modify the index (collect, then remove). Returns
+ * the number given to cb, or UV_EIO. */
+int rgm_index_walk_lru(rgm_index_t *idx, size_t n, rgm_index_object_fn cb, void *ud);
+
+/* Make index and store agree (at start, synchronous): rows without a file (or whose file size
+ * differs) are dropped, files without a row are deleted, origins without an object are
+ * dropped. Counts are logged. 0 or <0 (UV_EIO, store errors). */
+RGM_MUST_CHECK int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store);
+
 #endif

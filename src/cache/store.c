@@ -1,1 +1,488 @@
-/* not written yet */
+/* Content-addressed blob files on disk (DESIGN "On disk"). Paths are built only from
+ * validated digests. Synchronous small file-system calls; no rows, no readers, no HTTP. */
+#include "cache/store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <uv.h>
+#include <openssl/evp.h>
+
+#include "core/log.h"
+
+#define STORE_PATH_MAX 4096
+
+struct rgm_store {
+    char *dir;
+    uint64_t tmp_counter;
+};
+
+static const char *const algos[] = {"sha256", "sha512"};
+
+/* ---- digests ---- */
+
+static int is_lower_hex(const char *s, size_t n)
+{
+    size_t i;
+
+    for (i = 0; i < n; i++) {
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+            return 0;
+    }
+    return 1;
+}
+
+/* Length of the hex part for an algorithm name, 0 when unknown. */
+static size_t algo_hex_len(const char *algo, size_t algo_len)
+{
+    if (algo_len == 6 && memcmp(algo, "sha256", 6) == 0)
+        return 64;
+    if (algo_len == 6 && memcmp(algo, "sha512", 6) == 0)
+        return 128;
+    return 0;
+}
+
+int rgm_digest_check(const char *digest)
+{
+    const char *colon;
+    size_t hex_len;
+
+    if (!digest)
+        return UV_EINVAL;
+    colon = strchr(digest, ':');
+    if (!colon)
+        return UV_EINVAL;
+    hex_len = algo_hex_len(digest, (size_t)(colon - digest));
+    if (hex_len == 0 || strlen(colon + 1) != hex_len || !is_lower_hex(colon + 1, hex_len))
+        return UV_EINVAL;
+    return 0;
+}
+
+/* ---- paths ---- */
+
+static int path_fmt(char *buf, size_t len, const char *fmt, ...) RGM_PRINTF(3, 4);
+
+static int path_fmt(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    va_start(ap, fmt);
+    n = vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= len)
+        return UV_ENAMETOOLONG;
+    return 0;
+}
+
+int rgm_store_blob_path(const rgm_store_t *s, const char *digest, char *buf, size_t len)
+{
+    const char *hex;
+
+    if (rgm_digest_check(digest) < 0)
+        return UV_EINVAL;
+    hex = digest + 7; /* "sha256:" and "sha512:" are both 7 bytes */
+    return path_fmt(buf, len, "%s/blobs/%.6s/%.2s/%s", s->dir, digest, hex, hex);
+}
+
+int rgm_store_index_path(const rgm_store_t *s, char *buf, size_t len)
+{
+    return path_fmt(buf, len, "%s/index.db", s->dir);
+}
+
+const char *rgm_store_dir(const rgm_store_t *s)
+{
+    return s->dir;
+}
+
+static int mkdir_one(const char *path)
+{
+    if (mkdir(path, 0755) < 0 && errno != EEXIST)
+        return -errno;
+    return 0;
+}
+
+/* Delete every entry of dir/tmp (files only: we never create directories there). */
+static int empty_tmp(const char *tmp_dir)
+{
+    DIR *d;
+    struct dirent *de;
+    unsigned long n = 0;
+
+    d = opendir(tmp_dir);
+    if (!d)
+        return -errno;
+    while ((de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+            continue;
+        if (unlinkat(dirfd(d), de->d_name, 0) < 0)
+            rgm_log(RGM_LOG_WARN, "store", "cannot delete tmp/%s: %s", de->d_name, strerror(errno));
+        else
+            n++;
+    }
+    closedir(d);
+    if (n > 0)
+        rgm_log(RGM_LOG_INFO, "store", "deleted %lu leftover temp files", n);
+    return 0;
+}
+
+int rgm_store_open(const char *dir, rgm_store_t **out)
+{
+    char path[STORE_PATH_MAX];
+    rgm_store_t *s;
+    size_t i;
+    int err;
+
+    *out = NULL;
+    s = rgm_calloc(1, sizeof(*s));
+    s->dir = rgm_strdup(dir);
+    err = mkdir_one(dir);
+    if (err < 0)
+        goto fail;
+    err = path_fmt(path, sizeof(path), "%s/blobs", dir);
+    if (err == 0)
+        err = mkdir_one(path);
+    for (i = 0; err == 0 && i < RGM_ARRAY_SIZE(algos); i++) {
+        err = path_fmt(path, sizeof(path), "%s/blobs/%s", dir, algos[i]);
+        if (err == 0)
+            err = mkdir_one(path);
+    }
+    if (err == 0)
+        err = path_fmt(path, sizeof(path), "%s/tmp", dir);
+    if (err == 0)
+        err = mkdir_one(path);
+    if (err == 0)
+        err = empty_tmp(path);
+    if (err < 0)
+        goto fail;
+    *out = s;
+    return 0;
+
+fail:
+    rgm_log(RGM_LOG_ERROR, "store", "cannot open storage %s: %s", dir, uv_strerror(err));
+    rgm_store_close(s);
+    return err;
+}
+
+void rgm_store_close(rgm_store_t *s)
+{
+    if (!s)
+        return;
+    free(s->dir);
+    free(s);
+}
+
+/* ---- blobs ---- */
+
+int rgm_store_open_blob(const rgm_store_t *s, const char *digest, int *fd, uint64_t *size)
+{
+    char path[STORE_PATH_MAX];
+    struct stat st;
+    int err;
+    int f;
+
+    *fd = -1;
+    err = rgm_store_blob_path(s, digest, path, sizeof(path));
+    if (err < 0)
+        return err;
+    f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0)
+        return -errno;
+    if (fstat(f, &st) < 0) {
+        err = -errno;
+        close(f);
+        return err;
+    }
+    *fd = f;
+    if (size)
+        *size = (uint64_t)st.st_size;
+    return 0;
+}
+
+int rgm_store_has(const rgm_store_t *s, const char *digest, uint64_t *size)
+{
+    char path[STORE_PATH_MAX];
+    struct stat st;
+    int err;
+
+    err = rgm_store_blob_path(s, digest, path, sizeof(path));
+    if (err < 0)
+        return err;
+    if (stat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (size)
+        *size = (uint64_t)st.st_size;
+    return 1;
+}
+
+int rgm_store_tmp_open(rgm_store_t *s, const char *digest, int *fd, char **path)
+{
+    char buf[STORE_PATH_MAX];
+    int attempt;
+    int err;
+    int f;
+
+    *fd = -1;
+    *path = NULL;
+    if (rgm_digest_check(digest) < 0)
+        return UV_EINVAL;
+    for (attempt = 0; attempt < 100; attempt++) {
+        err = path_fmt(buf, sizeof(buf), "%s/tmp/%s.%" PRIu64 ".partial", s->dir, digest + 7,
+                       s->tmp_counter++);
+        if (err < 0)
+            return err;
+        f = open(buf, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        if (f >= 0) {
+            *fd = f;
+            *path = rgm_strdup(buf);
+            return 0;
+        }
+        if (errno != EEXIST)
+            return -errno;
+    }
+    return UV_EEXIST;
+}
+
+int rgm_store_commit(rgm_store_t *s, const char *tmp_path, const char *digest)
+{
+    char path[STORE_PATH_MAX];
+    char *slash;
+    int err;
+
+    err = rgm_store_blob_path(s, digest, path, sizeof(path));
+    if (err < 0)
+        return err;
+    slash = strrchr(path, '/');
+    *slash = '\0';
+    err = mkdir_one(path);
+    *slash = '/';
+    if (err < 0)
+        return err;
+    if (rename(tmp_path, path) < 0)
+        return -errno;
+    return 0;
+}
+
+static const EVP_MD *digest_md(const char *digest)
+{
+    return strncmp(digest, "sha512:", 7) == 0 ? EVP_sha512() : EVP_sha256();
+}
+
+/* 0 when data hashes to digest (already validated), else UV_EINVAL. */
+static int verify_data(const char *digest, const void *data, size_t len)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    unsigned int md_len = 0;
+    unsigned int i;
+
+    if (EVP_Digest(data, len, md, &md_len, digest_md(digest), NULL) != 1)
+        return UV_EIO;
+    for (i = 0; i < md_len; i++) {
+        hex[2 * i] = "0123456789abcdef"[md[i] >> 4];
+        hex[2 * i + 1] = "0123456789abcdef"[md[i] & 15];
+    }
+    hex[2 * md_len] = '\0';
+    return strcmp(hex, digest + 7) == 0 ? 0 : UV_EINVAL;
+}
+
+static int write_all(int fd, const char *p, size_t len)
+{
+    ssize_t n;
+
+    while (len > 0) {
+        n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
+}
+
+int rgm_store_put_small(rgm_store_t *s, const char *digest, const void *data, size_t len)
+{
+    char *tmp_path = NULL;
+    int fd = -1;
+    int err;
+
+    if (rgm_digest_check(digest) < 0)
+        return UV_EINVAL;
+    err = verify_data(digest, data, len);
+    if (err < 0)
+        return err;
+    err = rgm_store_tmp_open(s, digest, &fd, &tmp_path);
+    if (err < 0)
+        return err;
+    err = write_all(fd, data, len);
+    if (err == 0 && fsync(fd) < 0)
+        err = -errno;
+    if (close(fd) < 0 && err == 0)
+        err = -errno;
+    if (err == 0)
+        err = rgm_store_commit(s, tmp_path, digest);
+    if (err < 0)
+        (void)unlink(tmp_path);
+    free(tmp_path);
+    return err;
+}
+
+int rgm_store_read_small(const rgm_store_t *s, const char *digest, size_t max, void **data,
+                         size_t *len)
+{
+    uint64_t size = 0;
+    char *buf = NULL;
+    size_t got = 0;
+    ssize_t n;
+    int fd = -1;
+    int err;
+
+    *data = NULL;
+    *len = 0;
+    err = rgm_store_open_blob(s, digest, &fd, &size);
+    if (err < 0)
+        return err;
+    if (size > max) {
+        err = UV_E2BIG;
+        goto out;
+    }
+    buf = rgm_malloc((size_t)size + 1);
+    while (got < size) {
+        n = pread(fd, buf + got, (size_t)size - got, (off_t)got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            err = -errno;
+            goto out;
+        }
+        if (n == 0) {
+            err = UV_EIO; /* shrank under us */
+            goto out;
+        }
+        got += (size_t)n;
+    }
+    buf[got] = '\0';
+    *data = buf;
+    *len = got;
+    buf = NULL;
+out:
+    free(buf);
+    close(fd);
+    return err;
+}
+
+int rgm_store_remove(rgm_store_t *s, const char *digest)
+{
+    char path[STORE_PATH_MAX];
+    int err;
+
+    err = rgm_store_blob_path(s, digest, path, sizeof(path));
+    if (err < 0)
+        return err;
+    if (unlink(path) < 0 && errno != ENOENT)
+        return -errno;
+    return 0;
+}
+
+int rgm_store_is_writable(rgm_store_t *s)
+{
+    char path[STORE_PATH_MAX];
+    int err;
+    int fd;
+
+    err = path_fmt(path, sizeof(path), "%s/tmp/.writable.%" PRIu64, s->dir, s->tmp_counter++);
+    if (err < 0)
+        return err;
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return -errno;
+    close(fd);
+    if (unlink(path) < 0)
+        return -errno;
+    return 0;
+}
+
+/* ---- walk ---- */
+
+/* One blobs/<algo>/<aa> directory. */
+static int walk_prefix(int algo_fd, const char *algo, const char *prefix, rgm_store_walk_fn cb,
+                       void *ud)
+{
+    char digest[RGM_DIGEST_MAX];
+    struct dirent *de;
+    struct stat st;
+    DIR *d;
+    int fd;
+    int rc = 0;
+
+    fd = openat(algo_fd, prefix, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    d = fdopendir(fd);
+    if (!d) {
+        rc = -errno;
+        close(fd);
+        return rc;
+    }
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (path_fmt(digest, sizeof(digest), "%s:%s", algo, de->d_name) < 0 ||
+            rgm_digest_check(digest) < 0 || strncmp(de->d_name, prefix, 2) != 0) {
+            rgm_log(RGM_LOG_WARN, "store", "skipping foreign file blobs/%s/%s/%.80s", algo, prefix,
+                    de->d_name);
+            continue;
+        }
+        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        rc = cb(digest, (uint64_t)st.st_size, ud);
+    }
+    closedir(d);
+    return rc;
+}
+
+static int walk_algo(const char *dir, const char *algo, rgm_store_walk_fn cb, void *ud)
+{
+    char path[STORE_PATH_MAX];
+    struct dirent *de;
+    DIR *d;
+    int rc;
+
+    rc = path_fmt(path, sizeof(path), "%s/blobs/%s", dir, algo);
+    if (rc < 0)
+        return rc;
+    d = opendir(path);
+    if (!d)
+        return errno == ENOENT ? 0 : -errno;
+    while (rc == 0 && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.')
+            continue;
+        if (strlen(de->d_name) != 2 || !is_lower_hex(de->d_name, 2)) {
+            rgm_log(RGM_LOG_WARN, "store", "skipping foreign entry blobs/%s/%.80s", algo,
+                    de->d_name);
+            continue;
+        }
+        rc = walk_prefix(dirfd(d), algo, de->d_name, cb, ud);
+    }
+    closedir(d);
+    return rc;
+}
+
+int rgm_store_walk(rgm_store_t *s, rgm_store_walk_fn cb, void *ud)
+{
+    size_t i;
+    int rc = 0;
+
+    for (i = 0; rc == 0 && i < RGM_ARRAY_SIZE(algos); i++)
+        rc = walk_algo(s->dir, algos[i], cb, ud);
+    return rc;
+}

@@ -1,1 +1,355 @@
-/* not written yet */
+/* regmirror serve: parse the command line over the config, open the store and index, wire
+ * server, routes, upstream and client on one loop, and handle signals (TERM/INT: graceful
+ * stop; HUP: reopen the log). */
+#include <getopt.h>
+#include <signal.h>
+#include <uv.h>
+
+#include "core/common.h"
+#include "core/config.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "http/server.h"
+#include "http/client.h"
+#include "cache/store.h"
+#include "cache/index.h"
+#include "cache/fetch.h"
+#include "registry/upstream.h"
+#include "registry/routes.h"
+#include "cmd/cmd.h"
+
+#define FLUSH_INTERVAL_MS 2000
+
+struct serve {
+    uv_loop_t loop;
+    rgm_config_t cfg;
+    rgm_store_t *store;
+    rgm_index_t *index;
+    rgm_fetches_t *fetches;
+    rgm_client_t *client;
+    rgm_upstream_t *up;
+    rgm_routes_t *routes;
+    rgm_server_t *server;
+    uv_signal_t sig_term;
+    uv_signal_t sig_int;
+    uv_signal_t sig_hup;
+    uv_timer_t flush_timer;
+    int is_stopping;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: regmirror serve [--config FILE] [--listen ADDR:PORT]... [--storage DIR]\n"
+            "                       [--registry NAME=URL]... [--default-registry NAME]\n"
+            "                       [--max-size SIZE] [--allow-any-registry]\n"
+            "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
+            "\n"
+            "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
+            "./regmirror-data, docker.io and the well-known public registries.\n"
+            "Flags override the config file.\n");
+}
+
+static void on_client_closed(void *ud)
+{
+    (void)ud;
+}
+
+static void close_walk(uv_handle_t *h, void *ud)
+{
+    (void)ud;
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void log_handle(uv_handle_t *h, void *ud)
+{
+    (void)ud;
+    rgm_log(RGM_LOG_ERROR, "serve", "handle left open: %s (active %d, closing %d)",
+            uv_handle_type_name(h->type), uv_is_active(h), uv_is_closing(h));
+}
+
+static void on_routes_stopped(void *ud)
+{
+    struct serve *s = ud;
+
+    rgm_client_close(s->client, on_client_closed, s);
+    s->client = NULL;
+    uv_close((uv_handle_t *)&s->flush_timer, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_hup, NULL);
+}
+
+static void on_server_stopped(rgm_server_t *srv, void *ud)
+{
+    struct serve *s = ud;
+
+    (void)srv;
+    rgm_log(RGM_LOG_INFO, "serve", "connections closed; stopping upstream work");
+    rgm_routes_shutdown(s->routes, on_routes_stopped, s);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct serve *s = h->data;
+
+    if (signum == SIGHUP) {
+        if (rgm_log_reopen() < 0)
+            rgm_log(RGM_LOG_ERROR, "serve", "cannot reopen the log file");
+        else
+            rgm_log(RGM_LOG_INFO, "serve", "log reopened");
+        return;
+    }
+    if (s->is_stopping) {
+        rgm_log(RGM_LOG_WARN, "serve", "second signal %d: closing everything now", signum);
+        return;
+    }
+    s->is_stopping = 1;
+    rgm_log(RGM_LOG_INFO, "serve", "signal %d: stop accepting, finishing responses", signum);
+    rgm_server_shutdown(s->server, on_server_stopped, s);
+}
+
+static void on_flush(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, flush_timer);
+
+    if (rgm_index_flush(s->index) < 0)
+        rgm_log(RGM_LOG_WARN, "serve", "index flush failed");
+    rgm_upstream_prune(s->up);
+}
+
+enum { OPT_LOG_LEVEL = 256, OPT_LOG_FILE, OPT_DEFAULT_REGISTRY, OPT_MAX_SIZE, OPT_ANY };
+
+/* Flags override the config file, which overrides the embedded defaults; --config is read
+ * first wherever it appears. Returns 0, or 2 for a usage or config error (printed). */
+static int parse_args(struct serve *s, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"storage", required_argument, NULL, 's'},
+        {"registry", required_argument, NULL, 'r'},
+        {"default-registry", required_argument, NULL, OPT_DEFAULT_REGISTRY},
+        {"max-size", required_argument, NULL, OPT_MAX_SIZE},
+        {"allow-any-registry", no_argument, NULL, OPT_ANY},
+        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
+        {"log-file", required_argument, NULL, OPT_LOG_FILE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    char err[512];
+    int c;
+    int nlisten = 0;
+    int i;
+
+    rgm_config_init(&s->cfg);
+    for (i = 1; i < argc; i++) {
+        const char *cfgpath = NULL;
+
+        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
+            cfgpath = argv[i + 1];
+        else if (strncmp(argv[i], "--config=", 9) == 0)
+            cfgpath = argv[i] + 9;
+        if (cfgpath && rgm_config_load_file(&s->cfg, cfgpath, err, sizeof(err)) < 0) {
+            fprintf(stderr, "regmirror: %s\n", err);
+            return 2;
+        }
+    }
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:l:s:r:h", opts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            break;
+        case 'l':
+            if (nlisten++ == 0) {
+                size_t k;
+                for (k = 0; k < s->cfg.listen_len; k++)
+                    free(s->cfg.listen[k]);
+                s->cfg.listen_len = 0;
+            }
+            s->cfg.listen = rgm_realloc(s->cfg.listen, (s->cfg.listen_len + 1) * sizeof(char *));
+            s->cfg.listen[s->cfg.listen_len++] = rgm_strdup(optarg);
+            break;
+        case 's':
+            free(s->cfg.storage);
+            s->cfg.storage = rgm_strdup(optarg);
+            break;
+        case 'r':
+            if (rgm_config_set_registry(&s->cfg, optarg, err, sizeof(err)) < 0) {
+                fprintf(stderr, "regmirror: --registry: %s\n", err);
+                return 2;
+            }
+            break;
+        case OPT_DEFAULT_REGISTRY:
+            free(s->cfg.default_registry);
+            s->cfg.default_registry = rgm_strdup(optarg);
+            break;
+        case OPT_MAX_SIZE:
+            if (rgm_parse_size(optarg, &s->cfg.max_cache_bytes) < 0) {
+                fprintf(stderr, "regmirror: --max-size: bad size \"%s\" (use 50GiB, 500MB)\n",
+                        optarg);
+                return 2;
+            }
+            break;
+        case OPT_ANY:
+            s->cfg.allow_any_registry = 1;
+            break;
+        case OPT_LOG_LEVEL:
+            s->cfg.log_level = rgm_log_parse_level(optarg);
+            if (s->cfg.log_level < 0) {
+                fprintf(stderr, "regmirror: --log-level: unknown level \"%s\"\n", optarg);
+                return 2;
+            }
+            break;
+        case OPT_LOG_FILE:
+            free(s->cfg.log_file);
+            s->cfg.log_file = rgm_strdup(optarg);
+            break;
+        case 'h':
+            usage(stdout);
+            return 1;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "regmirror: serve: unexpected argument \"%s\"\n", argv[optind]);
+        return 2;
+    }
+    if (rgm_config_validate(&s->cfg, err, sizeof(err)) < 0) {
+        fprintf(stderr, "regmirror: %s\n", err);
+        return 2;
+    }
+    return 0;
+}
+
+static int start_signals(struct serve *s)
+{
+    int err;
+
+    uv_signal_init(&s->loop, &s->sig_term);
+    uv_signal_init(&s->loop, &s->sig_int);
+    uv_signal_init(&s->loop, &s->sig_hup);
+    s->sig_term.data = s->sig_int.data = s->sig_hup.data = s;
+    err = uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    if (err == 0)
+        err = uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    if (err == 0)
+        err = uv_signal_start(&s->sig_hup, on_signal, SIGHUP);
+    return err;
+}
+
+static int open_cache(struct serve *s)
+{
+    char path[4096];
+    int err;
+
+    err = rgm_store_open(s->cfg.storage, &s->store);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cannot open storage %s: %s", s->cfg.storage,
+                uv_strerror(err));
+        return err;
+    }
+    err = rgm_store_index_path(s->store, path, sizeof(path));
+    if (err == 0)
+        err = rgm_index_open(path, &s->index);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cannot open the index in %s: %s", s->cfg.storage,
+                uv_strerror(err));
+        return err;
+    }
+    err = rgm_index_reconcile(s->index, s->store);
+    if (err < 0)
+        rgm_log(RGM_LOG_WARN, "serve", "index reconcile failed: %s", uv_strerror(err));
+    return 0;
+}
+
+int rgm_cmd_serve(int argc, char **argv)
+{
+    struct serve s;
+    rgm_client_opts_t copts;
+    size_t i;
+    int rc = 1;
+    int err;
+
+    memset(&s, 0, sizeof(s));
+    err = parse_args(&s, argc, argv);
+    if (err != 0) {
+        rgm_config_free(&s.cfg);
+        return err == 1 ? 0 : err;
+    }
+    if (rgm_log_open(s.cfg.log_file, s.cfg.log_level) < 0) {
+        fprintf(stderr, "regmirror: cannot open log file %s\n", s.cfg.log_file);
+        rgm_config_free(&s.cfg);
+        return 1;
+    }
+    if (uv_loop_init(&s.loop) < 0)
+        goto out_cfg;
+    if (open_cache(&s) < 0)
+        goto out_cache;
+
+    memset(&copts, 0, sizeof(copts));
+    copts.connect_timeout_ms = s.cfg.upstream_connect_timeout_ms;
+    copts.read_timeout_ms = s.cfg.upstream_read_timeout_ms;
+    s.fetches = rgm_fetches_new(&s.loop, s.store);
+    s.client = rgm_client_new(&s.loop, &copts);
+    s.up = rgm_upstream_new(&s.loop, &s.cfg, s.client);
+    s.routes = rgm_routes_new(&s.loop, &s.cfg, s.store, s.index, s.fetches, s.up);
+    s.server = rgm_server_new(&s.loop, &s.cfg, rgm_routes_handle, s.routes);
+    rgm_routes_set_server(s.routes, s.server);
+
+    for (i = 0; i < s.cfg.listen_len; i++) {
+        err = rgm_server_listen(s.server, s.cfg.listen[i]);
+        if (err < 0) {
+            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", s.cfg.listen[i],
+                    uv_strerror(err));
+            goto out_stop;
+        }
+        rgm_log(RGM_LOG_INFO, "serve", "listening on %s (storage %s)", s.cfg.listen[i],
+                s.cfg.storage);
+    }
+    if (start_signals(&s) < 0)
+        goto out_stop;
+    uv_timer_init(&s.loop, &s.flush_timer);
+    if (uv_timer_start(&s.flush_timer, on_flush, FLUSH_INTERVAL_MS, FLUSH_INTERVAL_MS) < 0)
+        goto out_stop;
+    uv_unref((uv_handle_t *)&s.flush_timer);
+
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+    rc = 0;
+    goto out_free;
+
+out_stop:
+    /* Start-up failed after handles were made: close them all and drain the loop. */
+    s.is_stopping = 1;
+    rgm_server_shutdown(s.server, NULL, NULL);
+    if (s.client)
+        rgm_client_close(s.client, on_client_closed, &s);
+    s.client = NULL;
+    uv_walk(&s.loop, close_walk, NULL);
+    uv_run(&s.loop, UV_RUN_DEFAULT);
+out_free:
+    rgm_server_free(s.server);
+    rgm_routes_free(s.routes);
+    rgm_upstream_free(s.up);
+    rgm_fetches_free(s.fetches);
+out_cache:
+    if (s.index)
+        rgm_index_close(s.index);
+    if (s.store)
+        rgm_store_close(s.store);
+    err = uv_loop_close(&s.loop);
+    if (err != 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "loop not empty at exit: %s", uv_strerror(err));
+        uv_walk(&s.loop, log_handle, NULL);
+        rc = 1;
+    } else if (rc == 0) {
+        rgm_log(RGM_LOG_INFO, "serve", "stopped cleanly");
+    }
+out_cfg:
+    rgm_log_close();
+    rgm_config_free(&s.cfg);
+    return rc;
+}

@@ -1,4 +1,28 @@
+/* The /v2 API served to clients (read side of the OCI distribution spec), plus /healthz,
+ * /readyz and /metrics: validates input, picks the registry, checks access, serves from the
+ * cache or drives an upstream fetch that every concurrent client joins. */
 #ifndef RGM_REGISTRY_ROUTES_H
 #define RGM_REGISTRY_ROUTES_H
-/* not written yet */
+
+#include <uv.h>
+#include "core/config.h"
+#include "http/server.h"
+#include "cache/store.h"
+#include "cache/index.h"
+#include "cache/fetch.h"
+#include "registry/upstream.h"
+
+typedef struct rgm_routes rgm_routes_t;
+
+/* Everything borrowed; all must outlive the routes. */
+rgm_routes_t *rgm_routes_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_store_t *store,
+                             rgm_index_t *index, rgm_fetches_t *fetches, rgm_upstream_t *up);
+/* For /metrics (open connections). */
+void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv);
+/* The server's handler: ud is the rgm_routes_t. */
+void rgm_routes_handle(rgm_req_t *req, void *ud);
+/* Cancel every upstream job; done runs once none is left (maybe later, never inside). */
+void rgm_routes_shutdown(rgm_routes_t *r, void (*done)(void *ud), void *ud);
+void rgm_routes_free(rgm_routes_t *r);
+
 #endif

@@ -1,1 +1,598 @@
-/* not written yet */
+/* Upstream registry requests with the auth dance: first the mirror's own identity (a cached
+ * token, anonymous, or configured credentials after a challenge), then the client's
+ * Authorization when the mirror's own is refused. Also the fetch slots. It does not cache
+ * content (routes and cache do). */
+#include <uv.h>
+
+#include "core/common.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "registry/auth.h"
+#include "registry/upstream.h"
+
+#define TOKEN_BODY_MAX (64 * 1024)
+#define TOKEN_MARGIN_MS 10000
+#define URL_MAX 8192
+
+struct regstate {
+    unsigned active;    /* fetch slots in use */
+    char *basic;        /* "Basic ..." from the configured credentials, or NULL */
+};
+
+struct rgm_upstream {
+    uv_loop_t *loop;
+    const rgm_config_t *cfg;
+    rgm_client_t *client;
+    struct regstate *regs; /* parallel to cfg->registries */
+    rgm_auth_cache_t *tokens; /* "registry|scope" -> "Bearer <token>" */
+    rgm_auth_cache_t *refused; /* "registry|repo" -> own identity refused recently */
+    unsigned active;
+    rgm_slot_wait_t *qhead;
+    rgm_slot_wait_t *qtail;
+};
+
+enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT };
+
+struct rgm_upcall {
+    rgm_upstream_t *up;
+    const rgm_registry_cfg_t *reg;
+    struct regstate *rs;
+    char *repo;
+    char *method;
+    char *url;
+    char *accept;
+    char *client_auth;
+    uint64_t range_from;
+    rgm_upcall_cbs_t cbs;
+    void *ud;
+
+    rgm_upreq_t *req;   /* the request in flight (main or token) */
+    int is_token_req;
+    enum step next;     /* what to do when the swallowed response ends */
+    int tried_token;
+    int tried_basic;
+    int tried_client;
+    int using_client;
+    int is_paused;
+    int is_cancelled;
+    int status;
+    char *challenge;    /* last WWW-Authenticate seen */
+    char *sent_auth;    /* Authorization of the current main request */
+    rgm_buf_t tokbody;
+};
+
+/* ---- helpers ---- */
+
+static struct regstate *regstate(rgm_upstream_t *up, const rgm_registry_cfg_t *reg)
+{
+    size_t i = (size_t)(reg - up->cfg->registries);
+
+    if (i < up->cfg->registries_len)
+        return &up->regs[i];
+    return NULL;
+}
+
+static char *own_basic(const rgm_registry_cfg_t *reg)
+{
+    char *user = NULL;
+    char *pass = NULL;
+    char hdr[4096];
+    char *res = NULL;
+
+    if (reg->username && reg->password) {
+        if (rgm_auth_basic_header(reg->username, reg->password, hdr, sizeof(hdr)) == 0)
+            res = rgm_strdup(hdr);
+        return res;
+    }
+    if (!reg->docker_config)
+        return NULL;
+    if (rgm_auth_docker_config_lookup(reg->docker_config, reg->name, &user, &pass) == 0) {
+        if (rgm_auth_basic_header(user, pass, hdr, sizeof(hdr)) == 0)
+            res = rgm_strdup(hdr);
+    } else {
+        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: no entry in docker config %s", reg->name,
+                reg->docker_config);
+    }
+    free(user);
+    free(pass);
+    return res;
+}
+
+rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client)
+{
+    rgm_upstream_t *up = rgm_calloc(1, sizeof(*up));
+    size_t i;
+
+    up->loop = loop;
+    up->cfg = cfg;
+    up->client = client;
+    up->regs = rgm_calloc(cfg->registries_len ? cfg->registries_len : 1, sizeof(*up->regs));
+    for (i = 0; i < cfg->registries_len; i++) {
+        up->regs[i].basic = own_basic(&cfg->registries[i]);
+        if (cfg->registries[i].insecure_skip_verify)
+            rgm_log(RGM_LOG_WARN, "upstream",
+                    "registry %s: TLS verification is OFF (insecure_skip_verify)",
+                    cfg->registries[i].name);
+    }
+    up->tokens = rgm_auth_cache_new(4096);
+    up->refused = rgm_auth_cache_new(4096);
+    return up;
+}
+
+void rgm_upstream_free(rgm_upstream_t *up)
+{
+    size_t i;
+
+    if (!up)
+        return;
+    for (i = 0; i < up->cfg->registries_len; i++)
+        free(up->regs[i].basic);
+    free(up->regs);
+    rgm_auth_cache_free(up->tokens);
+    rgm_auth_cache_free(up->refused);
+    free(up);
+}
+
+void rgm_upstream_prune(rgm_upstream_t *up)
+{
+    uint64_t now = rgm_time_ms();
+
+    rgm_auth_cache_prune(up->tokens, now);
+    rgm_auth_cache_prune(up->refused, now);
+}
+
+static void scope_key(const rgm_upcall_t *c, const char *what, char *out, size_t len)
+{
+    int n = snprintf(out, len, "%s|%s|%s", what, c->reg->name, c->repo);
+
+    if (n < 0 || (size_t)n >= len)
+        out[0] = '\0';
+}
+
+/* ---- the request state machine ---- */
+
+static int on_req_head(rgm_upreq_t *r, int status, void *ud);
+static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud);
+static void on_req_done(rgm_upreq_t *r, int err, void *ud);
+
+static const rgm_upreq_cbs_t req_cbs = {on_req_head, on_req_body, on_req_done};
+
+static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
+{
+    rgm_tls_opts_t t;
+
+    t.ca_file = reg->ca_file;
+    t.insecure_skip_verify = reg->insecure_skip_verify;
+    return t;
+}
+
+/* Send the main request with this Authorization (NULL: none). */
+static int send_main(rgm_upcall_t *c, const char *auth)
+{
+    rgm_tls_opts_t tls = tls_of(c->reg);
+    char range[64];
+    int err;
+
+    c->req = rgm_upreq_new(c->up->client, c->method, c->url, &tls);
+    if (!c->req)
+        return UV_EINVAL;
+    c->is_token_req = 0;
+    free(c->sent_auth);
+    c->sent_auth = auth ? rgm_strdup(auth) : NULL;
+    if (auth)
+        rgm_upreq_add_header(c->req, "Authorization", auth);
+    if (c->accept)
+        rgm_upreq_add_header(c->req, "Accept", c->accept);
+    if (c->range_from > 0) {
+        snprintf(range, sizeof(range), "bytes=%llu-", (unsigned long long)c->range_from);
+        rgm_upreq_add_header(c->req, "Range", range);
+    }
+    err = rgm_upreq_start(c->req, &req_cbs, c);
+    if (err < 0)
+        c->req = NULL;
+    return err;
+}
+
+/* GET <realm>?service=...&scope=... with the mirror's Basic credentials, if any. */
+static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
+{
+    char url[URL_MAX];
+    char ours[1024];
+    rgm_tls_opts_t tls = tls_of(c->reg);
+    int err;
+
+    if (rgm_auth_pull_scope(c->repo, ours, sizeof(ours)) < 0)
+        return UV_EINVAL;
+    if (rgm_auth_token_url(ch, ch->scope[0] ? ch->scope : ours, url, sizeof(url)) < 0)
+        return UV_EINVAL;
+    /* The realm is another origin: never the client's credentials, only the mirror's own. */
+    c->req = rgm_upreq_new(c->up->client, "GET", url, &tls);
+    if (!c->req)
+        return UV_EINVAL;
+    c->is_token_req = 1;
+    rgm_buf_reset(&c->tokbody);
+    if (c->rs && c->rs->basic)
+        rgm_upreq_add_header(c->req, "Authorization", c->rs->basic);
+    err = rgm_upreq_start(c->req, &req_cbs, c);
+    if (err < 0)
+        c->req = NULL;
+    return err;
+}
+
+static void finish(rgm_upcall_t *c, int err)
+{
+    c->req = NULL;
+    c->cbs.on_done(c, err, c->ud);
+    free(c->repo);
+    free(c->method);
+    free(c->url);
+    free(c->accept);
+    free(c->client_auth);
+    free(c->challenge);
+    free(c->sent_auth);
+    rgm_buf_free(&c->tokbody);
+    free(c);
+}
+
+/* Decide what a 401/403/404 to the mirror's own identity means. Returns the next step, or
+ * STEP_NONE to deliver the response as final. */
+static enum step after_refusal(rgm_upcall_t *c, int status)
+{
+    rgm_auth_challenge_t ch[4];
+    int n = 0;
+    int i;
+
+    if (c->using_client)
+        return STEP_NONE;
+    if (status == 401 && c->challenge) {
+        n = rgm_auth_parse_challenges(c->challenge, ch, RGM_ARRAY_SIZE(ch));
+        for (i = 0; i < n; i++) {
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BEARER && !c->tried_token && ch[i].realm[0]) {
+                return STEP_TOKEN;
+            }
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BASIC && !c->tried_basic && c->rs && c->rs->basic) {
+                return STEP_RETRY_OWN;
+            }
+        }
+    }
+    if ((status == 401 || status == 403 || status == 404) && c->client_auth && !c->tried_client)
+        return STEP_CLIENT;
+    return STEP_NONE;
+}
+
+static int on_req_head(rgm_upreq_t *r, int status, void *ud)
+{
+    rgm_upcall_t *c = ud;
+    const char *wa;
+
+    if (c->is_token_req)
+        return 0;
+    c->status = status;
+    if (status == 401 || status == 403 || status == 404) {
+        wa = rgm_upreq_header(r, "WWW-Authenticate");
+        if (wa) {
+            free(c->challenge);
+            c->challenge = rgm_strdup(wa);
+        }
+        c->next = after_refusal(c, status);
+        if (c->next != STEP_NONE)
+            return 0; /* swallow this body; the next step starts in on_done */
+    }
+    c->next = STEP_NONE;
+    return c->cbs.on_head(c, status, c->ud);
+}
+
+static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
+{
+    rgm_upcall_t *c = ud;
+
+    (void)r;
+    if (c->is_token_req)
+        return rgm_buf_append(&c->tokbody, data, len) < 0 ? UV_E2BIG : 0;
+    if (c->next != STEP_NONE)
+        return 0;
+    return c->cbs.on_body(c, data, len, c->ud);
+}
+
+static int next_step(rgm_upcall_t *c)
+{
+    rgm_auth_challenge_t ch[4];
+    char key[1024];
+    int n;
+    int i;
+    int err = UV_EACCES;
+
+    switch (c->next) {
+    case STEP_TOKEN:
+        c->tried_token = 1;
+        n = rgm_auth_parse_challenges(c->challenge, ch, RGM_ARRAY_SIZE(ch));
+        for (i = 0; i < n; i++) {
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BEARER && ch[i].realm[0]) {
+                err = send_token(c, &ch[i]);
+                break;
+            }
+        }
+        return err;
+    case STEP_RETRY_OWN:
+        c->tried_basic = 1;
+        return send_main(c, c->rs->basic);
+    case STEP_CLIENT:
+        /* The mirror's own identity is refused for this repository: remember it briefly, so
+         * that the next request with client credentials goes straight to them. */
+        scope_key(c, "refused", key, sizeof(key));
+        rgm_auth_cache_put(c->up->refused, key, "1",
+                           rgm_time_ms() + c->up->cfg->auth_cache_ttl_ms);
+        c->tried_client = 1;
+        c->using_client = 1;
+        return send_main(c, c->client_auth);
+    default:
+        return UV_EINVAL;
+    }
+}
+
+static void token_done(rgm_upcall_t *c, int err)
+{
+    rgm_auth_token_t tok;
+    char key[1024];
+    char bearer[8192];
+    uint64_t now = rgm_time_ms();
+    int status = c->status;
+
+    memset(&tok, 0, sizeof(tok));
+    if (err == 0 && status == 200 &&
+        rgm_auth_parse_token_response(c->tokbody.data, c->tokbody.len, now, &tok) == 0 &&
+        snprintf(bearer, sizeof(bearer), "Bearer %s", tok.token) < (int)sizeof(bearer)) {
+        scope_key(c, "token", key, sizeof(key));
+        if (tok.expires_ms > now + TOKEN_MARGIN_MS)
+            rgm_auth_cache_put(c->up->tokens, key, bearer, tok.expires_ms - TOKEN_MARGIN_MS);
+        rgm_auth_token_clear(&tok);
+        err = send_main(c, bearer);
+    } else {
+        rgm_auth_token_clear(&tok);
+        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request failed (status %d, %s)",
+                c->reg->name, status, err < 0 ? uv_strerror(err) : "refused");
+        /* The mirror cannot get a token: go on with the client's credentials, or answer the
+         * challenge we have. */
+        c->status = 401;
+        if (c->client_auth && !c->tried_client) {
+            c->next = STEP_CLIENT;
+            err = next_step(c);
+        } else {
+            err = UV_EACCES;
+        }
+    }
+    if (err < 0) {
+        if (err == UV_EACCES && c->cbs.on_head(c, 401, c->ud) >= 0)
+            err = 0;
+        finish(c, err);
+    }
+}
+
+static void on_req_done(rgm_upreq_t *r, int err, void *ud)
+{
+    rgm_upcall_t *c = ud;
+    int is_token = c->is_token_req;
+    int serr;
+
+    if (is_token)
+        c->status = rgm_upreq_status(r);
+    c->req = NULL;
+    if (c->is_cancelled) {
+        finish(c, UV_ECANCELED);
+        return;
+    }
+    if (is_token) {
+        token_done(c, err);
+        return;
+    }
+    if (c->next == STEP_NONE) {
+        finish(c, err);
+        return;
+    }
+    serr = next_step(c);
+    if (serr < 0) {
+        /* The refusal stands: report it as the final answer. */
+        if (c->cbs.on_head(c, c->status, c->ud) >= 0)
+            serr = 0;
+        finish(c, serr);
+    }
+}
+
+int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_upcall_cbs_t *cbs,
+                     void *ud, rgm_upcall_t **out)
+{
+    rgm_upcall_t *c;
+    char url[URL_MAX];
+    char ns[600];
+    char key[1024];
+    const char *auth = NULL;
+    int n;
+    int err;
+
+    if (o->reg->is_mirror) {
+        if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
+            return UV_EINVAL;
+        n = snprintf(url, sizeof(url), "%s/v2/%s/%s?%s%sns=%s", o->reg->endpoint, o->repo,
+                     o->suffix, o->query ? o->query : "", o->query ? "&" : "", ns);
+    } else {
+        n = snprintf(url, sizeof(url), "%s/v2/%s/%s%s%s", o->reg->endpoint, o->repo, o->suffix,
+                     o->query ? "?" : "", o->query ? o->query : "");
+    }
+    if (n < 0 || (size_t)n >= sizeof(url))
+        return UV_ENAMETOOLONG;
+
+    c = rgm_calloc(1, sizeof(*c));
+    c->up = up;
+    c->reg = o->reg;
+    c->rs = regstate(up, o->reg);
+    c->repo = rgm_strdup(o->repo);
+    c->method = rgm_strdup(o->method);
+    c->url = rgm_strdup(url);
+    c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
+    c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
+    c->range_from = o->range_from;
+    c->cbs = *cbs;
+    c->ud = ud;
+    rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
+
+    /* A tier mirror relays the client's credentials as they are. */
+    scope_key(c, "refused", key, sizeof(key));
+    if (c->client_auth &&
+        (o->client_auth_first || rgm_auth_cache_get(up->refused, key, rgm_time_ms()))) {
+        c->tried_client = 1;
+        c->using_client = 1;
+        auth = c->client_auth;
+    } else {
+        scope_key(c, "token", key, sizeof(key));
+        /* A cached token that is refused still gets one fresh token fetch. */
+        auth = rgm_auth_cache_get(up->tokens, key, rgm_time_ms());
+    }
+    err = send_main(c, auth);
+    if (err < 0) {
+        c->cbs.on_done = NULL;
+        free(c->repo);
+        free(c->method);
+        free(c->url);
+        free(c->accept);
+        free(c->client_auth);
+        free(c->sent_auth);
+        rgm_buf_free(&c->tokbody);
+        free(c);
+        return err;
+    }
+    if (out)
+        *out = c;
+    return 0;
+}
+
+void rgm_upcall_pause(rgm_upcall_t *c)
+{
+    c->is_paused = 1;
+    if (c->req)
+        rgm_upreq_pause(c->req);
+}
+
+void rgm_upcall_resume(rgm_upcall_t *c)
+{
+    c->is_paused = 0;
+    if (c->req)
+        rgm_upreq_resume(c->req);
+}
+
+void rgm_upcall_cancel(rgm_upcall_t *c)
+{
+    c->is_cancelled = 1;
+    if (c->req)
+        rgm_upreq_cancel(c->req);
+}
+
+int rgm_upcall_status(const rgm_upcall_t *c)
+{
+    return c->status;
+}
+
+const char *rgm_upcall_header(const rgm_upcall_t *c, const char *name)
+{
+    if (c->req && !c->is_token_req)
+        return rgm_upreq_header(c->req, name);
+    if (rgm_strcaseeq(name, "WWW-Authenticate"))
+        return c->challenge;
+    return NULL;
+}
+
+int64_t rgm_upcall_content_length(const rgm_upcall_t *c)
+{
+    if (c->req && !c->is_token_req)
+        return rgm_upreq_content_length(c->req);
+    return -1;
+}
+
+int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
+{
+    return c->using_client;
+}
+
+/* ---- fetch slots ---- */
+
+void rgm_upstream_slot_acquire(rgm_upstream_t *up, rgm_slot_wait_t *w)
+{
+    struct regstate *rs = regstate(up, w->reg);
+    unsigned per = w->reg->max_parallel_fetches;
+
+    w->next = NULL;
+    if (!up->qhead && up->active < up->cfg->max_parallel_fetches &&
+        (per == 0 || !rs || rs->active < per)) {
+        up->active++;
+        if (rs)
+            rs->active++;
+        w->on_slot(w);
+        return;
+    }
+    if (up->qtail)
+        up->qtail->next = w;
+    else
+        up->qhead = w;
+    up->qtail = w;
+}
+
+int rgm_upstream_slot_cancel(rgm_upstream_t *up, rgm_slot_wait_t *w)
+{
+    rgm_slot_wait_t **pp;
+    rgm_slot_wait_t *prev = NULL;
+
+    for (pp = &up->qhead; *pp; prev = *pp, pp = &(*pp)->next) {
+        if (*pp == w) {
+            *pp = w->next;
+            if (up->qtail == w)
+                up->qtail = prev;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void rgm_upstream_slot_release(rgm_upstream_t *up, const rgm_registry_cfg_t *reg)
+{
+    struct regstate *rs = regstate(up, reg);
+    rgm_slot_wait_t **pp;
+    rgm_slot_wait_t *prev = NULL;
+
+    RGM_BUG_ON(up->active == 0);
+    up->active--;
+    if (rs && rs->active > 0)
+        rs->active--;
+    /* Grant the first waiter (FIFO) whose registry has room. */
+    for (pp = &up->qhead; *pp && up->active < up->cfg->max_parallel_fetches;
+         prev = *pp, pp = &(*pp)->next) {
+        rgm_slot_wait_t *w = *pp;
+        struct regstate *wrs = regstate(up, w->reg);
+        unsigned per = w->reg->max_parallel_fetches;
+
+        if (per != 0 && wrs && wrs->active >= per)
+            continue;
+        *pp = w->next;
+        if (up->qtail == w)
+            up->qtail = prev;
+        up->active++;
+        if (wrs)
+            wrs->active++;
+        w->on_slot(w);
+        return;
+    }
+}
+
+size_t rgm_upstream_slots_used(const rgm_upstream_t *up)
+{
+    return up->active;
+}
+
+size_t rgm_upstream_slots_queued(const rgm_upstream_t *up)
+{
+    size_t n = 0;
+    const rgm_slot_wait_t *w;
+
+    for (w = up->qhead; w; w = w->next)
+        n++;
+    return n;
+}

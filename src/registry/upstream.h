@@ -1,4 +1,74 @@
+/* Requests to upstream registries, with their auth: the mirror's own token flow (anonymous or
+ * configured credentials), then the client's Authorization when the mirror's own is refused.
+ * One rgm_upcall is one logical request (GET/HEAD of a manifest, blob or tag list); it may
+ * make several HTTP requests (token fetches, retries). Also: per-registry fetch slots
+ * (max_parallel_fetches, FIFO). */
 #ifndef RGM_REGISTRY_UPSTREAM_H
 #define RGM_REGISTRY_UPSTREAM_H
-/* not written yet */
+
+#include <uv.h>
+#include "core/common.h"
+#include "core/config.h"
+#include "http/client.h"
+
+typedef struct rgm_upstream rgm_upstream_t;
+typedef struct rgm_upcall rgm_upcall_t;
+
+/* cfg and client are borrowed and outlive the upstream. */
+rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client);
+void rgm_upstream_free(rgm_upstream_t *up);
+/* Drop expired tokens and decisions (timer). */
+void rgm_upstream_prune(rgm_upstream_t *up);
+
+typedef struct rgm_upcall_opts {
+    const rgm_registry_cfg_t *reg; /* borrowed */
+    const char *repo;              /* normalized repository ("library/nginx") */
+    const char *method;            /* "GET" or "HEAD" */
+    const char *suffix;            /* "manifests/<ref>", "blobs/<digest>", "tags/list" */
+    const char *query;             /* extra query ("n=10&last=x") or NULL */
+    const char *accept;            /* Accept header or NULL */
+    const char *client_auth;       /* the client's Authorization, or NULL */
+    int client_auth_first;         /* try the client's Authorization before the mirror's own */
+    uint64_t range_from;           /* >0: Range: bytes=<range_from>- */
+} rgm_upcall_opts_t;
+
+typedef struct rgm_upcall_cbs {
+    /* The final response head (after auth retries). rgm_upcall_used_client_auth() tells
+     * whether the client's credentials were needed. Return 0 to read the body, <0 to stop. */
+    int (*on_head)(rgm_upcall_t *c, int status, void *ud);
+    /* Body bytes of a 2xx response; may call rgm_upcall_pause(). */
+    int (*on_body)(rgm_upcall_t *c, const char *data, size_t len, void *ud);
+    /* Exactly once, never from inside rgm_upcall_start(); the call is freed after. err as in
+     * client.h (0: complete). */
+    void (*on_done)(rgm_upcall_t *c, int err, void *ud);
+} rgm_upcall_cbs_t;
+
+/* Strings in opts are copied. Returns 0, or <0 (nothing will run). */
+RGM_MUST_CHECK int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *opts,
+                                    const rgm_upcall_cbs_t *cbs, void *ud, rgm_upcall_t **out);
+void rgm_upcall_pause(rgm_upcall_t *c);
+void rgm_upcall_resume(rgm_upcall_t *c);
+/* on_done(UV_ECANCELED) follows unless it already ran. */
+void rgm_upcall_cancel(rgm_upcall_t *c);
+
+/* Valid from on_head until on_done returns. */
+int rgm_upcall_status(const rgm_upcall_t *c);
+const char *rgm_upcall_header(const rgm_upcall_t *c, const char *name);
+int64_t rgm_upcall_content_length(const rgm_upcall_t *c);
+int rgm_upcall_used_client_auth(const rgm_upcall_t *c);
+
+/* ---- fetch slots: at most max_parallel_fetches overall and per registry ---- */
+typedef struct rgm_slot_wait {
+    void (*on_slot)(struct rgm_slot_wait *w); /* the slot is granted */
+    const rgm_registry_cfg_t *reg;
+    struct rgm_slot_wait *next;
+} rgm_slot_wait_t;
+/* Calls w->on_slot now if a slot is free, else queues w (FIFO). */
+void rgm_upstream_slot_acquire(rgm_upstream_t *up, rgm_slot_wait_t *w);
+/* Remove a queued waiter (it will not be called). 1 if it was queued. */
+int rgm_upstream_slot_cancel(rgm_upstream_t *up, rgm_slot_wait_t *w);
+void rgm_upstream_slot_release(rgm_upstream_t *up, const rgm_registry_cfg_t *reg);
+size_t rgm_upstream_slots_used(const rgm_upstream_t *up);
+size_t rgm_upstream_slots_queued(const rgm_upstream_t *up);
+
 #endif

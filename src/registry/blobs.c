@@ -1,0 +1,823 @@
+/* GET/HEAD /v2/<name>/blobs/<digest>: cached blobs from the store (Range, sendfile); misses
+ * become one job per digest that fetches from upstream into a cache fetch (the temp file is
+ * the buffer) while every client streams from that file at its own pace. Lost upstream
+ * connections resume with Range. */
+#include <uv.h>
+#include <inttypes.h>
+#include <unistd.h>
+
+#include "core/common.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "registry/routes-int.h"
+
+#define RESUME_MAX 4
+#define RESUME_BASE_MS 200
+
+enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_BODY, JOB_ENDED };
+
+struct bjob {
+    rgm_routes_t *r;
+    struct bjob *next;
+    enum job_state state;
+    char digest[RGM_DIGEST_MAX];
+    const rgm_registry_cfg_t *reg;
+    char repo[RGM_REF_NAME_MAX + 16];
+    char *auth;
+    char credhash[65];
+    rgm_slot_wait_t slot;
+    int has_slot;
+    rgm_upcall_t *call;
+    rgm_fetch_t *fetch;
+    int is_private;
+    int is_listed;
+    int fetch_live;
+    int append_pending;
+    int upstream_done;
+    int attempts;
+    uint64_t skip;
+    uv_timer_t timer;
+    int timer_state; /* 0 none, 1 open, 2 closing */
+    struct rq *waiters;
+};
+
+static void start_call(struct bjob *job);
+static void attach(struct rq *q, struct bjob *job);
+static void pump(struct rq *q);
+
+/* ---- ranges ---- */
+
+/* Parse "bytes=N-", "bytes=N-M", "bytes=-S" for a body of size bytes. 0: no usable range
+ * (absent, malformed or several: serve the whole body); 1: *start..*end inclusive;
+ * -1: unsatisfiable. */
+static int parse_range(const char *h, uint64_t size, uint64_t *start, uint64_t *end)
+{
+    char a[32];
+    char b[32];
+    const char *dash;
+    uint64_t x;
+    uint64_t y;
+    size_t alen;
+
+    if (!h || strncmp(h, "bytes=", 6) != 0 || strchr(h, ','))
+        return 0;
+    h += 6;
+    dash = strchr(h, '-');
+    if (!dash)
+        return 0;
+    alen = (size_t)(dash - h);
+    if (alen >= sizeof(a) || strlen(dash + 1) >= sizeof(b))
+        return 0;
+    memcpy(a, h, alen);
+    a[alen] = '\0';
+    memcpy(b, dash + 1, strlen(dash + 1) + 1);
+    if (a[0] == '\0') {
+        if (rgm_parse_uint(b, UINT64_MAX, &y) < 0)
+            return 0;
+        if (y == 0 || size == 0)
+            return -1;
+        *start = y >= size ? 0 : size - y;
+        *end = size - 1;
+        return 1;
+    }
+    if (rgm_parse_uint(a, UINT64_MAX, &x) < 0)
+        return 0;
+    if (b[0] == '\0') {
+        y = UINT64_MAX;
+    } else if (rgm_parse_uint(b, UINT64_MAX, &y) < 0 || y < x) {
+        return 0;
+    }
+    if (x >= size)
+        return -1;
+    *start = x;
+    *end = y >= size ? size - 1 : y;
+    return 1;
+}
+
+/* Start a blob response for a body of size bytes (UINT64_MAX: unknown). Sets q->off/end.
+ * Returns 0, or <0 when an answer (416) was already given. */
+static int start_body(struct rq *q, uint64_t size)
+{
+    char h[1024];
+    uint64_t start = 0;
+    uint64_t end = 0;
+    int rng = 0;
+    int n;
+    int status = 200;
+    int64_t len;
+
+    if (size != UINT64_MAX)
+        rng = parse_range(rgm_req_header(q->req, "Range"), size, &start, &end);
+    if (rng < 0) {
+        n = snprintf(h, sizeof(h), "Content-Range: bytes */%" PRIu64 "\r\n", size);
+        rq_error(q, 416, "SIZE_INVALID", "requested range not satisfiable", n > 0 ? h : NULL);
+        return -1;
+    }
+    n = snprintf(h, sizeof(h),
+                 "Content-Type: application/octet-stream\r\n"
+                 "Docker-Content-Digest: %s\r\nAccept-Ranges: bytes\r\n"
+                 "Cache-Control: max-age=31536000\r\n",
+                 q->digest);
+    if (rng == 1) {
+        status = 206;
+        n += snprintf(h + n, sizeof(h) - (size_t)n,
+                      "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", start, end,
+                      size);
+        q->off = start;
+        q->end = end + 1;
+        len = (int64_t)(end + 1 - start);
+    } else {
+        q->off = 0;
+        q->end = size;
+        len = size == UINT64_MAX ? -1 : (int64_t)size;
+    }
+    if (rq_start(q, status, h, len) < 0) {
+        rq_abort(q, "cannot start response");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- cached blobs ---- */
+
+static void on_cached_sent(rgm_req_t *req, int status, void *ud)
+{
+    struct rq *q = ud;
+
+    (void)req;
+    q->is_sending = 0;
+    if (status < 0) {
+        rq_abort(q, "file read error");
+        return;
+    }
+    rq_count_bytes(q, q->end - q->off);
+    rq_finish(q);
+}
+
+static void serve_cached(struct rq *q)
+{
+    uint64_t size = 0;
+    int err;
+
+    if (q->fd < 0) {
+        err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
+        if (err < 0) {
+            /* Evicted meanwhile: start over as a miss. */
+            blobs_handle(q);
+            return;
+        }
+    } else {
+        size = q->end;
+    }
+    rq_set_cache(q, "HIT");
+    rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
+    if (start_body(q, size) < 0)
+        return;
+    if (q->is_head || q->off >= q->end) {
+        rq_finish(q);
+        return;
+    }
+    q->is_sending = 1;
+    err = rgm_resp_sendfile(q->req, q->fd, q->off, q->end - q->off, on_cached_sent, q);
+    if (err < 0) {
+        q->is_sending = 0;
+        rq_abort(q, "sendfile failed");
+    }
+}
+
+/* ---- readers of a fetch in flight ---- */
+
+static void on_more(rgm_fetch_reader_t *rd, void *ud)
+{
+    struct rq *q = ud;
+
+    (void)rd;
+    pump(q);
+}
+
+static void reader_end(struct rq *q, int is_ok, const char *reason)
+{
+    rgm_fetch_reader_t *rd = q->rd;
+
+    q->rd = NULL;
+    rgm_fetch_leave(rd);
+    if (is_ok)
+        rq_finish(q);
+    else
+        rq_abort(q, reason);
+}
+
+static void on_reader_sent(rgm_req_t *req, int status, void *ud)
+{
+    struct rq *q = ud;
+
+    (void)req;
+    q->is_sending = 0;
+    if (status < 0) {
+        reader_end(q, 0, "file read error");
+        return;
+    }
+    pump(q);
+}
+
+static void pump(struct rq *q)
+{
+    rgm_fetch_t *f;
+    enum rgm_fetch_state st;
+    uint64_t lim;
+    int err;
+
+    if (q->is_sending || !q->rd || !q->req)
+        return;
+    f = rgm_fetch_reader_fetch(q->rd);
+    st = rgm_fetch_state(f);
+    lim = rgm_fetch_readable(f);
+    if (lim > q->end)
+        lim = q->end;
+    if (q->off < lim) {
+        uint64_t n = lim - q->off;
+
+        q->is_sending = 1;
+        rq_count_bytes(q, n);
+        err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
+        if (err < 0) {
+            q->is_sending = 0;
+            reader_end(q, 0, "sendfile failed");
+            return;
+        }
+        q->off += n;
+        return;
+    }
+    if (q->off >= q->end || (st == RGM_FETCH_DONE && q->off >= rgm_fetch_readable(f))) {
+        reader_end(q, 1, NULL);
+        return;
+    }
+    if (st == RGM_FETCH_FAILED)
+        reader_end(q, 0, "upstream fetch failed");
+}
+
+static void attach(struct rq *q, struct bjob *job)
+{
+    uint64_t size;
+
+    q->rd = rgm_fetch_join(job->fetch, on_more, q);
+    size = rgm_fetch_size(job->fetch);
+    if (start_body(q, size) < 0) {
+        /* start_body answered and dropped q->req; leave the fetch. */
+        rgm_fetch_reader_t *rd = q->rd;
+
+        q->rd = NULL;
+        rgm_fetch_leave(rd);
+        rq_release(q);
+        return;
+    }
+    if (q->is_head) {
+        reader_end(q, 1, NULL);
+        return;
+    }
+    pump(q);
+}
+
+/* May q read this job's bytes? Public jobs: anyone. Private: the client whose credentials
+ * fetched it, or one the upstream accepted recently for this repository. */
+static int may_join(struct rq *q, struct bjob *job)
+{
+    char key[1024];
+
+    if (!job->is_private || q->access_status == 200)
+        return 1;
+    if (!q->auth)
+        return 0;
+    if (strcmp(q->credhash, job->credhash) == 0 && q->reg == job->reg &&
+        strcmp(q->repo, job->repo) == 0)
+        return 1;
+    snprintf(key, sizeof(key), "%s|%s|%s", q->credhash, q->reg->name, q->repo);
+    return rgm_auth_cache_get(q->r->access, key, rgm_time_ms()) != NULL;
+}
+
+static void recheck(struct rq *q)
+{
+    /* Access verified upstream for this request: route it again, without asking twice. */
+    q->access_status = 200;
+    blobs_handle(q);
+}
+
+static void attach_checked(struct rq *q, struct bjob *job)
+{
+    if (may_join(q, job)) {
+        attach(q, job);
+        return;
+    }
+    q->after_access = recheck;
+    rq_check_access(q);
+}
+
+/* ---- jobs ---- */
+
+static struct bjob *find_job(rgm_routes_t *r, const char *digest)
+{
+    struct bjob *j;
+
+    for (j = r->bjobs; j; j = j->next)
+        if (j->is_listed && strcmp(j->digest, digest) == 0)
+            return j;
+    return NULL;
+}
+
+static void unlist(struct bjob *job)
+{
+    struct bjob **pp;
+
+    if (!job->is_listed)
+        return;
+    for (pp = &job->r->bjobs; *pp; pp = &(*pp)->next) {
+        if (*pp == job) {
+            *pp = job->next;
+            break;
+        }
+    }
+    job->is_listed = 0;
+}
+
+static void release_slot(struct bjob *job)
+{
+    if (!job->has_slot)
+        return;
+    job->has_slot = 0;
+    rgm_upstream_slot_release(job->r->up, job->reg);
+}
+
+static void maybe_free(struct bjob *job)
+{
+    if (job->call || job->fetch_live || job->timer_state != 0 || job->append_pending ||
+        job->waiters)
+        return;
+    release_slot(job);
+    unlist(job);
+    free(job->auth);
+    free(job);
+}
+
+static void on_timer_closed(uv_handle_t *h)
+{
+    struct bjob *job = rgm_container_of((uv_timer_t *)h, struct bjob, timer);
+
+    job->timer_state = 0;
+    maybe_free(job);
+}
+
+static void close_timer(struct bjob *job)
+{
+    if (job->timer_state == 1) {
+        job->timer_state = 2;
+        uv_close((uv_handle_t *)&job->timer, on_timer_closed);
+    }
+}
+
+/* Answer every waiter that is still waiting for the head. */
+static void fail_waiters(struct bjob *job, int status, rgm_upcall_t *c, int err)
+{
+    struct rq *q;
+
+    while ((q = job->waiters) != NULL) {
+        job->waiters = q->next_waiter;
+        q->next_waiter = NULL;
+        q->job = NULL;
+        if (q->req)
+            rq_relay_error(q, status, c, err, 1);
+        else
+            rq_release(q);
+    }
+}
+
+static void on_fetch_done(rgm_fetch_t *f, int status, void *ud)
+{
+    struct bjob *job = ud;
+    rgm_routes_t *r = job->r;
+    rgm_index_object_t obj;
+
+    (void)f;
+    job->fetch_live = 0;
+    job->state = JOB_ENDED;
+    unlist(job);
+    if (status == 0) {
+        r->m.fetches_done++;
+        memset(&obj, 0, sizeof(obj));
+        snprintf(obj.digest, sizeof(obj.digest), "%s", job->digest);
+        obj.size = rgm_fetch_written(job->fetch);
+        obj.kind = RGM_OBJ_BLOB;
+        snprintf(obj.media_type, sizeof(obj.media_type), "application/octet-stream");
+        if (rgm_index_put_object(r->index, &obj) < 0 ||
+            rgm_index_add_origin(r->index, job->digest, job->reg->name, job->repo,
+                                 !job->is_private) < 0)
+            rgm_log(RGM_LOG_ERROR, "blobs", "cannot index %s", job->digest);
+        rgm_log(RGM_LOG_INFO, "blobs", "cached %s (%" PRIu64 " bytes) from %s/%s", job->digest,
+                obj.size, job->reg->name, job->repo);
+    } else if (status == UV_EINVAL) {
+        r->m.digest_mismatches++;
+        r->m.fetches_failed++;
+        rgm_log(RGM_LOG_ERROR, "blobs",
+                "digest mismatch for %s from %s/%s: nothing cached, clients cut short",
+                job->digest, job->reg->name, job->repo);
+    } else {
+        r->m.fetches_failed++;
+        rgm_log(RGM_LOG_WARN, "blobs", "fetch of %s from %s/%s failed: %s", job->digest,
+                job->reg->name, job->repo, uv_strerror(status));
+    }
+    job->fetch = NULL;
+    maybe_free(job);
+}
+
+static void on_appended(rgm_fetch_t *f, int status, void *ud)
+{
+    struct bjob *job = ud;
+
+    (void)f;
+    job->append_pending = 0;
+    if (status < 0) {
+        /* The fetch has failed itself; stop the upstream. */
+        if (job->call)
+            rgm_upcall_cancel(job->call);
+    } else if (job->upstream_done) {
+        job->upstream_done = 0;
+        release_slot(job);
+        rgm_fetch_finish(job->fetch);
+    } else if (job->call) {
+        rgm_upcall_resume(job->call);
+    }
+    maybe_free(job);
+}
+
+static int on_head(rgm_upcall_t *c, int status, void *ud)
+{
+    struct bjob *job = ud;
+    rgm_routes_t *r = job->r;
+    int64_t len = rgm_upcall_content_length(c);
+    const char *cr;
+    char want[64];
+    struct rq *q;
+    int err;
+
+    if (job->state == JOB_BODY) {
+        /* A resume. 206 must start where we are; 200 restarts: skip what we have. */
+        uint64_t w = rgm_fetch_written(job->fetch);
+
+        snprintf(want, sizeof(want), "bytes %" PRIu64 "-", w);
+        cr = rgm_upcall_header(c, "Content-Range");
+        if (status == 206 && cr && strncmp(cr, want, strlen(want)) == 0)
+            return 0;
+        if (status == 200) {
+            job->skip = w;
+            return 0;
+        }
+        return UV_EPROTO;
+    }
+    if (status != 200) {
+        job->state = JOB_ENDED;
+        fail_waiters(job, status, c, 0);
+        return UV_ECANCELED;
+    }
+    err = rgm_fetch_start(r->fetches, job->digest, on_fetch_done, job, &job->fetch);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "blobs", "cannot start fetch of %s: %s", job->digest,
+                uv_strerror(err));
+        job->state = JOB_ENDED;
+        fail_waiters(job, 0, NULL, err);
+        return err;
+    }
+    r->m.fetches_started++;
+    job->fetch_live = 1;
+    job->state = JOB_BODY;
+    job->is_private = rgm_upcall_used_client_auth(c);
+    if (len >= 0)
+        rgm_fetch_set_size(job->fetch, (uint64_t)len);
+    while ((q = job->waiters) != NULL) {
+        job->waiters = q->next_waiter;
+        q->next_waiter = NULL;
+        q->job = NULL;
+        if (!q->req) {
+            rq_release(q);
+            continue;
+        }
+        attach_checked(q, job);
+    }
+    return 0;
+}
+
+static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
+{
+    struct bjob *job = ud;
+    int err;
+
+    if (job->skip > 0) {
+        size_t n = job->skip < len ? (size_t)job->skip : len;
+
+        job->skip -= n;
+        data += n;
+        len -= n;
+        if (len == 0)
+            return 0;
+    }
+    job->r->m.upstream_bytes += len;
+    err = rgm_fetch_append(job->fetch, data, len, on_appended, job);
+    if (err < 0)
+        return err;
+    job->append_pending = 1;
+    rgm_upcall_pause(c);
+    return 0;
+}
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    struct bjob *job = rgm_container_of(t, struct bjob, timer);
+
+    if (job->append_pending) {
+        if (uv_timer_start(t, on_resume_timer, 20, 0) == 0)
+            return;
+    }
+    close_timer(job);
+    if (job->r->is_stopping || !job->fetch) {
+        if (job->fetch)
+            rgm_fetch_fail(job->fetch, UV_ECANCELED);
+        return;
+    }
+    start_call(job);
+}
+
+static void on_done(rgm_upcall_t *c, int err, void *ud)
+{
+    struct bjob *job = ud;
+    uint64_t size;
+    uint64_t delay;
+
+    (void)c;
+    job->call = NULL;
+    if (job->state != JOB_BODY || !job->fetch) {
+        job->state = JOB_ENDED;
+        fail_waiters(job, 0, NULL, err ? err : UV_EPROTO);
+        release_slot(job);
+        maybe_free(job);
+        return;
+    }
+    if (err == 0) {
+        if (job->append_pending) {
+            job->upstream_done = 1;
+        } else {
+            release_slot(job);
+            rgm_fetch_finish(job->fetch);
+        }
+        maybe_free(job);
+        return;
+    }
+    size = rgm_fetch_size(job->fetch);
+    if (err != UV_ECANCELED && !job->r->is_stopping && job->attempts < RESUME_MAX &&
+        size != UINT64_MAX && rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING) {
+        job->attempts++;
+        job->r->m.resumes++;
+        delay = (uint64_t)RESUME_BASE_MS << (job->attempts - 1);
+        rgm_log(RGM_LOG_WARN, "blobs", "upstream lost during %s at %" PRIu64 " bytes (%s): "
+                "resuming in %" PRIu64 " ms", job->digest, rgm_fetch_written(job->fetch),
+                uv_strerror(err), delay);
+        if (job->timer_state == 0) {
+            uv_timer_init(job->r->loop, &job->timer);
+            job->timer_state = 1;
+        }
+        if (uv_timer_start(&job->timer, on_resume_timer, delay, 0) == 0)
+            return;
+        close_timer(job);
+    }
+    job->r->m.upstream_errors++;
+    release_slot(job);
+    if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
+        rgm_fetch_fail(job->fetch, err);
+    maybe_free(job);
+}
+
+static const rgm_upcall_cbs_t job_cbs = {on_head, on_body, on_done};
+
+static void start_call(struct bjob *job)
+{
+    rgm_upcall_opts_t o;
+    char suffix[256];
+    int err;
+
+    snprintf(suffix, sizeof(suffix), "blobs/%s", job->digest);
+    memset(&o, 0, sizeof(o));
+    o.reg = job->reg;
+    o.repo = job->repo;
+    o.method = "GET";
+    o.suffix = suffix;
+    o.client_auth = job->auth;
+    o.client_auth_first = job->reg->is_mirror;
+    if (job->state == JOB_BODY) {
+        o.range_from = rgm_fetch_written(job->fetch);
+        /* A private fetch resumes with the credentials that started it. */
+        o.client_auth_first = o.client_auth_first || job->is_private;
+    }
+    job->skip = 0;
+    err = rgm_upcall_start(job->r->up, &o, &job_cbs, job, &job->call);
+    if (err < 0) {
+        job->call = NULL;
+        if (job->state == JOB_BODY) {
+            release_slot(job);
+            rgm_fetch_fail(job->fetch, err);
+        } else {
+            job->state = JOB_ENDED;
+            fail_waiters(job, 0, NULL, err);
+            release_slot(job);
+        }
+        maybe_free(job);
+        return;
+    }
+    job->r->m.upstream_requests++;
+}
+
+static void on_slot(rgm_slot_wait_t *w)
+{
+    struct bjob *job = rgm_container_of(w, struct bjob, slot);
+
+    job->has_slot = 1;
+    job->state = JOB_HEAD;
+    start_call(job);
+}
+
+static void start_job(struct rq *q)
+{
+    struct bjob *job = rgm_calloc(1, sizeof(*job));
+    rgm_routes_t *r = q->r;
+
+    job->r = r;
+    snprintf(job->digest, sizeof(job->digest), "%s", q->digest);
+    snprintf(job->repo, sizeof(job->repo), "%s", q->repo);
+    job->reg = q->reg;
+    job->auth = q->auth ? rgm_strdup(q->auth) : NULL;
+    memcpy(job->credhash, q->credhash, sizeof(job->credhash));
+    job->next = r->bjobs;
+    job->is_listed = 1;
+    r->bjobs = job;
+    job->waiters = q;
+    q->job = job;
+    job->slot.reg = q->reg;
+    job->slot.on_slot = on_slot;
+    rgm_upstream_slot_acquire(r->up, &job->slot);
+}
+
+/* ---- HEAD of a blob that is not here: ask upstream, fetch nothing ---- */
+
+static int head_on_head(rgm_upcall_t *c, int status, void *ud)
+{
+    struct rq *q = ud;
+    char h[512];
+    const char *ct = rgm_upcall_header(c, "Content-Type");
+    int64_t len = rgm_upcall_content_length(c);
+
+    q->access_status = status;
+    if (!q->req)
+        return UV_ECANCELED;
+    if (status != 200) {
+        rq_relay_error(q, status, c, 0, 1);
+        return UV_ECANCELED;
+    }
+    snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n"
+             "Accept-Ranges: bytes\r\n",
+             ct && !strpbrk(ct, "\r\n") ? ct : "application/octet-stream", q->digest);
+    if (rq_start(q, 200, h, len) < 0) {
+        rq_abort(q, "cannot start response");
+        return UV_ECANCELED;
+    }
+    rq_finish(q);
+    return UV_ECANCELED;
+}
+
+static int head_on_body(rgm_upcall_t *c, const char *d, size_t n, void *ud)
+{
+    (void)c;
+    (void)d;
+    (void)n;
+    (void)ud;
+    return 0;
+}
+
+static void head_on_done(rgm_upcall_t *c, int err, void *ud)
+{
+    struct rq *q = ud;
+
+    (void)c;
+    q->pending--;
+    if (q->req && q->access_status == 0)
+        rq_relay_error(q, 0, NULL, err ? err : UV_EPROTO, 1);
+    else
+        rq_release(q);
+}
+
+static const rgm_upcall_cbs_t head_cbs = {head_on_head, head_on_body, head_on_done};
+
+static void head_upstream(struct rq *q)
+{
+    rgm_upcall_opts_t o;
+    char suffix[256];
+    int err;
+
+    snprintf(suffix, sizeof(suffix), "blobs/%s", q->digest);
+    rq_upcall_opts(q, &o, "HEAD", suffix);
+    q->access_status = 0;
+    err = rgm_upcall_start(q->r->up, &o, &head_cbs, q, NULL);
+    if (err < 0) {
+        rq_relay_error(q, 0, NULL, err, 1);
+        return;
+    }
+    q->r->m.upstream_requests++;
+    q->pending++;
+}
+
+/* ---- entry points ---- */
+
+void blobs_handle(struct rq *q)
+{
+    struct bjob *job;
+    uint64_t size = 0;
+    int err;
+
+    snprintf(q->digest, sizeof(q->digest), "%s", q->path.reference);
+    if (q->fd < 0) {
+        err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
+        if (err == 0) {
+            q->end = size;
+            if (q->access_status == 200) {
+                serve_cached(q);
+            } else {
+                q->after_access = serve_cached;
+                rq_check_access(q);
+            }
+            return;
+        }
+    }
+    job = find_job(q->r, q->digest);
+    if (job) {
+        rq_set_cache(q, "JOIN");
+        q->r->m.joins++;
+        if (job->state == JOB_BODY) {
+            attach_checked(q, job);
+        } else {
+            q->job = job;
+            q->next_waiter = job->waiters;
+            job->waiters = q;
+        }
+        return;
+    }
+    rq_set_cache(q, "MISS");
+    if (q->r->is_stopping) {
+        rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
+        return;
+    }
+    if (q->is_head) {
+        head_upstream(q);
+        return;
+    }
+    start_job(q);
+}
+
+void blobs_detach(struct rq *q)
+{
+    struct rq **pp;
+
+    if (q->rd) {
+        rgm_fetch_reader_t *rd = q->rd;
+
+        q->rd = NULL;
+        rgm_fetch_leave(rd);
+    }
+    if (q->job) {
+        for (pp = &q->job->waiters; *pp; pp = &(*pp)->next_waiter) {
+            if (*pp == q) {
+                *pp = q->next_waiter;
+                break;
+            }
+        }
+        q->job = NULL;
+    }
+}
+
+void blobs_shutdown(rgm_routes_t *r)
+{
+    struct bjob *job;
+    struct bjob *next;
+
+    for (job = r->bjobs; job; job = next) {
+        next = job->next;
+        if (job->state == JOB_WAIT_SLOT && rgm_upstream_slot_cancel(r->up, &job->slot)) {
+            job->state = JOB_ENDED;
+            fail_waiters(job, 0, NULL, UV_ECANCELED);
+            maybe_free(job);
+            continue;
+        }
+        if (job->call)
+            rgm_upcall_cancel(job->call);
+        if (job->timer_state == 1 && !job->call) {
+            uv_timer_stop(&job->timer);
+            close_timer(job);
+            if (job->fetch && rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
+                rgm_fetch_fail(job->fetch, UV_ECANCELED);
+        }
+    }
+}

@@ -1,0 +1,681 @@
+/* GET/HEAD /v2/<name>/manifests/<tag or digest> and GET /v2/<name>/tags/list. Manifests are
+ * small: fetched whole into memory (one upstream GET per registry/repository/reference/Accept
+ * in flight, shared by every waiter), verified, stored as blobs and indexed with their tag.
+ * Tags are served from the index for tag_ttl, then revalidated with a HEAD; stale tags are
+ * served while the upstream fails. */
+#include <uv.h>
+#include <inttypes.h>
+#include <openssl/evp.h>
+#include <jansson.h>
+
+#include "core/common.h"
+#include "core/buf.h"
+#include "core/log.h"
+#include "core/util.h"
+#include "registry/routes-int.h"
+
+#define DEFAULT_ACCEPT                                                                             \
+    "application/vnd.oci.image.index.v1+json, "                                                    \
+    "application/vnd.oci.image.manifest.v1+json, "                                                 \
+    "application/vnd.docker.distribution.manifest.list.v2+json, "                                  \
+    "application/vnd.docker.distribution.manifest.v2+json, "                                       \
+    "application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, "                            \
+    "application/vnd.docker.distribution.manifest.v1+json;q=0.5"
+
+enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS };
+
+struct mjob {
+    rgm_routes_t *r;
+    struct mjob *next;
+    enum mj_kind kind;
+    char *key;
+    const rgm_registry_cfg_t *reg;
+    char repo[RGM_REF_NAME_MAX + 16];
+    char ref[RGM_REF_DIGEST_MAX + 1];
+    int ref_is_digest;
+    char credhash[65];
+    rgm_upcall_t *call;
+    int status;
+    int is_answered;
+    int used_client;
+    char *content_type;
+    char *link;
+    char *digest_hdr;
+    rgm_buf_t body;
+    struct rq *waiters;
+};
+
+static const char *accept_of(struct rq *q)
+{
+    const char *a = rgm_req_header(q->req, "Accept");
+
+    return a && a[0] ? a : DEFAULT_ACCEPT;
+}
+
+static int digest_of(const char *algo_of, const void *data, size_t len, char *out, size_t outlen)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    int is512 = algo_of && strncmp(algo_of, "sha512:", 7) == 0;
+
+    if (EVP_Digest(data, len, md, &mdlen, is512 ? EVP_sha512() : EVP_sha256(), NULL) != 1)
+        return UV_EIO;
+    rgm_hex(md, mdlen, hex);
+    snprintf(out, outlen, "%s:%s", is512 ? "sha512" : "sha256", hex);
+    return 0;
+}
+
+static int header_ok(const char *v)
+{
+    return v && !strpbrk(v, "\r\n");
+}
+
+/* ---- serving a cached manifest ---- */
+
+static void on_cached_sent(rgm_req_t *req, int status, void *ud)
+{
+    struct rq *q = ud;
+
+    (void)req;
+    q->is_sending = 0;
+    if (status < 0) {
+        rq_abort(q, "file read error");
+        return;
+    }
+    rq_count_bytes(q, q->end);
+    rq_finish(q);
+}
+
+static void serve_cached(struct rq *q)
+{
+    rgm_index_object_t obj;
+    uint64_t size = 0;
+    char h[1024];
+    int err;
+
+    if (rgm_index_get_object(q->r->index, q->digest, &obj) < 0 ||
+        rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size) < 0) {
+        rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
+        return;
+    }
+    if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
+        rq_set_cache(q, "HIT");
+    rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
+    snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n",
+             obj.media_type[0] ? obj.media_type : "application/vnd.oci.image.manifest.v1+json",
+             q->digest);
+    if (rq_start(q, 200, h, (int64_t)size) < 0) {
+        rq_abort(q, "cannot start response");
+        return;
+    }
+    if (q->is_head || size == 0) {
+        rq_finish(q);
+        return;
+    }
+    q->end = size;
+    q->is_sending = 1;
+    err = rgm_resp_sendfile(q->req, q->fd, 0, size, on_cached_sent, q);
+    if (err < 0) {
+        q->is_sending = 0;
+        rq_abort(q, "sendfile failed");
+    }
+}
+
+static void serve_cached_checked(struct rq *q)
+{
+    if (q->access_status == 200) {
+        serve_cached(q);
+        return;
+    }
+    q->after_access = serve_cached;
+    rq_check_access(q);
+}
+
+/* ---- manifest jobs: one upstream GET, many waiters ---- */
+
+static void mjob_free(struct mjob *j)
+{
+    struct mjob **pp;
+
+    for (pp = &j->r->mjobs; *pp; pp = &(*pp)->next) {
+        if (*pp == j) {
+            *pp = j->next;
+            break;
+        }
+    }
+    free(j->key);
+    free(j->content_type);
+    free(j->link);
+    free(j->digest_hdr);
+    rgm_buf_free(&j->body);
+    free(j);
+}
+
+static struct rq *take_waiter(struct mjob *j)
+{
+    struct rq *q = j->waiters;
+
+    if (q) {
+        j->waiters = q->next_mwaiter;
+        q->next_mwaiter = NULL;
+        q->mjob = NULL;
+    }
+    return q;
+}
+
+static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
+{
+    struct rq *q;
+
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (q->req)
+            rq_relay_error(q, status, c, err, 0);
+        else
+            rq_release(q);
+    }
+}
+
+static void send_body(struct rq *q, int status, const char *hdrs, const rgm_buf_t *body)
+{
+    if (rq_start(q, status, hdrs, (int64_t)body->len) < 0) {
+        rq_abort(q, "cannot start response");
+        return;
+    }
+    if (!q->is_head && body->len > 0) {
+        if (rgm_resp_write(q->req, body->data, body->len, NULL, NULL) < 0) {
+            rq_abort(q, "write failed");
+            return;
+        }
+        rq_count_bytes(q, body->len);
+    }
+    rq_finish(q);
+}
+
+static void answer_manifest(struct mjob *j, const char *digest)
+{
+    struct rq *q;
+    char h[1024];
+
+    snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n",
+             j->content_type ? j->content_type : "application/vnd.oci.image.manifest.v1+json",
+             digest);
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (!q->req) {
+            rq_release(q);
+            continue;
+        }
+        snprintf(q->digest, sizeof(q->digest), "%s", digest);
+        if (j->used_client && strcmp(q->credhash, j->credhash) != 0) {
+            /* Fetched with someone else's credentials: this client must pass on its own. */
+            q->after_access = serve_cached;
+            rq_check_access(q);
+            continue;
+        }
+        send_body(q, 200, h, &j->body);
+    }
+}
+
+/* Verify, store and index the manifest in j->body; then answer everyone. */
+static void manifest_complete(struct mjob *j)
+{
+    rgm_routes_t *r = j->r;
+    rgm_index_object_t obj;
+    char digest[RGM_DIGEST_MAX];
+    const char *want = j->ref_is_digest ? j->ref : j->digest_hdr;
+
+    if (digest_of(want, j->body.data, j->body.len, digest, sizeof(digest)) < 0) {
+        answer_error(j, 502, NULL, 0);
+        return;
+    }
+    if (want && rgm_ref_valid_digest(want) && strcmp(want, digest) != 0) {
+        r->m.digest_mismatches++;
+        rgm_log(RGM_LOG_ERROR, "manifests", "digest mismatch for %s/%s:%s: want %s, got %s",
+                j->reg->name, j->repo, j->ref, want, digest);
+        answer_error(j, 502, NULL, 0);
+        return;
+    }
+    if (rgm_store_put_small(r->store, digest, j->body.data, j->body.len) < 0) {
+        rgm_log(RGM_LOG_ERROR, "manifests", "cannot store %s; serving it uncached", digest);
+    } else {
+        memset(&obj, 0, sizeof(obj));
+        snprintf(obj.digest, sizeof(obj.digest), "%s", digest);
+        obj.size = j->body.len;
+        obj.kind = RGM_OBJ_MANIFEST;
+        snprintf(obj.media_type, sizeof(obj.media_type), "%s",
+                 j->content_type ? j->content_type : "");
+        if (rgm_index_put_object(r->index, &obj) < 0 ||
+            rgm_index_add_origin(r->index, digest, j->reg->name, j->repo, !j->used_client) < 0 ||
+            (!j->ref_is_digest &&
+             rgm_index_put_tag(r->index, j->reg->name, j->repo, j->ref, digest, rgm_time_ms()) <
+                 0))
+            rgm_log(RGM_LOG_ERROR, "manifests", "cannot index %s", digest);
+    }
+    answer_manifest(j, digest);
+}
+
+static void tags_complete(struct mjob *j)
+{
+    struct rq *q;
+    char h[2048];
+    int n = 0;
+
+    n += snprintf(h, sizeof(h), "Content-Type: %s\r\n",
+                  header_ok(j->content_type) ? j->content_type : "application/json");
+    if (header_ok(j->link))
+        snprintf(h + n, sizeof(h) - (size_t)n, "Link: %s\r\n", j->link);
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (q->req)
+            send_body(q, 200, h, &j->body);
+        else
+            rq_release(q);
+    }
+}
+
+static void tags_fallback(struct mjob *j, int err);
+
+static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
+{
+    struct mjob *j = ud;
+    const char *v;
+
+    j->status = status;
+    j->used_client = rgm_upcall_used_client_auth(c);
+    if (status != 200) {
+        if (j->kind == MJ_TAGS && status >= 500)
+            return UV_ECANCELED; /* on_done falls back to the index */
+        answer_error(j, status, c, 0);
+        return UV_ECANCELED;
+    }
+    v = rgm_upcall_header(c, "Content-Type");
+    if (header_ok(v))
+        j->content_type = rgm_strdup(v);
+    v = rgm_upcall_header(c, "Link");
+    if (header_ok(v))
+        j->link = rgm_strdup(v);
+    v = rgm_upcall_header(c, "Docker-Content-Digest");
+    if (v && rgm_ref_valid_digest(v))
+        j->digest_hdr = rgm_strdup(v);
+    return 0;
+}
+
+static int mj_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
+{
+    struct mjob *j = ud;
+
+    (void)c;
+    return rgm_buf_append(&j->body, data, len) < 0 ? UV_E2BIG : 0;
+}
+
+static void mj_on_done(rgm_upcall_t *c, int err, void *ud)
+{
+    struct mjob *j = ud;
+
+    (void)c;
+    j->call = NULL;
+    if (!j->is_answered) {
+        if (err == 0 && j->status == 200) {
+            if (j->kind == MJ_MANIFEST)
+                manifest_complete(j);
+            else
+                tags_complete(j);
+        } else if (j->kind == MJ_TAGS) {
+            tags_fallback(j, err);
+        } else {
+            answer_error(j, err == UV_E2BIG ? 502 : 0, NULL, err ? err : UV_EPROTO);
+        }
+    }
+    mjob_free(j);
+}
+
+static const rgm_upcall_cbs_t mj_cbs = {mj_on_head, mj_on_body, mj_on_done};
+
+static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const char *query,
+                      const char *accept)
+{
+    rgm_routes_t *r = q->r;
+    struct mjob *j;
+    rgm_upcall_opts_t o;
+    char key[4096];
+    int n;
+    int err;
+
+    n = snprintf(key, sizeof(key), "%d|%s|%s|%s|%s|%s", (int)kind, q->reg->name, q->repo, suffix,
+                 query ? query : "", accept ? accept : "");
+    if (n < 0 || (size_t)n >= sizeof(key)) {
+        rq_error(q, 400, "UNSUPPORTED", "request too large", NULL);
+        return;
+    }
+    for (j = r->mjobs; j; j = j->next) {
+        if (!j->is_answered && strcmp(j->key, key) == 0) {
+            rq_set_cache(q, "JOIN");
+            r->m.joins++;
+            q->mjob = j;
+            q->next_mwaiter = j->waiters;
+            j->waiters = q;
+            return;
+        }
+    }
+    if (r->is_stopping) {
+        rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
+        return;
+    }
+    j = rgm_calloc(1, sizeof(*j));
+    j->r = r;
+    j->kind = kind;
+    j->key = rgm_strdup(key);
+    j->reg = q->reg;
+    snprintf(j->repo, sizeof(j->repo), "%s", q->repo);
+    snprintf(j->ref, sizeof(j->ref), "%s", q->path.reference);
+    j->ref_is_digest = q->path.is_digest;
+    memcpy(j->credhash, q->credhash, sizeof(j->credhash));
+    rgm_buf_init(&j->body, kind == MJ_MANIFEST ? RGM_MANIFEST_MAX : RGM_TAGLIST_MAX);
+    rq_upcall_opts(q, &o, "GET", suffix);
+    o.query = query;
+    o.accept = accept;
+    err = rgm_upcall_start(r->up, &o, &mj_cbs, j, &j->call);
+    if (err < 0) {
+        rgm_buf_free(&j->body);
+        free(j->key);
+        free(j);
+        rq_relay_error(q, 0, NULL, err, 0);
+        return;
+    }
+    r->m.upstream_requests++;
+    j->next = r->mjobs;
+    r->mjobs = j;
+    rq_set_cache(q, "MISS");
+    q->mjob = j;
+    j->waiters = q;
+}
+
+/* ---- HEAD of a manifest not here, and tag revalidation ---- */
+
+static void serve_stale(struct rq *q)
+{
+    rq_set_cache(q, "STALE");
+    serve_cached_checked(q);
+}
+
+static int head_on_head(rgm_upcall_t *c, int status, void *ud)
+{
+    struct rq *q = ud;
+    const char *d = rgm_upcall_header(c, "Docker-Content-Digest");
+    const char *ct = rgm_upcall_header(c, "Content-Type");
+    int is_revalidation = q->digest[0] != '\0';
+    char h[1024];
+
+    q->access_status = status;
+    if (!q->req)
+        return UV_ECANCELED;
+    if (status == 200 && d && rgm_ref_valid_digest(d) && !q->path.is_digest) {
+        if (rgm_index_put_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d,
+                              rgm_time_ms()) < 0)
+            rgm_log(RGM_LOG_WARN, "manifests", "cannot record tag %s", q->path.reference);
+    }
+    if (is_revalidation) {
+        /* HEAD of a stale tag: the same digest means our copy is current; the upstream accepted
+         * this client for the repository, so no further access check is needed. */
+        if (status == 200 && d && rgm_ref_valid_digest(d)) {
+            if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
+                strcmp(d, q->digest) == 0)
+                rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
+            if (rgm_store_has(q->r->store, d, NULL) == 1) {
+                snprintf(q->digest, sizeof(q->digest), "%s", d);
+                q->access_status = 1000; /* serve in on_done, after this call is over */
+                return UV_ECANCELED;
+            }
+            q->access_status = 1001; /* changed and not here: GET it */
+            return UV_ECANCELED;
+        }
+        if (status == 401 || status == 403 || status == 404) {
+            rq_relay_error(q, status, c, 0, 0);
+            return UV_ECANCELED;
+        }
+        q->access_status = 1002; /* upstream trouble: stale */
+        return UV_ECANCELED;
+    }
+    if (status != 200) {
+        rq_relay_error(q, status, c, 0, 0);
+        return UV_ECANCELED;
+    }
+    snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
+             header_ok(ct) ? ct : "application/vnd.oci.image.manifest.v1+json",
+             header_ok(d) ? "Docker-Content-Digest: " : "", header_ok(d) ? d : "",
+             header_ok(d) ? "\r\n" : "");
+    if (rq_start(q, 200, h, rgm_upcall_content_length(c)) < 0) {
+        rq_abort(q, "cannot start response");
+        return UV_ECANCELED;
+    }
+    rq_finish(q);
+    return UV_ECANCELED;
+}
+
+static int head_on_body(rgm_upcall_t *c, const char *d, size_t n, void *ud)
+{
+    (void)c;
+    (void)d;
+    (void)n;
+    (void)ud;
+    return 0;
+}
+
+static void head_on_done(rgm_upcall_t *c, int err, void *ud)
+{
+    struct rq *q = ud;
+    char suffix[512];
+    int is_revalidation = q->digest[0] != '\0';
+
+    (void)c;
+    q->pending--;
+    if (!q->req) {
+        rq_release(q);
+        return;
+    }
+    if (is_revalidation) {
+        if (q->access_status == 1000) {
+            q->access_status = 200;
+            serve_cached(q);
+        } else if (q->access_status == 1001 && !q->is_head) {
+            snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+            mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+        } else if (q->access_status == 1001) {
+            /* A HEAD and the new digest is not here: answer from upstream. */
+            q->digest[0] = '\0';
+            q->access_status = 0;
+            manifests_handle(q);
+        } else {
+            serve_stale(q);
+        }
+        return;
+    }
+    if (q->access_status == 0)
+        rq_relay_error(q, 0, NULL, err ? err : UV_EPROTO, 0);
+    else
+        rq_release(q);
+}
+
+static const rgm_upcall_cbs_t head_cbs = {head_on_head, head_on_body, head_on_done};
+
+static void head_upstream(struct rq *q)
+{
+    rgm_upcall_opts_t o;
+    char suffix[512];
+    int err;
+
+    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+    rq_upcall_opts(q, &o, "HEAD", suffix);
+    o.accept = accept_of(q);
+    q->access_status = 0;
+    err = rgm_upcall_start(q->r->up, &o, &head_cbs, q, NULL);
+    if (err < 0) {
+        if (q->digest[0])
+            serve_stale(q);
+        else
+            rq_relay_error(q, 0, NULL, err, 0);
+        return;
+    }
+    q->r->m.upstream_requests++;
+    q->pending++;
+}
+
+/* ---- entry points ---- */
+
+void manifests_handle(struct rq *q)
+{
+    rgm_routes_t *r = q->r;
+    char digest[RGM_DIGEST_MAX];
+    char suffix[512];
+    uint64_t checked = 0;
+    uint64_t now = rgm_time_ms();
+
+    q->digest[0] = '\0';
+    if (q->path.is_digest) {
+        if (rgm_store_has(r->store, q->path.reference, NULL) == 1) {
+            snprintf(q->digest, sizeof(q->digest), "%s", q->path.reference);
+            serve_cached_checked(q);
+            return;
+        }
+    } else if (rgm_index_get_tag(r->index, q->reg->name, q->repo, q->path.reference, digest,
+                                 &checked) == 0 &&
+               rgm_store_has(r->store, digest, NULL) == 1) {
+        snprintf(q->digest, sizeof(q->digest), "%s", digest);
+        if (now < checked + q->reg->tag_ttl_ms) {
+            serve_cached_checked(q);
+            return;
+        }
+        if (r->is_stopping) {
+            serve_stale(q);
+            return;
+        }
+        head_upstream(q); /* revalidate: q->digest says what we have */
+        return;
+    }
+    if (r->is_stopping) {
+        rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
+        return;
+    }
+    if (q->is_head) {
+        head_upstream(q);
+        return;
+    }
+    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+    mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+}
+
+/* ---- tags/list ---- */
+
+struct taglist {
+    rgm_routes_t *r;
+    const char *registry;
+    const char *repo;
+    json_t *tags;
+};
+
+static int add_public_tag(const char *tag, void *ud)
+{
+    struct taglist *t = ud;
+    char digest[RGM_DIGEST_MAX];
+    uint64_t checked;
+
+    if (rgm_index_get_tag(t->r->index, t->registry, t->repo, tag, digest, &checked) == 0 &&
+        rgm_index_has_public_origin(t->r->index, digest) == 1)
+        json_array_append_new(t->tags, json_string(tag));
+    return 0;
+}
+
+/* The upstream failed: answer from the index, public tags only. */
+static void tags_fallback(struct mjob *j, int err)
+{
+    struct taglist t;
+    struct rq *q;
+    json_t *doc;
+    char *text;
+    rgm_buf_t body;
+
+    t.r = j->r;
+    t.registry = j->reg->name;
+    t.repo = j->repo;
+    t.tags = json_array();
+    if (rgm_index_list_tags(j->r->index, j->reg->name, j->repo, NULL, 0, add_public_tag, &t) < 0 ||
+        json_array_size(t.tags) == 0) {
+        json_decref(t.tags);
+        answer_error(j, j->status >= 500 ? j->status : 0, NULL, err ? err : UV_EPROTO);
+        return;
+    }
+    doc = json_pack("{s:s, s:o}", "name", j->repo, "tags", t.tags);
+    text = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
+    json_decref(doc);
+    if (!text) {
+        answer_error(j, 502, NULL, 0);
+        return;
+    }
+    rgm_buf_init(&body, RGM_TAGLIST_MAX);
+    if (rgm_buf_append(&body, text, strlen(text)) < 0)
+        body.len = 0;
+    free(text);
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (!q->req) {
+            rq_release(q);
+            continue;
+        }
+        rq_set_cache(q, "STALE");
+        send_body(q, 200, "Content-Type: application/json\r\n", &body);
+    }
+    rgm_buf_free(&body);
+}
+
+void tags_handle(struct rq *q)
+{
+    char n[32];
+    char last[RGM_REF_TAG_MAX + 1];
+    char enc[3 * RGM_REF_TAG_MAX + 1];
+    char query[512];
+    int has_n;
+    int has_last;
+    uint64_t nv;
+
+    if (q->is_head) {
+        rq_error(q, 405, "UNSUPPORTED", "HEAD is not supported on tags/list", NULL);
+        return;
+    }
+    has_n = rgm_query_get(rgm_req_query(q->req), "n", n, sizeof(n));
+    has_last = rgm_query_get(rgm_req_query(q->req), "last", last, sizeof(last));
+    if (has_n < 0 || has_last < 0 || (has_n == 1 && rgm_parse_uint(n, 100000, &nv) < 0) ||
+        (has_last == 1 && rgm_url_encode(last, enc, sizeof(enc)) < 0)) {
+        rq_error(q, 400, "PAGINATION_NUMBER_INVALID", "invalid n or last", NULL);
+        return;
+    }
+    snprintf(query, sizeof(query), "%s%s%s%s%s", has_n == 1 ? "n=" : "", has_n == 1 ? n : "",
+             has_n == 1 && has_last == 1 ? "&" : "", has_last == 1 ? "last=" : "",
+             has_last == 1 ? enc : "");
+    mjob_join(q, MJ_TAGS, "tags/list", query[0] ? query : NULL, "application/json");
+}
+
+void manifests_detach(struct rq *q)
+{
+    struct rq **pp;
+
+    if (!q->mjob)
+        return;
+    for (pp = &q->mjob->waiters; *pp; pp = &(*pp)->next_mwaiter) {
+        if (*pp == q) {
+            *pp = q->next_mwaiter;
+            break;
+        }
+    }
+    q->mjob = NULL;
+}
+
+void manifests_shutdown(rgm_routes_t *r)
+{
+    struct mjob *j;
+
+    for (j = r->mjobs; j; j = j->next)
+        if (j->call)
+            rgm_upcall_cancel(j->call);
+}

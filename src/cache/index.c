@@ -33,6 +33,7 @@ enum {
     ST_LRU,
     ST_ALL_OBJECTS,
     ST_GC_ORIGINS,
+    ST_ALL_TAGS,
     ST_COUNT
 };
 
@@ -67,6 +68,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                "ORDER BY last_access, digest LIMIT ?1",
     [ST_ALL_OBJECTS] = "SELECT digest, size FROM objects",
     [ST_GC_ORIGINS] = "DELETE FROM origins WHERE digest NOT IN (SELECT digest FROM objects)",
+    [ST_ALL_TAGS] = "SELECT registry, repository, tag, digest, checked FROM tags "
+                    "ORDER BY registry, repository, tag",
 };
 
 static const char schema_sql[] =
@@ -471,6 +474,31 @@ int rgm_index_walk_lru(rgm_index_t *idx, size_t n, rgm_index_object_fn cb, void 
     }
     st_done(st);
     return rc == SQLITE_DONE ? count : db_fail(idx, "walk lru");
+}
+
+int rgm_index_walk_tags(rgm_index_t *idx, rgm_index_tagrow_fn cb, void *ud)
+{
+    sqlite3_stmt *st = idx->st[ST_ALL_TAGS];
+    char reg[256];
+    char repo[256];
+    char tag[256];
+    char digest[RGM_DIGEST_MAX];
+    int count = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        col_text(st, 0, reg, sizeof(reg));
+        col_text(st, 1, repo, sizeof(repo));
+        col_text(st, 2, tag, sizeof(tag));
+        col_text(st, 3, digest, sizeof(digest));
+        count++;
+        if (cb(reg, repo, tag, digest, col_u64(st, 4), ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    st_done(st);
+    return rc == SQLITE_DONE ? count : db_fail(idx, "walk tags");
 }
 
 /* ---- origins ---- */

@@ -85,6 +85,12 @@ typedef int (*rgm_index_object_fn)(const rgm_index_object_t *obj, void *ud);
  * the number given to cb, or UV_EIO. */
 int rgm_index_walk_lru(rgm_index_t *idx, size_t n, rgm_index_object_fn cb, void *ud);
 
+/* Every tag row, ordered by registry, repository, tag (for ls). Strings are borrowed for the
+ * call; non-zero from cb stops. Returns the number given to cb, or UV_EIO. */
+typedef int (*rgm_index_tagrow_fn)(const char *registry, const char *repo, const char *tag,
+                                   const char *digest, uint64_t checked_ms, void *ud);
+int rgm_index_walk_tags(rgm_index_t *idx, rgm_index_tagrow_fn cb, void *ud);
+
 /* Make index and store agree (at start, synchronous): rows without a file (or whose file size
  * differs) are dropped, files without a row are deleted, origins without an object are
  * dropped. Counts are logged. 0 or <0 (UV_EIO, store errors). */

@@ -2,6 +2,7 @@
  * server, routes, upstream and client on one loop, and handle signals (TERM/INT: graceful
  * stop; HUP: reopen the log). */
 #include <getopt.h>
+#include <sys/resource.h>
 #include <signal.h>
 #include <uv.h>
 
@@ -225,6 +226,18 @@ static int parse_args(struct serve *s, int argc, char **argv)
     return 0;
 }
 
+/* Every connection and every open blob is a descriptor: take the hard limit. */
+static void raise_nofile(void)
+{
+    struct rlimit rl;
+
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            rgm_log(RGM_LOG_WARN, "serve", "cannot raise the open file limit");
+    }
+}
+
 static int start_signals(struct serve *s)
 {
     int err;
@@ -285,6 +298,7 @@ int rgm_cmd_serve(int argc, char **argv)
         rgm_config_free(&s.cfg);
         return 1;
     }
+    raise_nofile();
     if (uv_loop_init(&s.loop) < 0)
         goto out_cfg;
     if (open_cache(&s) < 0)

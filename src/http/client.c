@@ -230,10 +230,21 @@ static void format_origin(int is_https, const char *host, int port, char *out, s
                  v6 ? "]" : "", port);
 }
 
+/* A header name or value: no CR or LF, which would inject headers. */
 static int is_token_safe(const char *s)
 {
     for (; *s; s++) {
         if (*s == '\r' || *s == '\n' || *s == '\0')
+            return 0;
+    }
+    return 1;
+}
+
+/* A URL goes into the request line: no spaces or control characters. */
+static int is_url_safe(const char *s)
+{
+    for (; *s; s++) {
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7f)
             return 0;
     }
     return 1;
@@ -263,8 +274,7 @@ static struct origin *origin_get(rgm_client_t *c, const rgm_upreq_t *r)
 
     for (o = c->origins; o; o = o->next) {
         if (o->is_https == r->u.is_https && o->port == r->u.port &&
-            ascii_caseeq(o->host, r->u.host) && same_str(o->ca_file, ca) &&
-            o->insecure == insecure)
+            ascii_caseeq(o->host, r->u.host) && same_str(o->ca_file, ca) && o->insecure == insecure)
             return o;
     }
     o = rgm_calloc(1, sizeof(*o));
@@ -365,10 +375,10 @@ static int on_message_begin(llhttp_t *p)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     rgm_upreq_t *r = p->data;
-    int rc;
 
     if (!r->in_field) {
-        rc = end_value(r);
+        int rc = end_value(r);
+
         if (rc != 0)
             return rc;
         if (r->n_hdr >= MAX_RESP_HEADERS) {
@@ -424,8 +434,7 @@ static int on_headers_complete(llhttp_t *p)
     if (r->status < 200)
         return 0; /* interim response: llhttp parses the next one */
     r->is_redirect = 0;
-    if (r->max_redirects > 0 && is_redirect_status(r->status) &&
-        rgm_upreq_header(r, "Location")) {
+    if (r->max_redirects > 0 && is_redirect_status(r->status) && rgm_upreq_header(r, "Location")) {
         if (r->n_redirects >= r->max_redirects) {
             r->parse_err = UV_ELOOP;
             return HPE_USER;
@@ -656,13 +665,14 @@ static void req_resume_feed(rgm_upreq_t *r)
     struct conn *conn = r->conn;
     char *data = NULL;
     size_t len;
-    int rc;
 
     if (r->is_paused) {
         conn_update_reading(conn);
         return;
     }
     if (r->hold.len > 0) {
+        int rc;
+
         len = bytes_take(&r->hold, &data);
         rc = r->cbs.on_body ? r->cbs.on_body(r, data, len, r->ud) : 0;
         free(data);
@@ -683,7 +693,8 @@ static void req_resume_feed(rgm_upreq_t *r)
     if (r->state != R_ACTIVE || r->conn != conn)
         return;
     if (conn->tls)
-        conn_drain_tls(conn);
+        conn_drain_tls(conn); /* may finish r */
+    // cppcheck-suppress knownConditionTrueFalse
     if (r->state == R_ACTIVE && r->conn == conn)
         conn_update_reading(conn);
 }
@@ -841,7 +852,6 @@ static void conn_update_reading(struct conn *conn)
 {
     const rgm_upreq_t *r = conn->req;
     int want = 0;
-    int rc;
 
     switch (conn->state) {
     case C_HANDSHAKE:
@@ -849,14 +859,13 @@ static void conn_update_reading(struct conn *conn)
         want = 1;
         break;
     case C_BUSY:
-        want = r && !r->is_paused && !r->is_resume_pending && r->raw.len == 0 &&
-               r->hold.len == 0;
+        want = r && !r->is_paused && !r->is_resume_pending && r->raw.len == 0 && r->hold.len == 0;
         break;
     default:
         return;
     }
     if (want && !conn->is_reading) {
-        rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
+        int rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
         if (rc < 0) {
             conn_fail(conn, rc);
             return;
@@ -921,11 +930,11 @@ static void conn_eof(struct conn *conn, int err)
 /* Decrypt and hand on what the TLS layer holds, unless the request is paused. */
 static void conn_drain_tls(struct conn *conn)
 {
-    ssize_t n;
-
     if (!conn->rbuf)
         conn->rbuf = rgm_malloc(READ_BUF_SIZE);
     for (;;) {
+        ssize_t n;
+
         if (conn->state == C_BUSY) {
             const rgm_upreq_t *r = conn->req;
 
@@ -1039,8 +1048,8 @@ static void on_connect(uv_connect_t *req, int status)
         conn_ready(conn);
         return;
     }
-    conn->tls = rgm_tls_new(conn->origin->ca_file, conn->origin->insecure, conn->origin->host,
-                            &err);
+    conn->tls =
+        rgm_tls_new(conn->origin->ca_file, conn->origin->insecure, conn->origin->host, &err);
     if (!conn->tls) {
         conn_fail(conn, err);
         return;
@@ -1267,8 +1276,8 @@ static void follow_redirect(rgm_upreq_t *r)
     char next[4096];
     rgm_url_t nu;
 
-    if (!loc || resolve_location(r, loc, next, sizeof(next)) < 0 ||
-        !is_token_safe(next) || rgm_url_parse(next, &nu) < 0) {
+    if (!loc || resolve_location(r, loc, next, sizeof(next)) < 0 || !is_url_safe(next) ||
+        rgm_url_parse(next, &nu) < 0) {
         req_finish(r, UV_EPROTO);
         return;
     }
@@ -1308,9 +1317,7 @@ static void message_done(rgm_upreq_t *r, int has_extra)
 static void feed(rgm_upreq_t *r, const char *data, size_t len)
 {
     struct conn *conn = r->conn;
-    const char *pos;
     llhttp_errno_t e;
-    size_t rest = 0;
 
     if (!data)
         data = "";
@@ -1325,7 +1332,10 @@ static void feed(rgm_upreq_t *r, const char *data, size_t len)
     if (e == HPE_OK && !r->is_msg_complete)
         return;
     if (e == HPE_PAUSED || e == HPE_OK) {
-        pos = llhttp_get_error_pos(&r->parser);
+        /* Paused by on_body or on_message_complete: the input from pos on is not parsed. */
+        const char *pos = e == HPE_PAUSED ? llhttp_get_error_pos(&r->parser) : NULL;
+        size_t rest = 0;
+
         if (e == HPE_PAUSED)
             llhttp_resume(&r->parser);
         if (pos && pos >= data && pos <= data + len)
@@ -1434,7 +1444,7 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     }
     r->max_redirects = 5;
     r->content_length = -1;
-    if (!is_token_safe(method) || !is_token_safe(url) || strchr(method, ' '))
+    if (!is_url_safe(method) || !is_url_safe(url))
         r->has_bad_header = 1;
     (void)uv_timer_init(c->loop, &r->timer);
     c->n_live++;

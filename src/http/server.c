@@ -3,7 +3,8 @@
  * or pread + write). It knows bytes and messages, nothing of registries or caches.
  *
  * Over cfg->max_connections a new connection is accepted and closed at once: leaving it in the
- * kernel backlog would hold the client with no timeout of ours. */
+ * kernel backlog would hold the client with no timeout of ours. The process must ignore SIGPIPE
+ * (main.c does): sendfile(2) to a peer that is gone raises it. */
 #include "http/server.h"
 
 #include "config.h"
@@ -24,16 +25,16 @@
 #include "core/log.h"
 #include "core/util.h"
 
-#define IN_INIT (4 * 1024)
-#define IN_MAX (64 * 1024)    /* pipelined input kept while a response is in progress */
-#define FILE_CHUNK (64 * 1024) /* pread + write: one chunk in flight */
-#define SENDFILE_STEP (1024 * 1024) /* per loop turn, so one fast client can't starve others */
-#define WRITE_MAX ((size_t)1 << 30)
-#define LINGER_MS 2000 /* after our FIN: read and drop what the client still sends */
-#define HEAD_EXTRA 256
-#define DEF_MAX_URL 8192
+#define IN_INIT           (4 * 1024)
+#define IN_MAX            (64 * 1024)   /* pipelined input kept while a response is in progress */
+#define FILE_CHUNK        (64 * 1024)   /* pread + write: one chunk in flight */
+#define SENDFILE_STEP     (1024 * 1024) /* per loop turn, so one fast client can't starve others */
+#define WRITE_MAX         ((size_t)1 << 30)
+#define LINGER_MS         2000 /* after our FIN: read and drop what the client still sends */
+#define HEAD_EXTRA        256
+#define DEF_MAX_URL       8192
 #define DEF_MAX_HDR_BYTES (32 * 1024)
-#define DEF_MAX_HEADERS 100
+#define DEF_MAX_HEADERS   100
 
 enum conn_state { CONN_OPEN, CONN_CLOSING };
 enum tmode { T_NONE, T_HEADER, T_IDLE, T_SEND, T_LINGER };
@@ -196,41 +197,51 @@ static size_t lim(size_t v, size_t def)
     return v ? v : def;
 }
 
+static const struct {
+    int status;
+    const char *text;
+} reasons[] = {
+    {100, "Continue"},
+    {200, "OK"},
+    {201, "Created"},
+    {202, "Accepted"},
+    {204, "No Content"},
+    {206, "Partial Content"},
+    {301, "Moved Permanently"},
+    {302, "Found"},
+    {303, "See Other"},
+    {304, "Not Modified"},
+    {307, "Temporary Redirect"},
+    {308, "Permanent Redirect"},
+    {400, "Bad Request"},
+    {401, "Unauthorized"},
+    {403, "Forbidden"},
+    {404, "Not Found"},
+    {405, "Method Not Allowed"},
+    {408, "Request Timeout"},
+    {409, "Conflict"},
+    {411, "Length Required"},
+    {413, "Content Too Large"},
+    {414, "URI Too Long"},
+    {416, "Range Not Satisfiable"},
+    {429, "Too Many Requests"},
+    {431, "Request Header Fields Too Large"},
+    {500, "Internal Server Error"},
+    {501, "Not Implemented"},
+    {502, "Bad Gateway"},
+    {503, "Service Unavailable"},
+    {504, "Gateway Timeout"},
+};
+
 static const char *reason_phrase(int status)
 {
-    switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 411: return "Length Required";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 416: return "Range Not Satisfiable";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    default: return "Unknown";
+    size_t i;
+
+    for (i = 0; i < RGM_ARRAY_SIZE(reasons); i++) {
+        if (reasons[i].status == status)
+            return reasons[i].text;
     }
+    return "Unknown";
 }
 
 /* JSON string body of s into out (NUL-terminated, truncated if needed). */
@@ -298,8 +309,7 @@ static void on_shutdown_timer_close(uv_handle_t *h)
 
 static void shutdown_check(rgm_server_t *srv)
 {
-    if (srv->is_shutting_down && srv->conn_count == 0 && srv->has_timer &&
-        !srv->is_timer_closing) {
+    if (srv->is_shutting_down && srv->conn_count == 0 && srv->has_timer && !srv->is_timer_closing) {
         srv->is_timer_closing = 1;
         uv_close((uv_handle_t *)&srv->shutdown_timer, on_shutdown_timer_close);
     }
@@ -751,11 +761,16 @@ static uint64_t tmode_ms(const struct conn *c, enum tmode m)
     const rgm_config_t *cfg = c->srv->cfg;
 
     switch (m) {
-    case T_HEADER: return cfg->header_timeout_ms;
-    case T_IDLE: return cfg->idle_timeout_ms;
-    case T_SEND: return cfg->send_timeout_ms;
-    case T_LINGER: return LINGER_MS;
-    case T_NONE: break;
+    case T_HEADER:
+        return cfg->header_timeout_ms;
+    case T_IDLE:
+        return cfg->idle_timeout_ms;
+    case T_SEND:
+        return cfg->send_timeout_ms;
+    case T_LINGER:
+        return LINGER_MS;
+    case T_NONE:
+        break;
     }
     return 0;
 }
@@ -930,24 +945,29 @@ static void on_timer(uv_timer_t *t)
             conn_close(c, "no request");
         }
         break;
-    case T_IDLE: conn_close(c, "idle timeout"); break;
+    case T_IDLE:
+        conn_close(c, "idle timeout");
+        break;
     case T_SEND:
         rgm_log(RGM_LOG_INFO, "server", "client=%s send timeout", c->client);
         conn_close(c, "send timeout");
         break;
-    case T_LINGER: conn_close(c, "linger timeout"); break;
-    case T_NONE: break;
+    case T_LINGER:
+        conn_close(c, "linger timeout");
+        break;
+    case T_NONE:
+        break;
     }
     conn_update(c);
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    static char discard[16 * 1024]; /* lingering input is dropped; one thread, one buffer */
     struct conn *c = rgm_container_of(h, struct conn, tcp);
 
     (void)suggested;
     if (c->is_lingering) {
+        static char discard[16 * 1024]; /* lingering input is dropped; one thread, one buffer */
         *buf = uv_buf_init(discard, sizeof(discard));
         return;
     }
@@ -1046,8 +1066,7 @@ static void access_log(const rgm_req_t *req)
                llhttp_method_name((llhttp_method_t)req->method_raw),
                rgm_log_quote(req->path ? req->path : "", path, sizeof(path)), req->status,
                (unsigned long long)req->bytes_out, (double)(uv_hrtime() - req->start_ns) / 1e6,
-               c->client, req->cache_status ? req->cache_status : "-",
-               (unsigned long long)req->id);
+               c->client, req->cache_status ? req->cache_status : "-", (unsigned long long)req->id);
 }
 
 /* The response is finished and flushed: log, free, next request or close. */
@@ -1214,8 +1233,7 @@ static void sf_sendfile_step(struct conn *c)
             return;
         }
         if (errno == EPIPE || errno == ECONNRESET || errno == ENOTCONN) {
-            rgm_log(RGM_LOG_INFO, "server", "client=%s sendfile: %s", c->client,
-                    strerror(errno));
+            rgm_log(RGM_LOG_INFO, "server", "client=%s sendfile: %s", c->client, strerror(errno));
             conn_close(c, "client gone");
             return;
         }
@@ -1481,9 +1499,8 @@ void rgm_server_shutdown(rgm_server_t *srv, void (*done)(rgm_server_t *srv, void
     RGM_BUG_ON(uv_timer_init(srv->loop, &srv->shutdown_timer) != 0);
     srv->has_timer = 1;
     srv->handles_open++;
-    if (srv->conn_count > 0 &&
-        uv_timer_start(&srv->shutdown_timer, on_shutdown_timer, srv->cfg->shutdown_timeout_ms,
-                       0) < 0)
+    if (srv->conn_count > 0 && uv_timer_start(&srv->shutdown_timer, on_shutdown_timer,
+                                              srv->cfg->shutdown_timeout_ms, 0) < 0)
         on_shutdown_timer(&srv->shutdown_timer);
     shutdown_check(srv);
 }
@@ -1653,8 +1670,7 @@ int rgm_resp_write(rgm_req_t *req, const void *data, size_t len, rgm_resp_cb cb,
     return err;
 }
 
-int rgm_resp_sendfile(rgm_req_t *req, int fd, uint64_t off, uint64_t len, rgm_resp_cb cb,
-                      void *ud)
+int rgm_resp_sendfile(rgm_req_t *req, int fd, uint64_t off, uint64_t len, rgm_resp_cb cb, void *ud)
 {
     struct conn *c = req->c;
     struct sendfile_state *sf = &req->sf;

@@ -30,7 +30,6 @@ static struct ctx_entry *ctx_cache;
 
 static void log_ssl_error(const char *what, const char *host, SSL *ssl)
 {
-    char reason[256];
     unsigned long e = ERR_peek_last_error();
     long vr = ssl ? SSL_get_verify_result(ssl) : X509_V_OK;
 
@@ -38,6 +37,8 @@ static void log_ssl_error(const char *what, const char *host, SSL *ssl)
         rgm_log(RGM_LOG_WARN, "tls", "%s %s: certificate verification failed: %s", what, host,
                 X509_verify_cert_error_string(vr));
     } else {
+        char reason[256];
+
         if (e != 0)
             ERR_error_string_n(e, reason, sizeof(reason));
         else
@@ -163,8 +164,7 @@ rgm_tls_t *rgm_tls_new(const char *ca_file, int insecure, const char *host, int 
     SSL_set_bio(t->ssl, t->rbio, t->wbio);
     SSL_set_connect_state(t->ssl);
     if (rgm_tls_is_ip(host)) {
-        if (!insecure &&
-            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host) != 1)
+        if (!insecure && X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(t->ssl), host) != 1)
             goto fail;
     } else {
         if (SSL_set_tlsext_host_name(t->ssl, host) != 1)

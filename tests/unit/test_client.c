@@ -498,6 +498,11 @@ static void test_retry_and_errors(rgm_client_t *c, rgm_client_t *shortc, int pa)
     rgm_upreq_add_header(res.r, "X-Evil", "a\r\nInjected: 1");
     is_int(rgm_upreq_start(res.r, &cbs, &res), UV_EINVAL, "CR/LF in a header: refused");
     EVP_MD_CTX_free(res.md);
+    res_init(&res);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/a b", pa);
+    res.r = rgm_upreq_new(c, "GET", url, NULL);
+    ok(!res.r || rgm_upreq_start(res.r, &cbs, &res) == UV_EINVAL, "space in the URL: refused");
+    EVP_MD_CTX_free(res.md);
 }
 
 static void test_concurrency(void)

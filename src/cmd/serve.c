@@ -15,11 +15,14 @@
 #include "cache/store.h"
 #include "cache/index.h"
 #include "cache/fetch.h"
+#include "cache/gc.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
 #include "cmd/cmd.h"
 
 #define FLUSH_INTERVAL_MS 2000
+#define GC_INTERVAL_MS 5000
+#define GC_AGAIN_MS 20
 
 struct serve {
     uv_loop_t loop;
@@ -35,6 +38,7 @@ struct serve {
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
     uv_timer_t flush_timer;
+    uv_timer_t gc_timer;
     int is_stopping;
 };
 
@@ -77,6 +81,7 @@ static void on_routes_stopped(void *ud)
     rgm_client_close(s->client, on_client_closed, s);
     s->client = NULL;
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
+    uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -118,6 +123,24 @@ static void on_flush(uv_timer_t *t)
     if (rgm_index_flush(s->index) < 0)
         rgm_log(RGM_LOG_WARN, "serve", "index flush failed");
     rgm_upstream_prune(s->up);
+}
+
+/* Keep the cache under max_cache_bytes: one batch per tick (at most RGM_GC_BATCH rows), soon
+ * again while more is needed, down to 90 % so that eviction does not run on every fetch. */
+static void on_gc(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, gc_timer);
+    uint64_t freed = 0;
+    uint64_t n = 0;
+    int step;
+
+    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes,
+                       s->cfg.max_cache_bytes / 10 * 9, &freed, &n);
+    if (n > 0)
+        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)", (unsigned long long)n,
+                (unsigned long long)freed);
+    if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
+        rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
 }
 
 enum { OPT_LOG_LEVEL = 256, OPT_LOG_FILE, OPT_DEFAULT_REGISTRY, OPT_MAX_SIZE, OPT_ANY };
@@ -330,6 +353,11 @@ int rgm_cmd_serve(int argc, char **argv)
     if (uv_timer_start(&s.flush_timer, on_flush, FLUSH_INTERVAL_MS, FLUSH_INTERVAL_MS) < 0)
         goto out_stop;
     uv_unref((uv_handle_t *)&s.flush_timer);
+    uv_timer_init(&s.loop, &s.gc_timer);
+    if (s.cfg.max_cache_bytes > 0 &&
+        uv_timer_start(&s.gc_timer, on_gc, GC_INTERVAL_MS, GC_INTERVAL_MS) < 0)
+        goto out_stop;
+    uv_unref((uv_handle_t *)&s.gc_timer);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
     rc = 0;

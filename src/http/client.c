@@ -1287,8 +1287,13 @@ static void follow_redirect(rgm_upreq_t *r)
         r->method = rgm_strdup("GET");
     }
     if (nu.is_https != r->orig_https || nu.port != r->orig_port ||
-        !ascii_caseeq(nu.host, r->orig_host))
+        !ascii_caseeq(nu.host, r->orig_host)) {
         remove_authorization(r); /* and never added back: the list is ours */
+        /* A registry's private CA and insecure_skip_verify are trust in that registry, not
+         * in the CDN or object store it redirects to: those are verified with the system CAs. */
+        RGM_FREE(r->ca_file);
+        r->insecure = 0;
+    }
     rgm_log(RGM_LOG_DEBUG, "client", "redirect %d (%u of %u)", r->status, r->n_redirects,
             r->max_redirects);
     free(r->url);

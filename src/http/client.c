@@ -1312,7 +1312,8 @@ static void message_done(rgm_upreq_t *r, int has_extra)
     int keep = r->is_keep_alive && !has_extra;
 
     req_detach(r);
-    conn_release(conn, keep);
+    if (conn) /* always bound here; the check keeps gcc -O2 -Wnull-dereference quiet */
+        conn_release(conn, keep);
     if (r->is_redirect)
         follow_redirect(r);
     else

@@ -1054,19 +1054,26 @@ static void conn_process(struct conn *c)
     conn_update(c);
 }
 
-static void access_log(const rgm_req_t *req)
+/* One logfmt line per request. cut: why the response was cut short, or NULL. The query is
+ * part of the path (containerd's ns=), quoted and escaped like every request-derived string. */
+static void access_log(const rgm_req_t *req, const char *cut)
 {
     const struct conn *c = req->c;
-    char path[512];
+    char target[1024];
+    char path[1100];
+    char why[128];
 
     if (!c->srv->cfg->access_log || RGM_LOG_INFO > rgm_log_level_cur)
         return;
+    snprintf(target, sizeof(target), "%s%s%s", req->path ? req->path : "",
+             req->query && req->query[0] ? "?" : "", req->query ? req->query : "");
     rgm_log_kv(RGM_LOG_INFO, "access",
-               "method=%s path=%s status=%d bytes=%llu dur_ms=%.1f client=%s cache=%s id=%llu",
+               "method=%s path=%s status=%d bytes=%llu dur_ms=%.1f client=%s cache=%s id=%llu%s%s",
                llhttp_method_name((llhttp_method_t)req->method_raw),
-               rgm_log_quote(req->path ? req->path : "", path, sizeof(path)), req->status,
+               rgm_log_quote(target, path, sizeof(path)), req->status,
                (unsigned long long)req->bytes_out, (double)(uv_hrtime() - req->start_ns) / 1e6,
-               c->client, req->cache_status ? req->cache_status : "-", (unsigned long long)req->id);
+               c->client, req->cache_status ? req->cache_status : "-", (unsigned long long)req->id,
+               cut ? " cut=" : "", cut ? rgm_log_quote(cut, why, sizeof(why)) : "");
 }
 
 /* The response is finished and flushed: log, free, next request or close. */
@@ -1075,7 +1082,7 @@ static void req_complete(struct conn *c)
     rgm_req_t *req = c->req;
     const int keep = req->is_keep_alive && !c->srv->is_shutting_down && !c->is_draining;
 
-    access_log(req);
+    access_log(req, NULL);
     c->req = NULL;
     c->is_active = 0;
     req_free(req);
@@ -1744,6 +1751,7 @@ void rgm_resp_abort(rgm_req_t *req, const char *reason)
     req->is_released = 1;
     rgm_log(RGM_LOG_INFO, "server", "client=%s id=%llu response aborted: %s", c->client,
             (unsigned long long)req->id, reason ? reason : "?");
+    access_log(req, reason ? reason : "aborted");
     conn_close(c, reason ? reason : "aborted"); /* the request goes with the connection */
 }
 

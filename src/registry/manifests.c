@@ -66,6 +66,30 @@ static int digest_of(const char *algo_of, const void *data, size_t len, char *ou
     return 0;
 }
 
+/* Does the client's Accept admit media type mt? No Accept, a wildcard or an unknown stored
+ * type admit anything. Parameters (";q=0.5") are ignored. */
+static int accept_admits(const char *accept, const char *mt)
+{
+    size_t mlen = strlen(mt);
+    const char *p = accept;
+
+    if (!accept || !accept[0] || mlen == 0)
+        return 1;
+    while (*p) {
+        size_t n;
+
+        while (*p == ' ' || *p == ',')
+            p++;
+        n = strcspn(p, ",;");
+        while (n > 0 && p[n - 1] == ' ')
+            n--;
+        if ((n == mlen && strncmp(p, mt, n) == 0) || (n == 3 && strncmp(p, "*/*", 3) == 0))
+            return 1;
+        p += strcspn(p, ",");
+    }
+    return 0;
+}
+
 static int header_ok(const char *v)
 {
     return v && !strpbrk(v, "\r\n");
@@ -95,10 +119,12 @@ static void serve_cached(struct rq *q)
     int err;
 
     if (rgm_index_get_object(q->r->index, q->digest, &obj) < 0 ||
-        rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size) < 0) {
+        (!q->is_head && rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size) < 0)) {
         rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
         return;
     }
+    if (q->is_head)
+        size = obj.size; /* the caller saw the file; a HEAD needs no descriptor */
     if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
         rq_set_cache(q, "HIT");
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
@@ -522,6 +548,17 @@ static void head_upstream(struct rq *q)
     q->pending++;
 }
 
+/* A tag's cached manifest suits this client only if its Accept admits the stored media type;
+ * otherwise the upstream decides (it may have another manifest for it, or refuse). */
+static int cached_admitted(struct rq *q, const char *digest)
+{
+    rgm_index_object_t obj;
+
+    if (rgm_index_get_object(q->r->index, digest, &obj) < 0)
+        return 0;
+    return accept_admits(rgm_req_header(q->req, "Accept"), obj.media_type);
+}
+
 /* ---- entry points ---- */
 
 void manifests_handle(struct rq *q)
@@ -541,7 +578,7 @@ void manifests_handle(struct rq *q)
         }
     } else if (rgm_index_get_tag(r->index, q->reg->name, q->repo, q->path.reference, digest,
                                  &checked) == 0 &&
-               rgm_store_has(r->store, digest, NULL) == 1) {
+               rgm_store_has(r->store, digest, NULL) == 1 && cached_admitted(q, digest)) {
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (now < checked + q->reg->tag_ttl_ms) {
             serve_cached_checked(q);

@@ -24,6 +24,7 @@ struct mjob;
 struct metrics {
     uint64_t req_by_route_status[5][6]; /* route kind x status class (1xx..5xx, other) */
     uint64_t req_by_cache[5];           /* HIT MISS JOIN STALE none */
+    uint64_t req_full[5][6][5];         /* route x status class x cache */
     uint64_t bytes_by_cache[5];
     uint64_t upstream_requests;
     uint64_t upstream_errors;

@@ -128,6 +128,7 @@ static void count_request(rgm_routes_t *r, int route, int status, int cache_idx)
 {
     r->m.req_by_route_status[route][status_class(status)]++;
     r->m.req_by_cache[cache_idx]++;
+    r->m.req_full[route][status_class(status)][cache_idx]++;
 }
 
 static int route_idx(const struct rq *q)
@@ -451,6 +452,7 @@ static void serve_metrics(rgm_routes_t *r, rgm_req_t *req)
     rgm_buf_t b;
     size_t i;
     size_t j;
+    size_t k;
     int err = 0;
 
     rgm_buf_init(&b, 1024 * 1024);
@@ -459,6 +461,17 @@ static void serve_metrics(rgm_routes_t *r, rgm_req_t *req)
         for (j = 0; j < RGM_ARRAY_SIZE(classes); j++)
             err |= rgm_buf_appendf(&b, "regmirror_requests_total{route=\"%s\",status=\"%s\"} %" PRIu64 "\n",
                                    routes[i], classes[j], m->req_by_route_status[i][j]);
+    metric(&b, "regmirror_http_requests_total", "counter",
+           "Requests answered, by route, status class and cache result (non-zero series).");
+    for (i = 0; i < RGM_ARRAY_SIZE(routes); i++)
+        for (j = 0; j < RGM_ARRAY_SIZE(classes); j++)
+            for (k = 0; k < RGM_ARRAY_SIZE(cache_names); k++)
+                if (m->req_full[i][j][k] > 0)
+                    err |= rgm_buf_appendf(
+                        &b,
+                        "regmirror_http_requests_total{route=\"%s\",status=\"%s\",cache=\"%s\"} "
+                        "%" PRIu64 "\n",
+                        routes[i], classes[j], cache_names[k], m->req_full[i][j][k]);
     metric(&b, "regmirror_cache_requests_total", "counter", "Requests by cache result.");
     for (i = 0; i < RGM_ARRAY_SIZE(cache_names); i++)
         err |= rgm_buf_appendf(&b, "regmirror_cache_requests_total{cache=\"%s\"} %" PRIu64 "\n",
@@ -505,6 +518,8 @@ static void serve_metrics(rgm_routes_t *r, rgm_req_t *req)
     SIMPLE("regmirror_cache_objects", "gauge", "Objects in the cache.", objects);
     SIMPLE("regmirror_cache_bytes", "gauge", "Bytes in the cache.", bytes);
 #undef SIMPLE
+    if (rgm_upstream_metrics(r->up, &b) < 0)
+        err = -1;
     if (err < 0) {
         rgm_resp_error(req, 500, "UNKNOWN", "metrics too large", NULL);
     } else {

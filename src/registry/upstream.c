@@ -15,9 +15,14 @@
 #define TOKEN_MARGIN_MS 10000
 #define URL_MAX 8192
 
+/* Upstream HTTP requests by status class: 1xx..5xx, then "error" (no response). */
+#define N_CLASSES 6
+
 struct regstate {
     unsigned active;    /* fetch slots in use */
     char *basic;        /* "Basic ..." from the configured credentials, or NULL */
+    uint64_t requests[N_CLASSES];
+    uint64_t bytes;     /* response body bytes */
 };
 
 struct rgm_upstream {
@@ -288,6 +293,8 @@ static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
     rgm_upcall_t *c = ud;
 
     (void)r;
+    if (c->rs)
+        c->rs->bytes += len;
     if (c->is_token_req)
         return rgm_buf_append(&c->tokbody, data, len) < 0 ? UV_E2BIG : 0;
     if (c->next != STEP_NONE)
@@ -373,7 +380,11 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
 {
     rgm_upcall_t *c = ud;
     int is_token = c->is_token_req;
+    int st = rgm_upreq_status(r);
     int serr;
+
+    if (c->rs)
+        c->rs->requests[st >= 100 && st < 600 ? st / 100 - 1 : N_CLASSES - 1]++;
 
     if (is_token)
         c->status = rgm_upreq_status(r);
@@ -511,6 +522,33 @@ int64_t rgm_upcall_content_length(const rgm_upcall_t *c)
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
 {
     return c->using_client;
+}
+
+int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
+{
+    static const char *const classes[N_CLASSES] = {"1xx", "2xx", "3xx", "4xx", "5xx", "error"};
+    size_t i;
+    size_t k;
+    int err = 0;
+
+    err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_http_requests_total HTTP requests to "
+                                "upstreams (token requests included), by registry and status.\n"
+                                "# TYPE regmirror_upstream_http_requests_total counter\n");
+    for (i = 0; i < up->cfg->registries_len; i++)
+        for (k = 0; k < N_CLASSES; k++)
+            err |= rgm_buf_appendf(out,
+                                   "regmirror_upstream_http_requests_total{registry=\"%s\","
+                                   "status=\"%s\"} %llu\n",
+                                   up->cfg->registries[i].name, classes[k],
+                                   (unsigned long long)up->regs[i].requests[k]);
+    err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_http_bytes_total Response body bytes "
+                                "received from upstreams, by registry.\n"
+                                "# TYPE regmirror_upstream_http_bytes_total counter\n");
+    for (i = 0; i < up->cfg->registries_len; i++)
+        err |= rgm_buf_appendf(out, "regmirror_upstream_http_bytes_total{registry=\"%s\"} %llu\n",
+                               up->cfg->registries[i].name,
+                               (unsigned long long)up->regs[i].bytes);
+    return err < 0 ? UV_ENOBUFS : 0;
 }
 
 /* ---- fetch slots ---- */

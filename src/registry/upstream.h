@@ -10,6 +10,7 @@
 #include "core/common.h"
 #include "core/config.h"
 #include "http/client.h"
+#include "core/buf.h"
 
 typedef struct rgm_upstream rgm_upstream_t;
 typedef struct rgm_upcall rgm_upcall_t;
@@ -56,6 +57,9 @@ int rgm_upcall_status(const rgm_upcall_t *c);
 const char *rgm_upcall_header(const rgm_upcall_t *c, const char *name);
 int64_t rgm_upcall_content_length(const rgm_upcall_t *c);
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c);
+
+/* Append the per-registry upstream counters in Prometheus text format. 0 or UV_ENOBUFS. */
+RGM_MUST_CHECK int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out);
 
 /* ---- fetch slots: at most max_parallel_fetches overall and per registry ---- */
 typedef struct rgm_slot_wait {

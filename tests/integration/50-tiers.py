@@ -16,7 +16,6 @@ import json
 import math
 import os
 import re
-import shutil
 import threading
 import time
 
@@ -303,6 +302,9 @@ for d in blob_digests(img):
     t.is_(n_nd, 1, "node tier: one GET from containerd for blob %s" % short)
 t.ok(up.count_requests("GET", "/library/app/manifests/") >= 1,
      "upstream saw the manifest request")
+cl_paths = [a[1] for a in mirror_access(cluster) if a[1].startswith("/v2/library/app/")]
+t.ok(cl_paths and all(p.endswith("?ns=docker.io") for p in cl_paths),
+     "cluster tier: every request from the node tier carries ?ns=docker.io", diag=cl_paths)
 
 # --- 2. a second node (fresh storage) is served by the cluster tier
 node2 = rgmtest.Mirror(ws, name="node2", config=node_config())
@@ -443,6 +445,8 @@ for d in blob_digests(img_sk):
               and a[2] == 200), 1, "node access log: GET /v2/example.test/app/blobs/%s" % d[7:19])
     t.is_(up.count_requests("GET", "/v2/app/blobs/" + d), 1,
           "upstream: example.test blob %s fetched once as /v2/app/..." % d[7:19])
+    t.is_(mirror_count(cluster, "GET", "/v2/app/blobs/%s?ns=example.test" % d), 1,
+          "cluster tier: GET /v2/app/blobs/%s?ns=example.test from the node tier" % d[7:19])
 
 # --- 6. /metrics, /healthz, /readyz
 for name, m in (("node", node), ("node2", node2), ("cluster", cluster)):

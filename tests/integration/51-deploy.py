@@ -25,7 +25,7 @@ import shutil
 import tomllib
 
 import rgmtest
-from rgmtest import RGM_BIN, RGM_SRCDIR, http
+from rgmtest import RGM_BIN, RGM_SRCDIR
 
 try:
     import yaml

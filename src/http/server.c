@@ -162,6 +162,7 @@ struct conn {
 struct rgm_server {
     uv_loop_t *loop;
     const rgm_config_t *cfg;
+    const char *error_hdrs; /* extra lines on the errors the server answers itself */
     rgm_handler_fn handler;
     void *ud;
     llhttp_settings_t settings;
@@ -709,7 +710,7 @@ static void conn_schedule(struct conn *c)
 static void conn_send_error(struct conn *c, int status, const char *code, const char *msg)
 {
     char date[32];
-    char head[512];
+    char head[1024];
     char *body;
     size_t body_len;
     int n;
@@ -726,9 +727,10 @@ static void conn_send_error(struct conn *c, int status, const char *code, const 
     body = error_body(code, msg, &body_len);
     rgm_http_date(date);
     n = snprintf(head, sizeof(head),
-                 "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\n"
+                 "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\n%s"
                  "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                 status, reason_phrase(status), date, body_len);
+                 status, reason_phrase(status), date,
+                 c->srv->error_hdrs ? c->srv->error_hdrs : "", body_len);
     conn_write_raw(c, head, n > 0 ? (size_t)n : 0, body, body_len);
     free(body);
     conn_kick(c);
@@ -1553,6 +1555,39 @@ const char *rgm_req_header(const rgm_req_t *req, const char *name)
             return req->text + req->hdrs[i].value_off;
     }
     return NULL;
+}
+
+void rgm_server_set_error_headers(rgm_server_t *srv, const char *hdrs)
+{
+    srv->error_hdrs = hdrs;
+}
+
+int rgm_req_header_list(const rgm_req_t *req, const char *name, char *out, size_t outlen)
+{
+    size_t len = 0;
+    unsigned i;
+    int found = 0;
+
+    if (outlen == 0)
+        return UV_ENOBUFS;
+    out[0] = '\0';
+    for (i = 0; i < req->hdrs_len; i++) {
+        const char *v = req->text + req->hdrs[i].value_off;
+        const size_t vlen = strlen(v);
+
+        if (!rgm_strcaseeq(req->text + req->hdrs[i].name_off, name))
+            continue;
+        if (len + (found ? 2 : 0) + vlen + 1 > outlen)
+            return UV_ENOBUFS;
+        if (found) {
+            memcpy(out + len, ", ", 2);
+            len += 2;
+        }
+        memcpy(out + len, v, vlen + 1);
+        len += vlen;
+        found = 1;
+    }
+    return found;
 }
 
 const char *rgm_req_client(const rgm_req_t *req)

@@ -38,6 +38,10 @@ int rgm_server_port(const rgm_server_t *srv, size_t nth);
 void rgm_server_shutdown(rgm_server_t *srv, void (*done)(rgm_server_t *srv, void *ud), void *ud);
 void rgm_server_free(rgm_server_t *srv);
 
+/* Extra "Name: value\r\n" lines for the errors the server answers itself, before any handler
+ * (400, 405 with a body, 408, 414, 431). hdrs is borrowed (a static string); NULL: none. */
+void rgm_server_set_error_headers(rgm_server_t *srv, const char *hdrs);
+
 /* Open connections right now (for /metrics). */
 size_t rgm_server_conn_count(const rgm_server_t *srv);
 
@@ -51,6 +55,9 @@ const char *rgm_req_path(const rgm_req_t *req);
 const char *rgm_req_query(const rgm_req_t *req);
 /* First header with this name (case-insensitive), or NULL. Values are trimmed. */
 const char *rgm_req_header(const rgm_req_t *req, const char *name);
+/* Every header with this name, joined with ", " (RFC 9110 list headers such as Accept may be
+ * split over several lines). 1 found, 0 absent (out ""), UV_ENOBUFS when out is too small. */
+int rgm_req_header_list(const rgm_req_t *req, const char *name, char *out, size_t outlen);
 /* Peer address "ip:port". */
 const char *rgm_req_client(const rgm_req_t *req);
 uint64_t rgm_req_id(const rgm_req_t *req);

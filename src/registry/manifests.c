@@ -45,11 +45,19 @@ struct mjob {
     struct rq *waiters;
 };
 
+/* The client's Accept (all its Accept lines), or the full modern list when it sent none.
+ * Valid until the next call for the same request. */
 static const char *accept_of(struct rq *q)
 {
-    const char *a = rgm_req_header(q->req, "Accept");
+    if (!q->accept) {
+        char buf[4096];
 
-    return a && a[0] ? a : DEFAULT_ACCEPT;
+        if (rgm_req_header_list(q->req, "Accept", buf, sizeof(buf)) == 1 && buf[0])
+            q->accept = rgm_strdup(buf);
+        else
+            q->accept = rgm_strdup(DEFAULT_ACCEPT);
+    }
+    return q->accept;
 }
 
 static int digest_of(const char *algo_of, const void *data, size_t len, char *out, size_t outlen)
@@ -556,7 +564,9 @@ static int cached_admitted(struct rq *q, const char *digest)
 
     if (rgm_index_get_object(q->r->index, digest, &obj) < 0)
         return 0;
-    return accept_admits(rgm_req_header(q->req, "Accept"), obj.media_type);
+    if (rgm_req_header(q->req, "Accept") == NULL)
+        return 1; /* no preference: whatever we hold */
+    return accept_admits(accept_of(q), obj.media_type);
 }
 
 /* ---- entry points ---- */

@@ -68,6 +68,7 @@ struct rq {
     const rgm_registry_cfg_t *reg;
     char repo[RGM_REF_NAME_MAX + 16];
     char *auth; /* the client's Authorization, copied; NULL when none */
+    char *accept; /* the client's Accept lines joined, or the default list (manifests.c) */
     char credhash[65];
     int is_head;
     int pending; /* upstream calls in flight that point at this rq */

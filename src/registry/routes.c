@@ -30,6 +30,7 @@ rgm_routes_t *rgm_routes_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_store
 void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv)
 {
     r->srv = srv;
+    rgm_server_set_error_headers(srv, RGM_V2_HDR "X-Cache: MISS\r\n");
 }
 
 void rgm_routes_free(rgm_routes_t *r)
@@ -85,6 +86,7 @@ void rq_release(struct rq *q)
     if (q->fd >= 0)
         close(q->fd);
     free(q->auth);
+    free(q->accept);
     free(q);
 }
 

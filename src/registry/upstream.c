@@ -23,7 +23,16 @@ struct regstate {
     char *basic;        /* "Basic ..." from the configured credentials, or NULL */
     uint64_t requests[N_CLASSES];
     uint64_t bytes;     /* response body bytes */
+    unsigned failures;  /* consecutive requests that got no response at all */
+    uint64_t down_until; /* wall ms: fail fast until then */
 };
+
+/* A registry that fails this many times in a row is not asked again for a while (doubling from
+ * BACKOFF_MIN_MS to BACKOFF_MAX_MS), so that a dead upstream is not hammered and clients get
+ * their answer (often a stale tag) at once. Any response, even an error status, resets it. */
+#define BACKOFF_AFTER 3
+#define BACKOFF_MIN_MS 1000
+#define BACKOFF_MAX_MS 30000
 
 struct rgm_upstream {
     uv_loop_t *loop;
@@ -383,8 +392,24 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
-    if (c->rs)
-        c->rs->requests[st >= 100 && st < 600 ? st / 100 - 1 : N_CLASSES - 1]++;
+    if (c->rs) {
+        struct regstate *rs = c->rs;
+
+        rs->requests[st >= 100 && st < 600 ? st / 100 - 1 : N_CLASSES - 1]++;
+        if (st > 0) {
+            rs->failures = 0;
+        } else if (err < 0 && err != UV_ECANCELED && ++rs->failures >= BACKOFF_AFTER) {
+            unsigned shift = rs->failures - BACKOFF_AFTER;
+            uint64_t wait = shift >= 5 ? BACKOFF_MAX_MS : (uint64_t)BACKOFF_MIN_MS << shift;
+
+            if (wait > BACKOFF_MAX_MS)
+                wait = BACKOFF_MAX_MS;
+            rs->down_until = rgm_time_ms() + wait;
+            rgm_log(RGM_LOG_WARN, "upstream",
+                    "registry %s: %u failures in a row (%s); backing off for %llu ms",
+                    c->reg->name, rs->failures, uv_strerror(err), (unsigned long long)wait);
+        }
+    }
 
     if (is_token)
         c->status = rgm_upreq_status(r);
@@ -418,9 +443,12 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     char ns[600];
     char key[1024];
     const char *auth = NULL;
+    struct regstate *rs = regstate(up, o->reg);
     int n;
     int err;
 
+    if (rs && rs->down_until > rgm_time_ms())
+        return UV_ECONNREFUSED; /* backing off: see BACKOFF_AFTER */
     if (o->reg->is_mirror) {
         if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
             return UV_EINVAL;

@@ -129,6 +129,7 @@ m = rgmtest.Mirror(ws, config={
         "err.test": {"endpoint": uperr.url},
         "slow.test": {"endpoint": upslow.url},
         "junk.test": {"endpoint": "http://127.0.0.1:%d" % junk.port},
+        "down.test": {"endpoint": "http://127.0.0.1:%d" % ws.closed_port()},
     }})
 
 # ------------------------------------------------------------------------------------
@@ -292,5 +293,28 @@ t.is_(st, 502, "garbage upstream, HEAD blob: 502")
 t.ok(junk.connections >= 3, "the garbage server was really asked (%d)" % junk.connections)
 st, _, _ = m.get("/v2/")
 t.ok(m.alive() and st == 200, "the mirror is alive and answering")
+
+# ------------------------------------------------------------------------------------
+# a dead upstream is not hammered: after 3 failures in a row the mirror backs off
+
+
+def upstream_errors(reg):
+    return m.metrics().get(
+        'regmirror_upstream_http_requests_total{registry="%s",status="error"}' % reg)
+
+
+sts = [m.get("/v2/library/d/blobs/%s?ns=down.test" % missing)[0] for _ in range(3)]
+t.is_(sts, [502, 502, 502], "dead upstream: 502 three times")
+t.is_(upstream_errors("down.test"), 3.0, "three upstream connection attempts counted")
+st, h, b = m.get("/v2/library/d/blobs/%s?ns=down.test" % missing)
+t.ok(st == 502 and err_code(b) == "UNAVAILABLE", "backing off: still 502 UNAVAILABLE",
+     diag=(st, b))
+t.is_(upstream_errors("down.test"), 3.0, "backing off: no fourth connection attempt")
+t.like(m.log_text(), r"registry down\.test: 3 failures in a row .*backing off",
+       "the back-off is logged")
+time.sleep(1.2)
+st, h, b = m.get("/v2/library/d/blobs/%s?ns=down.test" % missing)
+t.ok(st == 502 and upstream_errors("down.test") == 4.0,
+     "after the back-off the upstream is tried again", diag=upstream_errors("down.test"))
 t.diag("elapsed %.1f s" % (time.monotonic() - T0))
 t.done()

@@ -121,23 +121,40 @@ static void on_cached_sent(rgm_req_t *req, int status, void *ud)
 
 static void serve_cached(struct rq *q)
 {
-    rgm_index_object_t obj;
+    rgm_index_object_t *obj = &q->obj;
     uint64_t size = 0;
     char h[1024];
     int err;
 
-    if (rgm_index_get_object(q->r->index, q->digest, &obj) < 0 ||
-        (!q->is_head && rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size) < 0)) {
+    if ((!q->has_obj || strcmp(obj->digest, q->digest) != 0) &&
+        rgm_index_get_object(q->r->index, q->digest, obj) < 0) {
         rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
         return;
     }
-    if (q->is_head)
-        size = obj.size; /* the caller saw the file; a HEAD needs no descriptor */
+    q->has_obj = 1;
+    size = obj->size;
+    if (!q->is_head) {
+        err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
+        if (err == UV_ENOENT && !q->path.is_digest) {
+            /* The row outlived its file (removed by hand): forget it and ask upstream. */
+            rgm_log(RGM_LOG_WARN, "manifests", "%s indexed but missing from the store",
+                    q->digest);
+            if (rgm_index_remove_object(q->r->index, q->digest) == 0) {
+                q->has_obj = 0;
+                manifests_handle(q);
+                return;
+            }
+        }
+        if (err < 0) {
+            rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
+            return;
+        }
+    }
     if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
         rq_set_cache(q, "HIT");
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
     snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n",
-             obj.media_type[0] ? obj.media_type : "application/vnd.oci.image.manifest.v1+json",
+             obj->media_type[0] ? obj->media_type : "application/vnd.oci.image.manifest.v1+json",
              q->digest);
     if (rq_start(q, 200, h, (int64_t)size) < 0) {
         rq_abort(q, "cannot start response");
@@ -560,13 +577,12 @@ static void head_upstream(struct rq *q)
  * otherwise the upstream decides (it may have another manifest for it, or refuse). */
 static int cached_admitted(struct rq *q, const char *digest)
 {
-    rgm_index_object_t obj;
-
-    if (rgm_index_get_object(q->r->index, digest, &obj) < 0)
+    if (rgm_index_get_object(q->r->index, digest, &q->obj) < 0)
         return 0;
+    q->has_obj = 1;
     if (rgm_req_header(q->req, "Accept") == NULL)
         return 1; /* no preference: whatever we hold */
-    return accept_admits(accept_of(q), obj.media_type);
+    return accept_admits(accept_of(q), q->obj.media_type);
 }
 
 /* ---- entry points ---- */
@@ -588,7 +604,7 @@ void manifests_handle(struct rq *q)
         }
     } else if (rgm_index_get_tag(r->index, q->reg->name, q->repo, q->path.reference, digest,
                                  &checked) == 0 &&
-               rgm_store_has(r->store, digest, NULL) == 1 && cached_admitted(q, digest)) {
+               cached_admitted(q, digest)) {
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (now < checked + q->reg->tag_ttl_ms) {
             serve_cached_checked(q);

@@ -90,6 +90,8 @@ struct rq {
     struct mjob *mjob;
     struct rq *next_mwaiter;
     char digest[RGM_DIGEST_MAX];
+    rgm_index_object_t obj; /* the index row of digest, when has_obj */
+    int has_obj;
     void (*after_access)(struct rq *q);
     int access_status; /* final status of the access HEAD, 0 before it */
     const char *cache_status;

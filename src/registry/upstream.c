@@ -23,6 +23,8 @@ struct regstate {
     char *basic;        /* "Basic ..." from the configured credentials, or NULL */
     uint64_t requests[N_CLASSES];
     uint64_t bytes;     /* response body bytes */
+    int64_t rl_limit;   /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
+    int64_t rl_remaining;
     unsigned failures;  /* consecutive requests that got no response at all */
     uint64_t down_until; /* wall ms: fail fast until then */
 };
@@ -124,6 +126,8 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
     up->regs = rgm_calloc(cfg->registries_len ? cfg->registries_len : 1, sizeof(*up->regs));
     for (i = 0; i < cfg->registries_len; i++) {
         up->regs[i].basic = own_basic(&cfg->registries[i]);
+        up->regs[i].rl_limit = -1;
+        up->regs[i].rl_remaining = -1;
         if (cfg->registries[i].insecure_skip_verify)
             rgm_log(RGM_LOG_WARN, "upstream",
                     "registry %s: TLS verification is OFF (insecure_skip_verify)",
@@ -275,10 +279,37 @@ static enum step after_refusal(rgm_upcall_t *c, int status)
     return STEP_NONE;
 }
 
+/* "76;w=21600" -> 76; -1 when absent or not a number. */
+static int64_t ratelimit_value(const char *v)
+{
+    char num[24];
+    uint64_t x;
+    size_t n;
+
+    if (!v)
+        return -1;
+    n = strspn(v, "0123456789");
+    if (n == 0 || n >= sizeof(num))
+        return -1;
+    memcpy(num, v, n);
+    num[n] = '\0';
+    return rgm_parse_uint(num, INT64_MAX, &x) == 0 ? (int64_t)x : -1;
+}
+
 static int on_req_head(rgm_upreq_t *r, int status, void *ud)
 {
     rgm_upcall_t *c = ud;
     const char *wa;
+    int64_t v;
+
+    if (c->rs) {
+        v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Limit"));
+        if (v >= 0)
+            c->rs->rl_limit = v;
+        v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Remaining"));
+        if (v >= 0)
+            c->rs->rl_remaining = v;
+    }
 
     if (c->is_token_req)
         return 0;
@@ -576,6 +607,23 @@ int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
         err |= rgm_buf_appendf(out, "regmirror_upstream_http_bytes_total{registry=\"%s\"} %llu\n",
                                up->cfg->registries[i].name,
                                (unsigned long long)up->regs[i].bytes);
+    err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_ratelimit_remaining Pulls left in the "
+                                "upstream's rate-limit window (RateLimit-Remaining), where seen.\n"
+                                "# TYPE regmirror_upstream_ratelimit_remaining gauge\n");
+    for (i = 0; i < up->cfg->registries_len; i++)
+        if (up->regs[i].rl_remaining >= 0)
+            err |= rgm_buf_appendf(out,
+                                   "regmirror_upstream_ratelimit_remaining{registry=\"%s\"} %lld\n",
+                                   up->cfg->registries[i].name,
+                                   (long long)up->regs[i].rl_remaining);
+    err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_ratelimit_limit The upstream's rate-limit "
+                                "window size (RateLimit-Limit), where seen.\n"
+                                "# TYPE regmirror_upstream_ratelimit_limit gauge\n");
+    for (i = 0; i < up->cfg->registries_len; i++)
+        if (up->regs[i].rl_limit >= 0)
+            err |= rgm_buf_appendf(out,
+                                   "regmirror_upstream_ratelimit_limit{registry=\"%s\"} %lld\n",
+                                   up->cfg->registries[i].name, (long long)up->regs[i].rl_limit);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 

@@ -295,6 +295,21 @@ st, _, _ = m.get("/v2/")
 t.ok(m.alive() and st == 200, "the mirror is alive and answering")
 
 # ------------------------------------------------------------------------------------
+# Docker Hub's rate-limit headers become gauges
+
+rl = os.urandom(1000)
+drl = up.add_blob(rl)
+up.behave("/blobs/" + drl, headers={"RateLimit-Limit": "100;w=21600",
+                                    "RateLimit-Remaining": "76;w=21600"})
+st, _, b = m.get("/v2/library/rl/blobs/" + drl)
+met = m.metrics()
+t.ok(st == 200 and b == rl
+     and met.get('regmirror_upstream_ratelimit_remaining{registry="docker.io"}') == 76.0
+     and met.get('regmirror_upstream_ratelimit_limit{registry="docker.io"}') == 100.0,
+     "RateLimit-Remaining/-Limit exported per registry",
+     diag={k: v for k, v in met.items() if "ratelimit" in k})
+
+# ------------------------------------------------------------------------------------
 # a dead upstream is not hammered: after 3 failures in a row the mirror backs off
 
 

@@ -27,6 +27,7 @@ int rgm_gc_step(rgm_index_t *idx, rgm_store_t *store, uint64_t max_bytes, uint64
     struct victims *v;
     uint64_t objects = 0;
     uint64_t bytes = 0;
+    size_t evicted = 0;
     size_t i;
     int err;
 
@@ -56,9 +57,11 @@ int rgm_gc_step(rgm_index_t *idx, rgm_store_t *store, uint64_t max_bytes, uint64
             *freed_bytes += v->obj[i].size;
         if (freed_objects)
             (*freed_objects)++;
+        evicted++;
         bytes -= v->obj[i].size < bytes ? v->obj[i].size : bytes;
     }
-    err = v->n > 0 && bytes > target_bytes ? 1 : 0;
+    /* Nothing evictable in this batch (files that cannot be removed): stop rather than spin. */
+    err = evicted > 0 && bytes > target_bytes ? 1 : 0;
 out:
     free(v);
     return err;

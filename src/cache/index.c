@@ -34,6 +34,7 @@ enum {
     ST_ALL_OBJECTS,
     ST_GC_ORIGINS,
     ST_ALL_TAGS,
+    ST_HAS_REG_ORIGIN,
     ST_COUNT
 };
 
@@ -68,6 +69,7 @@ static const char *const stmt_sql[ST_COUNT] = {
                "ORDER BY last_access, digest LIMIT ?1",
     [ST_ALL_OBJECTS] = "SELECT digest, size FROM objects",
     [ST_GC_ORIGINS] = "DELETE FROM origins WHERE digest NOT IN (SELECT digest FROM objects)",
+    [ST_HAS_REG_ORIGIN] = "SELECT 1 FROM origins WHERE digest = ?1 AND registry = ?2 LIMIT 1",
     [ST_ALL_TAGS] = "SELECT registry, repository, tag, digest, checked FROM tags "
                     "ORDER BY registry, repository, tag",
 };
@@ -547,6 +549,20 @@ int rgm_index_has_origin(rgm_index_t *idx, const char *digest, const char *regis
     if (rc == SQLITE_ROW)
         return 1;
     return rc == SQLITE_DONE ? 0 : db_fail(idx, "has origin");
+}
+
+int rgm_index_has_registry_origin(rgm_index_t *idx, const char *digest, const char *registry)
+{
+    sqlite3_stmt *st = idx->st[ST_HAS_REG_ORIGIN];
+    int rc;
+
+    (void)bind_text(st, 1, digest);
+    (void)bind_text(st, 2, registry);
+    rc = sqlite3_step(st);
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "has registry origin");
 }
 
 /* ---- tags ---- */

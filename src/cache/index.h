@@ -52,6 +52,9 @@ int rgm_index_has_public_origin(rgm_index_t *idx, const char *digest);
 int rgm_index_has_origin(rgm_index_t *idx, const char *digest, const char *registry,
                          const char *repo, int *is_public);
 
+/* 1 when digest came through some repository of registry, 0 when not, <0 (UV_EIO). */
+int rgm_index_has_registry_origin(rgm_index_t *idx, const char *digest, const char *registry);
+
 /* Tag -> digest (digest_out has RGM_DIGEST_MAX bytes), and when it was last checked upstream.
  * 0, UV_ENOENT or UV_EIO. */
 RGM_MUST_CHECK int rgm_index_get_tag(rgm_index_t *idx, const char *registry, const char *repo,

@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/file.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <sys/stat.h>
@@ -21,6 +22,8 @@
 struct rgm_store {
     char *dir;
     uint64_t tmp_counter;
+    int lock_fd;  /* <dir>/.lock, flock'ed when is_owner */
+    int is_owner; /* no other process holds the storage */
 };
 
 static const char *const algos[] = {"sha256", "sha512"};
@@ -142,9 +145,26 @@ int rgm_store_open(const char *dir, rgm_store_t **out)
     *out = NULL;
     s = rgm_calloc(1, sizeof(*s));
     s->dir = rgm_strdup(dir);
+    s->lock_fd = -1;
     err = mkdir_one(dir);
     if (err < 0)
         goto fail;
+    /* One owner per storage: a second serve must not empty the first one's tmp/, and an
+     * offline command beside a running server must leave its fetches alone. */
+    err = path_fmt(path, sizeof(path), "%s/.lock", dir);
+    if (err < 0)
+        goto fail;
+    s->lock_fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (s->lock_fd < 0) {
+        err = -errno;
+        goto fail;
+    }
+    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) == 0)
+        s->is_owner = 1;
+    else if (errno != EWOULDBLOCK) {
+        err = -errno;
+        goto fail;
+    }
     err = path_fmt(path, sizeof(path), "%s/blobs", dir);
     if (err == 0)
         err = mkdir_one(path);
@@ -157,7 +177,7 @@ int rgm_store_open(const char *dir, rgm_store_t **out)
         err = path_fmt(path, sizeof(path), "%s/tmp", dir);
     if (err == 0)
         err = mkdir_one(path);
-    if (err == 0)
+    if (err == 0 && s->is_owner)
         err = empty_tmp(path);
     if (err < 0)
         goto fail;
@@ -170,10 +190,17 @@ fail:
     return err;
 }
 
+int rgm_store_is_owner(const rgm_store_t *s)
+{
+    return s->is_owner;
+}
+
 void rgm_store_close(rgm_store_t *s)
 {
     if (!s)
         return;
+    if (s->lock_fd >= 0)
+        close(s->lock_fd); /* releases the flock */
     free(s->dir);
     free(s);
 }

@@ -18,10 +18,15 @@ typedef struct rgm_store rgm_store_t;
 RGM_MUST_CHECK int rgm_digest_check(const char *digest);
 
 /* Open (creating with mode 0755 when missing) dir, dir/blobs/sha256, dir/blobs/sha512 and
- * dir/tmp, and delete everything left in dir/tmp (the leftovers of a crash are never served).
+ * dir/tmp. The store takes an exclusive flock on dir/.lock for its lifetime when it can; then
+ * (only then) it deletes everything left in dir/tmp (the leftovers of a crash are never
+ * served). When another process holds the lock, the store opens without it: see
+ * rgm_store_is_owner.
  * dir is copied. *out is owned by the caller (rgm_store_close). 0 or a negative errno. */
 RGM_MUST_CHECK int rgm_store_open(const char *dir, rgm_store_t **out);
 void rgm_store_close(rgm_store_t *s);
+/* 1 when this store holds dir/.lock (no other regmirror process uses dir), else 0. */
+int rgm_store_is_owner(const rgm_store_t *s);
 /* The storage directory, as given to open. Borrowed. */
 const char *rgm_store_dir(const rgm_store_t *s);
 /* "<dir>/index.db" into buf. 0 or UV_ENAMETOOLONG. */

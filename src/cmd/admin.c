@@ -96,8 +96,11 @@ static int admin_open(struct admin *a)
         err = rgm_store_index_path(a->store, path, sizeof(path));
     if (err == 0)
         err = rgm_index_open(path, &a->index);
-    if (err == 0)
+    /* Beside a running server, its fetches in tmp/ and its newest rows must be left alone. */
+    if (err == 0 && rgm_store_is_owner(a->store))
         err = rgm_index_reconcile(a->index, a->store);
+    else if (err == 0)
+        fprintf(stderr, "regmirror: a server is using %s; not reconciling\n", a->cfg.storage);
     if (err < 0) {
         fprintf(stderr, "regmirror: cannot open storage %s: %s\n", a->cfg.storage,
                 uv_strerror(err));
@@ -195,6 +198,7 @@ struct verify {
     struct admin *a;
     uint64_t ok;
     uint64_t bad;
+    uint64_t unreadable;
 };
 
 static int hash_file(const char *path, const char *digest, char *out, size_t outlen)
@@ -235,11 +239,19 @@ static int verify_one(const char *digest, uint64_t size, void *ud)
     struct verify *v = ud;
     char path[4096];
     char got[RGM_DIGEST_MAX];
+    int err;
 
     (void)size;
     if (rgm_store_blob_path(v->a->store, digest, path, sizeof(path)) < 0)
         return 0;
-    if (hash_file(path, digest, got, sizeof(got)) == 0 && strcmp(got, digest) == 0) {
+    err = hash_file(path, digest, got, sizeof(got));
+    if (err < 0) {
+        fprintf(stderr, "regmirror verify: cannot read %s: %s (left in place)\n", digest,
+                uv_strerror(err));
+        v->unreadable++;
+        return 0;
+    }
+    if (strcmp(got, digest) == 0) {
         v->ok++;
         return 0;
     }
@@ -263,6 +275,7 @@ int rgm_cmd_verify(int argc, char **argv)
     v.a = &a;
     if (rgm_store_walk(a.store, verify_one, &v) < 0)
         return admin_close(&a, 1);
-    printf("%" PRIu64 " objects verified, %" PRIu64 " corrupt\n", v.ok, v.bad);
-    return admin_close(&a, v.bad ? 1 : 0);
+    printf("%" PRIu64 " objects verified, %" PRIu64 " corrupt, %" PRIu64 " unreadable\n", v.ok,
+           v.bad, v.unreadable);
+    return admin_close(&a, v.bad || v.unreadable ? 1 : 0);
 }

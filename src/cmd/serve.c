@@ -108,7 +108,8 @@ static void on_signal(uv_signal_t *h, int signum)
         return;
     }
     if (s->is_stopping) {
-        rgm_log(RGM_LOG_WARN, "serve", "second signal %d: closing everything now", signum);
+        rgm_log(RGM_LOG_WARN, "serve",
+                "signal %d: already stopping (responses get at most shutdown_timeout)", signum);
         return;
     }
     s->is_stopping = 1;
@@ -165,21 +166,19 @@ static int parse_args(struct serve *s, int argc, char **argv)
     char err[512];
     int c;
     int nlisten = 0;
-    int i;
 
     rgm_config_init(&s->cfg);
-    for (i = 1; i < argc; i++) {
-        const char *cfgpath = NULL;
-
-        if (strcmp(argv[i], "--config") == 0 && i + 1 < argc)
-            cfgpath = argv[i + 1];
-        else if (strncmp(argv[i], "--config=", 9) == 0)
-            cfgpath = argv[i] + 9;
-        if (cfgpath && rgm_config_load_file(&s->cfg, cfgpath, err, sizeof(err)) < 0) {
+    /* First pass: the config files (-c, --config, --conf=...), so that flags override them
+     * wherever they appear. Errors in other options are reported by the second pass. */
+    opterr = 0;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "c:l:s:r:h", opts, NULL)) != -1) {
+        if (c == 'c' && rgm_config_load_file(&s->cfg, optarg, err, sizeof(err)) < 0) {
             fprintf(stderr, "regmirror: %s\n", err);
             return 2;
         }
     }
+    opterr = 1;
     optind = 1;
     while ((c = getopt_long(argc, argv, "c:l:s:r:h", opts, NULL)) != -1) {
         switch (c) {
@@ -287,6 +286,12 @@ static int open_cache(struct serve *s)
         rgm_log(RGM_LOG_ERROR, "serve", "cannot open storage %s: %s", s->cfg.storage,
                 uv_strerror(err));
         return err;
+    }
+    if (!rgm_store_is_owner(s->store)) {
+        rgm_log(RGM_LOG_ERROR, "serve",
+                "storage %s is in use by another regmirror process (%s/.lock)", s->cfg.storage,
+                s->cfg.storage);
+        return UV_EBUSY;
     }
     err = rgm_store_index_path(s->store, path, sizeof(path));
     if (err == 0)

@@ -38,7 +38,8 @@ struct bjob {
     uint64_t skip;
     uv_timer_t timer;
     int timer_state; /* 0 none, 1 open, 2 closing */
-    struct rq *waiters;
+    struct rq *waiters; /* wait for the upstream's answer */
+    struct rq *parked;  /* wait for the job to end (see may_join) */
 };
 
 static void start_call(struct bjob *job);
@@ -278,21 +279,21 @@ static void attach(struct rq *q, struct bjob *job)
     pump(q);
 }
 
-/* May q read this job's bytes? Public jobs: anyone. Private: the client whose credentials
- * fetched it, or one the upstream accepted recently for this repository. */
+/* May q read this job's bytes? 1 yes; 0 after an access check; -1 not through this job at all:
+ * a private fetch from another registry cannot vouch for q's registry (q waits for the job to
+ * end, then fetches through its own registry). Public jobs: anyone. Private: the client whose
+ * credentials fetched it, or one the same registry accepted for q's repository. */
 static int may_join(struct rq *q, struct bjob *job)
 {
-    char key[1024];
-
-    if (!job->is_private || q->access_status == 200)
+    if (!job->is_private)
         return 1;
-    if (!q->auth)
-        return 0;
-    if (strcmp(q->credhash, job->credhash) == 0 && q->reg == job->reg &&
-        strcmp(q->repo, job->repo) == 0)
+    if (q->reg != job->reg)
+        return -1;
+    if (q->access_status == 200)
         return 1;
-    snprintf(key, sizeof(key), "%s|%s|%s", q->credhash, q->reg->name, q->repo);
-    return rgm_auth_cache_get(q->r->access, key, rgm_time_ms()) != NULL;
+    if (q->auth && strcmp(q->credhash, job->credhash) == 0 && strcmp(q->repo, job->repo) == 0)
+        return 1;
+    return 0;
 }
 
 static void recheck(struct rq *q)
@@ -304,8 +305,17 @@ static void recheck(struct rq *q)
 
 static void attach_checked(struct rq *q, struct bjob *job)
 {
-    if (may_join(q, job)) {
+    int ok = may_join(q, job);
+
+    if (ok > 0) {
         attach(q, job);
+        return;
+    }
+    if (ok < 0) {
+        q->job = job;
+        q->is_parked = 1;
+        q->next_waiter = job->parked;
+        job->parked = q;
         return;
     }
     q->after_access = recheck;
@@ -324,9 +334,12 @@ static struct bjob *find_job(rgm_routes_t *r, const char *digest)
     return NULL;
 }
 
+/* The job no longer takes new readers (it ended, or its fetch did); parked requests are routed
+ * again now. */
 static void unlist(struct bjob *job)
 {
     struct bjob **pp;
+    struct rq *q;
 
     if (!job->is_listed)
         return;
@@ -337,6 +350,16 @@ static void unlist(struct bjob *job)
         }
     }
     job->is_listed = 0;
+    while ((q = job->parked) != NULL) {
+        job->parked = q->next_waiter;
+        q->next_waiter = NULL;
+        q->job = NULL;
+        q->is_parked = 0;
+        if (q->req)
+            blobs_handle(q);
+        else
+            rq_release(q);
+    }
 }
 
 static void release_slot(struct bjob *job)
@@ -350,7 +373,7 @@ static void release_slot(struct bjob *job)
 static void maybe_free(struct bjob *job)
 {
     if (job->call || job->fetch_live || job->timer_state != 0 || job->append_pending ||
-        job->waiters)
+        job->waiters || (job->parked && job->is_listed))
         return;
     release_slot(job);
     unlist(job);
@@ -374,19 +397,34 @@ static void close_timer(struct bjob *job)
     }
 }
 
-/* Answer every waiter that is still waiting for the head. */
+/* 401/403/404 to the job's identity says nothing about another client's, or another
+ * repository's: those get their own try. */
+static int same_identity(const struct rq *q, const struct bjob *job)
+{
+    return q->reg == job->reg && strcmp(q->repo, job->repo) == 0 &&
+           strcmp(q->credhash, job->credhash) == 0;
+}
+
+/* Answer every waiter that is still waiting for the head. The job takes nobody new. */
 static void fail_waiters(struct bjob *job, int status, rgm_upcall_t *c, int err)
 {
     struct rq *q;
 
+    unlist(job);
     while ((q = job->waiters) != NULL) {
         job->waiters = q->next_waiter;
         q->next_waiter = NULL;
         q->job = NULL;
-        if (q->req)
-            rq_relay_error(q, status, c, err, 1);
-        else
+        if (!q->req) {
             rq_release(q);
+            continue;
+        }
+        if ((status == 401 || status == 403 || status == 404) && !same_identity(q, job) &&
+            !job->r->is_stopping) {
+            blobs_handle(q);
+            continue;
+        }
+        rq_relay_error(q, status, c, err, 1);
     }
 }
 
@@ -741,6 +779,13 @@ void blobs_handle(struct rq *q)
     snprintf(q->digest, sizeof(q->digest), "%s", q->path.reference);
     if (q->fd < 0) {
         err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
+        if (err == 0 && !rq_may_vouch(q, q->digest)) {
+            /* Here, but private and never delivered by this registry: fetch it through this
+             * registry (verified), as if it were not here. */
+            close(q->fd);
+            q->fd = -1;
+            err = UV_ENOENT;
+        }
         if (err == 0) {
             q->end = size;
             if (q->access_status == 200) {
@@ -788,13 +833,15 @@ void blobs_detach(struct rq *q)
         rgm_fetch_leave(rd);
     }
     if (q->job) {
-        for (pp = &q->job->waiters; *pp; pp = &(*pp)->next_waiter) {
+        for (pp = q->is_parked ? &q->job->parked : &q->job->waiters; *pp;
+             pp = &(*pp)->next_waiter) {
             if (*pp == q) {
                 *pp = q->next_waiter;
                 break;
             }
         }
         q->job = NULL;
+        q->is_parked = 0;
     }
 }
 

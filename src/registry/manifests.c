@@ -221,10 +221,20 @@ static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
 
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (q->req)
-            rq_relay_error(q, status, c, err, 0);
-        else
+        if (!q->req) {
             rq_release(q);
+            continue;
+        }
+        /* A refusal of the first client's identity is not another client's answer. */
+        if ((status == 401 || status == 403 || status == 404) &&
+            strcmp(q->credhash, j->credhash) != 0 && !j->r->is_stopping) {
+            if (j->kind == MJ_TAGS)
+                tags_handle(q);
+            else
+                manifests_handle(q);
+            continue;
+        }
+        rq_relay_error(q, status, c, err, 0);
     }
 }
 
@@ -307,22 +317,53 @@ static void manifest_complete(struct mjob *j)
     answer_manifest(j, digest);
 }
 
+/* The upstream's Link names its own /v2/<repo>/tags/list?...: point it back at us the way this
+ * client addressed the registry (path prefix or ns=). 0, or <0 to drop the header. */
+static int rewrite_link(struct rq *q, const char *link, char *out, size_t outlen)
+{
+    const char *lt = strchr(link, '<');
+    const char *gt = lt ? strchr(lt, '>') : NULL;
+    const char *v2;
+    char ns[RGM_REF_HOST_MAX + 1];
+    char enc[3 * RGM_REF_HOST_MAX + 1];
+    int n;
+
+    if (!lt || !gt)
+        return -1;
+    v2 = strstr(lt, "/v2/");
+    if (!v2 || v2 > gt)
+        return -1;
+    if (q->path.registry[0]) {
+        n = snprintf(out, outlen, "</v2/%s/%.*s%s", q->path.registry, (int)(gt - v2 - 4), v2 + 4,
+                     gt);
+    } else if (rgm_query_get(rgm_req_query(q->req), "ns", ns, sizeof(ns)) == 1 &&
+               rgm_url_encode(ns, enc, sizeof(enc)) == 0) {
+        n = snprintf(out, outlen, "<%.*s%sns=%s%s", (int)(gt - v2), v2,
+                     memchr(v2, '?', (size_t)(gt - v2)) ? "&" : "?", enc, gt);
+    } else {
+        n = snprintf(out, outlen, "<%.*s%s", (int)(gt - v2), v2, gt);
+    }
+    return n > 0 && (size_t)n < outlen ? 0 : -1;
+}
+
 static void tags_complete(struct mjob *j)
 {
     struct rq *q;
-    char h[2048];
-    int n = 0;
+    char h[4096];
+    char link[2048];
+    int n;
 
-    n += snprintf(h, sizeof(h), "Content-Type: %s\r\n",
-                  header_ok(j->content_type) ? j->content_type : "application/json");
-    if (header_ok(j->link))
-        snprintf(h + n, sizeof(h) - (size_t)n, "Link: %s\r\n", j->link);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (q->req)
-            send_body(q, 200, h, &j->body);
-        else
+        if (!q->req) {
             rq_release(q);
+            continue;
+        }
+        n = snprintf(h, sizeof(h), "Content-Type: %s\r\n",
+                     header_ok(j->content_type) ? j->content_type : "application/json");
+        if (header_ok(j->link) && rewrite_link(q, j->link, link, sizeof(link)) == 0)
+            snprintf(h + n, sizeof(h) - (size_t)n, "Link: %s\r\n", link);
+        send_body(q, 200, h, &j->body);
     }
 }
 
@@ -394,8 +435,11 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     int n;
     int err;
 
-    n = snprintf(key, sizeof(key), "%d|%s|%s|%s|%s|%s", (int)kind, q->reg->name, q->repo, suffix,
-                 query ? query : "", accept ? accept : "");
+    /* A tag list is not content-addressed: it is shared only by clients of one identity.
+     * Manifests are checked per waiter when they come back (answer_manifest). */
+    n = snprintf(key, sizeof(key), "%d|%s|%s|%s|%s|%s|%s", (int)kind, q->reg->name, q->repo,
+                 suffix, query ? query : "", accept ? accept : "",
+                 kind == MJ_TAGS ? q->credhash : "");
     if (n < 0 || (size_t)n >= sizeof(key)) {
         rq_error(q, 400, "UNSUPPORTED", "request too large", NULL);
         return;
@@ -597,14 +641,18 @@ void manifests_handle(struct rq *q)
 
     q->digest[0] = '\0';
     if (q->path.is_digest) {
-        if (rgm_store_has(r->store, q->path.reference, NULL) == 1) {
+        /* Cached as a manifest (not only fetched through /blobs/, which records no media
+         * type), and deliverable through this registry. */
+        if (rgm_index_get_object(r->index, q->path.reference, &q->obj) == 0 &&
+            q->obj.kind == RGM_OBJ_MANIFEST && rq_may_vouch(q, q->path.reference)) {
+            q->has_obj = 1;
             snprintf(q->digest, sizeof(q->digest), "%s", q->path.reference);
             serve_cached_checked(q);
             return;
         }
     } else if (rgm_index_get_tag(r->index, q->reg->name, q->repo, q->path.reference, digest,
                                  &checked) == 0 &&
-               cached_admitted(q, digest)) {
+               cached_admitted(q, digest) && rq_may_vouch(q, digest)) {
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (now < checked + q->reg->tag_ttl_ms) {
             serve_cached_checked(q);
@@ -643,9 +691,11 @@ static int add_public_tag(const char *tag, void *ud)
     struct taglist *t = ud;
     char digest[RGM_DIGEST_MAX];
     uint64_t checked;
+    int is_public = 0;
 
     if (rgm_index_get_tag(t->r->index, t->registry, t->repo, tag, digest, &checked) == 0 &&
-        rgm_index_has_public_origin(t->r->index, digest) == 1)
+        rgm_index_has_origin(t->r->index, digest, t->registry, t->repo, &is_public) == 1 &&
+        is_public)
         json_array_append_new(t->tags, json_string(tag));
     return 0;
 }

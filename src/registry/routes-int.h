@@ -55,7 +55,7 @@ struct rgm_routes {
     int is_stopping;
     void (*stop_done)(void *ud);
     void *stop_ud;
-    uv_idle_t stop_idle;
+    uv_timer_t stop_timer;
     struct metrics m;
 };
 
@@ -74,7 +74,8 @@ struct rq {
     int pending; /* upstream calls in flight that point at this rq */
 
     /* blob streaming */
-    struct bjob *job;         /* waiting for this job's head */
+    struct bjob *job;         /* waiting for this job's head, or parked on it */
+    int is_parked;
     struct rq *next_waiter;
     rgm_fetch_reader_t *rd;
     int fd;                   /* cached blob file, or -1 */
@@ -108,6 +109,12 @@ void rq_count_bytes(struct rq *q, uint64_t n);
 /* Serve only after the cache-never-widens-access rule holds for q->digest; then run
  * q->after_access(q). Answers the denial itself. */
 void rq_check_access(struct rq *q);
+/* May q's registry vouch for digest: it is public, or it came through that registry? When
+ * not, a cached copy must be treated as a miss and fetched (verified) through q->reg: a
+ * registry that never delivered an object cannot grant access to it. */
+int rq_may_vouch(struct rq *q, const char *digest);
+/* Is access to digest, in q's repository, cached for q's credentials? */
+int rq_decision_cached(struct rq *q, const char *digest);
 void rq_upcall_opts(struct rq *q, rgm_upcall_opts_t *o, const char *method, const char *suffix);
 void rq_mark_origin(struct rq *q, const char *digest, int is_private);
 /* rgm_resp_start with the mirror's common headers, counted in the metrics. */

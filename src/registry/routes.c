@@ -48,13 +48,13 @@ void rgm_routes_free(rgm_routes_t *r)
     free(r);
 }
 
-static void stop_check(uv_idle_t *h)
+static void stop_check(uv_timer_t *h)
 {
-    rgm_routes_t *r = rgm_container_of(h, rgm_routes_t, stop_idle);
+    rgm_routes_t *r = rgm_container_of(h, rgm_routes_t, stop_timer);
 
     if (r->bjobs || r->mjobs)
         return;
-    uv_idle_stop(h);
+    uv_timer_stop(h);
     uv_close((uv_handle_t *)h, NULL);
     r->stop_done(r->stop_ud);
 }
@@ -66,9 +66,9 @@ void rgm_routes_shutdown(rgm_routes_t *r, void (*done)(void *ud), void *ud)
     r->stop_ud = ud;
     blobs_shutdown(r);
     manifests_shutdown(r);
-    /* Jobs end through their callbacks; poll until none is left. */
-    uv_idle_init(r->loop, &r->stop_idle);
-    if (uv_idle_start(&r->stop_idle, stop_check) < 0)
+    /* Jobs end through their callbacks (cancelled upcalls, fsyncs): look every 10 ms. */
+    uv_timer_init(r->loop, &r->stop_timer);
+    if (uv_timer_start(&r->stop_timer, stop_check, 0, 10) < 0)
         RGM_BUG_ON(1);
 }
 
@@ -286,7 +286,10 @@ static int access_on_head(rgm_upcall_t *c, int status, void *ud)
 
     q->access_status = status;
     if (status >= 200 && status < 300) {
-        rq_mark_origin(q, q->digest, rgm_upcall_used_client_auth(c));
+        /* The registry the object came through serves it in this repository: to this
+         * client only (its credentials were needed), or to anyone. */
+        if (rgm_index_has_registry_origin(q->r->index, q->digest, q->reg->name) == 1)
+            rq_mark_origin(q, q->digest, rgm_upcall_used_client_auth(c));
         return UV_ECANCELED; /* a HEAD: nothing more to read */
     }
     q->r->m.access_denied++;
@@ -326,27 +329,36 @@ static void access_on_done(rgm_upcall_t *c, int err, void *ud)
 
 static const rgm_upcall_cbs_t access_cbs = {access_on_head, access_on_body, access_on_done};
 
+int rq_may_vouch(struct rq *q, const char *digest)
+{
+    return rgm_index_has_public_origin(q->r->index, digest) == 1 ||
+           rgm_index_has_registry_origin(q->r->index, digest, q->reg->name) == 1;
+}
+
+int rq_decision_cached(struct rq *q, const char *digest)
+{
+    char key[1024];
+
+    if (!q->auth || rgm_index_has_origin(q->r->index, digest, q->reg->name, q->repo, NULL) != 1)
+        return 0;
+    snprintf(key, sizeof(key), "%s|%s|%s", q->credhash, q->reg->name, q->repo);
+    return rgm_auth_cache_get(q->r->access, key, rgm_time_ms()) != NULL;
+}
+
 void rq_check_access(struct rq *q)
 {
     rgm_upcall_opts_t o;
-    char key[1024];
     char suffix[256];
-    int pub;
     int err;
 
-    pub = rgm_index_has_public_origin(q->r->index, q->digest);
-    if (pub == 1) {
+    /* Public content: anyone, through any repository. Private content: the decision cached
+     * for this client and repository, but only for objects known to be in that repository
+     * (a decision about one repository says nothing about another's objects). */
+    if (rgm_index_has_public_origin(q->r->index, q->digest) == 1 || rq_decision_cached(q, q->digest)) {
         q->after_access(q);
         return;
     }
-    if (q->auth) {
-        snprintf(key, sizeof(key), "%s|%s|%s", q->credhash, q->reg->name, q->repo);
-        if (rgm_auth_cache_get(q->r->access, key, rgm_time_ms())) {
-            q->after_access(q);
-            return;
-        }
-    }
-    /* Private content: the upstream decides, with this client's credentials. */
+    /* Otherwise the upstream decides, with this client's credentials. */
     q->r->m.access_checks++;
     snprintf(suffix, sizeof(suffix), "%s/%s",
              q->path.kind == RGM_REF_ROUTE_BLOB ? "blobs" : "manifests", q->digest);

@@ -26,6 +26,7 @@ struct regstate {
     int64_t rl_limit;   /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
     int64_t rl_remaining;
     unsigned failures;  /* consecutive requests that got no response at all */
+    uint64_t last_fail; /* wall ms of the last counted failure */
     uint64_t down_until; /* wall ms: fail fast until then */
 };
 
@@ -76,6 +77,7 @@ struct rgm_upcall {
     char *challenge;    /* last WWW-Authenticate seen */
     char *sent_auth;    /* Authorization of the current main request */
     rgm_buf_t tokbody;
+    uint64_t started_ms;
 };
 
 /* ---- helpers ---- */
@@ -416,6 +418,33 @@ static void token_done(rgm_upcall_t *c, int err)
     }
 }
 
+/* Per-registry counters and the back-off. Only a request started after the previous failure
+ * counts as another failure: a burst of concurrent requests lost in one outage is one. */
+static void count_outcome(rgm_upcall_t *c, int st, int err)
+{
+    struct regstate *rs = c->rs;
+    unsigned shift;
+    uint64_t wait;
+
+    rs->requests[st >= 100 && st < 600 ? st / 100 - 1 : N_CLASSES - 1]++;
+    if (st > 0) {
+        rs->failures = 0;
+        return;
+    }
+    if (err >= 0 || err == UV_ECANCELED || c->started_ms < rs->last_fail)
+        return;
+    rs->last_fail = rgm_time_ms();
+    if (++rs->failures < BACKOFF_AFTER)
+        return;
+    shift = rs->failures - BACKOFF_AFTER;
+    wait = shift >= 5 ? BACKOFF_MAX_MS : (uint64_t)BACKOFF_MIN_MS << shift;
+    if (wait > BACKOFF_MAX_MS)
+        wait = BACKOFF_MAX_MS;
+    rs->down_until = rs->last_fail + wait;
+    rgm_log(RGM_LOG_WARN, "upstream", "registry %s: %u failures in a row (%s); backing off for %llu ms",
+            c->reg->name, rs->failures, uv_strerror(err), (unsigned long long)wait);
+}
+
 static void on_req_done(rgm_upreq_t *r, int err, void *ud)
 {
     rgm_upcall_t *c = ud;
@@ -423,25 +452,8 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
-    if (c->rs) {
-        struct regstate *rs = c->rs;
-
-        rs->requests[st >= 100 && st < 600 ? st / 100 - 1 : N_CLASSES - 1]++;
-        if (st > 0) {
-            rs->failures = 0;
-        } else if (err < 0 && err != UV_ECANCELED && ++rs->failures >= BACKOFF_AFTER) {
-            unsigned shift = rs->failures - BACKOFF_AFTER;
-            uint64_t wait = shift >= 5 ? BACKOFF_MAX_MS : (uint64_t)BACKOFF_MIN_MS << shift;
-
-            if (wait > BACKOFF_MAX_MS)
-                wait = BACKOFF_MAX_MS;
-            rs->down_until = rgm_time_ms() + wait;
-            rgm_log(RGM_LOG_WARN, "upstream",
-                    "registry %s: %u failures in a row (%s); backing off for %llu ms",
-                    c->reg->name, rs->failures, uv_strerror(err), (unsigned long long)wait);
-        }
-    }
-
+    if (c->rs)
+        count_outcome(c, st, err);
     if (is_token)
         c->status = rgm_upreq_status(r);
     c->req = NULL;
@@ -502,6 +514,7 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
     c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
     c->range_from = o->range_from;
+    c->started_ms = rgm_time_ms();
     c->cbs = *cbs;
     c->ud = ud;
     rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);

@@ -495,6 +495,65 @@ static void serve_stale(struct rq *q)
     serve_cached_checked(q);
 }
 
+/* HEAD-only clients (a resolve that never GETs, update checkers) ask for tags whose manifest
+ * is not cached. The upstream's public answer (digest, type, size: no content) is kept for
+ * tag_ttl, in memory, per registry, repository, tag and Accept; answers that needed the
+ * client's credentials are never kept. */
+static void head_key(struct rq *q, char *key, size_t len)
+{
+    int n = snprintf(key, len, "%s|%s|%s|%s", q->reg->name, q->repo, q->path.reference,
+                     accept_of(q));
+
+    if (n < 0 || (size_t)n >= len)
+        key[0] = '\0';
+}
+
+static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len)
+{
+    char key[4096];
+    char val[1024];
+    int n;
+
+    if (!d || !rgm_ref_valid_digest(d) || !header_ok(ct) || len < 0)
+        return;
+    head_key(q, key, sizeof(key));
+    n = snprintf(val, sizeof(val), "%s %lld %s", d, (long long)len, ct);
+    if (key[0] && n > 0 && (size_t)n < sizeof(val))
+        rgm_auth_cache_put(q->r->heads, key, val, rgm_time_ms() + q->reg->tag_ttl_ms);
+}
+
+/* Answer a HEAD from the remembered upstream answer. 1 answered, 0 not known. */
+static int head_recall(struct rq *q)
+{
+    char key[4096];
+    char d[RGM_DIGEST_MAX];
+    char h[1024];
+    const char *val;
+    const char *sp;
+    const char *sp2;
+    long long len;
+
+    head_key(q, key, sizeof(key));
+    val = key[0] ? rgm_auth_cache_get(q->r->heads, key, rgm_time_ms()) : NULL;
+    if (!val)
+        return 0;
+    sp = strchr(val, ' ');
+    sp2 = sp ? strchr(sp + 1, ' ') : NULL;
+    if (!sp || !sp2 || (size_t)(sp - val) >= sizeof(d))
+        return 0;
+    memcpy(d, val, (size_t)(sp - val));
+    d[sp - val] = '\0';
+    len = strtoll(sp + 1, NULL, 10);
+    snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n", sp2 + 1, d);
+    rq_set_cache(q, "HIT");
+    if (rq_start(q, 200, h, len) < 0) {
+        rq_abort(q, "cannot start response");
+        return 1;
+    }
+    rq_finish(q);
+    return 1;
+}
+
 static int head_on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct rq *q = ud;
@@ -537,6 +596,8 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
         rq_relay_error(q, status, c, 0, 0);
         return UV_ECANCELED;
     }
+    if (!q->path.is_digest && !rgm_upcall_used_client_auth(c))
+        head_remember(q, d, ct, rgm_upcall_content_length(c));
     snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
              header_ok(ct) ? ct : "application/vnd.oci.image.manifest.v1+json",
              header_ok(d) ? "Docker-Content-Digest: " : "", header_ok(d) ? d : "",
@@ -670,6 +731,8 @@ void manifests_handle(struct rq *q)
         return;
     }
     if (q->is_head) {
+        if (!q->path.is_digest && head_recall(q))
+            return;
         head_upstream(q);
         return;
     }

@@ -50,6 +50,7 @@ struct rgm_routes {
     struct bjob *bjobs;
     struct mjob *mjobs;
     rgm_auth_cache_t *access; /* "credhash|registry|repo" -> "1": upstream accepted */
+    rgm_auth_cache_t *heads;  /* public HEAD answers for uncached tags (manifests.c) */
     rgm_registry_cfg_t *extra; /* registries made for allow_any_registry */
     size_t extra_len;
     int is_stopping;

@@ -24,6 +24,7 @@ rgm_routes_t *rgm_routes_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_store
     r->fetches = fetches;
     r->up = up;
     r->access = rgm_auth_cache_new(0);
+    r->heads = rgm_auth_cache_new(0);
     return r;
 }
 
@@ -40,6 +41,7 @@ void rgm_routes_free(rgm_routes_t *r)
     if (!r)
         return;
     rgm_auth_cache_free(r->access);
+    rgm_auth_cache_free(r->heads);
     for (i = 0; i < r->extra_len; i++) {
         free(r->extra[i].name);
         free(r->extra[i].endpoint);

@@ -221,6 +221,19 @@ for what, path, want in [
          "HEAD manifest (%s): 200, Docker-Content-Digest and Content-Length" % what,
          diag=(st, dict(h)))
 
+# HEAD-only clients: the upstream's public answer for an uncached tag is remembered for the
+# tag's TTL (digest, type and size only), so repeated HEADs do not go upstream
+up_wait(reg, "HEAD", "/library/shared/manifests/v1", 1)
+n_heads = up_count(reg, "HEAD", "/library/shared/manifests/v1")
+st, h, b = mget(m, "/v2/library/shared/manifests/v1?ns=docker.io", method="HEAD")
+time.sleep(0.3)
+t.ok(st == 200 and h.get("x-cache") == "HIT"
+     and h.get("docker-content-digest") == p_shared1["digest"]
+     and h.get("content-length") == str(len(p_shared1["manifest_bytes"]))
+     and up_count(reg, "HEAD", "/library/shared/manifests/v1") == n_heads,
+     "a second HEAD of the uncached tag: answered from memory, not upstream",
+     diag=(st, dict(h), n_heads, up_count(reg, "HEAD", "/library/shared/manifests/v1")))
+
 # ------------------------------------------------------------------------------------
 # manifests: Accept handling
 

@@ -1,0 +1,14 @@
+# regmirror, the project's own binary: REGMIRROR_BIN (run.sh sets it to a private copy of the
+# build's src/regmirror), else src/regmirror under the directory bench.sh was started from.
+# Logs at REGMIRROR_LOG_LEVEL (default warn: the peers run with their access logs off too).
+# regmirror_launch [--config FILE]: mirrors/regmirror-rw.sh reuses it.
+regmirror_launch() {
+  local bin=${REGMIRROR_BIN:-$START_DIR/src/regmirror}
+  [ -x "$bin" ] || die "regmirror: no binary at $bin (build it, or set REGMIRROR_BIN)"
+  # shellcheck disable=SC2086
+  "$bin" serve "$@" --listen "127.0.0.1:$MIRROR_PORT" --storage "$MIRROR_DIR/store" \
+    --registry "docker.io=$UPSTREAM_URL" --log-level "${REGMIRROR_LOG_LEVEL:-warn}" \
+    ${REGMIRROR_ARGS:-} > "$MIRROR_DIR/mirror.log" 2>&1 &
+  MIRROR_PID=$!
+}
+mirror_start() { regmirror_launch; }

@@ -35,6 +35,7 @@ enum {
     ST_GC_ORIGINS,
     ST_ALL_TAGS,
     ST_HAS_REG_ORIGIN,
+    ST_BEGIN_READ,
     ST_COUNT
 };
 
@@ -42,6 +43,7 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_BEGIN] = "BEGIN IMMEDIATE",
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
+    [ST_BEGIN_READ] = "BEGIN",
     [ST_GET_OBJECT] = "SELECT size, media_type, kind, created, last_access, hits FROM objects "
                       "WHERE digest = ?1",
     [ST_PUT_OBJECT] = "INSERT INTO objects(digest, size, media_type, kind, created, last_access, "
@@ -110,6 +112,8 @@ struct touch {
 
 struct rgm_index {
     sqlite3 *db;
+    int is_batching; /* reads share one transaction until rgm_index_end_batch */
+    int in_batch;
     sqlite3_stmt *st[ST_COUNT];
     struct touch *touches[TOUCH_BUCKETS];
     size_t touch_count;
@@ -173,6 +177,38 @@ static int exec_st(rgm_index_t *idx, int which, const char *what)
     if (rc != SQLITE_DONE)
         return db_fail(idx, what);
     return 0;
+}
+
+/* Read batches: every SQLite transaction takes and drops POSIX locks (fcntl) on the database
+ * and its WAL index, several per statement when each statement is its own transaction; on the
+ * cached-HEAD path that was most of the system time. In batching mode (serve), reads open one
+ * deferred read transaction that lasts until the loop turn ends (rgm_index_end_batch, called
+ * before the loop waits for I/O), so a busy turn pays the locks once. Writes end the batch
+ * first and run in their own transactions as before. */
+static void read_begin(rgm_index_t *idx)
+{
+    if (idx->is_batching && !idx->in_batch && exec_st(idx, ST_BEGIN_READ, "batch: begin") == 0)
+        idx->in_batch = 1;
+}
+
+static void read_end(rgm_index_t *idx)
+{
+    if (!idx->in_batch)
+        return;
+    idx->in_batch = 0;
+    (void)exec_st(idx, ST_COMMIT, "batch: end");
+}
+
+void rgm_index_set_batching(rgm_index_t *idx, int on)
+{
+    if (!on)
+        read_end(idx);
+    idx->is_batching = on;
+}
+
+void rgm_index_end_batch(rgm_index_t *idx)
+{
+    read_end(idx);
 }
 
 static uint64_t now_ms(void)
@@ -279,6 +315,7 @@ void rgm_index_close(rgm_index_t *idx)
 
     if (!idx)
         return;
+    read_end(idx);
     if (idx->st[ST_COUNT - 1])
         (void)rgm_index_flush(idx);
     touches_clear(idx);
@@ -344,6 +381,7 @@ int rgm_index_flush(rgm_index_t *idx)
     int err;
     int rc;
 
+    read_end(idx);
     if (idx->touch_count == 0)
         return 0;
     err = exec_st(idx, ST_BEGIN, "flush: begin");
@@ -374,6 +412,7 @@ int rgm_index_get_object(rgm_index_t *idx, const char *digest, rgm_index_object_
     const struct touch *t;
     int rc;
 
+    read_begin(idx);
     memset(obj, 0, sizeof(*obj));
     (void)bind_text(st, 1, digest);
     rc = sqlite3_step(st);
@@ -404,6 +443,7 @@ int rgm_index_put_object(rgm_index_t *idx, const rgm_index_object_t *obj)
     uint64_t created = obj->created_ms ? obj->created_ms : now_ms();
     int rc;
 
+    read_end(idx);
     (void)bind_text(st, 1, obj->digest);
     (void)sqlite3_bind_int64(st, 2, to_i64(obj->size));
     (void)bind_text(st, 3, obj->media_type);
@@ -418,6 +458,7 @@ int rgm_index_remove_object(rgm_index_t *idx, const char *digest)
 {
     int err;
 
+    read_end(idx);
     err = exec_st(idx, ST_BEGIN, "remove: begin");
     if (err < 0)
         return err;
@@ -438,6 +479,7 @@ int rgm_index_stats(rgm_index_t *idx, uint64_t *objects, uint64_t *bytes)
     sqlite3_stmt *st = idx->st[ST_STATS];
     int rc;
 
+    read_begin(idx);
     *objects = 0;
     *bytes = 0;
     rc = sqlite3_step(st);
@@ -488,6 +530,7 @@ int rgm_index_walk_tags(rgm_index_t *idx, rgm_index_tagrow_fn cb, void *ud)
     int count = 0;
     int rc;
 
+    read_begin(idx);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
         col_text(st, 0, reg, sizeof(reg));
         col_text(st, 1, repo, sizeof(repo));
@@ -511,6 +554,7 @@ int rgm_index_add_origin(rgm_index_t *idx, const char *digest, const char *regis
     sqlite3_stmt *st = idx->st[ST_ADD_ORIGIN];
     int rc;
 
+    read_end(idx);
     (void)bind_text(st, 1, digest);
     (void)bind_text(st, 2, registry);
     (void)bind_text(st, 3, repo);
@@ -525,6 +569,7 @@ int rgm_index_has_public_origin(rgm_index_t *idx, const char *digest)
     sqlite3_stmt *st = idx->st[ST_HAS_PUBLIC];
     int rc;
 
+    read_begin(idx);
     (void)bind_text(st, 1, digest);
     rc = sqlite3_step(st);
     st_done(st);
@@ -539,6 +584,7 @@ int rgm_index_has_origin(rgm_index_t *idx, const char *digest, const char *regis
     sqlite3_stmt *st = idx->st[ST_HAS_ORIGIN];
     int rc;
 
+    read_begin(idx);
     (void)bind_text(st, 1, digest);
     (void)bind_text(st, 2, registry);
     (void)bind_text(st, 3, repo);
@@ -556,6 +602,7 @@ int rgm_index_has_registry_origin(rgm_index_t *idx, const char *digest, const ch
     sqlite3_stmt *st = idx->st[ST_HAS_REG_ORIGIN];
     int rc;
 
+    read_begin(idx);
     (void)bind_text(st, 1, digest);
     (void)bind_text(st, 2, registry);
     rc = sqlite3_step(st);
@@ -573,6 +620,7 @@ int rgm_index_get_tag(rgm_index_t *idx, const char *registry, const char *repo, 
     sqlite3_stmt *st = idx->st[ST_GET_TAG];
     int rc;
 
+    read_begin(idx);
     digest_out[0] = '\0';
     (void)bind_text(st, 1, registry);
     (void)bind_text(st, 2, repo);
@@ -595,6 +643,7 @@ int rgm_index_put_tag(rgm_index_t *idx, const char *registry, const char *repo, 
     sqlite3_stmt *st = idx->st[ST_PUT_TAG];
     int rc;
 
+    read_end(idx);
     (void)bind_text(st, 1, registry);
     (void)bind_text(st, 2, repo);
     (void)bind_text(st, 3, tag);
@@ -612,6 +661,7 @@ int rgm_index_list_tags(rgm_index_t *idx, const char *registry, const char *repo
     int count = 0;
     int rc;
 
+    read_begin(idx);
     (void)bind_text(st, 1, registry);
     (void)bind_text(st, 2, repo);
     (void)bind_text(st, 3, after);
@@ -696,6 +746,7 @@ int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
     size_t n = 0, i;
     int err;
 
+    read_end(idx);
     err = rows_without_file(idx, store, &dropped, &n);
     for (i = 0; err == 0 && i < n; i++) {
         /* A file of the wrong size is not what the row describes: delete both. */

@@ -32,6 +32,11 @@ RGM_MUST_CHECK int rgm_index_open(const char *path, rgm_index_t **out);
 /* Flush pending touches, finalise statements, close. NULL is a no-op. */
 void rgm_index_close(rgm_index_t *idx);
 
+/* Read batching (serve): reads share one read transaction until rgm_index_end_batch, which
+ * the server calls once per loop turn; writes end the batch first. Off by default. */
+void rgm_index_set_batching(rgm_index_t *idx, int on);
+void rgm_index_end_batch(rgm_index_t *idx);
+
 /* Fill *obj (pending touches included). 0, UV_ENOENT or UV_EIO. */
 RGM_MUST_CHECK int rgm_index_get_object(rgm_index_t *idx, const char *digest,
                                         rgm_index_object_t *obj);

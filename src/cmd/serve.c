@@ -39,6 +39,7 @@ struct serve {
     uv_signal_t sig_hup;
     uv_timer_t flush_timer;
     uv_timer_t gc_timer;
+    uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
     int is_stopping;
 };
 
@@ -82,6 +83,7 @@ static void on_routes_stopped(void *ud)
     s->client = NULL;
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
+    uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -142,6 +144,13 @@ static void on_gc(uv_timer_t *t)
                 (unsigned long long)freed);
     if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
         rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
+}
+
+static void on_batch_end(uv_prepare_t *h)
+{
+    struct serve *s = rgm_container_of(h, struct serve, batch_end);
+
+    rgm_index_end_batch(s->index);
 }
 
 enum { OPT_LOG_LEVEL = 256, OPT_LOG_FILE, OPT_DEFAULT_REGISTRY, OPT_MAX_SIZE, OPT_ANY };
@@ -358,6 +367,11 @@ int rgm_cmd_serve(int argc, char **argv)
     if (uv_timer_start(&s.flush_timer, on_flush, FLUSH_INTERVAL_MS, FLUSH_INTERVAL_MS) < 0)
         goto out_stop;
     uv_unref((uv_handle_t *)&s.flush_timer);
+    uv_prepare_init(&s.loop, &s.batch_end);
+    if (uv_prepare_start(&s.batch_end, on_batch_end) < 0)
+        goto out_stop;
+    uv_unref((uv_handle_t *)&s.batch_end);
+    rgm_index_set_batching(s.index, 1);
     uv_timer_init(&s.loop, &s.gc_timer);
     if (s.cfg.max_cache_bytes > 0 &&
         uv_timer_start(&s.gc_timer, on_gc, GC_INTERVAL_MS, GC_INTERVAL_MS) < 0)

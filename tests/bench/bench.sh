@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Pull-through registry mirror benchmark driver (adapted from the workplace harness).
 #   tests/bench/bench.sh [-m MIRRORS] [-s SCENARIOS] [-n RUNS]     (run.sh drives the full run)
-#   MIRRORS   comma list of plugins in mirrors/ (regmirror,regmirror-rw,distribution,nginx,direct)
-#             default regmirror,regmirror-rw,distribution,nginx
+#   MIRRORS   comma list of plugins in mirrors/ (regmirror,regmirror-sf,distribution,nginx,direct)
+#             default regmirror,regmirror-sf,distribution,nginx
 #   SCENARIOS comma list of: cold herd warm head containerd ceiling                  default all
 #   RUNS      repetitions per scenario (fresh mirror + empty cache each run)         default 3
 # Runs are interleaved (run 1 of every mirror, then run 2, ...) so that drift in the load of the
@@ -14,7 +14,7 @@ set -uo pipefail
 HARNESS=$(cd "$(dirname "$0")" && pwd)
 . "$HARNESS/lib/common.sh"
 
-MIRRORS=${MIRRORS:-regmirror,regmirror-rw,distribution,nginx}
+MIRRORS=${MIRRORS:-regmirror,regmirror-sf,distribution,nginx}
 SCENARIOS=${SCENARIOS:-cold,herd,warm,head,containerd,ceiling}
 RUNS=${RUNS:-3}
 HERD_CLIENTS=${HERD_CLIENTS:-32}

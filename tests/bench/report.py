@@ -6,8 +6,8 @@ import glob, json, os, statistics, sys
 
 H = os.path.dirname(os.path.abspath(__file__))
 RD = os.environ.get("RESULTS_DIR", "/tmp/regmirror-bench/results")
-ORDER = ["direct", "regmirror", "regmirror-rw", "distribution", "nginx", "custom"]
-RM, RW, DIST, NGX = "regmirror", "regmirror-rw", "distribution", "nginx"
+ORDER = ["direct", "regmirror", "regmirror-sf", "distribution", "nginx", "custom"]
+RM, SF, DIST, NGX = "regmirror", "regmirror-sf", "distribution", "nginx"
 
 
 def load():
@@ -165,14 +165,14 @@ def headline(recs, P):
     P(table(["metric", "regmirror", "nginx", "distribution", "regmirror / nginx", "regmirror / distribution",
              "target", "verdict"], rows))
     P()
-    a, b = g(RM, "warm"), g(RW, "warm")
+    a, b = g(SF, "warm"), g(RM, "warm")
     if a and b:
-        P("**sendfile vs pread+write** (warm, regmirror ÷ regmirror-rw): "
+        P("**sendfile vs pread+write** (warm, regmirror-sf ÷ regmirror): "
           f"GB/s {ratio(med(a, 'GB_per_s'), med(b, 'GB_per_s'))} "
           f"({f(med(a, 'GB_per_s'))} vs {f(med(b, 'GB_per_s'))}), "
           f"req/s {ratio(med(a, 'req_per_s'), med(b, 'req_per_s'))}, "
           f"peak RSS {ratio(med(a, 'hwm_kib'), med(b, 'hwm_kib'))}.")
-        a, b = g(RM, "herd"), g(RW, "herd")
+        a, b = g(SF, "herd"), g(RM, "herd")
         if a and b:
             P(f"Herd slowest client: sendfile {f(med(a, 'ttlb_max_s'))} s vs pread+write {f(med(b, 'ttlb_max_s'))} s "
               f"({ratio(med(a, 'ttlb_max_s'), med(b, 'ttlb_max_s'))}).")
@@ -199,8 +199,8 @@ def main():
         P("Build: " + "; ".join(l.strip() for l in open(os.path.join(RD, "build.txt")) if l.strip()) + ".\n")
     except OSError:
         pass
-    P("Mirror labels: `regmirror` = src/regmirror (sendfile on, log level warn); `regmirror-rw` = the same with "
-      "`{\"sendfile\": false}` (pread+write); `distribution` = docker-registry `proxy:` mode; `nginx` = nginx "
+    P("Mirror labels: `regmirror` = src/regmirror with its defaults (pread+write, log level warn); "
+      "`regmirror-sf` = the same with `{\"sendfile\": true}`; `distribution` = docker-registry `proxy:` mode; `nginx` = nginx "
       "proxy_cache (key `$uri`, `proxy_cache_lock on`, lock timeout/age 600 s); `direct` = no mirror, the "
       "client talks to the throttled upstream (WAN reference).\n")
     headline(recs, P)

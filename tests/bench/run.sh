@@ -46,7 +46,7 @@ for t in docker-registry skopeo curl python3 wrk ab; do command -v "$t" >/dev/nu
 [ ${#missing[@]} = 0 ] || { say "missing: ${missing[*]} (Debian: apt-get install docker-registry skopeo curl python3 wrk apache2-utils nginx-light containerd)"; exit 1; }
 M=${MIRRORS:-}
 if [ -z "$M" ]; then
-  M=regmirror,regmirror-rw,distribution
+  M=regmirror,regmirror-sf,distribution
   if command -v nginx >/dev/null; then M=$M,nginx; else say "nginx not installed: running without the nginx peer"; fi
 fi
 [ "$(id -u)" = 0 ] || say "not root: the containerd scenario will be skipped"

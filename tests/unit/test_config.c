@@ -100,7 +100,7 @@ static void test_defaults(void)
     is_int(cfg.idle_timeout_ms, 60000, "defaults: idle_timeout");
     is_int(cfg.send_timeout_ms, 120000, "defaults: send_timeout");
     is_int(cfg.shutdown_timeout_ms, 10000, "defaults: shutdown_timeout");
-    is_int(cfg.use_sendfile, 1, "defaults: sendfile");
+    is_int(cfg.use_sendfile, 0, "defaults: sendfile off (pread+write)");
     is_int(cfg.upstream_connect_timeout_ms, 10000, "defaults: upstream_connect_timeout");
     is_int(cfg.upstream_read_timeout_ms, 60000, "defaults: upstream_read_timeout");
     is_int(cfg.auth_cache_ttl_ms, 60000, "defaults: auth_cache_ttl");
@@ -210,7 +210,7 @@ static void test_good_file(void)
         "  \"idle_timeout\": \"1m\", \"send_timeout\": \"1h30m\",\n"
         "  \"shutdown_timeout\": \"0\", \"upstream_connect_timeout\": \"250ms\",\n"
         "  \"upstream_timeout\": \"2m\", \"auth_cache_ttl\": \"0\",\n"
-        "  \"sendfile\": false, \"log_level\": \"debug\",\n"
+        "  \"sendfile\": true, \"log_level\": \"debug\",\n"
         "  \"log_file\": \"/var/log/regmirror.log\", \"access_log\": false\n"
         "}\n",
         dc, ca, pw);
@@ -266,7 +266,7 @@ static void test_good_file(void)
     is_int(cfg.upstream_connect_timeout_ms, 250, "upstream_connect_timeout");
     is_int(cfg.upstream_read_timeout_ms, 120000, "upstream_timeout");
     is_int(cfg.auth_cache_ttl_ms, 0, "auth_cache_ttl 0");
-    is_int(cfg.use_sendfile, 0, "sendfile false");
+    is_int(cfg.use_sendfile, 1, "sendfile true");
     is_int(cfg.log_level, RGM_LOG_DEBUG, "log_level debug");
     is_str(cfg.log_file, "/var/log/regmirror.log", "log_file");
     is_int(cfg.access_log, 0, "access_log false");

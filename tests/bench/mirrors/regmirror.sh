@@ -1,7 +1,7 @@
 # regmirror, the project's own binary: REGMIRROR_BIN (run.sh sets it to a private copy of the
 # build's src/regmirror), else src/regmirror under the directory bench.sh was started from.
 # Logs at REGMIRROR_LOG_LEVEL (default warn: the peers run with their access logs off too).
-# regmirror_launch [--config FILE]: mirrors/regmirror-rw.sh reuses it.
+# regmirror_launch [--config FILE]: mirrors/regmirror-sf.sh reuses it.
 regmirror_launch() {
   local bin=${REGMIRROR_BIN:-$START_DIR/src/regmirror}
   [ -x "$bin" ] || die "regmirror: no binary at $bin (build it, or set REGMIRROR_BIN)"

@@ -513,7 +513,7 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     if (status != 200) {
         job->state = JOB_ENDED;
         fail_waiters(job, status, c, 0);
-        return UV_ECANCELED;
+        return 0; /* the (small) error body is read and dropped: the connection is reused */
     }
     err = rgm_fetch_start(r->fetches, job->digest, on_fetch_done, job, &job->fetch);
     if (err < 0) {
@@ -547,6 +547,8 @@ static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
     struct bjob *job = ud;
     int err;
 
+    if (job->state != JOB_BODY)
+        return 0; /* an error answer's body */
     if (job->skip > 0) {
         size_t n = job->skip < len ? (size_t)job->skip : len;
 
@@ -711,20 +713,20 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
 
     q->access_status = status;
     if (!q->req)
-        return UV_ECANCELED;
+        return 0; /* HEAD: no body; the connection stays reusable */
     if (status != 200) {
         rq_relay_error(q, status, c, 0, 1);
-        return UV_ECANCELED;
+        return 0; /* HEAD: no body; the connection stays reusable */
     }
     snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n"
              "Accept-Ranges: bytes\r\n",
              ct && !strpbrk(ct, "\r\n") ? ct : "application/octet-stream", q->digest);
     if (rq_start(q, 200, h, len) < 0) {
         rq_abort(q, "cannot start response");
-        return UV_ECANCELED;
+        return 0; /* HEAD: no body; the connection stays reusable */
     }
     rq_finish(q);
-    return UV_ECANCELED;
+    return 0; /* HEAD: no body; the connection stays reusable */
 }
 
 static int head_on_body(rgm_upcall_t *c, const char *d, size_t n, void *ud)

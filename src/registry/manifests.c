@@ -377,10 +377,10 @@ static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
     j->status = status;
     j->used_client = rgm_upcall_used_client_auth(c);
     if (status != 200) {
-        if (j->kind == MJ_TAGS && status >= 500)
-            return UV_ECANCELED; /* on_done falls back to the index */
-        answer_error(j, status, c, 0);
-        return UV_ECANCELED;
+        /* The error body is read and dropped (mj_on_body), so the connection is reused. */
+        if (!(j->kind == MJ_TAGS && status >= 500))
+            answer_error(j, status, c, 0);
+        return 0; /* tags: on_done falls back to the index */
     }
     v = rgm_upcall_header(c, "Content-Type");
     if (header_ok(v))
@@ -399,6 +399,8 @@ static int mj_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
     struct mjob *j = ud;
 
     (void)c;
+    if (j->status != 200)
+        return 0;
     return rgm_buf_append(&j->body, data, len) < 0 ? UV_E2BIG : 0;
 }
 
@@ -564,7 +566,7 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
 
     q->access_status = status;
     if (!q->req)
-        return UV_ECANCELED;
+        return 0;
     if (status == 200 && d && rgm_ref_valid_digest(d) && !q->path.is_digest) {
         if (rgm_index_put_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d,
                               rgm_time_ms()) < 0)
@@ -580,21 +582,21 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
             if (rgm_store_has(q->r->store, d, NULL) == 1) {
                 snprintf(q->digest, sizeof(q->digest), "%s", d);
                 q->access_status = 1000; /* serve in on_done, after this call is over */
-                return UV_ECANCELED;
+                return 0;
             }
             q->access_status = 1001; /* changed and not here: GET it */
-            return UV_ECANCELED;
+            return 0;
         }
         if (status == 401 || status == 403 || status == 404) {
             rq_relay_error(q, status, c, 0, 0);
-            return UV_ECANCELED;
+            return 0;
         }
         q->access_status = 1002; /* upstream trouble: stale */
-        return UV_ECANCELED;
+        return 0;
     }
     if (status != 200) {
         rq_relay_error(q, status, c, 0, 0);
-        return UV_ECANCELED;
+        return 0;
     }
     if (!q->path.is_digest && !rgm_upcall_used_client_auth(c))
         head_remember(q, d, ct, rgm_upcall_content_length(c));
@@ -604,10 +606,10 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
              header_ok(d) ? "\r\n" : "");
     if (rq_start(q, 200, h, rgm_upcall_content_length(c)) < 0) {
         rq_abort(q, "cannot start response");
-        return UV_ECANCELED;
+        return 0;
     }
     rq_finish(q);
-    return UV_ECANCELED;
+    return 0;
 }
 
 static int head_on_body(rgm_upcall_t *c, const char *d, size_t n, void *ud)

@@ -292,11 +292,11 @@ static int access_on_head(rgm_upcall_t *c, int status, void *ud)
          * client only (its credentials were needed), or to anyone. */
         if (rgm_index_has_registry_origin(q->r->index, q->digest, q->reg->name) == 1)
             rq_mark_origin(q, q->digest, rgm_upcall_used_client_auth(c));
-        return UV_ECANCELED; /* a HEAD: nothing more to read */
+        return 0; /* a HEAD: no body follows; 0 keeps the connection for reuse */
     }
     q->r->m.access_denied++;
     rq_relay_error(q, status, c, 0, q->path.kind == RGM_REF_ROUTE_BLOB);
-    return UV_ECANCELED;
+    return 0;
 }
 
 static int access_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)

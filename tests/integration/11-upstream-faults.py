@@ -295,6 +295,20 @@ st, _, _ = m.get("/v2/")
 t.ok(m.alive() and st == 200, "the mirror is alive and answering")
 
 # ------------------------------------------------------------------------------------
+# upstream connections are reused after HEADs and error answers, not only after GETs
+
+reuse = fakeup.FakeUpstream(name="reuse")
+m_reuse = rgmtest.Mirror(ws, args=["--registry", "docker.io=" + reuse.url], name="m-reuse")
+heads = [reuse.add_blob(os.urandom(2000 + i)) for i in range(4)]
+for dh in heads:
+    st, h, _ = m_reuse.get("/v2/library/r/blobs/" + dh, method="HEAD")
+t.ok(st == 200 and reuse.httpd.connections == 1,
+     "4 HEADs in a row went over one upstream connection (%d)" % reuse.httpd.connections)
+st404, _, b404 = m_reuse.get("/v2/library/r/blobs/sha256:" + "0" * 64)
+t.ok(st404 == 404 and err_code(b404) == "BLOB_UNKNOWN", "and a 404 through the pool: relayed")
+m_reuse.stop()
+
+# ------------------------------------------------------------------------------------
 # Docker Hub's rate-limit headers become gauges
 
 rl = os.urandom(1000)

@@ -202,9 +202,11 @@ class _Server(ThreadingHTTPServer):
 
     def __init__(self, addr, handler, ctx):
         self.ctx = ctx
+        self.connections = 0  # TCP connections accepted (keep-alive reuse checks)
         super().__init__(addr, handler)
 
     def finish_request(self, request, client_address):
+        self.connections += 1
         # TLS handshake in the per-connection thread, not in the accept loop
         if self.ctx is not None:
             try:

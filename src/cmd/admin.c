@@ -28,7 +28,8 @@ static void admin_usage(FILE *out, const char *cmd)
     fprintf(out, "usage: regmirror %s [--config FILE] [--storage DIR]%s\n", cmd,
             strcmp(cmd, "gc") == 0 ? " [--max-size SIZE]" : "");
     if (strcmp(cmd, "gc") == 0)
-        fprintf(out, "Evicts least recently used objects until the cache is under max_cache_bytes.\n");
+        fprintf(out,
+                "Evicts least recently used objects until the cache is under max_cache_bytes.\n");
     else if (strcmp(cmd, "ls") == 0)
         fprintf(out, "Lists cached tags and objects.\n");
     else
@@ -39,9 +40,9 @@ static void admin_usage(FILE *out, const char *cmd)
 static int admin_args(struct admin *a, const char *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'}, {"storage", required_argument, NULL, 's'},
+        {"config", required_argument, NULL, 'c'},   {"storage", required_argument, NULL, 's'},
         {"max-size", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
+        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
     };
     char err[512];
     int c;
@@ -152,8 +153,8 @@ int rgm_cmd_gc(int argc, char **argv)
         return admin_close(&a, 2);
     }
     do {
-        step = rgm_gc_step(a.index, a.store, a.cfg.max_cache_bytes,
-                           a.cfg.max_cache_bytes / 10 * 9, &freed, &nobj);
+        step = rgm_gc_step(a.index, a.store, a.cfg.max_cache_bytes, a.cfg.max_cache_bytes / 10 * 9,
+                           &freed, &nobj);
     } while (step == 1);
     if (rgm_index_stats(a.index, &objects, &bytes) < 0 || step < 0)
         return admin_close(&a, 1);

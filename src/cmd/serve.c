@@ -21,8 +21,8 @@
 #include "cmd/cmd.h"
 
 #define FLUSH_INTERVAL_MS 2000
-#define GC_INTERVAL_MS 5000
-#define GC_AGAIN_MS 20
+#define GC_INTERVAL_MS    5000
+#define GC_AGAIN_MS       20
 
 struct serve {
     uv_loop_t loop;
@@ -45,15 +45,14 @@ struct serve {
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: regmirror serve [--config FILE] [--listen ADDR:PORT]... [--storage DIR]\n"
-            "                       [--registry NAME=URL]... [--default-registry NAME]\n"
-            "                       [--max-size SIZE] [--allow-any-registry]\n"
-            "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
-            "\n"
-            "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
-            "./regmirror-data, docker.io and the well-known public registries.\n"
-            "Flags override the config file.\n");
+    fprintf(out, "usage: regmirror serve [--config FILE] [--listen ADDR:PORT]... [--storage DIR]\n"
+                 "                       [--registry NAME=URL]... [--default-registry NAME]\n"
+                 "                       [--max-size SIZE] [--allow-any-registry]\n"
+                 "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
+                 "\n"
+                 "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
+                 "./regmirror-data, docker.io and the well-known public registries.\n"
+                 "Flags override the config file.\n");
 }
 
 static void on_client_closed(void *ud)
@@ -137,8 +136,8 @@ static void on_gc(uv_timer_t *t)
     uint64_t n = 0;
     int step;
 
-    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes,
-                       s->cfg.max_cache_bytes / 10 * 9, &freed, &n);
+    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes, s->cfg.max_cache_bytes / 10 * 9,
+                       &freed, &n);
     if (n > 0)
         rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)", (unsigned long long)n,
                 (unsigned long long)freed);

@@ -9,8 +9,8 @@
 #include <string.h>
 #include <stdio.h>
 
-#define RGM_MUST_CHECK __attribute__((warn_unused_result))
-#define RGM_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define RGM_MUST_CHECK    __attribute__((warn_unused_result))
+#define RGM_PRINTF(a, b)  __attribute__((format(printf, a, b)))
 #define RGM_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #define rgm_container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
@@ -22,10 +22,10 @@ void *rgm_calloc_(size_t n, size_t m, const char *file, int line);
 void *rgm_realloc_(void *p, size_t n, const char *file, int line);
 char *rgm_strdup_(const char *s, const char *file, int line);
 char *rgm_strndup_(const char *s, size_t n, const char *file, int line);
-#define rgm_malloc(n) rgm_malloc_((n), __FILE__, __LINE__)
-#define rgm_calloc(n, m) rgm_calloc_((n), (m), __FILE__, __LINE__)
+#define rgm_malloc(n)     rgm_malloc_((n), __FILE__, __LINE__)
+#define rgm_calloc(n, m)  rgm_calloc_((n), (m), __FILE__, __LINE__)
 #define rgm_realloc(p, n) rgm_realloc_((p), (n), __FILE__, __LINE__)
-#define rgm_strdup(s) rgm_strdup_((s), __FILE__, __LINE__)
+#define rgm_strdup(s)     rgm_strdup_((s), __FILE__, __LINE__)
 #define rgm_strndup(s, n) rgm_strndup_((s), (n), __FILE__, __LINE__)
 #define RGM_FREE(p)                                                                                \
     do {                                                                                           \

@@ -6,16 +6,16 @@
 #include "core/common.h"
 
 typedef struct rgm_registry_cfg {
-    char *name;              /* "docker.io", "ghcr.io", "registry.example.com:5000" */
-    char *endpoint;          /* "https://registry-1.docker.io" (no trailing slash) */
-    uint64_t tag_ttl_ms;     /* tag_ttl, default 60 s */
-    char *ca_file;           /* NULL: system CAs */
+    char *name;          /* "docker.io", "ghcr.io", "registry.example.com:5000" */
+    char *endpoint;      /* "https://registry-1.docker.io" (no trailing slash) */
+    uint64_t tag_ttl_ms; /* tag_ttl, default 60 s */
+    char *ca_file;       /* NULL: system CAs */
     int insecure_skip_verify;
-    int is_mirror;           /* "mirror": true — the endpoint is another regmirror */
+    int is_mirror;                 /* "mirror": true — the endpoint is another regmirror */
     unsigned max_parallel_fetches; /* 0: only the global limit */
-    char *username;          /* credentials.username */
-    char *password;          /* read from credentials.password_file at load; never logged */
-    char *docker_config;     /* credentials.docker_config: path of a docker config.json */
+    char *username;                /* credentials.username */
+    char *password;                /* read from credentials.password_file at load; never logged */
+    char *docker_config;           /* credentials.docker_config: path of a docker config.json */
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
@@ -45,7 +45,7 @@ typedef struct rgm_config {
     uint64_t upstream_read_timeout_ms;
     uint64_t auth_cache_ttl_ms; /* private access decisions */
 
-    int log_level; /* enum rgm_log_level */
+    int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */
     int access_log;
 } rgm_config_t;

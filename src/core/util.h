@@ -19,8 +19,8 @@ RGM_MUST_CHECK int rgm_parse_hostport(const char *s, char *hostbuf, size_t hostl
 
 typedef struct rgm_url {
     int is_https;
-    char host[256]; /* without brackets for IPv6 */
-    int port;       /* explicit or the scheme's default */
+    char host[256];  /* without brackets for IPv6 */
+    int port;        /* explicit or the scheme's default */
     char path[2048]; /* from the first '/', query included; "/" when empty */
 } rgm_url_t;
 /* http:// or https:// URLs only. 0 or UV_EINVAL. */

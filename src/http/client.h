@@ -11,11 +11,11 @@ typedef struct rgm_client rgm_client_t;
 typedef struct rgm_upreq rgm_upreq_t;
 
 typedef struct rgm_client_opts {
-    uint64_t connect_timeout_ms; /* DNS + TCP + TLS handshake; default 10 s */
-    uint64_t read_timeout_ms;    /* no byte received for this long; default 60 s */
-    unsigned max_idle_per_origin; /* idle keep-alive connections kept; default 8 */
+    uint64_t connect_timeout_ms;   /* DNS + TCP + TLS handshake; default 10 s */
+    uint64_t read_timeout_ms;      /* no byte received for this long; default 60 s */
+    unsigned max_idle_per_origin;  /* idle keep-alive connections kept; default 8 */
     unsigned max_conns_per_origin; /* more requests wait in FIFO order; default 32 */
-    uint64_t idle_timeout_ms;     /* idle pooled connections closed after; default 30 s */
+    uint64_t idle_timeout_ms;      /* idle pooled connections closed after; default 30 s */
 } rgm_client_opts_t;
 
 /* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
@@ -69,6 +69,6 @@ void rgm_upreq_cancel(rgm_upreq_t *r);
 int rgm_upreq_status(const rgm_upreq_t *r);
 const char *rgm_upreq_header(const rgm_upreq_t *r, const char *name); /* case-insensitive */
 int64_t rgm_upreq_content_length(const rgm_upreq_t *r);               /* -1 when unknown */
-const char *rgm_upreq_url(const rgm_upreq_t *r); /* after redirects */
+const char *rgm_upreq_url(const rgm_upreq_t *r);                      /* after redirects */
 
 #endif

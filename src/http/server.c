@@ -729,8 +729,8 @@ static void conn_send_error(struct conn *c, int status, const char *code, const 
     n = snprintf(head, sizeof(head),
                  "HTTP/1.1 %d %s\r\nDate: %s\r\nContent-Type: application/json\r\n%s"
                  "Content-Length: %zu\r\nConnection: close\r\n\r\n",
-                 status, reason_phrase(status), date,
-                 c->srv->error_hdrs ? c->srv->error_hdrs : "", body_len);
+                 status, reason_phrase(status), date, c->srv->error_hdrs ? c->srv->error_hdrs : "",
+                 body_len);
     conn_write_raw(c, head, n > 0 ? (size_t)n : 0, body, body_len);
     free(body);
     conn_kick(c);

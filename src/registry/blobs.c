@@ -11,7 +11,7 @@
 #include "core/util.h"
 #include "registry/routes-int.h"
 
-#define RESUME_MAX 4
+#define RESUME_MAX     4
 #define RESUME_BASE_MS 200
 
 enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_BODY, JOB_ENDED };
@@ -37,7 +37,7 @@ struct bjob {
     int attempts;
     uint64_t skip;
     uv_timer_t timer;
-    int timer_state; /* 0 none, 1 open, 2 closing */
+    int timer_state;    /* 0 none, 1 open, 2 closing */
     struct rq *waiters; /* wait for the upstream's answer */
     struct rq *parked;  /* wait for the job to end (see may_join) */
 };
@@ -455,8 +455,8 @@ static void on_fetch_done(rgm_fetch_t *f, int status, void *ud)
         r->m.digest_mismatches++;
         r->m.fetches_failed++;
         rgm_log(RGM_LOG_ERROR, "blobs",
-                "digest mismatch for %s from %s/%s: nothing cached, clients cut short",
-                job->digest, job->reg->name, job->repo);
+                "digest mismatch for %s from %s/%s: nothing cached, clients cut short", job->digest,
+                job->reg->name, job->repo);
     } else {
         r->m.fetches_failed++;
         rgm_log(RGM_LOG_WARN, "blobs", "fetch of %s from %s/%s failed: %s", job->digest,
@@ -615,9 +615,10 @@ static void on_done(rgm_upcall_t *c, int err, void *ud)
         job->attempts++;
         job->r->m.resumes++;
         delay = (uint64_t)RESUME_BASE_MS << (job->attempts - 1);
-        rgm_log(RGM_LOG_WARN, "blobs", "upstream lost during %s at %" PRIu64 " bytes (%s): "
-                "resuming in %" PRIu64 " ms", job->digest, rgm_fetch_written(job->fetch),
-                uv_strerror(err), delay);
+        rgm_log(RGM_LOG_WARN, "blobs",
+                "upstream lost during %s at %" PRIu64 " bytes (%s): "
+                "resuming in %" PRIu64 " ms",
+                job->digest, rgm_fetch_written(job->fetch), uv_strerror(err), delay);
         if (job->timer_state == 0) {
             uv_timer_init(job->r->loop, &job->timer);
             job->timer_state = 1;
@@ -718,7 +719,8 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
         rq_relay_error(q, status, c, 0, 1);
         return 0; /* HEAD: no body; the connection stays reusable */
     }
-    snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n"
+    snprintf(h, sizeof(h),
+             "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n"
              "Accept-Ranges: bytes\r\n",
              ct && !strpbrk(ct, "\r\n") ? ct : "application/octet-stream", q->digest);
     if (rq_start(q, 200, h, len) < 0) {

@@ -137,8 +137,7 @@ static void serve_cached(struct rq *q)
         err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
         if (err == UV_ENOENT && !q->path.is_digest) {
             /* The row outlived its file (removed by hand): forget it and ask upstream. */
-            rgm_log(RGM_LOG_WARN, "manifests", "%s indexed but missing from the store",
-                    q->digest);
+            rgm_log(RGM_LOG_WARN, "manifests", "%s indexed but missing from the store", q->digest);
             if (rgm_index_remove_object(q->r->index, q->digest) == 0) {
                 q->has_obj = 0;
                 manifests_handle(q);
@@ -310,8 +309,7 @@ static void manifest_complete(struct mjob *j)
         if (rgm_index_put_object(r->index, &obj) < 0 ||
             rgm_index_add_origin(r->index, digest, j->reg->name, j->repo, !j->used_client) < 0 ||
             (!j->ref_is_digest &&
-             rgm_index_put_tag(r->index, j->reg->name, j->repo, j->ref, digest, rgm_time_ms()) <
-                 0))
+             rgm_index_put_tag(r->index, j->reg->name, j->repo, j->ref, digest, rgm_time_ms()) < 0))
             rgm_log(RGM_LOG_ERROR, "manifests", "cannot index %s", digest);
     }
     answer_manifest(j, digest);
@@ -439,9 +437,8 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
 
     /* A tag list is not content-addressed: it is shared only by clients of one identity.
      * Manifests are checked per waiter when they come back (answer_manifest). */
-    n = snprintf(key, sizeof(key), "%d|%s|%s|%s|%s|%s|%s", (int)kind, q->reg->name, q->repo,
-                 suffix, query ? query : "", accept ? accept : "",
-                 kind == MJ_TAGS ? q->credhash : "");
+    n = snprintf(key, sizeof(key), "%d|%s|%s|%s|%s|%s|%s", (int)kind, q->reg->name, q->repo, suffix,
+                 query ? query : "", accept ? accept : "", kind == MJ_TAGS ? q->credhash : "");
     if (n < 0 || (size_t)n >= sizeof(key)) {
         rq_error(q, 400, "UNSUPPORTED", "request too large", NULL);
         return;
@@ -503,8 +500,8 @@ static void serve_stale(struct rq *q)
  * client's credentials are never kept. */
 static void head_key(struct rq *q, char *key, size_t len)
 {
-    int n = snprintf(key, len, "%s|%s|%s|%s", q->reg->name, q->repo, q->path.reference,
-                     accept_of(q));
+    int n =
+        snprintf(key, len, "%s|%s|%s|%s", q->reg->name, q->repo, q->path.reference, accept_of(q));
 
     if (n < 0 || (size_t)n >= len)
         key[0] = '\0';

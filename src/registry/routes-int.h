@@ -15,8 +15,8 @@
 #include "registry/routes.h"
 
 #define RGM_MANIFEST_MAX (4u * 1024 * 1024)
-#define RGM_TAGLIST_MAX (4u * 1024 * 1024)
-#define RGM_V2_HDR "Docker-Distribution-API-Version: registry/2.0\r\n"
+#define RGM_TAGLIST_MAX  (4u * 1024 * 1024)
+#define RGM_V2_HDR       "Docker-Distribution-API-Version: registry/2.0\r\n"
 
 struct bjob;
 struct mjob;
@@ -49,8 +49,8 @@ struct rgm_routes {
     rgm_server_t *srv;
     struct bjob *bjobs;
     struct mjob *mjobs;
-    rgm_auth_cache_t *access; /* "credhash|registry|repo" -> "1": upstream accepted */
-    rgm_auth_cache_t *heads;  /* public HEAD answers for uncached tags (manifests.c) */
+    rgm_auth_cache_t *access;  /* "credhash|registry|repo" -> "1": upstream accepted */
+    rgm_auth_cache_t *heads;   /* public HEAD answers for uncached tags (manifests.c) */
     rgm_registry_cfg_t *extra; /* registries made for allow_any_registry */
     size_t extra_len;
     int is_stopping;
@@ -68,25 +68,25 @@ struct rq {
     rgm_ref_path_t path;
     const rgm_registry_cfg_t *reg;
     char repo[RGM_REF_NAME_MAX + 16];
-    char *auth; /* the client's Authorization, copied; NULL when none */
+    char *auth;   /* the client's Authorization, copied; NULL when none */
     char *accept; /* the client's Accept lines joined, or the default list (manifests.c) */
     char credhash[65];
     int is_head;
     int pending; /* upstream calls in flight that point at this rq */
 
     /* blob streaming */
-    struct bjob *job;         /* waiting for this job's head, or parked on it */
+    struct bjob *job; /* waiting for this job's head, or parked on it */
     int is_parked;
     struct rq *next_waiter;
     rgm_fetch_reader_t *rd;
-    int fd;                   /* cached blob file, or -1 */
+    int fd; /* cached blob file, or -1 */
     uint64_t off;
-    uint64_t end;             /* exclusive; UINT64_MAX when the size is unknown */
+    uint64_t end; /* exclusive; UINT64_MAX when the size is unknown */
     int is_sending;
     int has_range;
     uint64_t range_start;
-    uint64_t range_end;       /* inclusive; UINT64_MAX for "to the end" */
-    int64_t range_suffix;     /* bytes=-N: N, else -1 */
+    uint64_t range_end;   /* inclusive; UINT64_MAX for "to the end" */
+    int64_t range_suffix; /* bytes=-N: N, else -1 */
 
     /* manifests and tag lists */
     struct mjob *mjob;

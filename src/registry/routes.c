@@ -227,8 +227,7 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
     switch (status) {
     case 401:
         if (c)
-            safe_header(h, sizeof(h), "WWW-Authenticate",
-                        rgm_upcall_header(c, "WWW-Authenticate"));
+            safe_header(h, sizeof(h), "WWW-Authenticate", rgm_upcall_header(c, "WWW-Authenticate"));
         rq_error(q, 401, "UNAUTHORIZED", "authentication required", h);
         return;
     case 403:
@@ -356,7 +355,8 @@ void rq_check_access(struct rq *q)
     /* Public content: anyone, through any repository. Private content: the decision cached
      * for this client and repository, but only for objects known to be in that repository
      * (a decision about one repository says nothing about another's objects). */
-    if (rgm_index_has_public_origin(q->r->index, q->digest) == 1 || rq_decision_cached(q, q->digest)) {
+    if (rgm_index_has_public_origin(q->r->index, q->digest) == 1 ||
+        rq_decision_cached(q, q->digest)) {
         q->after_access(q);
         return;
     }
@@ -475,8 +475,9 @@ static void serve_metrics(rgm_routes_t *r, rgm_req_t *req)
     metric(&b, "regmirror_requests_total", "counter", "Requests answered, by route and status.");
     for (i = 0; i < RGM_ARRAY_SIZE(routes); i++)
         for (j = 0; j < RGM_ARRAY_SIZE(classes); j++)
-            err |= rgm_buf_appendf(&b, "regmirror_requests_total{route=\"%s\",status=\"%s\"} %" PRIu64 "\n",
-                                   routes[i], classes[j], m->req_by_route_status[i][j]);
+            err |= rgm_buf_appendf(
+                &b, "regmirror_requests_total{route=\"%s\",status=\"%s\"} %" PRIu64 "\n", routes[i],
+                classes[j], m->req_by_route_status[i][j]);
     metric(&b, "regmirror_http_requests_total", "counter",
            "Requests answered, by route, status class and cache result (non-zero series).");
     for (i = 0; i < RGM_ARRAY_SIZE(routes); i++)
@@ -507,8 +508,7 @@ static void serve_metrics(rgm_routes_t *r, rgm_req_t *req)
            m->upstream_bytes);
     SIMPLE("regmirror_upstream_errors_total", "counter",
            "Upstream requests that failed or answered 5xx.", m->upstream_errors);
-    SIMPLE("regmirror_joins_total", "counter", "Requests that joined a fetch in flight.",
-           m->joins);
+    SIMPLE("regmirror_joins_total", "counter", "Requests that joined a fetch in flight.", m->joins);
     SIMPLE("regmirror_fetches_started_total", "counter", "Blob fetches started.",
            m->fetches_started);
     SIMPLE("regmirror_fetches_completed_total", "counter", "Blob fetches verified and stored.",

@@ -11,29 +11,29 @@
 #include "registry/auth.h"
 #include "registry/upstream.h"
 
-#define TOKEN_BODY_MAX (64 * 1024)
+#define TOKEN_BODY_MAX  (64 * 1024)
 #define TOKEN_MARGIN_MS 10000
-#define URL_MAX 8192
+#define URL_MAX         8192
 
 /* Upstream HTTP requests by status class: 1xx..5xx, then "error" (no response). */
 #define N_CLASSES 6
 
 struct regstate {
-    unsigned active;    /* fetch slots in use */
-    char *basic;        /* "Basic ..." from the configured credentials, or NULL */
+    unsigned active; /* fetch slots in use */
+    char *basic;     /* "Basic ..." from the configured credentials, or NULL */
     uint64_t requests[N_CLASSES];
-    uint64_t bytes;     /* response body bytes */
-    int64_t rl_limit;   /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
+    uint64_t bytes;   /* response body bytes */
+    int64_t rl_limit; /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
     int64_t rl_remaining;
-    unsigned failures;  /* consecutive requests that got no response at all */
-    uint64_t last_fail; /* wall ms of the last counted failure */
+    unsigned failures;   /* consecutive requests that got no response at all */
+    uint64_t last_fail;  /* wall ms of the last counted failure */
     uint64_t down_until; /* wall ms: fail fast until then */
 };
 
 /* A registry that fails this many times in a row is not asked again for a while (doubling from
  * BACKOFF_MIN_MS to BACKOFF_MAX_MS), so that a dead upstream is not hammered and clients get
  * their answer (often a stale tag) at once. Any response, even an error status, resets it. */
-#define BACKOFF_AFTER 3
+#define BACKOFF_AFTER  3
 #define BACKOFF_MIN_MS 1000
 #define BACKOFF_MAX_MS 30000
 
@@ -41,8 +41,8 @@ struct rgm_upstream {
     uv_loop_t *loop;
     const rgm_config_t *cfg;
     rgm_client_t *client;
-    struct regstate *regs; /* parallel to cfg->registries */
-    rgm_auth_cache_t *tokens; /* "registry|scope" -> "Bearer <token>" */
+    struct regstate *regs;     /* parallel to cfg->registries */
+    rgm_auth_cache_t *tokens;  /* "registry|scope" -> "Bearer <token>" */
     rgm_auth_cache_t *refused; /* "registry|repo" -> own identity refused recently */
     unsigned active;
     rgm_slot_wait_t *qhead;
@@ -64,9 +64,9 @@ struct rgm_upcall {
     rgm_upcall_cbs_t cbs;
     void *ud;
 
-    rgm_upreq_t *req;   /* the request in flight (main or token) */
+    rgm_upreq_t *req; /* the request in flight (main or token) */
     int is_token_req;
-    enum step next;     /* what to do when the swallowed response ends */
+    enum step next; /* what to do when the swallowed response ends */
     int tried_token;
     int tried_basic;
     int tried_client;
@@ -74,8 +74,8 @@ struct rgm_upcall {
     int is_paused;
     int is_cancelled;
     int status;
-    char *challenge;    /* last WWW-Authenticate seen */
-    char *sent_auth;    /* Authorization of the current main request */
+    char *challenge; /* last WWW-Authenticate seen */
+    char *sent_auth; /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
 };
@@ -370,8 +370,7 @@ static int next_step(rgm_upcall_t *c)
         /* The mirror's own identity is refused for this repository: remember it briefly, so
          * that the next request with client credentials goes straight to them. */
         scope_key(c, "refused", key, sizeof(key));
-        rgm_auth_cache_put(c->up->refused, key, "1",
-                           rgm_time_ms() + c->up->cfg->auth_cache_ttl_ms);
+        rgm_auth_cache_put(c->up->refused, key, "1", rgm_time_ms() + c->up->cfg->auth_cache_ttl_ms);
         c->tried_client = 1;
         c->using_client = 1;
         return send_main(c, c->client_auth);
@@ -441,8 +440,9 @@ static void count_outcome(rgm_upcall_t *c, int st, int err)
     if (wait > BACKOFF_MAX_MS)
         wait = BACKOFF_MAX_MS;
     rs->down_until = rs->last_fail + wait;
-    rgm_log(RGM_LOG_WARN, "upstream", "registry %s: %u failures in a row (%s); backing off for %llu ms",
-            c->reg->name, rs->failures, uv_strerror(err), (unsigned long long)wait);
+    rgm_log(RGM_LOG_WARN, "upstream",
+            "registry %s: %u failures in a row (%s); backing off for %llu ms", c->reg->name,
+            rs->failures, uv_strerror(err), (unsigned long long)wait);
 }
 
 static void on_req_done(rgm_upreq_t *r, int err, void *ud)
@@ -618,25 +618,24 @@ int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
                                 "# TYPE regmirror_upstream_http_bytes_total counter\n");
     for (i = 0; i < up->cfg->registries_len; i++)
         err |= rgm_buf_appendf(out, "regmirror_upstream_http_bytes_total{registry=\"%s\"} %llu\n",
-                               up->cfg->registries[i].name,
-                               (unsigned long long)up->regs[i].bytes);
+                               up->cfg->registries[i].name, (unsigned long long)up->regs[i].bytes);
     err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_ratelimit_remaining Pulls left in the "
                                 "upstream's rate-limit window (RateLimit-Remaining), where seen.\n"
                                 "# TYPE regmirror_upstream_ratelimit_remaining gauge\n");
     for (i = 0; i < up->cfg->registries_len; i++)
         if (up->regs[i].rl_remaining >= 0)
-            err |= rgm_buf_appendf(out,
-                                   "regmirror_upstream_ratelimit_remaining{registry=\"%s\"} %lld\n",
-                                   up->cfg->registries[i].name,
-                                   (long long)up->regs[i].rl_remaining);
-    err |= rgm_buf_appendf(out, "# HELP regmirror_upstream_ratelimit_limit The upstream's rate-limit "
-                                "window size (RateLimit-Limit), where seen.\n"
-                                "# TYPE regmirror_upstream_ratelimit_limit gauge\n");
+            err |= rgm_buf_appendf(
+                out, "regmirror_upstream_ratelimit_remaining{registry=\"%s\"} %lld\n",
+                up->cfg->registries[i].name, (long long)up->regs[i].rl_remaining);
+    err |=
+        rgm_buf_appendf(out, "# HELP regmirror_upstream_ratelimit_limit The upstream's rate-limit "
+                             "window size (RateLimit-Limit), where seen.\n"
+                             "# TYPE regmirror_upstream_ratelimit_limit gauge\n");
     for (i = 0; i < up->cfg->registries_len; i++)
         if (up->regs[i].rl_limit >= 0)
-            err |= rgm_buf_appendf(out,
-                                   "regmirror_upstream_ratelimit_limit{registry=\"%s\"} %lld\n",
-                                   up->cfg->registries[i].name, (long long)up->regs[i].rl_limit);
+            err |=
+                rgm_buf_appendf(out, "regmirror_upstream_ratelimit_limit{registry=\"%s\"} %lld\n",
+                                up->cfg->registries[i].name, (long long)up->regs[i].rl_limit);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 

@@ -46,7 +46,7 @@ char *rgm_strndup_(const char *s, size_t n, const char *file, int line)
 
 int rgm_fault_(const char *point)
 {
-    static unsigned long passes[16];
+    static unsigned long passes[16]; // cppcheck-suppress unassignedVariable
     static const char *names[16];
     const char *spec = getenv("RGM_FAULT");
     size_t plen = strlen(point);

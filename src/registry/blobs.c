@@ -121,9 +121,8 @@ static int start_body(struct rq *q, uint64_t size)
                  q->digest);
     if (rng == 1) {
         status = 206;
-        n += snprintf(h + n, sizeof(h) - (size_t)n,
-                      "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", start, end,
-                      size);
+        snprintf(h + n, sizeof(h) - (size_t)n,
+                 "Content-Range: bytes %" PRIu64 "-%" PRIu64 "/%" PRIu64 "\r\n", start, end, size);
         q->off = start;
         q->end = end + 1;
         len = (int64_t)(end + 1 - start);

@@ -260,7 +260,7 @@ static void finish(rgm_upcall_t *c, int err)
 static enum step after_refusal(rgm_upcall_t *c, int status)
 {
     rgm_auth_challenge_t ch[4];
-    int n = 0;
+    int n;
     int i;
 
     if (c->using_client)

@@ -103,6 +103,9 @@ static int header_ok(const char *v)
     return v && !strpbrk(v, "\r\n");
 }
 
+static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len,
+                          uint64_t expires_ms);
+
 /* ---- serving a cached manifest ---- */
 
 static void on_cached_sent(rgm_req_t *req, int status, void *ud)
@@ -152,6 +155,14 @@ static void serve_cached(struct rq *q)
     if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
         rq_set_cache(q, "HIT");
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
+    /* A fresh tag's public answer is kept in memory until the tag is due for revalidation:
+     * the next HEADs skip the index (the cached-HEAD rate is the index's cost). */
+    if (q->is_head && !q->path.is_digest && q->tag_fresh_until > 0 &&
+        rgm_index_has_public_origin(q->r->index, q->digest) == 1)
+        head_remember(q, q->digest,
+                      obj->media_type[0] ? obj->media_type
+                                         : "application/vnd.oci.image.manifest.v1+json",
+                      (int64_t)size, q->tag_fresh_until);
     snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n",
              obj->media_type[0] ? obj->media_type : "application/vnd.oci.image.manifest.v1+json",
              q->digest);
@@ -507,7 +518,8 @@ static void head_key(struct rq *q, char *key, size_t len)
         key[0] = '\0';
 }
 
-static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len)
+static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len,
+                          uint64_t expires_ms)
 {
     char key[4096];
     char val[1024];
@@ -518,7 +530,7 @@ static void head_remember(struct rq *q, const char *d, const char *ct, int64_t l
     head_key(q, key, sizeof(key));
     n = snprintf(val, sizeof(val), "%s %lld %s", d, (long long)len, ct);
     if (key[0] && n > 0 && (size_t)n < sizeof(val))
-        rgm_auth_cache_put(q->r->heads, key, val, rgm_time_ms() + q->reg->tag_ttl_ms);
+        rgm_auth_cache_put(q->r->heads, key, val, expires_ms);
 }
 
 /* Answer a HEAD from the remembered upstream answer. 1 answered, 0 not known. */
@@ -545,6 +557,7 @@ static int head_recall(struct rq *q)
     len = strtoll(sp + 1, NULL, 10);
     snprintf(h, sizeof(h), "Content-Type: %s\r\nDocker-Content-Digest: %s\r\n", sp2 + 1, d);
     rq_set_cache(q, "HIT");
+    rgm_index_touch(q->r->index, d, rgm_time_ms()); /* counts for the LRU when it is cached */
     if (rq_start(q, 200, h, len) < 0) {
         rq_abort(q, "cannot start response");
         return 1;
@@ -596,7 +609,7 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
         return 0;
     }
     if (!q->path.is_digest && !rgm_upcall_used_client_auth(c))
-        head_remember(q, d, ct, rgm_upcall_content_length(c));
+        head_remember(q, d, ct, rgm_upcall_content_length(c), rgm_time_ms() + q->reg->tag_ttl_ms);
     snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
              header_ok(ct) ? ct : "application/vnd.oci.image.manifest.v1+json",
              header_ok(d) ? "Docker-Content-Digest: " : "", header_ok(d) ? d : "",
@@ -700,6 +713,8 @@ void manifests_handle(struct rq *q)
     uint64_t now = rgm_time_ms();
 
     q->digest[0] = '\0';
+    if (q->is_head && !q->path.is_digest && head_recall(q))
+        return;
     if (q->path.is_digest) {
         /* Cached as a manifest (not only fetched through /blobs/, which records no media
          * type), and deliverable through this registry. */
@@ -715,6 +730,7 @@ void manifests_handle(struct rq *q)
                cached_admitted(q, digest) && rq_may_vouch(q, digest)) {
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (now < checked + q->reg->tag_ttl_ms) {
+            q->tag_fresh_until = checked + q->reg->tag_ttl_ms;
             serve_cached_checked(q);
             return;
         }
@@ -730,8 +746,6 @@ void manifests_handle(struct rq *q)
         return;
     }
     if (q->is_head) {
-        if (!q->path.is_digest && head_recall(q))
-            return;
         head_upstream(q);
         return;
     }

@@ -92,7 +92,8 @@ struct rq {
     struct mjob *mjob;
     struct rq *next_mwaiter;
     char digest[RGM_DIGEST_MAX];
-    rgm_index_object_t obj; /* the index row of digest, when has_obj */
+    rgm_index_object_t obj;   /* the index row of digest, when has_obj */
+    uint64_t tag_fresh_until; /* a fresh cached tag: when it is due for revalidation */
     int has_obj;
     void (*after_access)(struct rq *q);
     int access_status; /* final status of the access HEAD, 0 before it */

@@ -599,7 +599,11 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
     err = rgm_ref_parse_path_ex(path, is_registry, r, &q->path);
     if (err < 0) {
         rq_error(q, rgm_ref_err_status(err), rgm_ref_err_code(err),
-                 err == RGM_REF_EROUTE ? "no such route" : "invalid name, reference or digest",
+                 err == RGM_REF_EROUTE    ? "no such route"
+                 : err == RGM_REF_EDIGEST ? "invalid digest (sha256: and 64, or sha512: and 128 "
+                                            "lowercase hex digits)"
+                 : err == RGM_REF_ETAG    ? "invalid tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})"
+                                          : "invalid repository name",
                  NULL);
         return;
     }

@@ -458,7 +458,7 @@ if mine:
     t.is_(a.get("method"), "GET", "access: method")
     t.is_(a.get("status"), "400", "access: status")
     t.is_(a.get("bytes"), str(len(json.dumps({"errors": [{"code": "TAG_INVALID", "message":
-          "invalid name, reference or digest"}]}, separators=(",", ":")))),
+          "invalid tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})"}]}, separators=(",", ":")))),
           "access: bytes = body length")
     t.like(a.get("dur_ms", ""), r"^\d+(\.\d+)?$", "access: dur_ms is a number")
     t.like(a.get("client", ""), r"^127\.0\.0\.1:\d+$", "access: client address")

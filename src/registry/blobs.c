@@ -730,15 +730,6 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
     return 0; /* HEAD: no body; the connection stays reusable */
 }
 
-static int head_on_body(rgm_upcall_t *c, const char *d, size_t n, void *ud)
-{
-    (void)c;
-    (void)d;
-    (void)n;
-    (void)ud;
-    return 0;
-}
-
 static void head_on_done(rgm_upcall_t *c, int err, void *ud)
 {
     struct rq *q = ud;
@@ -751,7 +742,7 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
         rq_release(q);
 }
 
-static const rgm_upcall_cbs_t head_cbs = {head_on_head, head_on_body, head_on_done};
+static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, head_on_done};
 
 static void head_upstream(struct rq *q)
 {

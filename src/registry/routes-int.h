@@ -119,6 +119,8 @@ int rq_may_vouch(struct rq *q, const char *digest);
 int rq_decision_cached(struct rq *q, const char *digest);
 void rq_upcall_opts(struct rq *q, rgm_upcall_opts_t *o, const char *method, const char *suffix);
 void rq_mark_origin(struct rq *q, const char *digest, int is_private);
+/* An upcall body callback for HEADs and answers whose body nobody wants. */
+int rq_ignore_body(rgm_upcall_t *c, const char *data, size_t len, void *ud);
 /* rgm_resp_start with the mirror's common headers, counted in the metrics. */
 RGM_MUST_CHECK int rq_start(struct rq *q, int status, const char *hdrs, int64_t len);
 /* Finish the response and drop the request. */

@@ -279,6 +279,15 @@ void rq_mark_origin(struct rq *q, const char *digest, int is_private)
     }
 }
 
+int rq_ignore_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
+{
+    (void)c;
+    (void)data;
+    (void)len;
+    (void)ud;
+    return 0;
+}
+
 /* ---- access: the cache never widens it ---- */
 
 static int access_on_head(rgm_upcall_t *c, int status, void *ud)
@@ -295,15 +304,6 @@ static int access_on_head(rgm_upcall_t *c, int status, void *ud)
     }
     q->r->m.access_denied++;
     rq_relay_error(q, status, c, 0, q->path.kind == RGM_REF_ROUTE_BLOB);
-    return 0;
-}
-
-static int access_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
-{
-    (void)c;
-    (void)data;
-    (void)len;
-    (void)ud;
     return 0;
 }
 
@@ -328,7 +328,7 @@ static void access_on_done(rgm_upcall_t *c, int err, void *ud)
     rq_release(q);
 }
 
-static const rgm_upcall_cbs_t access_cbs = {access_on_head, access_on_body, access_on_done};
+static const rgm_upcall_cbs_t access_cbs = {access_on_head, rq_ignore_body, access_on_done};
 
 int rq_may_vouch(struct rq *q, const char *digest)
 {

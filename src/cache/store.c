@@ -16,6 +16,7 @@
 #include <openssl/evp.h>
 
 #include "core/log.h"
+#include "core/util.h"
 
 #define STORE_PATH_MAX 4096
 
@@ -319,23 +320,6 @@ static int verify_data(const char *digest, const void *data, size_t len)
     return strcmp(hex, digest + 7) == 0 ? 0 : UV_EINVAL;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    ssize_t n;
-
-    while (len > 0) {
-        n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 int rgm_store_put_small(rgm_store_t *s, const char *digest, const void *data, size_t len)
 {
     char *tmp_path = NULL;
@@ -350,7 +334,7 @@ int rgm_store_put_small(rgm_store_t *s, const char *digest, const void *data, si
     err = rgm_store_tmp_open(s, digest, &fd, &tmp_path);
     if (err < 0)
         return err;
-    err = write_all(fd, data, len);
+    err = rgm_write_all(fd, data, len);
     if (err == 0 && fsync(fd) < 0)
         err = -errno;
     if (close(fd) < 0 && err == 0)

@@ -236,23 +236,6 @@ static int mkdir_p(const char *path)
     return 0;
 }
 
-static int write_all(int fd, const char *p, size_t len)
-{
-    ssize_t n;
-
-    while (len > 0) {
-        n = write(fd, p, len);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return -errno;
-        }
-        p += n;
-        len -= (size_t)n;
-    }
-    return 0;
-}
-
 /* The file's text for one namespace (name NULL: _default) into out. 0 or <0. */
 static int render(const struct hosts_opts *o, const char *name, char *out, size_t outlen)
 {
@@ -331,7 +314,7 @@ static int write_hosts_file(const struct hosts_opts *o, const char *dir, const c
         r = UV_EIO;
         goto fail_tmp;
     }
-    r = write_all(fd, text, strlen(text));
+    r = rgm_write_all(fd, text, strlen(text));
     if (r < 0)
         goto fail_tmp;
     if (fchmod(fd, 0644) < 0 || fsync(fd) < 0) {

@@ -2,6 +2,9 @@
  * and time helpers. No allocation, no locale: every function works on caller buffers. */
 #include "core/util.h"
 
+#include <errno.h>
+#include <unistd.h>
+
 #include <strings.h>
 #include <time.h>
 
@@ -555,4 +558,22 @@ void rgm_http_date(char out[32])
     if (snprintf(out, 32, "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7], tm.tm_mday,
                  months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec) < 0)
         out[0] = '\0';
+}
+
+int rgm_write_all(int fd, const void *data, size_t len)
+{
+    const char *p = data;
+    ssize_t n;
+
+    while (len > 0) {
+        n = write(fd, p, len);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += n;
+        len -= (size_t)n;
+    }
+    return 0;
 }

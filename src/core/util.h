@@ -44,6 +44,10 @@ void rgm_hex(const unsigned char *in, size_t len, char *out);
 uint64_t rgm_time_ms(void);
 void rgm_http_date(char out[32]);
 
+/* write(2) all len bytes to a blocking fd (small files, synchronously), retrying on EINTR.
+ * 0 or a negative errno. */
+RGM_MUST_CHECK int rgm_write_all(int fd, const void *data, size_t len);
+
 /* Case-insensitive ASCII comparison (locale-free). */
 int rgm_strcaseeq(const char *a, const char *b);
 

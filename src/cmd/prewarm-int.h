@@ -1,10 +1,14 @@
-/* regmirror prewarm, internal: the run's state shared by the pull logic (prewarm.c) and the
- * output (prewarm-report.c: live progress display, result lines, summary table, JSON). Not an
- * interface for other modules. */
+/* regmirror prewarm, internal: the run's state and the functions its files share. Not an
+ * interface for other modules. Reading order, each file calling only the ones below it:
+ * prewarm.c (command line, the loop), prewarm-run.c (requests), prewarm-auth.c (401 answers),
+ * prewarm-verify.c (digests), prewarm-plan.c (the list, images and blobs), prewarm-platform.c
+ * (os/arch), prewarm-report.c (what the user sees). */
 #ifndef RGM_CMD_PREWARM_INT_H
 #define RGM_CMD_PREWARM_INT_H
 
 #include <uv.h>
+#include <jansson.h>
+#include <openssl/evp.h>
 
 #include "core/common.h"
 #include "http/client.h"
@@ -109,6 +113,110 @@ struct pw {
     uint64_t rate_last_t;
     double rate; /* bytes/s, smoothed */
 };
+
+/* ---- prewarm-platform.c ---- */
+
+/* Append the platforms of list ("os/arch[/variant],...") to o->platforms. 0, UV_E2BIG (more
+ * than MAX_PLATFORMS in all) or UV_EINVAL (a bad entry; the ones before it stay appended). */
+RGM_MUST_CHECK int rgm_prewarm_platforms_parse(struct opts *o, const char *list);
+/* This machine's platform as Go (and so containerd) names it; linux/amd64 when uname(2) fails
+ * or names a machine we do not know. */
+void rgm_prewarm_platform_host(struct platform *p);
+/* "os/arch[/variant]" of p into out (truncated to len). */
+void rgm_prewarm_platform_str(const struct platform *p, char *out, size_t len);
+/* Predicate: the "platform" object of an index entry (borrowed, may be NULL) is want. A want
+ * without a variant takes any variant; on arm64, "v8" and no variant are the same. */
+int rgm_prewarm_platform_matches(const struct platform *want, json_t *platform);
+/* "os/arch[/variant]" of an index entry's platform into out, "?" for a missing field. */
+void rgm_prewarm_platform_of(json_t *desc, char *out, size_t len);
+/* The entries of an index's "manifests" list (borrowed) that o asks for: every entry with
+ * --all-platforms, else those matching one of o->platforms, one per digest, in list order, at
+ * most max. The pointers in chosen are borrowed from list. 0 with *n_chosen set, or UV_ENOENT
+ * when a wanted platform has no entry ("no manifest for platform ... (the index has: ...)" in
+ * why). */
+RGM_MUST_CHECK int rgm_prewarm_platform_choose(const struct opts *o, json_t *list, json_t **chosen,
+                                               size_t max, size_t *n_chosen, char *why,
+                                               size_t why_len);
+
+/* ---- prewarm-plan.c ---- */
+
+/* Read the list of images from file ("-": standard input) into pw->images, in order, once
+ * per normalized name. '#' starts a comment at the start of a line or after a blank; blank
+ * lines are skipped. A line that is not a reference becomes a failed image (is_bad_line,
+ * error "FILE:LINE: reason") and is reported on stderr. 0, or a negative errno when the file
+ * cannot be opened or read (message on stderr). More than MAX_IMAGES: the rest is ignored. */
+RGM_MUST_CHECK int rgm_prewarm_plan_read_list(struct pw *pw, const char *file);
+/* Record why img failed; only the first reason is kept. */
+void rgm_prewarm_image_fail(struct image *img, const char *fmt, ...) RGM_PRINTF(2, 3);
+/* When nothing of img is pending any more: mark it finished, print its result line and count
+ * it out of pw->n_unfinished. Whether the whole run is over is the caller's to check. */
+void rgm_prewarm_image_check_done(struct pw *pw, struct image *img);
+/* The config and layers of an image manifest (root, borrowed) become blobs of img. 0, or
+ * UV_EINVAL when it is not an image manifest or has a bad descriptor; img is then failed with
+ * the reason, so a caller may ignore the result. */
+int rgm_prewarm_plan_add_manifest(struct pw *pw, struct image *img, json_t *root);
+/* Add blob (digest, size) to img. A digest seen before (in any image) is shared: img waits for
+ * it, or takes its result at once when it is over. A new one is queued on pw->bq_*. */
+void rgm_prewarm_image_add_blob(struct pw *pw, struct image *img, const char *digest,
+                                uint64_t size);
+/* The first queued blob, taken off the queue and marked running (its transfer starts), or NULL
+ * when the queue is empty. The blob stays the plan's. */
+struct blob *rgm_prewarm_plan_take_blob(struct pw *pw);
+/* Blob b is over: verified (error NULL; is_hit when the mirror had it) or failed (error, copied).
+ * Every image waiting for it takes the result and may finish (rgm_prewarm_image_check_done). */
+void rgm_prewarm_blob_finish(struct pw *pw, struct blob *b, int is_hit, const char *error);
+/* Free the images and the blobs. */
+void rgm_prewarm_plan_free(struct pw *pw);
+
+/* ---- prewarm-verify.c ---- */
+
+/* Check a manifest's bytes (body, len bytes; NULL when empty) against want_size (the index
+ * descriptor's size, -1: none), want (the pinned or the index's digest, "": a tag) and dcd (the
+ * mirror's Docker-Content-Digest; NULL or not a digest: not checked). 0 with the manifest's
+ * digest in digest (want, else dcd, else the sha256 of the bytes), or UV_EINVAL (a mismatch,
+ * the reason in err) or UV_EIO (cannot hash). */
+RGM_MUST_CHECK int rgm_prewarm_verify_manifest(const char *body, size_t len, const char *want,
+                                               int64_t want_size, const char *dcd, char *digest,
+                                               size_t digest_len, char *err, size_t err_len);
+/* A hash for the bytes of blob digest ("sha256:..." or "sha512:..."), to feed with
+ * EVP_DigestUpdate. The caller owns it (EVP_MD_CTX_free). NULL when OpenSSL fails. */
+EVP_MD_CTX *rgm_prewarm_verify_blob_start(const char *digest);
+/* All bytes are in md (borrowed; NULL: no hash was made): 0 when they hash to digest, else
+ * UV_EINVAL ("digest mismatch: ...") or UV_EIO ("cannot hash") with the reason in err. */
+RGM_MUST_CHECK int rgm_prewarm_verify_blob_end(EVP_MD_CTX *md, const char *digest, char *err,
+                                               size_t err_len);
+
+/* ---- prewarm-auth.c ---- */
+
+#define RGM_PREWARM_AUTH_KEY_MAX 600
+
+enum rgm_prewarm_auth_answer { RGM_PREWARM_AUTH_BASIC, RGM_PREWARM_AUTH_TOKEN };
+
+/* The key of the Authorization cached for (registry, repo) in pw->auth. */
+void rgm_prewarm_auth_key(const char *registry, const char *repo, char *out, size_t len);
+/* How to answer a 401 from the mirror for (registry, repo); www is its WWW-Authenticate (NULL:
+ * none). Bearer is preferred to Basic. Credentials come from --creds or --docker-config.
+ * RGM_PREWARM_AUTH_BASIC: send again with the Basic header written to basic.
+ * RGM_PREWARM_AUTH_TOKEN: ask *token_url (malloc'd, the caller frees it) for a token, with the
+ * Basic header in basic ("" without credentials). Else UV_EACCES, the reason in err. */
+RGM_MUST_CHECK int rgm_prewarm_auth_answer(struct pw *pw, const char *registry, const char *repo,
+                                           const char *www, char *basic, size_t basic_len,
+                                           char **token_url, char *err, size_t err_len);
+/* The Authorization value ("Bearer ...", malloc'd into *value) and its expiry of a token
+ * answer (body: len bytes, not NUL-terminated). 0 or <0 (not a usable answer). */
+RGM_MUST_CHECK int rgm_prewarm_auth_bearer(const char *body, size_t len, char **value,
+                                           uint64_t *expires_ms);
+/* Free the credentials looked up so far. */
+void rgm_prewarm_auth_free(struct pw *pw);
+
+/* ---- prewarm-run.c ---- */
+
+/* Start the run on loop: the client, the redraw timer (terminal only), the manifest of every
+ * image that is not a bad line, and the first requests up to --parallel. The loop then runs
+ * until every image is finished and no request is in flight; then the client and the timer
+ * close, so uv_run returns. pw->client and pw->auth are created here; the caller frees
+ * pw->auth after the loop (the client frees itself when closed). */
+void rgm_prewarm_run_start(struct pw *pw, uv_loop_t *loop);
 
 /* ---- prewarm-report.c ---- */
 

@@ -1,6 +1,6 @@
 /* regmirror prewarm, output: the live progress display on a terminal (ANSI cursor movement,
  * redrawn from a timer), one line per finished image, the summary table and the --json
- * document. It only reads the run's state; the pull logic is in prewarm.c. */
+ * document. It only reads the run's state; the pull logic is in prewarm-run.c. */
 #include "config.h"
 
 #include "cmd/prewarm-int.h"

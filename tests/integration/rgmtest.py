@@ -36,7 +36,7 @@ __all__ = [
     "auth_request", "Headers", "Containerd", "write_hosts_toml", "Mirror", "wait_for",
     "sha256_digest", "MT_OCI_MANIFEST", "MT_OCI_INDEX", "MT_DOCKER_MANIFEST",
     "MT_DOCKER_LIST", "MANIFEST_ACCEPT", "RGM_BIN", "RGM_SRCDIR", "RGM_BUILDDIR",
-    "HeaderSpy",
+    "HeaderSpy", "private_netns",
 ]
 
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -1496,3 +1496,28 @@ def _make_spy_handler(spy):
         do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
 
     return H
+
+
+# --------------------------------------------------------------------------------------
+# a network namespace of the test's own
+
+def private_netns():
+    """Move this test process, and so every process it starts from now on, into a new
+    network namespace with only loopback, and bring it up: a client with a built-in
+    fallback to the internet (Docker falls back to registry-1.docker.io when its mirror
+    fails) then reaches nothing.  Call it first, before any thread or child process
+    exists (unshare(2) moves the calling thread only).  Nothing to clean up: the namespace
+    goes away with the last process in it, whatever way the test ends.  Returns the
+    output of `ip -o link` and `ip route` inside it, for the test to check."""
+    import ctypes
+    if threading.active_count() != 1:
+        raise RuntimeError("private_netns() must run before any thread is started")
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    if libc.unshare(clone_newnet) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "unshare(CLONE_NEWNET): %s" % os.strerror(e))
+    run(["ip", "link", "set", "lo", "up"], timeout=10)
+    links = run(["ip", "-o", "link"], timeout=10).out
+    routes = run(["ip", "route"], timeout=10).out
+    return links, routes

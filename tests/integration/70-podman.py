@@ -8,10 +8,14 @@ registries.conf mirror location (the registry as a path prefix: "MIRROR/docker.i
 - public images of docker.io (multi-arch index, Docker schema 2) and ghcr.io: each blob
   fetched upstream once; a second podman store is served from the mirror's cache.
 - a private image the mirror holds node credentials for: podman pulls it anonymously.
-- containers/image never sends a client's credentials to a mirror location: with --creds
-  and with an auth file for the registry, no request to the mirror carries Authorization
-  (seen by a HeaderSpy in front of the mirror) and the pull fails, although the same
-  credentials work through that mirror (curl). So under CRI-O the node identity is the way.
+- containers/image never sends a client's credentials to a mirror location: with --creds,
+  with an auth file entry for the registry, and even with an entry for the mirror location
+  itself, no request to the mirror carries Authorization (seen by a HeaderSpy in front of
+  the mirror) and the pull fails, although the same credentials work through that mirror
+  (curl). (--creds and the registry's entry are kept from mirrors on purpose; and
+  containers/image authenticates only when its /v2/ ping is challenged, while the mirror's
+  /v2/ answers 200.) So under CRI-O the node identity, credentials the mirror holds, is the
+  way.
 """
 
 import collections

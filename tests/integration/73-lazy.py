@@ -117,8 +117,9 @@ def source_layout(tag_name, seed):
 
 
 cd = rgmtest.Containerd(ws, name="cd-convert")
-ver = run(["ctr-remote", "--version"], timeout=30).out.strip()
-t.diag("client: ctr-remote (stargz-snapshotter 0.12 package) %s; curl %s" % (
+ver = run(["dpkg-query", "-W", "-f", "${Version}", "stargz-snapshotter"], timeout=30,
+          check=False).out.strip()
+t.diag("client: ctr-remote of stargz-snapshotter %s (Debian package); curl %s" % (
     ver, run(["curl", "--version"], timeout=30).out.split()[1]))
 
 
@@ -390,6 +391,10 @@ def _lazy_pull(label, url_base, e, fname):
         got = read_file_from_chunks(have, ents, fname, toc_off)
     except (KeyError, zlib.error, ValueError) as ex:
         got = b"(%r)" % ex
+    for r in results:
+        if r["name"] == "file-multi":
+            t.diag("%s: multi-range request %s answered %d with %d bytes (blob %d)"
+                   % (label, r["range"], r["status"], len(r["body"]), len(blob)))
     bad = [(r["name"], r["range"], r["status"]) for r in results if not range_ok(r, blob)]
     t.is_(bad, [], "%s: every request answered right (%d requests, status and bytes)"
           % (label, len(results)))

@@ -610,6 +610,10 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
     case RGM_CFG_BOOL:
         return json_boolean(load_int(k, base));
     case RGM_CFG_LEVEL:
+        if (!rgm_cfgval_level_name(load_int(k, base))) {
+            rgm_cfgval_fail(c, key, "%d is not a log level", load_int(k, base));
+            return NULL;
+        }
         return json_string(rgm_cfgval_level_name(load_int(k, base)));
     case RGM_CFG_UINT:
         return json_integer((json_int_t)load_uint(k, base));

@@ -735,8 +735,8 @@ static void test_parse_args(void)
     is_int(cfg.log_level, RGM_LOG_WARN, "args: the file's other keys stay");
     rgm_config_free(&cfg);
 
-    rc = args(&cfg, 0, err, sizeof(err), "serve", "--conf", (char *)a, "-c", (char *)b,
-              "--storage", "/flag", NULL);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--conf", (char *)a, "-c", (char *)b, "--storage",
+              "/flag", NULL);
     is_int(rc, 0, "args: two files, --conf abbreviated (%s)", err);
     is_str(cfg.storage, "/flag", "args: the flag over both files");
     is_int(cfg.log_level, RGM_LOG_WARN, "args: the first file's keys under the second's");
@@ -804,8 +804,7 @@ static void test_parse_args(void)
            "args: a bad --listen");
     ok(strstr(err, "config: listen: bad address \"5000\"") != NULL, "args: --listen (%s)", err);
     rgm_config_free(&cfg);
-    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--log-level", "loud", "-c", (char *)bad,
-                NULL),
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--log-level", "loud", "-c", (char *)bad, NULL),
            UV_EINVAL, "args: file errors before flag errors");
     ok(strstr(err, bad) != NULL, "args: the file's error first (%s)", err);
     rgm_config_free(&cfg);
@@ -889,8 +888,7 @@ static void test_dump(void)
     ok(out && strstr(out, pw) && strstr(out, dc), "dump: the files' paths are printed");
     ok(out && strstr(out, "\"endpoint\": \"https://r.io\"") &&
            strstr(out, "\"max_cache_bytes\": \"1536MiB\"") &&
-           strstr(out, "\"shutdown_timeout\": \"0\"") &&
-           strstr(out, "\"send_timeout\": \"1h30m\""),
+           strstr(out, "\"shutdown_timeout\": \"0\"") && strstr(out, "\"send_timeout\": \"1h30m\""),
        "dump: the values as stored");
     ok(out && strstr(out, "\"r.io\"") < strstr(out, "\"d.io\""), "dump: registries in order");
 
@@ -904,8 +902,8 @@ static void test_dump(void)
         RGM_BUG_ON(json_dump_file(root, back, 0) != 0);
         json_decref(root);
         rgm_config_init(&cfg);
-        is_int(rgm_config_load_file(&cfg, back, err, sizeof(err)), 0,
-               "dump: the output loads (%s)", err);
+        is_int(rgm_config_load_file(&cfg, back, err, sizeof(err)), 0, "dump: the output loads (%s)",
+               err);
         again = rgm_config_dump(&cfg, err, sizeof(err));
         rgm_config_free(&cfg);
     }
@@ -916,6 +914,11 @@ static void test_dump(void)
     cfg.storage = rgm_strdup("/data/\xff\xfe");
     ok(rgm_config_dump(&cfg, err, sizeof(err)) == NULL, "dump: a value that is not UTF-8");
     ok(strstr(err, "storage") && strstr(err, "UTF-8"), "dump: the key is named (%s)", err);
+    rgm_config_free(&cfg);
+    rgm_config_init(&cfg);
+    cfg.log_level = 9;
+    ok(rgm_config_dump(&cfg, err, sizeof(err)) == NULL, "dump: a log level out of range");
+    ok(strstr(err, "log_level: 9 is not a log level") != NULL, "dump: log level named (%s)", err);
     rgm_config_free(&cfg);
 
     free(dflt);

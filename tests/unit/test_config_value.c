@@ -91,8 +91,8 @@ static void test_types(void)
     static const struct {
         const char *json, *want;
     } t[] = {
-        {"{}", "an object"},   {"[]", "an array"},     {"\"s\"", "a string"}, {"1", "an integer"},
-        {"1.5", "a number"},   {"true", "a boolean"},  {"false", "a boolean"}, {"null", "null"},
+        {"{}", "an object"}, {"[]", "an array"},    {"\"s\"", "a string"},  {"1", "an integer"},
+        {"1.5", "a number"}, {"true", "a boolean"}, {"false", "a boolean"}, {"null", "null"},
     };
     size_t i;
     json_t *v;
@@ -184,8 +184,12 @@ static void test_size(void)
         const char *json;
         uint64_t want;
     } good[] = {
-        {"0", 0},           {"512", 512},         {"\"512\"", 512},
-        {"\"10MB\"", 10000000}, {"\"1.5GiB\"", 3ULL << 29}, {"\"16KiB\"", 16384},
+        {"0", 0},
+        {"512", 512},
+        {"\"512\"", 512},
+        {"\"10MB\"", 10000000},
+        {"\"1.5GiB\"", 3ULL << 29},
+        {"\"16KiB\"", 16384},
     };
     static const struct {
         const char *json, *want;
@@ -227,8 +231,11 @@ static void test_duration(void)
         const char *json;
         uint64_t want;
     } good[] = {
-        {"\"0\"", 0},           {"\"250ms\"", 250},   {"\"90s\"", 90000},
-        {"\"1h30m\"", 5400000}, {"\"365d\"", 365ULL * 86400000},
+        {"\"0\"", 0},
+        {"\"250ms\"", 250},
+        {"\"90s\"", 90000},
+        {"\"1h30m\"", 5400000},
+        {"\"365d\"", 365ULL * 86400000},
     };
     static const struct {
         const char *json, *want;
@@ -315,7 +322,8 @@ static void test_names_urls(void)
            "endpoint with a path");
     is_str(out, "http://127.0.0.1:5001/prefix", "endpoint: path kept");
     RGM_FREE(out);
-    is_int(rgm_cfgval_endpoint(&ctx, "e", "https://u:p@r.io", &out), UV_EINVAL, "endpoint: userinfo");
+    is_int(rgm_cfgval_endpoint(&ctx, "e", "https://u:p@r.io", &out), UV_EINVAL,
+           "endpoint: userinfo");
     is_msg("e", "bad URL", "endpoint: userinfo");
     is_int(rgm_cfgval_endpoint(&ctx, "e", "https://r.io#f", &out), UV_EINVAL, "endpoint: fragment");
     is_int(rgm_cfgval_endpoint(&ctx, "e", "ftp://r.io", &out), UV_EINVAL, "endpoint: scheme");
@@ -345,24 +353,24 @@ static void test_lists(void)
     RGM_FREE(list);
     json_decref(v);
     v = J("[\"127.0.0.1:1\", 5]");
-    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n),
-           UV_EINVAL, "list: element of the wrong type");
+    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n), UV_EINVAL,
+           "list: element of the wrong type");
     is_msg("listen[1]", "expected a \"HOST:PORT\" string, got an integer", "list element");
     ok(list == NULL, "list: nothing allocated on error");
     json_decref(v);
     v = J("[\"127.0.0.1:99999\"]");
-    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n),
-           UV_EINVAL, "list: bad element");
+    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n), UV_EINVAL,
+           "list: bad element");
     is_msg("listen[0]", "bad address \"127.0.0.1:99999\"", "list: bad element");
     json_decref(v);
     v = J("[]");
-    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n),
-           UV_EINVAL, "list: empty");
+    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n), UV_EINVAL,
+           "list: empty");
     is_msg("listen", "must list at least one address", "list: empty");
     json_decref(v);
     v = J("{}");
-    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n),
-           UV_EINVAL, "list: object");
+    is_int(rgm_cfgval_list(&ctx, "listen", v, "address", rgm_cfgval_hostport, &list, &n), UV_EINVAL,
+           "list: object");
     is_msg("listen", "expected a string or an array of strings, got an object", "list: object");
     json_decref(v);
 }

@@ -386,20 +386,30 @@ static int same_identity(const struct rq *q, const struct bjob *job)
            strcmp(q->credhash, job->credhash) == 0;
 }
 
+/* The next waiter for the head whose client is still there, taken off the job; NULL when
+ * none is left. Waiters whose client left are dropped on the way. */
+static struct rq *take_waiter(struct bjob *job)
+{
+    struct rq *q;
+
+    while ((q = job->waiters) != NULL) {
+        job->waiters = q->next_waiter;
+        q->next_waiter = NULL;
+        q->job = NULL;
+        if (q->req)
+            return q;
+        rq_release(q);
+    }
+    return NULL;
+}
+
 /* Answer every waiter that is still waiting for the head. The job takes nobody new. */
 static void fail_waiters(struct bjob *job, int status, rgm_upcall_t *c, int err)
 {
     struct rq *q;
 
     unlist(job);
-    while ((q = job->waiters) != NULL) {
-        job->waiters = q->next_waiter;
-        q->next_waiter = NULL;
-        q->job = NULL;
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
+    while ((q = take_waiter(job)) != NULL) {
         if ((status == 401 || status == 403 || status == 404) && !same_identity(q, job) &&
             !job->r->is_stopping) {
             blobs_handle(q);
@@ -510,16 +520,8 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     job->is_private = rgm_upcall_used_client_auth(c);
     if (len >= 0)
         rgm_fetch_set_size(job->fetch, (uint64_t)len);
-    while ((q = job->waiters) != NULL) {
-        job->waiters = q->next_waiter;
-        q->next_waiter = NULL;
-        q->job = NULL;
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
+    while ((q = take_waiter(job)) != NULL)
         attach_checked(q, job);
-    }
     return 0;
 }
 

@@ -198,16 +198,21 @@ static void mjob_free(struct mjob *j)
     free(j);
 }
 
+/* The next waiter whose client is still there, taken off the job; NULL when none is left.
+ * Waiters whose client left are dropped on the way. */
 static struct rq *take_waiter(struct mjob *j)
 {
-    struct rq *q = j->waiters;
+    struct rq *q;
 
-    if (q) {
+    while ((q = j->waiters) != NULL) {
         j->waiters = q->next_mwaiter;
         q->next_mwaiter = NULL;
         q->mjob = NULL;
+        if (q->req)
+            return q;
+        rq_release(q);
     }
-    return q;
+    return NULL;
 }
 
 static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
@@ -216,10 +221,6 @@ static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
 
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         /* A refusal of the first client's identity is not another client's answer. */
         if ((status == 401 || status == 403 || status == 404) &&
             strcmp(q->credhash, j->credhash) != 0 && !j->r->is_stopping) {
@@ -259,10 +260,6 @@ static void answer_manifest(struct mjob *j, const char *digest)
              digest);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (j->used_client && strcmp(q->credhash, j->credhash) != 0) {
             /* Fetched with someone else's credentials: this client must pass on its own. */
@@ -349,10 +346,6 @@ static void tags_complete(struct mjob *j)
 
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         n = snprintf(h, sizeof(h), "Content-Type: %s\r\n",
                      header_ok(j->content_type) ? j->content_type : "application/json");
         if (header_ok(j->link) && rewrite_link(q, j->link, link, sizeof(link)) == 0)
@@ -786,10 +779,6 @@ static void tags_fallback(struct mjob *j, int err)
     free(text);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         rq_set_cache(q, "STALE");
         send_body(q, 200, "Content-Type: application/json\r\n", &body);
     }

@@ -1,9 +1,10 @@
 /* /healthz, /readyz and /metrics: readiness from the stopping flag and the store, and the
  * counters of struct metrics (plus the upstream's, the index's and the server's own figures)
  * in the Prometheus text format. Counting happens where things happen; this only renders. */
+#include "registry/metrics.h"
+
 #include <inttypes.h>
 
-#include "registry/metrics.h"
 #include "core/common.h"
 #include "core/buf.h"
 #include "registry/request.h"

@@ -25,8 +25,9 @@ struct bytes {
 
 enum req_state { R_NEW, R_QUEUED, R_ACTIVE, R_DONE };
 
-/* client.c sets the fields above the response part before rgm_upreq_start and reads the response
- * part from on_head until on_done returns; every other access is upreq.c's. */
+/* client.c initialises the request and sets the fields above the response part before
+ * rgm_upreq_start, and reads the response part from on_head until on_done returns; every other
+ * access is upreq.c's. */
 struct rgm_upreq {
     struct pool *pool;
     enum req_state state;

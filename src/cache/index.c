@@ -792,17 +792,11 @@ int rgm_index_reconcile_rows(rgm_index_t *idx, rgm_store_t *store, char *after, 
 
 int rgm_index_reconcile_file(rgm_index_t *idx, rgm_store_t *store, const char *digest)
 {
-    sqlite3_stmt *st = idx->st[ST_GET_OBJECT];
-    int rc;
+    rgm_index_object_t obj;
+    int err = rgm_index_get_object(idx, digest, &obj);
 
-    read_begin(idx);
-    (void)bind_text(st, 1, digest);
-    rc = sqlite3_step(st);
-    st_done(st);
-    if (rc == SQLITE_ROW)
-        return 0;
-    if (rc != SQLITE_DONE)
-        return db_fail(idx, "reconcile: lookup");
+    if (err != UV_ENOENT)
+        return err; /* 0: it has a row; or UV_EIO */
     return rgm_store_remove(store, digest) == 0 ? 1 : 0;
 }
 

@@ -654,8 +654,10 @@ static void test_burst(uv_loop_t *loop, rgm_fetches_t *t, rgm_store_t *s)
     is_int(b.err, 0, "burst: no producer error");
     is_int(b.done_calls, 1, "burst: done once");
     is_int(b.done_status, 0, "burst: done(0)");
-    ok(b.eagains > 0 && b.appends == b.eagains, "burst: the queue filled and the producer waited "
-       "(%d times)", b.eagains);
+    ok(b.eagains > 0 && b.appends == b.eagains,
+       "burst: the queue filled and the producer waited "
+       "(%d times)",
+       b.eagains);
     /* the pool drains while the loop copies, so a run may exceed the queue, but not by much:
      * memcpy is several times faster than SHA-256 */
     ok(b.max_run < 3 * 4 * 1024 * 1024, "burst: at most a few MiB queued between waits (%zu)",

@@ -204,13 +204,13 @@ sha256_Bps() {   # OpenSSL's SHA-256 over 1 MiB blocks, bytes/s (what the mirror
   openssl speed -seconds 1 -bytes 1048576 -evp sha256 2>/dev/null | awk '/^sha256/{v=$2; sub(/k$/,"",v); print v*1000}'
 }
 sc_ingest() {   # one client, cold mirror, unthrottled upstream; the blob file in the page cache
-  local tls=$1 r sha
+  local tls=${1:-} r sha
   cat "$INGEST_FILE" > /dev/null
   sha=$(sha256_Bps)
   r=$(timeout "$SCEN_TIMEOUT" curl -s -o /dev/null ${tls:+--cacert "$INGEST_CA"} \
         -w '{"time_s": %{time_total}, "Bps": %{speed_download}, "bytes": %{size_download}, "status": %{http_code}}' \
         "$MIRROR_URL/v2/library/ingest/blobs/$INGEST_DIGEST")
-  $JREC ":=$r" "ok:=$($PY -c "import json;r=json.loads('$r');print('true' if r['status']==200 and r['bytes']==$INGEST_SIZE else 'false')")" \
+  $JREC ":=$r" "ok=$($PY -c "import json;r=json.loads('$r');print('true' if r['status']==200 and r['bytes']==$INGEST_SIZE else 'false')")" \
         blob_bytes="$INGEST_SIZE" sha256_Bps="$sha" tls="${tls:-0}"
 }
 sc_ingest-tls() { sc_ingest 1; }

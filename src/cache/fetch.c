@@ -100,8 +100,8 @@ struct rgm_fetch {
     size_t batch_len;
     ssize_t batch_result; /* pool: bytes written, or -errno */
     uv_work_t work;
-    int is_writing;       /* a batch is in the pool */
-    int is_finishing;     /* rgm_fetch_finish was called */
+    int is_writing;   /* a batch is in the pool */
+    int is_finishing; /* rgm_fetch_finish was called */
     int is_syncing;
     int is_append_due;    /* append_cb is to run from the idle pass */
     int is_producer_fail; /* failed by rgm_fetch_fail (append cbs then get UV_ECANCELED) */

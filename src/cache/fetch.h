@@ -67,7 +67,8 @@ RGM_MUST_CHECK int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len
 RGM_MUST_CHECK int rgm_fetch_write(rgm_fetch_t *f, const void *data, size_t len);
 /* All bytes were appended: once the queue has landed, verify the digest, fsync and rename
  * into the store (async); then done runs and readers are woken. May be called while the last
- * append is pending or batches are in the pool (it waits for them). Ignored once the fetch has ended or after a first finish. */
+ * append is pending or batches are in the pool (it waits for them). Ignored once the fetch has
+ * ended or after a first finish. */
 void rgm_fetch_finish(rgm_fetch_t *f);
 /* The producer gives up (err < 0, else UV_EIO): readers are woken and see FAILED; temp file
  * removed. Allowed while an append or the finish is pending (nothing enters the store); a

@@ -470,8 +470,8 @@ int rgm_store_is_writable(rgm_store_t *s)
 struct rgm_store_cursor {
     rgm_store_t *s;
     size_t algo;
-    DIR *top;     /* blobs/<algo> */
-    DIR *d;       /* blobs/<algo>/<aa> */
+    DIR *top; /* blobs/<algo> */
+    DIR *d;   /* blobs/<algo>/<aa> */
     char prefix[3];
     int is_done;
 };

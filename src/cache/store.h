@@ -87,8 +87,7 @@ int rgm_store_walk(rgm_store_t *s, rgm_store_walk_fn cb, void *ud);
  * tell files committed after it began. Directories stay open between calls; files added or
  * removed meanwhile may or may not be visited. */
 typedef struct rgm_store_cursor rgm_store_cursor_t;
-typedef int (*rgm_store_entry_fn)(const char *digest, uint64_t size, uint64_t changed_ms,
-                                  void *ud);
+typedef int (*rgm_store_entry_fn)(const char *digest, uint64_t size, uint64_t changed_ms, void *ud);
 /* s is borrowed and outlives the cursor. Owned by the caller (rgm_store_cursor_free). */
 rgm_store_cursor_t *rgm_store_cursor_new(rgm_store_t *s);
 /* >0: more to visit; 0: the walk is over; <0: an errno (opendir/openat), or the callback's

@@ -21,9 +21,9 @@
 #include "registry/routes.h"
 #include "cmd/cmd.h"
 
-#define FLUSH_INTERVAL_MS 2000
-#define GC_INTERVAL_MS    5000
-#define GC_AGAIN_MS       20
+#define FLUSH_INTERVAL_MS     2000
+#define GC_INTERVAL_MS        5000
+#define GC_AGAIN_MS           20
 /* The background reconcile: rows or files per loop turn, and the pause between turns. A
  * batch is a few hundred stat(2) and SQLite lookups, well under a millisecond from the page
  * cache. RGM_RECONCILE_BATCH and RGM_RECONCILE_INTERVAL_MS override them (tests slow it down
@@ -351,8 +351,7 @@ static void on_reconcile(uv_timer_t *t)
 static int start_reconcile(struct serve *s)
 {
     s->reconcile_batch = (size_t)env_knob("RGM_RECONCILE_BATCH", RECONCILE_BATCH, 1000000);
-    s->reconcile_interval_ms =
-        env_knob("RGM_RECONCILE_INTERVAL_MS", RECONCILE_INTERVAL_MS, 60000);
+    s->reconcile_interval_ms = env_knob("RGM_RECONCILE_INTERVAL_MS", RECONCILE_INTERVAL_MS, 60000);
     if (s->reconcile_batch == 0)
         s->reconcile_batch = 1;
     uv_timer_init(&s->loop, &s->reconcile_timer);

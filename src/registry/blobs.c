@@ -542,6 +542,9 @@ static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
             return 0;
     }
     job->r->m.upstream_bytes += len;
+    err = rgm_fetch_write(job->fetch, data, len);
+    if (err != UV_EAGAIN)
+        return err;
     err = rgm_fetch_append(job->fetch, data, len, on_appended, job);
     if (err < 0)
         return err;

@@ -22,7 +22,7 @@
 
 #include "core/log.h"
 #include "http/framing.h"
-#include "http/request.h"
+#include "http/reqhead.h"
 
 #define IN_INIT       (4 * 1024)
 #define IN_MAX        (64 * 1024)   /* pipelined input kept while a response is in progress */

@@ -9,7 +9,7 @@
 #include "core/log.h"
 #include "http/conn.h"
 #include "http/framing.h"
-#include "http/request.h"
+#include "http/reqhead.h"
 
 #define WRITE_MAX ((size_t)1 << 30)
 

@@ -1,4 +1,4 @@
-/* Internal to the downstream HTTP server (server.c, conn.c, request.c, response.c, framing.c):
+/* Internal to the downstream HTTP server (server.c, conn.c, reqhead.c, response.c, framing.c):
  * the private structs behind rgm_server_t and rgm_req_t. Types and tiny helpers only; each
  * module's functions are declared in its own header. Not an API for other layers. */
 #ifndef RGM_HTTP_SERVER_INT_H

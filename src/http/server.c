@@ -1,7 +1,7 @@
 /* The downstream HTTP/1.1 server: the server object, its listeners, accepting connections
  * (which it owns and counts), the handle accounting that tells when the server is fully closed,
  * and the graceful shutdown. What happens on a connection is conn.c's; requests, responses and
- * their bytes are request.c, response.c and framing.c. Nothing of registries or caches.
+ * their bytes are reqhead.c, response.c and framing.c. Nothing of registries or caches.
  *
  * Over cfg->max_connections a new connection is accepted and closed at once: leaving it in the
  * kernel backlog would hold the client with no timeout of ours. */
@@ -15,7 +15,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "http/conn.h"
-#include "http/request.h"
+#include "http/reqhead.h"
 
 struct listener {
     uv_tcp_t tcp;

@@ -3,7 +3,7 @@
  * limits as the bytes accumulate; a request with a body is refused. Then the accessors the
  * handler reads, and the access log line. It never reads, writes or closes a socket: errors
  * go back to the connection through the parser's return code and conn->err_*. */
-#include "http/request.h"
+#include "http/reqhead.h"
 
 #include <uv.h>
 #include <llhttp.h>

@@ -1,8 +1,8 @@
 /* The downstream request head: llhttp callbacks that gather the URL and headers of one request
  * into one allocation under the configured limits, and the request's access log line. The
  * accessors handlers use (rgm_req_*) are declared in http/server.h. Internal to src/http. */
-#ifndef RGM_HTTP_REQUEST_H
-#define RGM_HTTP_REQUEST_H
+#ifndef RGM_HTTP_REQHEAD_H
+#define RGM_HTTP_REQHEAD_H
 
 #include <llhttp.h>
 #include "http/server-int.h"

@@ -1,8 +1,8 @@
-/* Unit tests for src/http/request.c: llhttp with the server's request callbacks, fed from memory
+/* Unit tests for src/http/reqhead.c: llhttp with the server's request callbacks, fed from memory
  * (whole, or one byte per call): the target split into path and query, headers (trimmed, case-
  * insensitive, joined lists), keep-alive, the URL and header limits at and past their edges,
  * refused bodies and CONNECT, and pipelined requests. No sockets and no loop. */
-#include "http/request.h"
+#include "http/reqhead.h"
 
 #include <uv.h>
 #include <llhttp.h>
@@ -127,7 +127,7 @@ static void test_headers(void)
     is_str(out, "1", "header list: one value");
 }
 
-static void test_request_fields(void)
+static void test_reqhead_fields(void)
 {
     uint64_t id;
 
@@ -287,7 +287,7 @@ int main(void)
     cfg.max_header_bytes = 8192;
     test_targets();
     test_headers();
-    test_request_fields();
+    test_reqhead_fields();
     test_limits();
     test_pipeline();
     rgm_req_free(conn.req);

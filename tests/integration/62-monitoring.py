@@ -191,9 +191,14 @@ d_bad = fake.add_blob(os.urandom(1_000))
 fake.behave("/blobs/" + d_ok, headers={"RateLimit-Limit": "100;w=21600",
                                        "RateLimit-Remaining": "76;w=21600"})
 fake.behave("/blobs/" + d_bad, status=503)
-common = ["--registry", "ghcr.io=" + reg.url, "--registry", "docker.io=" + fake.url]
-m = rgmtest.Mirror(ws, args=common + ["--max-size", str(MAX_BYTES)])
-m_unlimited = rgmtest.Mirror(ws, args=common, name="unlimited")
+d_slow = fake.add_blob(os.urandom(40_000))
+fake.behave("/blobs/" + d_slow, stall=1.0)      # concurrent GETs of it join the first
+fake.add_image("library/tool", "1")
+# docker.io tags are revalidated on every request (tag_ttl 0): served STALE once it fails
+cfg = {"registries": {"ghcr.io": {"endpoint": reg.url},
+                      "docker.io": {"endpoint": fake.url, "tag_ttl": "0"}}}
+m = rgmtest.Mirror(ws, config=cfg, args=["--max-size", str(MAX_BYTES)])
+m_unlimited = rgmtest.Mirror(ws, config=cfg, name="unlimited")
 
 fresh = scrape(m)
 fresh_unlimited = scrape(m_unlimited)
@@ -221,8 +226,8 @@ t.ok(set(empty) <= {"regmirror_upstream_ratelimit_remaining", "regmirror_upstrea
      "fresh start: only the families whose series appear with traffic have no sample yet",
      diag=empty)
 
-# pulls: ghcr.io twice (MISS, then HIT), from docker.io a blob with RateLimit headers and a
-# blob that fails upstream, and concurrent cold GETs of one blob (JOIN)
+# pulls: ghcr.io twice (MISS, then HIT), from docker.io a blob with RateLimit headers, a blob
+# that fails upstream and a tag served STALE, and concurrent cold GETs of one blob (JOIN)
 st, h, body = m.get("/v2/org/app/manifests/v1?ns=ghcr.io",
                     headers={"Accept": MANIFEST_ACCEPT})
 t.is_((st, h.get("docker-content-digest")), (200, pushed["digest"]), "pull: manifest")
@@ -240,10 +245,10 @@ barrier = threading.Barrier(len(results))
 def cold_get(i):
     try:
         barrier.wait(timeout=10)
-        st, h, b = m.get("/v2/org/app/blobs/%s?ns=ghcr.io" % blobs[2])
-        results[i] = (st, sha256_digest(b) == blobs[2])
+        st, h, b = m.get("/v2/library/tool/blobs/%s?ns=docker.io" % d_slow)
+        results[i] = (st, h.get("x-cache"), sha256_digest(b) == d_slow)
     except Exception as e:                   # recorded, checked below
-        results[i] = ("exc", repr(e))
+        results[i] = ("exc", repr(e), False)
 
 
 ths = [threading.Thread(target=cold_get, args=(i,), daemon=True) for i in range(len(results))]
@@ -251,24 +256,33 @@ for th in ths:
     th.start()
 for th in ths:
     th.join(timeout=30)
-t.is_(results, [(200, True)] * len(results), "pull: concurrent cold GETs of one layer")
+t.is_(sorted(results), sorted([(200, "MISS", True)] + [(200, "JOIN", True)] * (len(results) - 1)),
+      "pull: concurrent cold GETs of a slow blob: one MISS, the others JOIN")
+st, h, _ = m.get("/v2/library/tool/manifests/1?ns=docker.io",
+                 headers={"Accept": MANIFEST_ACCEPT})
+fake.behave("/manifests/", status=503)
+st2, h2, _ = m.get("/v2/library/tool/manifests/1?ns=docker.io",
+                   headers={"Accept": MANIFEST_ACCEPT})
+t.is_([(st, h.get("x-cache")), (st2, h2.get("x-cache"))], [(200, "MISS"), (200, "STALE")],
+      "pull: a docker.io tag, then served STALE while the upstream fails")
 st, h, b = m.get("/v2/library/tool/blobs/%s?ns=docker.io" % d_ok)
 t.is_((st, sha256_digest(b) == d_ok), (200, True), "pull: docker.io blob with RateLimit headers")
 st, _, b = m.get("/v2/library/tool/blobs/%s?ns=docker.io" % d_bad)
 t.ok(st >= 500 and fake.count("GET", "/blobs/" + d_bad) == 1,
      "pull: a blob the upstream fails (503) answers 5xx", diag=(st, b, fake.requests))
 
-# the upstream request is counted when it ends, after the mirror answered its client
+# an upstream request is counted when it ends, after the mirror answered its client: wait
+# for the two 503s (the tag's HEAD, the blob's GET)
 
 
-def failure_counted():
+def failures_counted():
     s = scrape(m)
     return s if (s.value("regmirror_upstream_http_requests_total", registry="docker.io",
-                         status="5xx") or 0) >= 1 else None
+                         status="5xx") or 0) >= 2 else None
 
 
 try:
-    pulled = rgmtest.wait_for(failure_counted, timeout=10, what="the 503 counted")
+    pulled = rgmtest.wait_for(failures_counted, timeout=10, what="the 503s counted")
 except TimeoutError:
     pulled = scrape(m)
 r = promtool("check", "metrics", input=pulled.text)
@@ -278,8 +292,11 @@ t.is_(sorted(pulled.families() - fresh.families()), [],
       "after the pulls: no family that a fresh scrape lacked")
 t.is_(pulled.value("regmirror_upstream_ratelimit_remaining", registry="docker.io"), 76.0,
       "after the pulls: rate-limit remaining of docker.io exported")
-t.is_(pulled.value("regmirror_upstream_http_requests_total", registry="docker.io",
-                   status="5xx"), 1.0, "after the pulls: the failing upstream request counted")
+t.is_([pulled.value("regmirror_upstream_http_requests_total", registry="docker.io", status=c)
+       for c in ("2xx", "5xx")], [3.0, 2.0],
+      "after the pulls: docker.io upstream requests counted by status (3 answered, 2 failed)")
+t.is_(pulled.value("regmirror_joins_total"), float(len(results) - 1),
+      "after the pulls: joins counted")
 t.is_(pulled.value("regmirror_cache_requests_total", cache="HIT"), 2.0,
       "after the pulls: two HITs counted")
 
@@ -399,7 +416,7 @@ t.is_(errs, [], "dashboard: %d exprs; metrics, labels, values and legends exist 
 used = set()
 for _, e in exprs:
     used |= set(re.findall(r"\bregmirror_[a-zA-Z0-9_]+", e))
-asked = {"regmirror_cache_requests_total", "regmirror_served_bytes_total",
+asked = {"regmirror_http_requests_total", "regmirror_served_bytes_total",
          "regmirror_upstream_bytes_total", "regmirror_joins_total", "regmirror_fetches_in_flight",
          "regmirror_fetches_queued", "regmirror_upstream_errors_total",
          "regmirror_upstream_ratelimit_remaining", "regmirror_cache_max_bytes"}

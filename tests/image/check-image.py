@@ -180,6 +180,14 @@ def trim(root, slim):
                             os.unlink(qq)
 
 
+def unmount_under(root):
+    """What a failed debootstrap may leave mounted in its target (proc, sys)."""
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for p in sorted((p for p in points if p.startswith(root + "/")), reverse=True):
+        rgmtest.run(["umount", "-l", p], timeout=30, check=False)
+
+
 def base_tarball(cache, name, pkgs, slim, debs):
     """The cached tarball of one base, made with debootstrap when missing or old. Returns
     (path, seconds spent, True when it was built now)."""
@@ -194,6 +202,7 @@ def base_tarball(cache, name, pkgs, slim, debs):
            "--include=" + ",".join(pkgs), SUITE, root, mirror]
     r = rgmtest.run(cmd, timeout=900, check=False)
     if r.rc != 0:
+        unmount_under(root)
         log = ""
         try:
             log = open(os.path.join(root, "debootstrap", "debootstrap.log")).read()[-3000:]

@@ -19,9 +19,8 @@ import json
 import os
 import re
 import shutil
+import sys
 import threading
-
-import yaml
 
 import fakeup
 import rgmtest
@@ -30,6 +29,10 @@ from rgmtest import MANIFEST_ACCEPT, sha256_digest
 t = rgmtest.TAP(timeout=180)
 if not shutil.which("promtool"):
     t.bail("promtool not installed (Debian prometheus; ./bootstrap installs it)")
+try:
+    import yaml
+except ImportError:
+    t.bail("python3-yaml not installed for %s (./bootstrap installs it)" % sys.executable)
 ws = rgmtest.Workspace()
 MON = os.path.join(rgmtest.RGM_SRCDIR, "contrib", "monitoring")
 RULES = os.path.join(MON, "regmirror-alerts.yml")

@@ -104,6 +104,8 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
         objects = bytes = 0;
     SIMPLE("regmirror_cache_objects", "gauge", "Objects in the cache.", objects);
     SIMPLE("regmirror_cache_bytes", "gauge", "Bytes in the cache.", bytes);
+    SIMPLE("regmirror_cache_max_bytes", "gauge", "Cache size limit (max_cache_bytes); 0: none.",
+           r->cfg->max_cache_bytes);
 #undef SIMPLE
     if (rgm_upstream_metrics(r->up, &b) < 0)
         err = -1;

@@ -46,7 +46,7 @@ struct serve {
     uv_timer_t flush_timer;
     uv_timer_t gc_timer;
     uv_timer_t reconcile_timer;
-    uv_idle_t reconcile_idle; /* drives it when there is no pause between turns */
+    uv_idle_t reconcile_idle;   /* drives it when there is no pause between turns */
     rgm_reconcile_t *reconcile; /* NULL once over */
     size_t reconcile_batch;
     uint64_t reconcile_interval_ms;

@@ -148,7 +148,7 @@ struct rgm_server {
     size_t listeners_len;
     struct conn *conns;
     size_t conn_count;
-    char *rbuf; /* RGM_READ_BUF bytes: conn.c's on_alloc, consumed before the next read */
+    char *rbuf;          /* RGM_READ_BUF bytes: conn.c's on_alloc, consumed before the next read */
     size_t handles_open; /* listeners + connections + the shutdown timer */
     int is_shutting_down;
     int has_timer;

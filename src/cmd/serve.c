@@ -22,7 +22,7 @@
 
 #define FLUSH_INTERVAL_MS     2000
 #define GC_INTERVAL_MS        5000
-#define GC_AGAIN_MS           20
+#define GC_AGAIN_MS           5 /* a batch is ~1 ms of SQL; its unlinks are on the pool */
 /* The background reconcile: rows or files per loop turn, and the pause between turns. A
  * batch is a few hundred stat(2) and SQLite lookups, well under a millisecond from the page
  * cache. RGM_RECONCILE_BATCH and RGM_RECONCILE_INTERVAL_MS override them (tests slow it down
@@ -45,6 +45,7 @@ struct serve {
     uv_signal_t sig_hup;
     uv_timer_t flush_timer;
     uv_timer_t gc_timer;
+    rgm_gc_t *gc;
     uv_timer_t reconcile_timer;
     uv_idle_t reconcile_idle;   /* drives it when there is no pause between turns */
     rgm_reconcile_t *reconcile; /* NULL once over */
@@ -149,8 +150,7 @@ static void on_gc(uv_timer_t *t)
     uint64_t n = 0;
     int step;
 
-    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes, s->cfg.max_cache_bytes / 10 * 9,
-                       &freed, &n);
+    step = rgm_gc_tick(s->gc, s->cfg.max_cache_bytes, s->cfg.max_cache_bytes / 10 * 9, &freed, &n);
     if (n > 0)
         rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)", (unsigned long long)n,
                 (unsigned long long)freed);
@@ -236,6 +236,8 @@ static int open_cache(struct serve *s)
                 uv_strerror(err));
         return err;
     }
+    rgm_index_use_loop(s->index, &s->loop);
+    s->gc = rgm_gc_new(&s->loop, s->index, s->store);
     /* The reconcile runs in the background (start_reconcile): serving is correct meanwhile. */
     s->reconcile = rgm_reconcile_new(s->index, s->store);
     return 0;
@@ -380,6 +382,7 @@ out_free:
     rgm_upstream_free(s.up);
     rgm_fetches_free(s.fetches);
 out_cache:
+    rgm_gc_free(s.gc); /* the loop is over: no batch on the pool */
     if (s.index)
         rgm_index_close(s.index);
     if (s.store)

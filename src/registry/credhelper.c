@@ -216,8 +216,8 @@ static int judge(struct entry *e, const rgm_credrun_result_t *res)
     }
     if (res->err == UV_ETIMEDOUT) {
         rgm_log(RGM_LOG_WARN, "credhelper",
-                "helper %s for %s: killed after %llu ms (timeout); going on anonymously",
-                e->helper, host, (unsigned long long)res->elapsed_ms);
+                "helper %s for %s: killed after %llu ms (timeout); going on anonymously", e->helper,
+                host, (unsigned long long)res->elapsed_ms);
         return UV_ETIMEDOUT;
     }
     if (res->err == UV_E2BIG) {
@@ -331,8 +331,10 @@ static int start_run(rgm_credhelper_t *h, struct entry *e, uint64_t timeout_ms)
     err = rgm_credrun_start(h->loop, &o, on_run_done, e, &e->run);
     if (err < 0) {
         rgm_log_quote(e->server_url, host, sizeof(host));
-        rgm_log(RGM_LOG_WARN, "credhelper", "helper %s for %s: cannot run %s: %s; going on "
-                "anonymously", e->helper, host, file, uv_strerror(err));
+        rgm_log(RGM_LOG_WARN, "credhelper",
+                "helper %s for %s: cannot run %s: %s; going on "
+                "anonymously",
+                e->helper, host, file, uv_strerror(err));
         e->run = NULL;
         return err;
     }
@@ -378,8 +380,8 @@ int rgm_credhelper_get(rgm_credhelper_t *h, const rgm_credhelper_req_t *req, rgm
             /* Not found on PATH and the like: anonymous, and again for a while. */
             rgm_cred_clear(&e->cred);
             e->has_answer = req->lifetime_ms > 0;
-            e->expires_ms = now + (req->lifetime_ms < FAIL_KEEP_MS ? req->lifetime_ms
-                                                                   : FAIL_KEEP_MS);
+            e->expires_ms =
+                now + (req->lifetime_ms < FAIL_KEEP_MS ? req->lifetime_ms : FAIL_KEEP_MS);
             return err;
         }
     }

@@ -2,7 +2,8 @@
  * plugin) on the loop: arguments and extra environment, bytes on its stdin, its stdout read
  * whole under a limit, the first line of its stderr, and a deadline after which its process
  * group is killed. It knows nothing of either protocol and logs nothing: stdout holds secrets,
- * so what to log is the caller's decision. */
+ * so what to log is the caller's decision. The process must ignore SIGPIPE (main.c does): a
+ * program may exit before it reads its stdin. */
 #ifndef RGM_REGISTRY_CREDRUN_H
 #define RGM_REGISTRY_CREDRUN_H
 

@@ -80,6 +80,7 @@ void rgm_credhelper_free(rgm_credhelper_t *h)
     if (!h)
         return;
     h->is_freeing = 1;
+    h->live_runs++; /* a cancel may end its run at once: h must outlive this loop */
     for (e = h->entries; e; e = next) {
         next = e->next;
         if (e->run) {
@@ -89,7 +90,7 @@ void rgm_credhelper_free(rgm_credhelper_t *h)
         }
     }
     h->entries = NULL;
-    if (h->live_runs == 0)
+    if (--h->live_runs == 0)
         free(h);
 }
 

@@ -36,6 +36,7 @@ __all__ = [
     "auth_request", "Headers", "Containerd", "write_hosts_toml", "Mirror", "wait_for",
     "sha256_digest", "MT_OCI_MANIFEST", "MT_OCI_INDEX", "MT_DOCKER_MANIFEST",
     "MT_DOCKER_LIST", "MANIFEST_ACCEPT", "RGM_BIN", "RGM_SRCDIR", "RGM_BUILDDIR",
+    "HeaderSpy", "private_netns",
 ]
 
 MT_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -1399,3 +1400,124 @@ class Mirror:
         for r in registries:
             cmd += ["--registry", r]
         return run(cmd + list(extra), timeout=30, check=False)
+
+
+# --------------------------------------------------------------------------------------
+# what a real client sent: a recording forwarder in front of a server
+
+SpyRequest = collections.namedtuple("SpyRequest", "method path headers status")
+
+
+class HeaderSpy:
+    """HTTP/1.1 forwarder on 127.0.0.1:random in front of target_url (e.g. the mirror):
+    every request is passed on unchanged (hop-by-hop headers aside, one upstream connection
+    per request) and recorded in .requests as SpyRequest(method, path with query, headers
+    with lower-case names, status answered).  For checking what a real client sends, e.g.
+    whether it sends Authorization to a mirror at all."""
+
+    HOP = ("connection", "keep-alive", "proxy-connection", "transfer-encoding", "te",
+           "trailer", "upgrade")
+
+    def __init__(self, ws, target_url):
+        self.ws = ws
+        self.target = target_url.rstrip("/")
+        self.requests = []
+        self._lock = threading.Lock()
+        self.httpd = _QuietServer(("127.0.0.1", 0), _make_spy_handler(self))
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+        _cleanup.add(self.stop)
+
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    @property
+    def url(self):
+        return "http://" + self.host
+
+    def stop(self):
+        if self.httpd:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+            self.httpd = None
+
+    def with_header(self, name):
+        """The recorded requests that carried header name."""
+        with self._lock:
+            return [r for r in self.requests if name.lower() in r.headers]
+
+    def clear(self):
+        with self._lock:
+            self.requests = []
+
+
+def _make_spy_handler(spy):
+    class H(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def _forward(self):
+            n = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(n) if n > 0 else None
+            hdrs = {k: v for k, v in self.headers.items() if k.lower() not in spy.HOP}
+            conn, _ = _conn_for(spy.target + "/", 60)
+            try:
+                conn.request(self.command, self.path, body=body, headers=hdrs)
+                resp = conn.getresponse()
+                data = resp.read()
+                with spy._lock:
+                    spy.requests.append(SpyRequest(self.command, self.path,
+                                                   {k.lower(): v for k, v in self.headers.items()},
+                                                   resp.status))
+                self.send_response_only(resp.status, resp.reason)
+                clen = None
+                for k, v in resp.getheaders():
+                    if k.lower() in spy.HOP:
+                        continue
+                    if k.lower() == "content-length":
+                        clen = v
+                        continue
+                    self.send_header(k, v)
+                if self.command == "HEAD":
+                    if clen is not None:
+                        self.send_header("Content-Length", clen)
+                else:
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+            finally:
+                conn.close()
+
+        do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = _forward
+
+    return H
+
+
+# --------------------------------------------------------------------------------------
+# a network namespace of the test's own
+
+def private_netns():
+    """Move this test process, and so every process it starts from now on, into a new
+    network namespace with only loopback, and bring it up: a client with a built-in
+    fallback to the internet (Docker falls back to registry-1.docker.io when its mirror
+    fails) then reaches nothing.  Call it first, before any thread or child process
+    exists (unshare(2) moves the calling thread only).  Nothing to clean up: the namespace
+    goes away with the last process in it, whatever way the test ends.  Returns the
+    output of `ip -o link` and `ip route` inside it, for the test to check."""
+    import ctypes
+    if threading.active_count() != 1:
+        raise RuntimeError("private_netns() must run before any thread is started")
+    libc = ctypes.CDLL(None, use_errno=True)
+    clone_newnet = 0x40000000
+    if libc.unshare(clone_newnet) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "unshare(CLONE_NEWNET): %s" % os.strerror(e))
+    run(["ip", "link", "set", "lo", "up"], timeout=10)
+    links = run(["ip", "-o", "link"], timeout=10).out
+    routes = run(["ip", "route"], timeout=10).out
+    return links, routes

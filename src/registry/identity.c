@@ -59,8 +59,8 @@ static void setup_docker_config(struct regid *ri, const rgm_registry_cfg_t *reg)
     if (err == 1) {
         ri->src = SRC_HELPER;
         ri->helper = helper;
-        rgm_log(RGM_LOG_INFO, "identity", "registry %s: credential helper %s (from %s)",
-                reg->name, helper, reg->docker_config);
+        rgm_log(RGM_LOG_INFO, "identity", "registry %s: credential helper %s (from %s)", reg->name,
+                helper, reg->docker_config);
         return;
     }
     if (rgm_auth_docker_config_lookup(reg->docker_config, reg->name, &user, &pass) == 0) {
@@ -75,8 +75,7 @@ static void setup_docker_config(struct regid *ri, const rgm_registry_cfg_t *reg)
     free(pass);
 }
 
-rgm_identity_t *rgm_identity_new(uv_loop_t *loop, const rgm_config_t *cfg, char *err,
-                                 size_t errlen)
+rgm_identity_t *rgm_identity_new(uv_loop_t *loop, const rgm_config_t *cfg, char *err, size_t errlen)
 {
     rgm_identity_t *id = rgm_calloc(1, sizeof(*id));
     const rgm_registry_cfg_t *reg;
@@ -170,8 +169,8 @@ static int image_of(const rgm_registry_cfg_t *reg, const char *repo, char *out, 
     return n < 0 || (size_t)n >= len ? UV_ENAMETOOLONG : 0;
 }
 
-static int uses_providers(const rgm_identity_t *id, const rgm_registry_cfg_t *reg,
-                          const char *repo, char *image, size_t len)
+static int uses_providers(const rgm_identity_t *id, const rgm_registry_cfg_t *reg, const char *repo,
+                          char *image, size_t len)
 {
     if (!id->providers || reg->is_mirror || has_own(reg))
         return 0;
@@ -225,11 +224,11 @@ int rgm_identity_metrics(const rgm_identity_t *id, rgm_buf_t *out)
                                 "by source and registry.\n"
                                 "# TYPE regmirror_credential_errors_total counter\n");
     for (i = 0; i < id->n_errors; i++)
-        err |= rgm_buf_appendf(out,
-                               "regmirror_credential_errors_total{source=%s,registry=%s} %llu\n",
-                               rgm_log_quote(id->errors[i].source, src, sizeof(src)),
-                               rgm_log_quote(id->errors[i].registry, reg, sizeof(reg)),
-                               (unsigned long long)id->errors[i].n);
+        err |=
+            rgm_buf_appendf(out, "regmirror_credential_errors_total{source=%s,registry=%s} %llu\n",
+                            rgm_log_quote(id->errors[i].source, src, sizeof(src)),
+                            rgm_log_quote(id->errors[i].registry, reg, sizeof(reg)),
+                            (unsigned long long)id->errors[i].n);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 

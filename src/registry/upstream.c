@@ -52,14 +52,7 @@ struct rgm_upstream {
 
 /* STEP_FRESH: the upstream refused kept helper/plugin credentials: run it again, once.
  * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own. */
-enum step {
-    STEP_NONE = 0,
-    STEP_TOKEN,
-    STEP_RETRY_OWN,
-    STEP_CLIENT,
-    STEP_FRESH,
-    STEP_AFTER_PROOF
-};
+enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_FRESH, STEP_AFTER_PROOF };
 
 struct rgm_upcall {
     rgm_upstream_t *up;

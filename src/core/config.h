@@ -22,9 +22,9 @@ typedef struct rgm_registry_cfg {
     /* Failure behaviour, each the registry's own when set, else the top level's: read them
      * with the rgm_config_*() accessors below. 0 is unset; a set value v is stored as v + 1
      * (RGM_CFGKEY_OPTIONAL), so a zeroed registry inherits everything. */
-    uint64_t max_stale_opt;    /* ms + 1 */
+    uint64_t max_stale_opt;     /* ms + 1 */
     int stale_on_not_found_opt; /* 1 false, 2 true */
-    uint64_t negative_ttl_opt; /* ms + 1 */
+    uint64_t negative_ttl_opt;  /* ms + 1 */
     unsigned ratelimit_reserve_opt;
 } rgm_registry_cfg_t;
 
@@ -56,10 +56,10 @@ typedef struct rgm_config {
     uint64_t auth_cache_ttl_ms; /* private access decisions */
 
     /* failure behaviour: the defaults of every registry (see rgm_registry_cfg_t) */
-    uint64_t max_stale_opt;      /* 0: no bound; else ms + 1 */
-    int stale_on_not_found;      /* serve a public cached tag the upstream now answers 404 */
-    uint64_t negative_ttl_ms;    /* a 404 is remembered this long; 0: off */
-    unsigned ratelimit_reserve;  /* RateLimit-Remaining below this: WARN, gauge, no prewarm */
+    uint64_t max_stale_opt;     /* 0: no bound; else ms + 1 */
+    int stale_on_not_found;     /* serve a public cached tag the upstream now answers 404 */
+    uint64_t negative_ttl_ms;   /* a 404 is remembered this long; 0: off */
+    unsigned ratelimit_reserve; /* RateLimit-Remaining below this: WARN, gauge, no prewarm */
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */

@@ -129,8 +129,7 @@ static void answer_not_started(struct rq *q, int err)
         return;
     }
     snprintf(h, sizeof(h), "Retry-After: %llu\r\n", (unsigned long long)(ms + 999) / 1000);
-    rq_error(q, 429, "TOOMANYREQUESTS", "the upstream registry asked the mirror to wait (429)",
-             h);
+    rq_error(q, 429, "TOOMANYREQUESTS", "the upstream registry asked the mirror to wait (429)", h);
 }
 
 /* Did the upstream answer 404 to the mirror's own identity for this, within negative_ttl?
@@ -160,8 +159,8 @@ static uint64_t stale_age(struct rq *q)
     uint64_t checked = 0;
     uint64_t due;
 
-    if (q->path.is_digest || rgm_index_get_tag(q->r->index, q->reg->name, q->repo,
-                                               q->path.reference, d, &checked) < 0)
+    if (q->path.is_digest ||
+        rgm_index_get_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d, &checked) < 0)
         return 0;
     due = checked + q->reg->tag_ttl_ms;
     return rgm_time_ms() > due ? rgm_time_ms() - due : 0;
@@ -175,7 +174,8 @@ static int cached_manifest(struct rq *q, const char *digest)
         q->obj.kind != RGM_OBJ_MANIFEST || !rq_may_vouch(q, digest))
         return 0;
     q->has_obj = 1;
-    return rgm_req_header(q->req, "Accept") == NULL || accept_admits(accept_of(q), q->obj.media_type);
+    return rgm_req_header(q->req, "Accept") == NULL ||
+           accept_admits(accept_of(q), q->obj.media_type);
 }
 
 /* ---- serving a cached manifest ---- */

@@ -28,9 +28,9 @@ struct regstate {
     uint64_t bytes;   /* response body bytes */
     int64_t rl_limit; /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
     int64_t rl_remaining;
-    unsigned failures;   /* consecutive requests that got no response at all */
-    uint64_t last_fail;  /* wall ms of the last counted failure */
-    uint64_t down_until; /* wall ms: fail fast until then */
+    unsigned failures;      /* consecutive requests that got no response at all */
+    uint64_t last_fail;     /* wall ms of the last counted failure */
+    uint64_t down_until;    /* wall ms: fail fast until then */
     uint64_t limited_until; /* wall ms: after a 429, no manifest request until then */
     int is_in_reserve;      /* rl_remaining is below ratelimit_reserve (warned once) */
     uint64_t pulls;         /* manifest GETs answered 2xx: what Docker Hub counts */
@@ -90,8 +90,8 @@ struct rgm_upcall {
     int own_status;    /* the last main answer to the mirror's own identity; 0: none */
     int is_manifest;   /* suffix is manifests/...: counts for the pull budget */
     char *missing_key; /* manifests/ and blobs/ calls: the key of up->missing, else NULL */
-    char *challenge; /* last WWW-Authenticate seen */
-    char *sent_auth; /* Authorization of the current main request */
+    char *challenge;   /* last WWW-Authenticate seen */
+    char *sent_auth;   /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
 };
@@ -768,8 +768,8 @@ static int per_registry(const rgm_upstream_t *up, rgm_buf_t *out, const char *na
         } else {
             memcpy(&v, p, sizeof(v));
         }
-        err |= rgm_buf_appendf(out, "%s{registry=\"%s\"} %llu\n", name,
-                               up->cfg->registries[i].name, (unsigned long long)v);
+        err |= rgm_buf_appendf(out, "%s{registry=\"%s\"} %llu\n", name, up->cfg->registries[i].name,
+                               (unsigned long long)v);
     }
     return err;
 }

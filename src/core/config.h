@@ -26,6 +26,11 @@ typedef struct rgm_registry_cfg {
     int stale_on_not_found_opt; /* 1 false, 2 true */
     uint64_t negative_ttl_opt;  /* ms + 1 */
     unsigned ratelimit_reserve_opt;
+    char *cred_helper;         /* credentials.helper: docker-credential-NAME, or a path */
+    uint64_t cred_lifetime_ms; /* credentials.lifetime: a helper's answer is kept (5 m) */
+    uint64_t cred_timeout_ms;  /* credentials.timeout: a helper run's deadline (10 s) */
+    int is_private; /* "private": true — content fetched with the mirror's own identity is
+                     * still subject to the access rule */
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
@@ -60,6 +65,10 @@ typedef struct rgm_config {
     int stale_on_not_found;     /* serve a public cached tag the upstream now answers 404 */
     uint64_t negative_ttl_ms;   /* a 404 is remembered this long; 0: off */
     unsigned ratelimit_reserve; /* RateLimit-Remaining below this: WARN, gauge, no prewarm */
+    /* kubelet credential provider plugins (credential_providers.*, or the kubelet's flags) */
+    char *cred_provider_config;        /* a CredentialProviderConfig file; NULL: none */
+    char *cred_provider_bin_dir;       /* where the plugins are */
+    uint64_t cred_provider_timeout_ms; /* a plugin run's deadline (the kubelet's 1 m) */
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */

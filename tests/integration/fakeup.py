@@ -123,6 +123,18 @@ class FakeUpstream:
             self.httpd = None
             rgmtest._cleanup.remove(self._cleanup_fn)
 
+    def kill(self):
+        """Stop, and also cut the keep-alive connections already open, so that the next
+        request to this port is refused (stop() alone lets open connections go on)."""
+        httpd = self.httpd
+        self.stop()
+        if httpd:
+            for sock in list(httpd.open_socks):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
     # -- content
     def add_blob(self, data):
         d = digest_of(data)
@@ -238,10 +250,18 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr, handler, ctx):
         self.ctx = ctx
         self.connections = 0  # TCP connections accepted (keep-alive reuse checks)
+        self.open_socks = set()  # accepted sockets not yet closed (kill())
         super().__init__(addr, handler)
 
     def finish_request(self, request, client_address):
         self.connections += 1
+        self.open_socks.add(request)
+        try:
+            self._finish(request, client_address)
+        finally:
+            self.open_socks.discard(request)
+
+    def _finish(self, request, client_address):
         # TLS handshake in the per-connection thread, not in the accept loop
         if self.ctx is not None:
             try:

@@ -24,6 +24,8 @@ typedef struct rgm_client_opts {
 typedef struct rgm_tls_opts {
     const char *ca_file;      /* PEM bundle, or NULL for the system CAs */
     int insecure_skip_verify; /* no verification at all (logged as a warning by the caller) */
+    const char *client_cert_file; /* PEM chain presented to the server, or NULL */
+    const char *client_key_file;  /* its key; both or neither */
 } rgm_tls_opts_t;
 
 typedef struct rgm_upreq_cbs {

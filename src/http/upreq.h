@@ -39,6 +39,8 @@ struct rgm_upreq {
     int orig_port;
     char *ca_file;
     int insecure;
+    char *cert_file; /* the client certificate presented to the first URL's origin */
+    char *key_file;
     struct uphdr_list hdrs;
     int has_bad_header;
     unsigned max_redirects;

@@ -184,6 +184,8 @@ static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
 
     t.ca_file = reg->ca_file;
     t.insecure_skip_verify = reg->insecure_skip_verify;
+    t.client_cert_file = reg->client_cert_file;
+    t.client_key_file = reg->client_key_file;
     return t;
 }
 

@@ -56,6 +56,7 @@ struct serve {
     uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
     uv_timer_t tls_timer;   /* stat the TLS files */
+    rgm_cidr_t *allow_nets; /* allow_upstream_networks, parsed (the client borrows it) */
     uint64_t tls_sig;       /* what they looked like at the last (re)load */
     int is_stopping;
 };
@@ -421,6 +422,16 @@ int rgm_cmd_serve(int argc, char **argv)
     memset(&copts, 0, sizeof(copts));
     copts.connect_timeout_ms = s.cfg.upstream_connect_timeout_ms;
     copts.read_timeout_ms = s.cfg.upstream_read_timeout_ms;
+    {
+        const char *bad = NULL;
+
+        /* validated at load: a failure here is a bug */
+        RGM_BUG_ON(rgm_cidr_parse_list(s.cfg.allow_upstream_networks,
+                                       s.cfg.allow_upstream_networks_len, &s.allow_nets,
+                                       &bad) < 0);
+        copts.allow_nets = s.allow_nets;
+        copts.allow_nets_len = s.cfg.allow_upstream_networks_len;
+    }
     s.fetches = rgm_fetches_new(&s.loop, s.store);
     s.client = rgm_client_new(&s.loop, &copts);
     s.up = rgm_upstream_new(&s.loop, &s.cfg, s.client);
@@ -495,6 +506,7 @@ out_free:
     rgm_routes_free(s.routes);
     rgm_upstream_free(s.up);
     rgm_fetches_free(s.fetches);
+    free(s.allow_nets);
 out_cache:
     if (s.index)
         rgm_index_close(s.index);

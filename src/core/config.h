@@ -21,6 +21,8 @@ typedef struct rgm_registry_cfg {
     char *password_file;           /* credentials.password_file: path of the password */
     char *password;                /* read from password_file at load; never logged or printed */
     char *docker_config;           /* credentials.docker_config: path of a docker config.json */
+    int is_unlisted; /* not a config key: made for allow_any_registry, so its host is a client's
+                      * choice and may resolve only to public addresses (no SSRF) */
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {

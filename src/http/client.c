@@ -91,6 +91,11 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     return r;
 }
 
+void rgm_upreq_set_net_policy(rgm_upreq_t *r, enum rgm_net_policy p)
+{
+    r->net = p;
+}
+
 void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value)
 {
     if (!rgm_uphead_is_field_safe(name) || !rgm_uphead_is_field_safe(value) || name[0] == '\0' ||

@@ -214,7 +214,7 @@ static void dispatch(rgm_upreq_t *r)
 
     r->state = R_QUEUED;
     r->user.ops = &user_ops;
-    rgm_pool_dispatch(r->pool, &r->user, &r->u, &tls);
+    rgm_pool_dispatch(r->pool, &r->user, &r->u, &tls, r->net);
 }
 
 /* ---- writing the request ---- */
@@ -637,6 +637,9 @@ static void follow_redirect(rgm_upreq_t *r)
         r->insecure = 0;
         RGM_FREE(r->cert_file); /* nor does the client certificate go there */
         RGM_FREE(r->key_file);
+        /* Nor the trust in its addresses: a redirect may name any host. */
+        if (r->net == RGM_NET_ANY)
+            r->net = RGM_NET_NO_LINKLOCAL;
     }
     rgm_log(RGM_LOG_DEBUG, "client", "redirect %d (%u of %u)", r->status, r->n_redirects,
             r->max_redirects);

@@ -39,6 +39,7 @@ struct rgm_upreq {
     int orig_port;
     char *ca_file;
     int insecure;
+    enum rgm_net_policy net;
     char *cert_file; /* the client certificate presented to the first URL's origin */
     char *key_file;
     struct uphdr_list hdrs;

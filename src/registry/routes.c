@@ -115,6 +115,7 @@ static const rgm_registry_cfg_t *any_registry(rgm_routes_t *r, const char *name)
     reg->name = rgm_strdup(name);
     reg->endpoint = rgm_strdup(url);
     reg->tag_ttl_ms = 60000;
+    reg->is_unlisted = 1;
     return reg;
 }
 

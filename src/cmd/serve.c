@@ -394,6 +394,29 @@ static int start_reconcile(struct serve *s)
     return uv_timer_start(&s->reconcile_timer, on_reconcile, 0, 0);
 }
 
+/* Listen on each of addrs: the main listeners (TLS when set) or the health ones (plain). */
+static int listen_all(struct serve *s, char **addrs, size_t n, int is_health)
+{
+    size_t i;
+    int err;
+
+    for (i = 0; i < n; i++) {
+        err = is_health ? rgm_server_listen_health(s->server, addrs[i])
+                        : rgm_server_listen(s->server, addrs[i]);
+        if (err < 0) {
+            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", addrs[i], uv_strerror(err));
+            return err;
+        }
+        if (is_health)
+            rgm_log(RGM_LOG_INFO, "serve",
+                    "health listener on %s (plain HTTP: /healthz, /readyz, /metrics)", addrs[i]);
+        else
+            rgm_log(RGM_LOG_INFO, "serve", "listening on %s%s (storage %s)", addrs[i],
+                    s->cfg.tls_cert_file ? " (https)" : "", s->cfg.storage);
+    }
+    return 0;
+}
+
 int rgm_cmd_serve(int argc, char **argv)
 {
     struct serve s;
@@ -427,8 +450,7 @@ int rgm_cmd_serve(int argc, char **argv)
 
         /* validated at load: a failure here is a bug */
         RGM_BUG_ON(rgm_cidr_parse_list(s.cfg.allow_upstream_networks,
-                                       s.cfg.allow_upstream_networks_len, &s.allow_nets,
-                                       &bad) < 0);
+                                       s.cfg.allow_upstream_networks_len, &s.allow_nets, &bad) < 0);
         copts.allow_nets = s.allow_nets;
         copts.allow_nets_len = s.cfg.allow_upstream_networks_len;
     }
@@ -443,26 +465,9 @@ int rgm_cmd_serve(int argc, char **argv)
         goto out_stop;
     }
 
-    for (i = 0; i < s.cfg.listen_len; i++) {
-        err = rgm_server_listen(s.server, s.cfg.listen[i]);
-        if (err < 0) {
-            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", s.cfg.listen[i],
-                    uv_strerror(err));
-            goto out_stop;
-        }
-        rgm_log(RGM_LOG_INFO, "serve", "listening on %s%s (storage %s)", s.cfg.listen[i],
-                s.cfg.tls_cert_file ? " (https)" : "", s.cfg.storage);
-    }
-    for (i = 0; i < s.cfg.health_listen_len; i++) {
-        err = rgm_server_listen_health(s.server, s.cfg.health_listen[i]);
-        if (err < 0) {
-            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", s.cfg.health_listen[i],
-                    uv_strerror(err));
-            goto out_stop;
-        }
-        rgm_log(RGM_LOG_INFO, "serve", "health listener on %s (plain HTTP: /healthz, /readyz, "
-                "/metrics)", s.cfg.health_listen[i]);
-    }
+    if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
+        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
+        goto out_stop;
     if (start_signals(&s) < 0)
         goto out_stop;
     uv_timer_init(&s.loop, &s.flush_timer);

@@ -27,16 +27,16 @@ typedef struct rgm_client_opts {
  * name that resolves, or rebinds, to a refused address is refused too). A refusal ends the
  * request with UV_EPERM before any connection to that address is attempted. */
 enum rgm_net_policy {
-    RGM_NET_ANY = 0,       /* a configured registry: trusted as written */
-    RGM_NET_NO_LINKLOCAL,  /* its redirects and token realms: no 169.254/16, fe80::/10 */
-    RGM_NET_PUBLIC,        /* a host a client chose: public addresses only, no IP literal,
-                            * unless allow_nets names it */
+    RGM_NET_ANY = 0,      /* a configured registry: trusted as written */
+    RGM_NET_NO_LINKLOCAL, /* its redirects and token realms: no 169.254/16, fe80::/10 */
+    RGM_NET_PUBLIC,       /* a host a client chose: public addresses only, no IP literal,
+                           * unless allow_nets names it */
 };
 
 /* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
 typedef struct rgm_tls_opts {
-    const char *ca_file;      /* PEM bundle, or NULL for the system CAs */
-    int insecure_skip_verify; /* no verification at all (logged as a warning by the caller) */
+    const char *ca_file;          /* PEM bundle, or NULL for the system CAs */
+    int insecure_skip_verify;     /* no verification at all (logged as a warning by the caller) */
     const char *client_cert_file; /* PEM chain presented to the server, or NULL */
     const char *client_key_file;  /* its key; both or neither */
 } rgm_tls_opts_t;

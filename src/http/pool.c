@@ -547,8 +547,7 @@ static int net_allows(const struct conn *conn, const struct sockaddr *sa)
         else
             (void)uv_ip4_name((const struct sockaddr_in *)(const void *)sa, ip, sizeof(ip));
         rgm_log(RGM_LOG_WARN, "client", "not connecting to %s (%s%s) for %s: not allowed", ip,
-                rgm_addr_class_name(cl), rgm_tls_is_ip(o->host) ? ", an IP literal" : "",
-                o->host);
+                rgm_addr_class_name(cl), rgm_tls_is_ip(o->host) ? ", an IP literal" : "", o->host);
     }
     return ok;
 }

@@ -110,8 +110,8 @@ void rgm_pool_unref(struct pool *p);
 
 /* Queue u (ops set, not queued or bound) for a connection to url's scheme, host and port, with
  * the TLS settings tls for https (NULL: system CAs, verify, no client certificate; the strings
- * are copied), connecting only where net allows (pooled separately per policy). on_bound runs when an idle
- * connection is free or a new one may be opened: from inside this call or later. */
+ * are copied), connecting only where net allows (pooled separately per policy). on_bound runs when
+ * an idle connection is free or a new one may be opened: from inside this call or later. */
 void rgm_pool_dispatch(struct pool *p, struct pool_user *u, const rgm_url_t *url,
                        const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net);
 /* u lets go: leaves its queue, or is unbound from its connection, which is neither closed nor

@@ -93,8 +93,8 @@ static int conn_peer(struct conn *c)
         if (uv_ip4_name(a, ip, sizeof(ip)) == 0)
             snprintf(c->client, sizeof(c->client), "%s:%u", ip, ntohs(a->sin_port));
     }
-    return srv->allow_len == 0 || rgm_cidr_match(srv->allow, srv->allow_len,
-                                                 (const struct sockaddr *)&ss);
+    return srv->allow_len == 0 ||
+           rgm_cidr_match(srv->allow, srv->allow_len, (const struct sockaddr *)&ss);
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -176,11 +176,11 @@ int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b)
     err |= rgm_buf_appendf(b, "# HELP regmirror_connections_refused_total Client connections "
                               "closed at accept.\n# TYPE regmirror_connections_refused_total "
                               "counter\n");
-    err |= rgm_buf_appendf(b,
-                           "regmirror_connections_refused_total{reason=\"allow_clients\"} %" PRIu64
-                           "\nregmirror_connections_refused_total{reason=\"max_connections\"} %" PRIu64
-                           "\n",
-                           srv->refused_allow, srv->refused_max);
+    err |= rgm_buf_appendf(
+        b,
+        "regmirror_connections_refused_total{reason=\"allow_clients\"} %" PRIu64
+        "\nregmirror_connections_refused_total{reason=\"max_connections\"} %" PRIu64 "\n",
+        srv->refused_allow, srv->refused_max);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 
@@ -200,8 +200,8 @@ rgm_server_t *rgm_server_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_handl
         const char *bad = NULL;
 
         /* validated at load: a failure here is a bug */
-        RGM_BUG_ON(rgm_cidr_parse_list(cfg->allow_clients, cfg->allow_clients_len, &srv->allow,
-                                       &bad) < 0);
+        RGM_BUG_ON(
+            rgm_cidr_parse_list(cfg->allow_clients, cfg->allow_clients_len, &srv->allow, &bad) < 0);
         srv->allow_len = cfg->allow_clients_len;
     }
     return srv;

@@ -239,8 +239,10 @@ int rgm_tls_client_reload(void)
         SSL_CTX *ctx = ctx_create(&cfg, msg, sizeof(msg), &err);
 
         if (!ctx) {
-            rgm_log(RGM_LOG_ERROR, "tls", "re-reading client TLS files failed, keeping the old "
-                    "ones: %s", msg);
+            rgm_log(RGM_LOG_ERROR, "tls",
+                    "re-reading client TLS files failed, keeping the old "
+                    "ones: %s",
+                    msg);
             failures++;
             continue;
         }
@@ -287,7 +289,7 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
 
 /* TLS 1.2 suites: ECDHE with AEAD only, in the server's order. TLS 1.3's are all AEAD. */
 #define SERVER_CIPHERS                                                                             \
-    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"    \
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:"     \
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305"
 
 static int server_settings(SSL_CTX *ctx)
@@ -309,7 +311,7 @@ static int server_settings(SSL_CTX *ctx)
 
 static int load_client_ca(SSL_CTX *ctx, const char *ca_file, char *msg, size_t msglen)
 {
-    STACK_OF(X509_NAME) *names;
+    STACK_OF(X509_NAME) * names;
 
     if (SSL_CTX_load_verify_locations(ctx, ca_file, NULL) != 1)
         return load_fail(ca_file, msg, msglen);

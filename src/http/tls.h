@@ -35,8 +35,7 @@ rgm_tls_t *rgm_tls_new(const rgm_tls_client_cfg_t *cfg, const char *host, int *e
 
 /* Create (or find) the cached context for cfg now, so that a bad file is found at start-up.
  * 0, or UV_EINVAL with "FILE: OpenSSL reason" in msg. */
-RGM_MUST_CHECK int rgm_tls_client_check(const rgm_tls_client_cfg_t *cfg, char *msg,
-                                        size_t msglen);
+RGM_MUST_CHECK int rgm_tls_client_check(const rgm_tls_client_cfg_t *cfg, char *msg, size_t msglen);
 
 /* Re-read the files of every cached client context (SIGHUP, or a file changed). A context that
  * loads replaces the old one for new sessions (live sessions keep theirs); one that fails is

@@ -63,7 +63,10 @@ static const rgm_cfgkey_t credentials_keys[] = {
     REG("username", STRING, username, 0, 0, NULL, 0, "user name for Basic auth and token requests; needs password_file"),
     REG("password_file", STRING, password_file, 0, 0, NULL, 0, "file holding the password (trailing newline stripped), read at load"),
     REG("password", STRING, password, 0, 0, NULL, RGM_CFGKEY_SECRET | RGM_CFGKEY_DERIVED, "the password read from password_file; printed as <redacted>"),
-    REG("docker_config", STRING, docker_config, 0, 0, NULL, 0, "a docker config.json with auths for this registry, checked readable at load"),
+    REG("docker_config", STRING, docker_config, 0, 0, NULL, 0, "a docker config.json (auths, credHelpers, credsStore) for this registry, checked readable at load"),
+    REG("helper", STRING, cred_helper, 0, 0, NULL, 0, "a docker credential helper: NAME runs docker-credential-NAME from PATH, or an absolute path"),
+    REG("lifetime", DURATION, cred_lifetime_ms, 0, 0, "5m", 0, "a credential helper's answer is kept this long (also for docker_config's helpers); 0: ask on every token fetch"),
+    REG("timeout", DURATION, cred_timeout_ms, 1, 0, "10s", 0, "a credential helper run that takes longer is killed; the request goes on anonymously"),
 };
 
 static const rgm_cfgtable_t credentials_table = {
@@ -81,7 +84,20 @@ static const rgm_cfgkey_t registry_keys[] = {
     REG("client_key_file", FILE, client_key_file, 0, 0, NULL, 0, "PEM private key of client_cert_file"),
     REG("mirror", BOOL, is_mirror, 0, 0, "false", 0, "the endpoint is another regmirror (tiering): send ?ns= and the client's Authorization"),
     REG("max_parallel_fetches", UINT, max_parallel_fetches, 0, 1024, "0", 0, "upstream fetches in flight for this registry; 0: only the global limit"),
-    OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, or docker_config"),
+    OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, docker_config, or helper"),
+    REG("private", BOOL, is_private, 0, 0, "false", 0, "content fetched with the mirror's own identity is still served only to clients the registry accepts"),
+};
+
+static const rgm_cfgkey_t providers_keys[] = {
+    TOP("config", FILE, cred_provider_config, 0, 0, NULL, 0, "the kubelet's CredentialProviderConfig (YAML or JSON), as --image-credential-provider-config"),
+    TOP("bin_dir", STRING, cred_provider_bin_dir, 0, 0, NULL, 0, "the directory of the plugins, as --image-credential-provider-bin-dir"),
+    TOP("timeout", DURATION, cred_provider_timeout_ms, 1, 60000, "1m", 0, "a plugin run that takes longer is killed (the kubelet's 1 m at most)"),
+};
+
+static const rgm_cfgtable_t providers_table = {
+    .path = "credential_providers.", .keys = providers_keys,
+    .len = RGM_ARRAY_SIZE(providers_keys), .size = sizeof(rgm_config_t),
+    .is_hinted = 1,
 };
 
 static const rgm_cfgkey_t tls_keys[] = {
@@ -118,6 +134,7 @@ static const rgm_cfgkey_t top_keys[] = {
     TOP("upstream_connect_timeout", DURATION, upstream_connect_timeout_ms, 1, 0, "10s", 0, "upstream TCP connect plus TLS handshake"),
     TOP("upstream_timeout", DURATION, upstream_read_timeout_ms, 1, 0, "60s", 0, "an upstream that sends nothing for this long is given up on"),
     TOP("auth_cache_ttl", DURATION, auth_cache_ttl_ms, 0, 0, "60s", 0, "how long an upstream decision on a client's access to a private repository is kept"),
+    OBJ_("credential_providers", &providers_table, "the kubelet's credential provider plugins as the mirror's own identity, for registries without credentials"),
     TOP("sendfile", BOOL, use_sendfile, 0, 0, "false", 0, "serve blobs with sendfile(2) on plain TCP instead of pread+write"),
     TOP("log_level", LEVEL, log_level, 0, 0, "info", 0, "error, warn, info or debug"),
     TOP("log_file", STRING, log_file, 0, 0, NULL, 0, "log file, appended, reopened on SIGHUP; null: stderr"),
@@ -149,8 +166,10 @@ static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *
     rgm_registry_cfg_t *r = base;
     char kpath[KEY_MAX];
 
-    if (r->docker_config && (r->username || r->password_file))
-        return rgm_cfgval_fail(c, key, "use either username with password_file, or docker_config");
+    if ((r->docker_config && (r->username || r->password_file)) ||
+        (r->cred_helper && (r->username || r->password_file || r->docker_config)))
+        return rgm_cfgval_fail(c, key,
+                               "use one of: username with password_file, docker_config, helper");
     if (r->username && !r->password_file)
         return rgm_cfgval_fail(c, key, "username needs password_file");
     if (r->password_file && !r->username)

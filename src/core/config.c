@@ -151,6 +151,14 @@ int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen)
         return rgm_cfgval_fail(&c, "default_registry",
                                "\"%.200s\" is not one of the configured registries",
                                cfg->default_registry);
+    /* The kubelet needs both of its flags; so do we. */
+    if (!cfg->cred_provider_config != !cfg->cred_provider_bin_dir)
+        return rgm_cfgval_fail(&c, "credential_providers",
+                               "config and bin_dir (--image-credential-provider-config, "
+                               "--image-credential-provider-bin-dir) go together");
+    if (cfg->cred_provider_timeout_ms > 60000)
+        return rgm_cfgval_fail(&c, "credential_providers.timeout",
+                               "at most 1m (the kubelet's timeout; it may only be shortened)");
     return 0;
 }
 
@@ -210,6 +218,9 @@ static const struct flag flags[] = {
     {"tls-key", 0, F_FILE, offsetof(rgm_config_t, tls_key_file)},
     {"tls-client-ca", 0, F_FILE, offsetof(rgm_config_t, tls_client_ca_file)},
     {"health-listen", 0, F_HEALTH_LISTEN, 0},
+    {"image-credential-provider-config", 0, F_STRING, offsetof(rgm_config_t, cred_provider_config)},
+    {"image-credential-provider-bin-dir", 0, F_STRING,
+     offsetof(rgm_config_t, cred_provider_bin_dir)},
     {"help", 'h', F_HELP, 0},
 };
 

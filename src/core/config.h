@@ -21,6 +21,11 @@ typedef struct rgm_registry_cfg {
     char *password_file;           /* credentials.password_file: path of the password */
     char *password;                /* read from password_file at load; never logged or printed */
     char *docker_config;           /* credentials.docker_config: path of a docker config.json */
+    char *cred_helper;             /* credentials.helper: docker-credential-NAME, or a path */
+    uint64_t cred_lifetime_ms;     /* credentials.lifetime: a helper's answer is kept (5 m) */
+    uint64_t cred_timeout_ms;      /* credentials.timeout: a helper run's deadline (10 s) */
+    int is_private; /* "private": true — content fetched with the mirror's own identity is
+                     * still subject to the access rule */
     int is_unlisted; /* not a config key: made for allow_any_registry, so its host is a client's
                       * choice and may resolve only to public addresses (no SSRF) */
 } rgm_registry_cfg_t;
@@ -64,6 +69,11 @@ typedef struct rgm_config {
     uint64_t upstream_connect_timeout_ms;
     uint64_t upstream_read_timeout_ms;
     uint64_t auth_cache_ttl_ms; /* private access decisions */
+
+    /* kubelet credential provider plugins (credential_providers.*, or the kubelet's flags) */
+    char *cred_provider_config;        /* a CredentialProviderConfig file; NULL: none */
+    char *cred_provider_bin_dir;       /* where the plugins are */
+    uint64_t cred_provider_timeout_ms; /* a plugin run's deadline (the kubelet's 1 m) */
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */

@@ -9,6 +9,7 @@
 #include "core/log.h"
 #include "core/util.h"
 #include "registry/auth.h"
+#include "registry/identity.h"
 #include "registry/upstream.h"
 
 #define TOKEN_BODY_MAX  (64 * 1024)
@@ -20,7 +21,6 @@
 
 struct regstate {
     unsigned active; /* fetch slots in use */
-    char *basic;     /* "Basic ..." from the configured credentials, or NULL */
     uint64_t requests[N_CLASSES];
     uint64_t bytes;   /* response body bytes */
     int64_t rl_limit; /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
@@ -44,12 +44,15 @@ struct rgm_upstream {
     struct regstate *regs;     /* parallel to cfg->registries */
     rgm_auth_cache_t *tokens;  /* "registry|scope" -> "Bearer <token>" */
     rgm_auth_cache_t *refused; /* "registry|repo" -> own identity refused recently */
+    rgm_identity_t *id;        /* the mirror's own credentials */
     unsigned active;
     rgm_slot_wait_t *qhead;
     rgm_slot_wait_t *qtail;
 };
 
-enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT };
+/* STEP_FRESH: the upstream refused kept helper/plugin credentials: run it again, once.
+ * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own. */
+enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_FRESH, STEP_AFTER_PROOF };
 
 struct rgm_upcall {
     rgm_upstream_t *up;
@@ -70,7 +73,16 @@ struct rgm_upcall {
     int tried_token;
     int tried_basic;
     int tried_client;
+    int tried_fresh;
     int using_client;
+    int is_proving; /* a private registry: the client's HEAD that proves its access */
+    int is_proven;  /* ... succeeded: content fetched after it is private */
+    int no_own;     /* a private registry and a client without credentials: anonymous only */
+    int has_own;    /* own_auth is what the identity gave in this call */
+    int is_own_cached;
+    char *own_auth; /* "Basic ..." of the mirror's own credentials, or NULL */
+    enum step after_own;
+    rgm_identity_wait_t *idwait;
     int is_paused;
     int is_cancelled;
     int status;
@@ -91,43 +103,27 @@ static struct regstate *regstate(rgm_upstream_t *up, const rgm_registry_cfg_t *r
     return NULL;
 }
 
-static char *own_basic(const rgm_registry_cfg_t *reg)
-{
-    char *user = NULL;
-    char *pass = NULL;
-    char hdr[4096];
-    char *res = NULL;
-
-    if (reg->username && reg->password) {
-        if (rgm_auth_basic_header(reg->username, reg->password, hdr, sizeof(hdr)) == 0)
-            res = rgm_strdup(hdr);
-        return res;
-    }
-    if (!reg->docker_config)
-        return NULL;
-    if (rgm_auth_docker_config_lookup(reg->docker_config, reg->name, &user, &pass) == 0) {
-        if (rgm_auth_basic_header(user, pass, hdr, sizeof(hdr)) == 0)
-            res = rgm_strdup(hdr);
-    } else {
-        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: no entry in docker config %s", reg->name,
-                reg->docker_config);
-    }
-    free(user);
-    free(pass);
-    return res;
-}
-
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client)
 {
     rgm_upstream_t *up = rgm_calloc(1, sizeof(*up));
+    rgm_config_t nocp;
+    char msg[512];
     size_t i;
 
     up->loop = loop;
     up->cfg = cfg;
     up->client = client;
     up->regs = rgm_calloc(cfg->registries_len ? cfg->registries_len : 1, sizeof(*up->regs));
+    up->id = rgm_identity_new(loop, cfg, msg, sizeof(msg));
+    if (!up->id) {
+        /* serve checks the provider config first (rgm_identity_check): not reached there. */
+        rgm_log(RGM_LOG_ERROR, "upstream", "%s; running without credential providers", msg);
+        nocp = *cfg;
+        nocp.cred_provider_config = NULL;
+        up->id = rgm_identity_new(loop, &nocp, msg, sizeof(msg));
+        RGM_BUG_ON(!up->id);
+    }
     for (i = 0; i < cfg->registries_len; i++) {
-        up->regs[i].basic = own_basic(&cfg->registries[i]);
         up->regs[i].rl_limit = -1;
         up->regs[i].rl_remaining = -1;
         if (cfg->registries[i].insecure_skip_verify)
@@ -142,12 +138,9 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
 
 void rgm_upstream_free(rgm_upstream_t *up)
 {
-    size_t i;
-
     if (!up)
         return;
-    for (i = 0; i < up->cfg->registries_len; i++)
-        free(up->regs[i].basic);
+    rgm_identity_free(up->id);
     free(up->regs);
     rgm_auth_cache_free(up->tokens);
     rgm_auth_cache_free(up->refused);
@@ -196,7 +189,7 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     char range[64];
     int err;
 
-    c->req = rgm_upreq_new(c->up->client, c->method, c->url, &tls);
+    c->req = rgm_upreq_new(c->up->client, c->is_proving ? "HEAD" : c->method, c->url, &tls);
     if (c->req && c->reg->is_unlisted)
         rgm_upreq_set_net_policy(c->req, RGM_NET_PUBLIC);
     if (!c->req)
@@ -239,12 +232,19 @@ static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
     rgm_upreq_set_net_policy(c->req, c->reg->is_unlisted ? RGM_NET_PUBLIC : RGM_NET_NO_LINKLOCAL);
     c->is_token_req = 1;
     rgm_buf_reset(&c->tokbody);
-    if (c->rs && c->rs->basic)
-        rgm_upreq_add_header(c->req, "Authorization", c->rs->basic);
+    if (c->own_auth)
+        rgm_upreq_add_header(c->req, "Authorization", c->own_auth);
     err = rgm_upreq_start(c->req, &req_cbs, c);
     if (err < 0)
         c->req = NULL;
     return err;
+}
+
+static void free_own(rgm_upcall_t *c)
+{
+    if (c->own_auth)
+        explicit_bzero(c->own_auth, strlen(c->own_auth));
+    RGM_FREE(c->own_auth);
 }
 
 static void finish(rgm_upcall_t *c, int err)
@@ -258,6 +258,7 @@ static void finish(rgm_upcall_t *c, int err)
     free(c->client_auth);
     free(c->challenge);
     free(c->sent_auth);
+    free_own(c);
     rgm_buf_free(&c->tokbody);
     free(c);
 }
@@ -278,8 +279,15 @@ static enum step after_refusal(rgm_upcall_t *c, int status)
             if (ch[i].scheme == RGM_AUTH_SCHEME_BEARER && !c->tried_token && ch[i].realm[0]) {
                 return STEP_TOKEN;
             }
-            if (ch[i].scheme == RGM_AUTH_SCHEME_BASIC && !c->tried_basic && c->rs && c->rs->basic) {
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BASIC && !c->tried_basic && !c->no_own &&
+                rgm_identity_has(c->up->id, c->reg, c->repo)) {
                 return STEP_RETRY_OWN;
+            }
+            /* Kept helper or plugin credentials refused: ask it again, once. */
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BASIC && c->tried_basic && c->is_own_cached &&
+                !c->tried_fresh && c->sent_auth && c->own_auth &&
+                strcmp(c->sent_auth, c->own_auth) == 0) {
+                return STEP_FRESH;
             }
         }
     }
@@ -323,6 +331,10 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
     if (c->is_token_req)
         return 0;
     c->status = status;
+    if (c->is_proving && status >= 200 && status < 300) {
+        c->next = STEP_AFTER_PROOF; /* a HEAD: no body to swallow */
+        return 0;
+    }
     if (status == 401 || status == 403 || status == 404) {
         wa = rgm_upreq_header(r, "WWW-Authenticate");
         if (wa) {
@@ -351,28 +363,125 @@ static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
     return c->cbs.on_body(c, data, len, c->ud);
 }
 
-static int next_step(rgm_upcall_t *c)
+/* ---- the mirror's own credentials, from rgm_identity (static, helper, plugin) ---- */
+
+static int next_step(rgm_upcall_t *c);
+
+static void set_own(rgm_upcall_t *c, const rgm_cred_t *cred, int is_cached)
+{
+    char hdr[4096];
+
+    free_own(c);
+    c->has_own = 1;
+    c->is_own_cached = is_cached;
+    if (!cred || !cred->username)
+        return;
+    if (cred->is_identity_token) {
+        /* An identity token is an OAuth2 refresh token: it needs the token endpoint's POST
+         * grant_type=refresh_token, which http/client cannot send yet. */
+        rgm_log(RGM_LOG_WARN, "upstream",
+                "registry %s: the credential helper gave an identity token (username <token>), "
+                "which needs an OAuth2 POST this build cannot send; going on anonymously",
+                c->reg->name);
+        rgm_identity_count_error(c->up->id, "identity-token", c->reg->name);
+        return;
+    }
+    if (rgm_auth_basic_header(cred->username, cred->secret, hdr, sizeof(hdr)) == 0)
+        c->own_auth = rgm_strdup(hdr);
+    else
+        rgm_log(RGM_LOG_WARN, "upstream",
+                "registry %s: unusable credentials (':' or a control byte in the username); "
+                "going on anonymously",
+                c->reg->name);
+    explicit_bzero(hdr, sizeof(hdr));
+}
+
+/* Step STEP_TOKEN or STEP_RETRY_OWN, now that own_auth is known. */
+static int do_own_step(rgm_upcall_t *c, enum step step)
 {
     rgm_auth_challenge_t ch[4];
-    char key[1024];
     int n;
     int i;
-    int err = UV_EACCES;
+
+    if (step == STEP_TOKEN) {
+        n = rgm_auth_parse_challenges(c->challenge, ch, RGM_ARRAY_SIZE(ch));
+        for (i = 0; i < n; i++)
+            if (ch[i].scheme == RGM_AUTH_SCHEME_BEARER && ch[i].realm[0])
+                return send_token(c, &ch[i]);
+        return UV_EACCES;
+    }
+    if (c->own_auth) {
+        c->tried_basic = 1;
+        return send_main(c, c->own_auth);
+    }
+    /* No credentials after all (anonymous, or the source failed): the refusal stands. */
+    if (c->client_auth && !c->tried_client) {
+        c->next = STEP_CLIENT;
+        return next_step(c);
+    }
+    return UV_EACCES;
+}
+
+static void on_identity(const rgm_cred_t *cred, void *ud)
+{
+    rgm_upcall_t *c = ud;
+    int err;
+
+    c->idwait = NULL;
+    set_own(c, cred, 0);
+    err = do_own_step(c, c->after_own);
+    if (err < 0) {
+        if (c->cbs.on_head(c, c->status, c->ud) >= 0)
+            err = 0;
+        finish(c, err);
+    }
+}
+
+/* Run step with the mirror's own credentials: at once when they are known, else when the
+ * helper or plugin answers (0 then: nothing in flight but the identity wait). */
+static int with_own(rgm_upcall_t *c, enum step step)
+{
+    rgm_cred_t now;
+    int is_cached = 0;
+
+    if (c->no_own || c->has_own) {
+        if (!c->has_own)
+            set_own(c, NULL, 0);
+        return do_own_step(c, step);
+    }
+    c->after_own = step;
+    if (rgm_identity_get(c->up->id, c->reg, c->repo, on_identity, c, &c->idwait, &now,
+                         &is_cached) == 0)
+        return 0;
+    set_own(c, &now, is_cached);
+    rgm_cred_clear(&now);
+    return do_own_step(c, step);
+}
+
+static int next_step(rgm_upcall_t *c)
+{
+    char key[1024];
 
     switch (c->next) {
     case STEP_TOKEN:
         c->tried_token = 1;
-        n = rgm_auth_parse_challenges(c->challenge, ch, RGM_ARRAY_SIZE(ch));
-        for (i = 0; i < n; i++) {
-            if (ch[i].scheme == RGM_AUTH_SCHEME_BEARER && ch[i].realm[0]) {
-                err = send_token(c, &ch[i]);
-                break;
-            }
-        }
-        return err;
+        return with_own(c, STEP_TOKEN);
     case STEP_RETRY_OWN:
         c->tried_basic = 1;
-        return send_main(c, c->rs->basic);
+        return with_own(c, STEP_RETRY_OWN);
+    case STEP_FRESH:
+        c->tried_fresh = 1;
+        c->has_own = 0;
+        rgm_identity_forget(c->up->id, c->reg, c->repo);
+        return with_own(c, STEP_RETRY_OWN);
+    case STEP_AFTER_PROOF:
+        /* The client may pull this: fetch it with the mirror's own identity, as private. */
+        c->is_proving = 0;
+        c->is_proven = 1;
+        c->using_client = 0;
+        c->tried_client = 0;
+        scope_key(c, "token", key, sizeof(key));
+        return send_main(c, rgm_auth_cache_get(c->up->tokens, key, rgm_time_ms()));
     case STEP_CLIENT:
         /* The mirror's own identity is refused for this repository: remember it briefly, so
          * that the next request with client credentials goes straight to them. */
@@ -403,10 +512,19 @@ static void token_done(rgm_upcall_t *c, int err)
         rgm_auth_parse_token_response(c->tokbody.data, c->tokbody.len, now, &tok) == 0 &&
         snprintf(bearer, sizeof(bearer), "Bearer %s", tok.token) < (int)sizeof(bearer)) {
         scope_key(c, "token", key, sizeof(key));
-        if (tok.expires_ms > now + TOKEN_MARGIN_MS)
+        /* A private registry's anonymous token is not the mirror's to keep for others. */
+        if (tok.expires_ms > now + TOKEN_MARGIN_MS && !c->no_own)
             rgm_auth_cache_put(c->up->tokens, key, bearer, tok.expires_ms - TOKEN_MARGIN_MS);
         rgm_auth_token_clear(&tok);
         err = send_main(c, bearer);
+    } else if (err == 0 && status == 401 && c->is_own_cached && !c->tried_fresh) {
+        /* Kept helper or plugin credentials refused by the realm: ask it again, once. */
+        rgm_auth_token_clear(&tok);
+        c->tried_fresh = 1;
+        c->has_own = 0;
+        c->status = 401;
+        rgm_identity_forget(c->up->id, c->reg, c->repo);
+        err = with_own(c, STEP_TOKEN);
     } else {
         rgm_auth_token_clear(&tok);
         rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request failed (status %d, %s)",
@@ -537,6 +655,14 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
         c->tried_client = 1;
         c->using_client = 1;
         auth = c->client_auth;
+    } else if (o->reg->is_private && !o->reg->is_mirror) {
+        /* "private": the client proves its access with a HEAD of its own first; a client
+         * without credentials gets what anonymous gets. */
+        c->no_own = !c->client_auth;
+        c->is_proving = c->client_auth != NULL;
+        c->tried_client = c->is_proving;
+        c->using_client = c->is_proving;
+        auth = c->client_auth;
     } else {
         scope_key(c, "token", key, sizeof(key));
         /* A cached token that is refused still gets one fresh token fetch. */
@@ -577,8 +703,14 @@ void rgm_upcall_resume(rgm_upcall_t *c)
 void rgm_upcall_cancel(rgm_upcall_t *c)
 {
     c->is_cancelled = 1;
-    if (c->req)
+    if (c->req) {
         rgm_upreq_cancel(c->req);
+    } else if (c->idwait) {
+        /* Waiting for a helper or plugin: nothing else is in flight. */
+        rgm_identity_cancel(c->idwait);
+        c->idwait = NULL;
+        finish(c, UV_ECANCELED);
+    }
 }
 
 int rgm_upcall_status(const rgm_upcall_t *c)
@@ -604,7 +736,7 @@ int64_t rgm_upcall_content_length(const rgm_upcall_t *c)
 
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
 {
-    return c->using_client;
+    return c->using_client || c->is_proven;
 }
 
 int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
@@ -647,6 +779,7 @@ int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
             err |=
                 rgm_buf_appendf(out, "regmirror_upstream_ratelimit_limit{registry=\"%s\"} %lld\n",
                                 up->cfg->registries[i].name, (long long)up->regs[i].rl_limit);
+    err |= rgm_identity_metrics(up->id, out);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 

@@ -35,7 +35,8 @@ typedef struct rgm_upcall_opts {
 
 typedef struct rgm_upcall_cbs {
     /* The final response head (after auth retries). rgm_upcall_used_client_auth() tells
-     * whether the client's credentials were needed. Return 0 to read the body, <0 to stop. */
+     * whether the content is private: the client's credentials were needed, or the registry
+     * is "private" and the client proved its access. Return 0 to read the body, <0 to stop. */
     int (*on_head)(rgm_upcall_t *c, int status, void *ud);
     /* Body bytes of a 2xx response; may call rgm_upcall_pause(). */
     int (*on_body)(rgm_upcall_t *c, const char *data, size_t len, void *ud);
@@ -56,6 +57,8 @@ void rgm_upcall_cancel(rgm_upcall_t *c);
 int rgm_upcall_status(const rgm_upcall_t *c);
 const char *rgm_upcall_header(const rgm_upcall_t *c, const char *name);
 int64_t rgm_upcall_content_length(const rgm_upcall_t *c);
+/* 1 when what this call fetched is private to clients that prove their access: the client's
+ * credentials were needed, or a "private" registry's client proved its access first. */
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c);
 
 /* Append the per-registry upstream counters in Prometheus text format. 0 or UV_ENOBUFS. */

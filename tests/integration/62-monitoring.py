@@ -225,7 +225,7 @@ t.is_((fresh.value("regmirror_cache_max_bytes"), fresh_unlimited.value("regmirro
       (float(MAX_BYTES), 0.0), "regmirror_cache_max_bytes: the limit, 0 when unlimited")
 empty = sorted(f for f in fresh.families() if not any(n == f for (n, _) in fresh.samples))
 t.ok(set(empty) <= {"regmirror_upstream_ratelimit_remaining", "regmirror_upstream_ratelimit_limit",
-                    "regmirror_http_requests_total"},
+                    "regmirror_http_requests_total", "regmirror_credential_errors_total"},
      "fresh start: only the families whose series appear with traffic have no sample yet",
      diag=empty)
 

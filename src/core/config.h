@@ -24,8 +24,8 @@ typedef struct rgm_registry_cfg {
     char *cred_helper;             /* credentials.helper: docker-credential-NAME, or a path */
     uint64_t cred_lifetime_ms;     /* credentials.lifetime: a helper's answer is kept (5 m) */
     uint64_t cred_timeout_ms;      /* credentials.timeout: a helper run's deadline (10 s) */
-    int is_private; /* "private": true — content fetched with the mirror's own identity is
-                     * still subject to the access rule */
+    int is_private;  /* "private": true — content fetched with the mirror's own identity is
+                      * still subject to the access rule */
     int is_unlisted; /* not a config key: made for allow_any_registry, so its host is a client's
                       * choice and may resolve only to public addresses (no SSRF) */
 } rgm_registry_cfg_t;

@@ -9,7 +9,7 @@
 #include "core/buf.h"
 #include "registry/request.h"
 
-static const char *const cache_names[] = {"HIT", "MISS", "JOIN", "STALE", "NONE"};
+static const char *const cache_names[] = {"HIT", "MISS", "JOIN", "STALE", "NONE", "NEGATIVE"};
 
 int metrics_cache_idx(const char *status)
 {
@@ -94,6 +94,9 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
            m->access_checks);
     SIMPLE("regmirror_access_denied_total", "counter", "Private content refused.",
            m->access_denied);
+    SIMPLE("regmirror_stale_refused_total", "counter",
+           "Cached tags not served stale because they were older than max_stale (503).",
+           m->stale_refused);
     SIMPLE("regmirror_fetches_in_flight", "gauge", "Upstream fetch slots in use.",
            rgm_upstream_slots_used(r->up));
     SIMPLE("regmirror_fetches_queued", "gauge", "Fetches waiting for a slot.",

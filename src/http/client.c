@@ -76,6 +76,10 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     if (tls) {
         r->ca_file = tls->ca_file ? rgm_strdup(tls->ca_file) : NULL;
         r->insecure = tls->insecure_skip_verify ? 1 : 0;
+        if (tls->client_cert_file && tls->client_key_file) {
+            r->cert_file = rgm_strdup(tls->client_cert_file);
+            r->key_file = rgm_strdup(tls->client_key_file);
+        }
     }
     r->max_redirects = 5;
     rgm_uphead_block_init(&r->head);
@@ -85,6 +89,11 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     (void)uv_timer_init(c->pool.loop, &r->timer);
     rgm_pool_ref(&c->pool);
     return r;
+}
+
+void rgm_upreq_set_net_policy(rgm_upreq_t *r, enum rgm_net_policy p)
+{
+    r->net = p;
 }
 
 void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value)

@@ -86,6 +86,8 @@ static void on_req_closed(uv_handle_t *h)
     free(r->method);
     free(r->url);
     free(r->ca_file);
+    free(r->cert_file);
+    free(r->key_file);
     rgm_uphead_block_free(&r->head);
     bytes_free(&r->hold);
     bytes_free(&r->raw);
@@ -221,9 +223,11 @@ static const struct pool_user_ops user_ops = {
 
 static void dispatch(rgm_upreq_t *r)
 {
+    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file};
+
     r->state = R_QUEUED;
     r->user.ops = &user_ops;
-    rgm_pool_dispatch(r->pool, &r->user, &r->u, r->ca_file, r->insecure);
+    rgm_pool_dispatch(r->pool, &r->user, &r->u, &tls, r->net);
 }
 
 /* ---- writing the request ---- */
@@ -668,6 +672,11 @@ static void follow_redirect(rgm_upreq_t *r)
          * in the CDN or object store it redirects to: those are verified with the system CAs. */
         RGM_FREE(r->ca_file);
         r->insecure = 0;
+        RGM_FREE(r->cert_file); /* nor does the client certificate go there */
+        RGM_FREE(r->key_file);
+        /* Nor the trust in its addresses: a redirect may name any host. */
+        if (r->net == RGM_NET_ANY)
+            r->net = RGM_NET_NO_LINKLOCAL;
     }
     rgm_log(RGM_LOG_DEBUG, "client", "redirect %d (%u of %u)", r->status, r->n_redirects,
             r->max_redirects);

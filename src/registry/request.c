@@ -189,6 +189,10 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
 
     if (!q->req)
         return;
+    if (status == 0 && err == UV_EPERM) {
+        rq_error(q, 403, "DENIED", "the upstream address is not allowed", NULL);
+        return;
+    }
     if (status == 0) {
         q->r->m.upstream_errors++;
         snprintf(msg, sizeof(msg), "upstream unreachable: %s", uv_strerror(err));

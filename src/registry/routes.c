@@ -117,6 +117,7 @@ static const rgm_registry_cfg_t *any_registry(rgm_routes_t *r, const char *name)
     reg->name = rgm_strdup(name);
     reg->endpoint = rgm_strdup(url);
     reg->tag_ttl_ms = 60000;
+    reg->is_unlisted = 1;
     return reg;
 }
 
@@ -169,6 +170,14 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
     int err;
 
     rgm_req_set_cache_status(req, "MISS");
+    if (rgm_req_is_health(req)) {
+        /* a health_listen address: probes and scrapes only, whatever the path */
+        if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
+            return;
+        rgm_resp_error(req, 404, "NOT_FOUND", "only /healthz, /readyz and /metrics here",
+                       RGM_V2_HDR);
+        return;
+    }
     if (path[0] != '/' || (strncmp(path, "/v2", 3) != 0 || (path[3] != '\0' && path[3] != '/'))) {
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;

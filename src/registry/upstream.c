@@ -198,6 +198,8 @@ static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
 
     t.ca_file = reg->ca_file;
     t.insecure_skip_verify = reg->insecure_skip_verify;
+    t.client_cert_file = reg->client_cert_file;
+    t.client_key_file = reg->client_key_file;
     return t;
 }
 
@@ -209,6 +211,8 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     int err;
 
     c->req = rgm_upreq_new(c->up->client, c->is_proving ? "HEAD" : c->method, c->url, &tls);
+    if (c->req && c->reg->is_unlisted)
+        rgm_upreq_set_net_policy(c->req, RGM_NET_PUBLIC);
     if (!c->req)
         return UV_EINVAL;
     c->is_token_req = 0;
@@ -270,6 +274,9 @@ static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
     c->req = new_token_req(c, ch, ch->scope[0] ? ch->scope : ours);
     if (!c->req)
         return UV_EINVAL;
+    /* A realm is named by the registry's answer: no link-local (cloud metadata) even for a
+     * configured one; only public addresses for a host a client chose. */
+    rgm_upreq_set_net_policy(c->req, c->reg->is_unlisted ? RGM_NET_PUBLIC : RGM_NET_NO_LINKLOCAL);
     c->is_token_req = 1;
     rgm_buf_reset(&c->tokbody);
     err = rgm_upreq_start(c->req, &req_cbs, c);
@@ -617,6 +624,10 @@ static void token_done(rgm_upcall_t *c, int err)
     int status = c->status;
 
     memset(&tok, 0, sizeof(tok));
+    if (err == UV_EPERM) {
+        finish(c, err); /* the realm's address is refused: 403, not a challenge */
+        return;
+    }
     if (err == 0 && status == 200 &&
         rgm_auth_parse_token_response(c->tokbody.data, c->tokbody.len, now, &tok) == 0 &&
         snprintf(bearer, sizeof(bearer), "Bearer %s", tok.token) < (int)sizeof(bearer)) {

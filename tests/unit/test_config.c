@@ -505,9 +505,10 @@ static void check_table(const rgm_cfgtable_t *t)
             good = good && k->size == sizeof(uint64_t);
             break;
         case RGM_CFG_ADDRS:
+        case RGM_CFG_CIDRS:
         case RGM_CFG_REGISTRIES:
             good = good && k->off2 != k->off && k->off2 + sizeof(size_t) <= t->size;
-            good = good && (k->type == RGM_CFG_ADDRS || k->sub);
+            good = good && (k->type != RGM_CFG_REGISTRIES || k->sub);
             break;
         case RGM_CFG_OBJECT:
             good = good && k->sub && k->sub->size == t->size;

@@ -265,7 +265,10 @@ for repo in ("team/app", "other/app"):
     sdig[repo] = rgmtest.push(img, regS, creds=("alice", PW))["digest"]
 cfgE = yaml_config("e.yaml", [provider("anyhost", ["127.0.0.1:%d/team" % regS.port], key=NSS)])
 # SSL_CERT_FILE: the system CAs the mirror trusts for https://<unconfigured host> are the test CA.
-mE = new_mirror("mE-anyhost", cfgE, extra={"allow_any_registry": True},
+mE = new_mirror("mE-anyhost", cfgE, extra={"allow_any_registry": True,
+                                      # the test host is loopback: unlisted hosts reach only
+                                      # public addresses unless named here (no SSRF)
+                                      "allow_upstream_networks": ["127.0.0.0/8"]},
                 env={"SSL_CERT_FILE": ca.cert})
 st, h, body = mget(mE, "/v2/team/app/manifests/1", NSS)
 t.ok(st == 200 and sha256_digest(body) == sdig["team/app"],

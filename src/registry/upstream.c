@@ -1,8 +1,11 @@
 /* Upstream registry requests with the auth dance: first the mirror's own identity (a cached
  * token, anonymous, or configured credentials after a challenge), then the client's
- * Authorization when the mirror's own is refused. Also the fetch slots. It does not cache
- * content (routes and cache do). */
+ * Authorization when the mirror's own is refused. Also the fetch slots, and what a registry
+ * told us about itself: its pull budget (RateLimit-*, the 429 circuit, the reserve) and the
+ * 404s it gave the mirror's own identity (negative_ttl). It does not cache content (routes
+ * and cache do). */
 #include <uv.h>
+#include <time.h>
 
 #include "core/common.h"
 #include "core/buf.h"
@@ -25,10 +28,19 @@ struct regstate {
     uint64_t bytes;   /* response body bytes */
     int64_t rl_limit; /* Docker Hub's ratelimit-limit / -remaining, -1 until seen */
     int64_t rl_remaining;
-    unsigned failures;   /* consecutive requests that got no response at all */
-    uint64_t last_fail;  /* wall ms of the last counted failure */
-    uint64_t down_until; /* wall ms: fail fast until then */
+    unsigned failures;      /* consecutive requests that got no response at all */
+    uint64_t last_fail;     /* wall ms of the last counted failure */
+    uint64_t down_until;    /* wall ms: fail fast until then */
+    uint64_t limited_until; /* wall ms: after a 429, no manifest request until then */
+    int is_in_reserve;      /* rl_remaining is below ratelimit_reserve (warned once) */
+    uint64_t pulls;         /* manifest GETs answered 2xx: what Docker Hub counts */
+    uint64_t pulls_avoided; /* tag GETs answered from cache after a HEAD (manifests.c) */
 };
+
+/* A 429 without Retry-After or RateLimit-Reset closes the circuit this long; a longer wait
+ * than LIMIT_MAX_MS is cut to it (a registry's mistake must not stop pulls for days). */
+#define LIMIT_DEFAULT_MS 60000
+#define LIMIT_MAX_MS     (24ull * 3600 * 1000)
 
 /* A registry that fails this many times in a row is not asked again for a while (doubling from
  * BACKOFF_MIN_MS to BACKOFF_MAX_MS), so that a dead upstream is not hammered and clients get
@@ -44,6 +56,7 @@ struct rgm_upstream {
     struct regstate *regs;     /* parallel to cfg->registries */
     rgm_auth_cache_t *tokens;  /* "registry|scope" -> "Bearer <token>" */
     rgm_auth_cache_t *refused; /* "registry|repo" -> own identity refused recently */
+    rgm_auth_cache_t *missing; /* "registry|repo|suffix|accept" -> 404 to the mirror's own */
     rgm_identity_t *id;        /* the mirror's own credentials */
     unsigned active;
     rgm_slot_wait_t *qhead;
@@ -86,8 +99,11 @@ struct rgm_upcall {
     int is_paused;
     int is_cancelled;
     int status;
-    char *challenge; /* last WWW-Authenticate seen */
-    char *sent_auth; /* Authorization of the current main request */
+    int own_status;    /* the last main answer to the mirror's own identity; 0: none */
+    int is_manifest;   /* suffix is manifests/...: counts for the pull budget */
+    char *missing_key; /* manifests/ and blobs/ calls: the key of up->missing, else NULL */
+    char *challenge;   /* last WWW-Authenticate seen */
+    char *sent_auth;   /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
 };
@@ -133,6 +149,7 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
     }
     up->tokens = rgm_auth_cache_new(4096);
     up->refused = rgm_auth_cache_new(4096);
+    up->missing = rgm_auth_cache_new(4096);
     return up;
 }
 
@@ -144,6 +161,7 @@ void rgm_upstream_free(rgm_upstream_t *up)
     free(up->regs);
     rgm_auth_cache_free(up->tokens);
     rgm_auth_cache_free(up->refused);
+    rgm_auth_cache_free(up->missing);
     free(up);
 }
 
@@ -153,6 +171,7 @@ void rgm_upstream_prune(rgm_upstream_t *up)
 
     rgm_auth_cache_prune(up->tokens, now);
     rgm_auth_cache_prune(up->refused, now);
+    rgm_auth_cache_prune(up->missing, now);
 }
 
 static void scope_key(const rgm_upcall_t *c, const char *what, char *out, size_t len)
@@ -251,6 +270,7 @@ static void finish(rgm_upcall_t *c, int err)
     free(c->client_auth);
     free(c->challenge);
     free(c->sent_auth);
+    free(c->missing_key);
     free_own(c);
     rgm_buf_free(&c->tokbody);
     free(c);
@@ -306,24 +326,95 @@ static int64_t ratelimit_value(const char *v)
     return rgm_parse_uint(num, INT64_MAX, &x) == 0 ? (int64_t)x : -1;
 }
 
+/* Seconds to wait after a 429: Retry-After (seconds or an HTTP date), else RateLimit-Reset
+ * (seconds); -1 when neither says. */
+static int64_t retry_after_s(rgm_upreq_t *r)
+{
+    const char *v = rgm_upreq_header(r, "Retry-After");
+    struct tm tm;
+    int64_t s = ratelimit_value(v);
+    time_t t;
+
+    if (s >= 0 && v[strspn(v, "0123456789")] == '\0')
+        return s;
+    memset(&tm, 0, sizeof(tm));
+    if (v && strptime(v, "%a, %d %b %Y %H:%M:%S GMT", &tm)) {
+        t = timegm(&tm);
+        return t > time(NULL) ? (int64_t)(t - time(NULL)) : 0;
+    }
+    return ratelimit_value(rgm_upreq_header(r, "RateLimit-Reset"));
+}
+
+/* What the registry says about its budget: RateLimit-*, the reserve, a 429's circuit. */
+static void note_budget(rgm_upcall_t *c, rgm_upreq_t *r, int status)
+{
+    struct regstate *rs = c->rs;
+    int64_t v;
+    int64_t reserve = (int64_t)rgm_config_ratelimit_reserve(c->up->cfg, c->reg);
+    uint64_t wait;
+
+    v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Limit"));
+    if (v >= 0)
+        rs->rl_limit = v;
+    v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Remaining"));
+    if (v >= 0) {
+        rs->rl_remaining = v;
+        if (v < reserve && !rs->is_in_reserve) {
+            rs->is_in_reserve = 1;
+            rgm_log(RGM_LOG_WARN, "upstream",
+                    "registry %s: %lld pulls left, below ratelimit_reserve %lld: prewarm is "
+                    "refused until the budget recovers",
+                    c->reg->name, (long long)v, (long long)reserve);
+        } else if (v >= reserve && rs->is_in_reserve) {
+            rs->is_in_reserve = 0;
+            rgm_log(RGM_LOG_INFO, "upstream", "registry %s: %lld pulls left, above the reserve",
+                    c->reg->name, (long long)v);
+        }
+    }
+    if (status != 429 || c->is_token_req)
+        return;
+    v = retry_after_s(r);
+    wait = v < 0 ? LIMIT_DEFAULT_MS : (uint64_t)v * 1000;
+    if (wait > LIMIT_MAX_MS)
+        wait = LIMIT_MAX_MS;
+    if (rgm_time_ms() + wait > rs->limited_until) {
+        rs->limited_until = rgm_time_ms() + wait;
+        rgm_log(RGM_LOG_WARN, "upstream",
+                "registry %s answered 429: no manifest requests for %llu ms; cached tags are "
+                "served stale",
+                c->reg->name, (unsigned long long)wait);
+    }
+}
+
+/* A 404 to the mirror's own identity is remembered for negative_ttl (it answers requests that
+ * carry no credentials of their own); a 2xx to it forgets one. */
+static void note_missing(rgm_upcall_t *c, int status)
+{
+    uint64_t ttl = rgm_config_negative_ttl(c->up->cfg, c->reg);
+
+    if (!c->missing_key || c->using_client)
+        return;
+    if (status == 404 && ttl > 0)
+        rgm_auth_cache_put(c->up->missing, c->missing_key, "1", rgm_time_ms() + ttl);
+    else if (status >= 200 && status < 300)
+        (void)rgm_auth_cache_del(c->up->missing, c->missing_key);
+}
+
 static int on_req_head(rgm_upreq_t *r, int status, void *ud)
 {
     rgm_upcall_t *c = ud;
     const char *wa;
-    int64_t v;
 
-    if (c->rs) {
-        v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Limit"));
-        if (v >= 0)
-            c->rs->rl_limit = v;
-        v = ratelimit_value(rgm_upreq_header(r, "RateLimit-Remaining"));
-        if (v >= 0)
-            c->rs->rl_remaining = v;
-    }
-
+    if (c->rs)
+        note_budget(c, r, status);
     if (c->is_token_req)
         return 0;
     c->status = status;
+    if (!c->using_client)
+        c->own_status = status;
+    note_missing(c, status);
+    if (c->rs && c->is_manifest && status >= 200 && status < 300 && strcmp(c->method, "GET") == 0)
+        c->rs->pulls++;
     if (c->is_proving && status >= 200 && status < 300) {
         c->next = STEP_AFTER_PROOF; /* a HEAD: no body to swallow */
         return 0;
@@ -596,6 +687,56 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     }
 }
 
+static int is_manifest_suffix(const char *suffix)
+{
+    return strncmp(suffix, "manifests/", 10) == 0;
+}
+
+/* The key of up->missing for a call; 0, or <0 when the call has none (not a manifest or blob,
+ * or too long). */
+static int missing_key(const rgm_upcall_opts_t *o, char *out, size_t len)
+{
+    int n;
+
+    if (!is_manifest_suffix(o->suffix) && strncmp(o->suffix, "blobs/", 6) != 0)
+        return UV_EINVAL;
+    n = snprintf(out, len, "%s|%s|%s|%s", o->reg->name, o->repo, o->suffix,
+                 o->accept ? o->accept : "");
+    return n > 0 && (size_t)n < len ? 0 : UV_ENAMETOOLONG;
+}
+
+int rgm_upstream_known_missing(rgm_upstream_t *up, const rgm_upcall_opts_t *o)
+{
+    char key[4096];
+
+    if (rgm_config_negative_ttl(up->cfg, o->reg) == 0 || missing_key(o, key, sizeof(key)) < 0)
+        return 0;
+    return rgm_auth_cache_get(up->missing, key, rgm_time_ms()) != NULL;
+}
+
+uint64_t rgm_upstream_limited_ms(const rgm_upstream_t *up, const rgm_registry_cfg_t *reg)
+{
+    const struct regstate *rs = regstate((rgm_upstream_t *)up, reg);
+    uint64_t now = rgm_time_ms();
+
+    return rs && rs->limited_until > now ? rs->limited_until - now : 0;
+}
+
+int rgm_upstream_in_reserve(const rgm_upstream_t *up, const rgm_registry_cfg_t *reg)
+{
+    const struct regstate *rs = regstate((rgm_upstream_t *)up, reg);
+
+    return rs && rs->is_in_reserve;
+}
+
+void rgm_upstream_count_avoided(rgm_upstream_t *up, const rgm_registry_cfg_t *reg)
+{
+    struct regstate *rs = regstate(up, reg);
+
+    if (rs)
+        rs->pulls_avoided++;
+}
+
 int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_upcall_cbs_t *cbs,
                      void *ud, rgm_upcall_t **out)
 {
@@ -610,6 +751,8 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
 
     if (rs && rs->down_until > rgm_time_ms())
         return UV_ECONNREFUSED; /* backing off: see BACKOFF_AFTER */
+    if (rs && rs->limited_until > rgm_time_ms() && is_manifest_suffix(o->suffix))
+        return UV_EAGAIN; /* the registry said stop (429): see note_budget */
     if (o->reg->is_mirror) {
         if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
             return UV_EINVAL;
@@ -632,6 +775,9 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
     c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
     c->range_from = o->range_from;
+    c->is_manifest = is_manifest_suffix(o->suffix);
+    if (missing_key(o, key, sizeof(key)) == 0)
+        c->missing_key = rgm_strdup(key);
     c->started_ms = rgm_time_ms();
     c->cbs = *cbs;
     c->ud = ud;
@@ -666,6 +812,7 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
         free(c->accept);
         free(c->client_auth);
         free(c->sent_auth);
+        free(c->missing_key);
         rgm_buf_free(&c->tokbody);
         free(c);
         return err;
@@ -728,6 +875,37 @@ int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
     return c->using_client || c->is_proven;
 }
 
+int rgm_upcall_own_status(const rgm_upcall_t *c)
+{
+    return c->own_status;
+}
+
+/* One family with a series for every configured registry (from start-up, zeros too). off:
+ * the regstate member, an int (is_in_reserve) or a uint64_t. */
+static int per_registry(const rgm_upstream_t *up, rgm_buf_t *out, const char *name,
+                        const char *type, const char *help, size_t off)
+{
+    const char *p;
+    uint64_t v;
+    int iv;
+    size_t i;
+    int err = 0;
+
+    err |= rgm_buf_appendf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (i = 0; i < up->cfg->registries_len; i++) {
+        p = (const char *)&up->regs[i] + off;
+        if (off == offsetof(struct regstate, is_in_reserve)) {
+            memcpy(&iv, p, sizeof(iv));
+            v = (uint64_t)iv;
+        } else {
+            memcpy(&v, p, sizeof(v));
+        }
+        err |= rgm_buf_appendf(out, "%s{registry=\"%s\"} %llu\n", name, up->cfg->registries[i].name,
+                               (unsigned long long)v);
+    }
+    return err;
+}
+
 int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
 {
     static const char *const classes[N_CLASSES] = {"1xx", "2xx", "3xx", "4xx", "5xx", "error"};
@@ -768,6 +946,18 @@ int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)
             err |=
                 rgm_buf_appendf(out, "regmirror_upstream_ratelimit_limit{registry=\"%s\"} %lld\n",
                                 up->cfg->registries[i].name, (long long)up->regs[i].rl_limit);
+    err |= per_registry(up, out, "regmirror_upstream_ratelimit_reserve", "gauge",
+                        "1 while RateLimit-Remaining is below ratelimit_reserve (prewarm is "
+                        "refused), else 0.",
+                        offsetof(struct regstate, is_in_reserve));
+    err |= per_registry(up, out, "regmirror_upstream_pulls_total", "counter",
+                        "Manifest GETs the upstream answered 2xx (what Docker Hub counts as "
+                        "pulls).",
+                        offsetof(struct regstate, pulls));
+    err |= per_registry(up, out, "regmirror_upstream_pulls_avoided_total", "counter",
+                        "Tag GETs answered from cache after a HEAD named a digest already here "
+                        "(resolve by digest first).",
+                        offsetof(struct regstate, pulls_avoided));
     err |= rgm_identity_metrics(up->id, out);
     return err < 0 ? UV_ENOBUFS : 0;
 }

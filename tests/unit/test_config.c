@@ -1025,6 +1025,52 @@ static void test_describe(void)
     free(buf);
 }
 
+/* Issue 12's failure keys: per registry, the top level's when unset (null or absent). */
+static void test_failure_keys(void)
+{
+    rgm_config_t cfg;
+    rgm_registry_cfg_t zero;
+    const rgm_registry_cfg_t *a, *b;
+    char err[512];
+    const char *path;
+    int rc;
+
+    rgm_config_init(&cfg);
+    a = rgm_config_registry(&cfg, "docker.io");
+    ok(a && rgm_config_max_stale(&cfg, a) == UINT64_MAX, "default max_stale: no bound");
+    ok(a && rgm_config_negative_ttl(&cfg, a) == 10000, "default negative_ttl: 10 s");
+    ok(a && rgm_config_ratelimit_reserve(&cfg, a) == 10, "default ratelimit_reserve: 10");
+    ok(a && rgm_config_stale_on_not_found(&cfg, a) == 0, "default stale_on_not_found: false");
+    path = write_file("failure.json",
+                      "{\"max_stale\": \"5m\", \"negative_ttl\": \"0\", \"stale_on_not_found\": true,"
+                      " \"ratelimit_reserve\": 3, \"registries\": {"
+                      " \"a.test\": {\"endpoint\": \"http://a\", \"max_stale\": \"0\","
+                      "  \"negative_ttl\": \"30s\", \"stale_on_not_found\": false,"
+                      "  \"ratelimit_reserve\": 0},"
+                      " \"b.test\": {\"endpoint\": \"http://b\", \"max_stale\": null}},"
+                      " \"default_registry\": \"a.test\"}");
+    rc = rgm_config_load_file(&cfg, path, err, sizeof(err));
+    is_int(rc, 0, "failure keys load (%s)", err);
+    a = rgm_config_registry(&cfg, "a.test");
+    b = rgm_config_registry(&cfg, "b.test");
+    ok(a && rgm_config_max_stale(&cfg, a) == 0, "a registry's \"0\": never stale");
+    ok(a && rgm_config_negative_ttl(&cfg, a) == 30000, "a registry's own negative_ttl");
+    ok(a && rgm_config_stale_on_not_found(&cfg, a) == 0, "a registry's false beats the top's true");
+    ok(a && rgm_config_ratelimit_reserve(&cfg, a) == 0, "a registry's reserve 0");
+    ok(b && rgm_config_max_stale(&cfg, b) == 300000, "null: the top level's max_stale");
+    ok(b && rgm_config_negative_ttl(&cfg, b) == 0, "absent: the top level's negative_ttl \"0\"");
+    ok(b && rgm_config_stale_on_not_found(&cfg, b) == 1, "absent: the top level's true");
+    ok(b && rgm_config_ratelimit_reserve(&cfg, b) == 3, "absent: the top level's reserve");
+    memset(&zero, 0, sizeof(zero));
+    ok(rgm_config_max_stale(&cfg, &zero) == 300000, "a zeroed registry inherits everything");
+    rgm_config_free(&cfg);
+    load_bad("fk1.json", "{\"max_stale\": \"5x\"}", "max_stale", "max_stale: bad duration");
+    load_bad("fk2.json", "{\"ratelimit_reserve\": -1}", "ratelimit_reserve", "reserve: negative");
+    load_bad("fk3.json", "{\"stale_on_not_found\": \"yes\"}", "stale_on_not_found",
+             "stale_on_not_found: not a boolean");
+    load_bad("fk4.json", "{\"negative_ttl\": null}", "negative_ttl", "top negative_ttl: null");
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -1046,6 +1092,7 @@ int main(void)
     test_cred_keys();
     test_dump();
     test_describe();
+    test_failure_keys();
     cleanup();
     return tap_done();
 }

@@ -43,8 +43,8 @@ struct ctx {
     uint64_t now;
 };
 
-rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs,
-                           rgm_pins_t *pins, rgm_fetches_t *fetches, rgm_inuse_t *inuse)
+rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs, rgm_pins_t *pins,
+                           rgm_fetches_t *fetches, rgm_inuse_t *inuse)
 {
     rgm_evict_t *e = rgm_calloc(1, sizeof(*e));
 
@@ -237,7 +237,9 @@ static size_t closure_remove(rgm_evict_t *e, const struct closure *cl, enum rgm_
         }
         rgm_log(RGM_LOG_DEBUG, "evict", "removed %s (%llu bytes, %s)", o->digest,
                 (unsigned long long)o->size,
-                why == RGM_EVICT_ORPHAN ? "orphan" : why == RGM_EVICT_PURGE ? "purge" : "lru-image");
+                why == RGM_EVICT_ORPHAN  ? "orphan"
+                : why == RGM_EVICT_PURGE ? "purge"
+                                         : "lru-image");
         e->counters.objects[why]++;
         e->counters.bytes[why] += o->size;
         *freed += o->size;
@@ -286,8 +288,8 @@ static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, si
     if (c->now < c->o->orphan_grace_ms)
         return 0;
     o = rgm_calloc(1, sizeof(*o));
-    rc = rgm_refs_walk_orphans(e->refs, c->now - c->o->orphan_grace_ms, RGM_EVICT_BATCH,
-                               on_orphan, o);
+    rc = rgm_refs_walk_orphans(e->refs, c->now - c->o->orphan_grace_ms, RGM_EVICT_BATCH, on_orphan,
+                               o);
     for (i = 0; rc >= 0 && i < o->n && *freed < need; i++) {
         if (is_busy(e, o->obj[i].digest) || rgm_refs_remove(e->refs, o->obj[i].digest) < 0)
             continue;

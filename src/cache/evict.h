@@ -43,17 +43,17 @@ typedef struct rgm_evict_counters {
 typedef struct rgm_evict_image {
     char digest[RGM_DIGEST_MAX];
     char media_type[256];
-    uint64_t last_used_ms;  /* the latest access of its manifests */
-    uint64_t unique_bytes;  /* what removing it frees */
-    uint64_t shared_bytes;  /* what it references that another cached image also does */
+    uint64_t last_used_ms; /* the latest access of its manifests */
+    uint64_t unique_bytes; /* what removing it frees */
+    uint64_t shared_bytes; /* what it references that another cached image also does */
     size_t unique_objects;
     int is_pinned;
     char pin[1024]; /* the pattern that pins it, when is_pinned */
 } rgm_evict_image_t;
 
 /* Everything is borrowed and outlives the result; fetches and inuse may be NULL (offline). */
-rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs,
-                           rgm_pins_t *pins, rgm_fetches_t *fetches, rgm_inuse_t *inuse);
+rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs, rgm_pins_t *pins,
+                           rgm_fetches_t *fetches, rgm_inuse_t *inuse);
 void rgm_evict_free(rgm_evict_t *e);
 
 /* One batch: when the cache holds more than o->max_bytes, remove orphans and then whole

@@ -873,6 +873,7 @@ struct sqlite3 *rgm_index_db_write(rgm_index_t *idx)
 {
     read_end(idx);
     return idx->db;
+}
 
 /* ---- referrers answers (registry/referrers.c) ----
  * Their own tables, created on every open (IF NOT EXISTS: a database of schema version 1

@@ -341,8 +341,8 @@ static int match_one(const char *pattern, const char *digest, struct row *const 
     return 0;
 }
 
-int rgm_pins_match(rgm_pins_t *p, const char *digest, uint64_t now, uint64_t keep_ms,
-                   char *which, size_t len, int *is_config)
+int rgm_pins_match(rgm_pins_t *p, const char *digest, uint64_t now, uint64_t keep_ms, char *which,
+                   size_t len, int *is_config)
 {
     struct row *rows[3] = {NULL, NULL, NULL};
     size_t n[3] = {0, 0, 0};
@@ -355,8 +355,7 @@ int rgm_pins_match(rgm_pins_t *p, const char *digest, uint64_t now, uint64_t kee
         return 0;
     err = load_rows(p, PS_TAGS_OF, digest, 0, &rows[0], &n[0]);
     if (err == 0)
-        err = load_rows(p, PS_MOVES_OF, digest, now > keep_ms ? now - keep_ms : 0, &rows[1],
-                        &n[1]);
+        err = load_rows(p, PS_MOVES_OF, digest, now > keep_ms ? now - keep_ms : 0, &rows[1], &n[1]);
     if (err == 0)
         err = load_rows(p, PS_ORIGINS_OF, digest, 0, &rows[2], &n[2]);
     for (l = 0; err == 0 && !hit && l < 2; l++) {

@@ -344,8 +344,8 @@ static int walk_objects(rgm_refs_t *r, sqlite3_stmt *st, rgm_index_object_fn cb,
         obj.size = col_u64(st, 1);
         col_text(st, 2, obj.media_type, sizeof(obj.media_type));
         kind = sqlite3_column_text(st, 3);
-        obj.kind = kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST
-                                                                        : RGM_OBJ_BLOB;
+        obj.kind =
+            kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
         obj.created_ms = col_u64(st, 4);
         obj.last_access_ms = col_u64(st, 5);
         obj.hits = col_u64(st, 6);

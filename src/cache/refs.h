@@ -26,8 +26,7 @@ void rgm_refs_close(rgm_refs_t *r);
 /* Record the edges of the manifest digest whose bytes are data (len bytes; borrowed): a
  * document that is not a JSON manifest has none. Marks digest as scanned. Synchronous: a few
  * single-row inserts in one transaction. 0 or UV_EIO. */
-RGM_MUST_CHECK int rgm_refs_record(rgm_refs_t *r, const char *digest, const void *data,
-                                   size_t len);
+RGM_MUST_CHECK int rgm_refs_record(rgm_refs_t *r, const char *digest, const void *data, size_t len);
 
 /* Back-fill: read at most max stored manifests not scanned yet (digest order, from where the
  * last step stopped) and record their edges. A manifest whose file cannot be read is marked

@@ -41,9 +41,12 @@ static void admin_usage(FILE *out, const char *cmd)
 static int admin_args(struct admin *a, const char *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},   {"storage", required_argument, NULL, 's'},
-        {"max-size", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'j'},
-        {"images", no_argument, NULL, 'i'},         {"help", no_argument, NULL, 'h'},
+        {"config", required_argument, NULL, 'c'},
+        {"storage", required_argument, NULL, 's'},
+        {"max-size", required_argument, NULL, 'm'},
+        {"json", no_argument, NULL, 'j'},
+        {"images", no_argument, NULL, 'i'},
+        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     char err[512];

@@ -24,9 +24,8 @@ struct rgm_cachemgmt {
  * NULL), take the config's pins and limits. 0, or <0 with a message in err (a bad pin
  * pattern names its key). On error m is left for rgm_cachemgmt_close. */
 RGM_MUST_CHECK int rgm_cachemgmt_open(struct rgm_cachemgmt *m, const rgm_config_t *cfg,
-                                      rgm_index_t *idx, rgm_store_t *store,
-                                      rgm_fetches_t *fetches, rgm_inuse_t *inuse, char *err,
-                                      size_t errlen);
+                                      rgm_index_t *idx, rgm_store_t *store, rgm_fetches_t *fetches,
+                                      rgm_inuse_t *inuse, char *err, size_t errlen);
 void rgm_cachemgmt_close(struct rgm_cachemgmt *m);
 
 #endif

@@ -28,7 +28,6 @@ struct images {
     rgm_store_t *store;
     rgm_index_t *index;
     struct rgm_cachemgmt cm;
-    int is_json;
     int is_force;
     char *registry;
     char *repository;
@@ -47,20 +46,26 @@ static void images_usage(FILE *out, const char *cmd)
                      "Removes images the way eviction does. Pinned images need --force, which\n"
                      "also unpins them.\n");
     else
-        fprintf(out, "usage: regmirror %s [--config FILE] [--storage DIR] REF...\n"
-                     "%s\n",
-                cmd, strcmp(cmd, "pin") == 0 ? "Pins images (references or globs): never evicted."
-                                             : "Removes pins recorded by regmirror pin.");
+        fprintf(out,
+                "usage: regmirror %s [--config FILE] [--storage DIR] REF...\n"
+                "%s\n",
+                cmd,
+                strcmp(cmd, "pin") == 0 ? "Pins images (references or globs): never evicted."
+                                        : "Removes pins recorded by regmirror pin.");
 }
 
 /* 0 ok, 1 --help printed, 2 usage error. */
 static int images_args(struct images *im, const char *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},     {"storage", required_argument, NULL, 's'},
-        {"registry", required_argument, NULL, 'r'},   {"repository", required_argument, NULL, 'p'},
-        {"older-than", required_argument, NULL, 'o'}, {"force", no_argument, NULL, 'f'},
-        {"help", no_argument, NULL, 'h'},             {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"storage", required_argument, NULL, 's'},
+        {"registry", required_argument, NULL, 'r'},
+        {"repository", required_argument, NULL, 'p'},
+        {"older-than", required_argument, NULL, 'o'},
+        {"force", no_argument, NULL, 'f'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int is_purge = strcmp(cmd, "purge") == 0;
     char err[512];
@@ -133,8 +138,8 @@ static int images_open(struct images *im)
                 uv_strerror(rc));
         return 1;
     }
-    if (rgm_cachemgmt_open(&im->cm, &im->cfg, im->index, im->store, NULL, NULL, err,
-                           sizeof(err)) < 0 ||
+    if (rgm_cachemgmt_open(&im->cm, &im->cfg, im->index, im->store, NULL, NULL, err, sizeof(err)) <
+            0 ||
         rgm_refs_backfill(im->cm.refs) < 0) {
         fprintf(stderr, "regmirror: %s\n", err[0] ? err : "cannot back-fill references");
         return 1;
@@ -271,10 +276,10 @@ static int list_one(const rgm_index_object_t *top, void *ud)
         return 1;
     }
     rfc3339(info.last_used_ms, when, sizeof(when));
-    o = json_pack("{s:s, s:s, s:o, s:I, s:I, s:s, s:b}", "reference", t.ref, "digest",
-                  top->digest, "platforms", platforms_of(l->im->store, top->digest),
-                  "unique_bytes", (json_int_t)info.unique_bytes, "shared_bytes",
-                  (json_int_t)info.shared_bytes, "last_used", when, "pinned", info.is_pinned);
+    o = json_pack("{s:s, s:s, s:o, s:I, s:I, s:s, s:b}", "reference", t.ref, "digest", top->digest,
+                  "platforms", platforms_of(l->im->store, top->digest), "unique_bytes",
+                  (json_int_t)info.unique_bytes, "shared_bytes", (json_int_t)info.shared_bytes,
+                  "last_used", when, "pinned", info.is_pinned);
     if (o)
         json_array_append_new(l->arr, o);
     return 0;
@@ -287,23 +292,22 @@ static void print_table(const json_t *arr)
     char plats[256];
     size_t i, k, n;
 
-    printf("%-44s %-19s %-22s %12s %12s %-20s %s\n", "REFERENCE", "DIGEST", "PLATFORMS",
-           "UNIQUE", "SHARED", "LAST USED", "PINNED");
+    printf("%-44s %-19s %-22s %12s %12s %-20s %s\n", "REFERENCE", "DIGEST", "PLATFORMS", "UNIQUE",
+           "SHARED", "LAST USED", "PINNED");
     json_array_foreach(arr, i, o)
     {
         n = 0;
         plats[0] = '\0';
         json_array_foreach(json_object_get(o, "platforms"), k, p)
         {
-            int w = snprintf(plats + n, sizeof(plats) - n, "%s%s", k ? "," : "",
-                             json_string_value(p));
+            int w =
+                snprintf(plats + n, sizeof(plats) - n, "%s%s", k ? "," : "", json_string_value(p));
 
             if (w < 0 || (size_t)w >= sizeof(plats) - n)
                 break;
             n += (size_t)w;
         }
-        printf("%-44s %.19s %-22s %12" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT
-               " %-20s %s\n",
+        printf("%-44s %.19s %-22s %12" JSON_INTEGER_FORMAT " %12" JSON_INTEGER_FORMAT " %-20s %s\n",
                json_string_value(json_object_get(o, "reference")),
                json_string_value(json_object_get(o, "digest")), plats[0] ? plats : "-",
                json_integer_value(json_object_get(o, "unique_bytes")),
@@ -421,7 +425,6 @@ struct selection {
     struct images *im;
     char (*d)[RGM_DIGEST_MAX];
     size_t n;
-    int err;
 };
 
 /* Tops matching --registry, --repository and --older-than (all given must hold). */
@@ -455,7 +458,7 @@ static int select_top(const rgm_index_object_t *top, void *ud)
 int rgm_cmd_purge(int argc, char **argv)
 {
     struct images im;
-    struct selection sel = {NULL, NULL, 0, 0};
+    struct selection sel = {NULL, NULL, 0};
     char digest[RGM_DIGEST_MAX];
     size_t i;
     int rc = images_start(&im, "purge", argc, argv);

@@ -389,7 +389,7 @@ static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     if (is_words && json_is_array(v) && json_array_size(v) == 0)
         list = NULL;
     else if (rgm_cfgval_list(c, key, v, is_words ? "pattern" : "address",
-                        is_words ? check_word : rgm_cfgval_hostport, &list, &n) < 0)
+                             is_words ? check_word : rgm_cfgval_hostport, &list, &n) < 0)
         return UV_EINVAL;
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
@@ -746,12 +746,12 @@ json_t *rgm_cfgschema_dump(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, c
 static const char *type_text(enum rgm_cfgtype t)
 {
     static const char *const names[] = {
-        [RGM_CFG_STRING] = "string",    [RGM_CFG_FILE] = "file",
-        [RGM_CFG_REGNAME] = "registry", [RGM_CFG_URL] = "URL",
-        [RGM_CFG_BOOL] = "boolean",     [RGM_CFG_UINT] = "integer",
-        [RGM_CFG_SIZE] = "size",        [RGM_CFG_DURATION] = "duration",
-        [RGM_CFG_LEVEL] = "log level",  [RGM_CFG_ADDRS] = "HOST:PORT list",
-        [RGM_CFG_OBJECT] = "object",    [RGM_CFG_REGISTRIES] = "object of NAME: registry",
+        [RGM_CFG_STRING] = "string",       [RGM_CFG_FILE] = "file",
+        [RGM_CFG_REGNAME] = "registry",    [RGM_CFG_URL] = "URL",
+        [RGM_CFG_BOOL] = "boolean",        [RGM_CFG_UINT] = "integer",
+        [RGM_CFG_SIZE] = "size",           [RGM_CFG_DURATION] = "duration",
+        [RGM_CFG_LEVEL] = "log level",     [RGM_CFG_ADDRS] = "HOST:PORT list",
+        [RGM_CFG_OBJECT] = "object",       [RGM_CFG_REGISTRIES] = "object of NAME: registry",
         [RGM_CFG_STRINGS] = "string list",
     };
 

@@ -8,7 +8,8 @@
 
 /* 1 when text matches pattern as a whole, else 0. Both are borrowed. "library/\*" matches
  * "library/nginx" but not "library/a/b"; "org/\*\*" matches "org/a" and "org/a/b" but not
- * "org" (the backslashes only keep this comment a comment). The work is bounded by len(pattern) * len(text) (no backtracking blow-up). */
+ * "org" (the backslashes only keep this comment a comment). The work is bounded by len(pattern) *
+ * len(text) (no backtracking blow-up). */
 int rgm_glob_match(const char *pattern, const char *text);
 
 /* 1 when s holds a '*', else 0. */

@@ -67,7 +67,7 @@ struct rq {
     int is_parked;
     struct rq *next_waiter;
     rgm_fetch_reader_t *rd;
-    int fd; /* cached blob file, or -1 */
+    int fd;                    /* cached blob file, or -1 */
     char held[RGM_DIGEST_MAX]; /* the digest held in r->inuse while fd is open; "" none */
     uint64_t off;
     uint64_t end; /* exclusive; UINT64_MAX when the size is unknown */

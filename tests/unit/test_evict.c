@@ -149,7 +149,8 @@ int main(void)
     ok(has(orphan), "an orphan being read stays");
     ok(!has(m1) && !has(c1) && !has(l1), "the least recent image went whole");
     ok(has(base), "the shared base layer stays");
-    ok(has(m2) && has(c2) && has(l2) && has(sig) && has(sigl), "the recent image and its referrer stay");
+    ok(has(m2) && has(c2) && has(l2) && has(sig) && has(sigl),
+       "the recent image and its referrer stay");
     rgm_inuse_release(inuse, orphan);
     o.max_bytes = total() - 1;
     o.target_bytes = total() - 1000;

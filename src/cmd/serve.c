@@ -16,8 +16,8 @@
 #include "cache/store.h"
 #include "cache/index.h"
 #include "cache/fetch.h"
-#include "cache/gc.h"
 #include "cache/reconcile.h"
+#include "cmd/cachemgmt.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
@@ -53,6 +53,8 @@ struct serve {
     uv_timer_t gc_timer;
     uv_timer_t reconcile_timer;
     rgm_reconcile_t *reconcile; /* NULL once over */
+    struct rgm_cachemgmt cm;    /* references, pins, eviction by image */
+    uv_timer_t backfill_timer;
     size_t reconcile_batch;
     uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
@@ -104,6 +106,7 @@ static void on_routes_stopped(void *ud)
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
+    uv_close((uv_handle_t *)&s->backfill_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->tls_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
@@ -262,20 +265,24 @@ static void on_flush(uv_timer_t *t)
     rgm_upstream_prune(s->up);
 }
 
-/* Keep the cache under max_cache_bytes: one batch per tick (at most RGM_GC_BATCH rows), soon
- * again while more is needed, down to 90 % so that eviction does not run on every fetch. */
+/* Keep the cache under max_cache_bytes: one batch per tick (cache/evict: orphans, then whole
+ * images, about RGM_EVICT_BATCH objects), soon again while more is needed, down to 90 % so
+ * that eviction does not run on every fetch. */
 static void on_gc(uv_timer_t *t)
 {
     struct serve *s = rgm_container_of(t, struct serve, gc_timer);
-    uint64_t freed = 0;
-    uint64_t n = 0;
+    const rgm_evict_counters_t *c = rgm_evict_counters(s->cm.evict);
+    uint64_t before = c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN];
+    uint64_t bytes = c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN];
     int step;
 
-    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes, s->cfg.max_cache_bytes / 10 * 9,
-                       &freed, &n);
-    if (n > 0)
-        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)", (unsigned long long)n,
-                (unsigned long long)freed);
+    step = rgm_evict_step(s->cm.evict, &s->cm.opts);
+    if (c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN] > before)
+        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)",
+                (unsigned long long)(c->objects[RGM_EVICT_LRU_IMAGE] +
+                                     c->objects[RGM_EVICT_ORPHAN] - before),
+                (unsigned long long)(c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN] -
+                                     bytes));
     if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
         rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
 }
@@ -361,6 +368,36 @@ static int open_cache(struct serve *s)
     /* The reconcile runs in the background (start_reconcile): serving is correct meanwhile. */
     s->reconcile = rgm_reconcile_new(s->index, s->store);
     return 0;
+}
+
+/* The references of a cache written before them (or by an older build), in steps: until it
+ * is over, eviction waits (cache/evict). */
+static void on_backfill(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, backfill_timer);
+    int rc = rgm_refs_backfill_step(s->cm.refs, RECONCILE_BATCH);
+
+    if (rc > 0 && !s->is_stopping && uv_timer_start(t, on_backfill, 0, 0) == 0)
+        return;
+    if (rc == 0)
+        rgm_log(RGM_LOG_INFO, "refs", "references back-filled");
+    else if (rc < 0)
+        rgm_log(RGM_LOG_ERROR, "refs", "back-fill failed: eviction stays off");
+}
+
+static int open_cachemgmt(struct serve *s)
+{
+    char err[600];
+
+    if (rgm_cachemgmt_open(&s->cm, &s->cfg, s->index, s->store, s->fetches,
+                           rgm_routes_inuse(s->routes), err, sizeof(err)) < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "%s", err);
+        return UV_EINVAL;
+    }
+    s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
+    rgm_routes_set_refs(s->routes, s->cm.refs);
+    uv_timer_init(&s->loop, &s->backfill_timer);
+    return uv_timer_start(&s->backfill_timer, on_backfill, 0, 0);
 }
 
 static uint64_t env_knob(const char *name, uint64_t def, uint64_t max)
@@ -471,7 +508,8 @@ int rgm_cmd_serve(int argc, char **argv)
         rc = 2;
         goto out_stop;
     }
-
+    if (open_cachemgmt(&s) < 0)
+        goto out_stop;
     if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
         listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
         goto out_stop;
@@ -516,6 +554,7 @@ out_free:
     rgm_reconcile_free(s.reconcile); /* stopped before it was over */
     rgm_server_free(s.server);
     rgm_routes_free(s.routes);
+    rgm_cachemgmt_close(&s.cm);
     rgm_upstream_free(s.up);
     rgm_fetches_free(s.fetches);
     free(s.allow_nets);

@@ -75,6 +75,17 @@ static const rgm_cfgtable_t credentials_table = {
     .is_hinted = 1, .finish = finish_credentials,
 };
 
+static const rgm_cfgkey_t repositories_keys[] = {
+    LIST_(rgm_registry_cfg_t, "allow", STRINGS, repo_allow, repo_allow_len, NULL, NULL, "repositories served (globs over the normalised name: * one segment, ** any depth); empty: all"),
+    LIST_(rgm_registry_cfg_t, "deny", STRINGS, repo_deny, repo_deny_len, NULL, NULL, "repositories refused with 403 DENIED, cached or not; deny beats allow"),
+};
+
+static const rgm_cfgtable_t repositories_table = {
+    .path = "registries.NAME.repositories.", .keys = repositories_keys,
+    .len = RGM_ARRAY_SIZE(repositories_keys), .size = sizeof(rgm_registry_cfg_t),
+    .is_hinted = 1,
+};
+
 static const rgm_cfgkey_t registry_keys[] = {
     REG("endpoint", URL, endpoint, 0, 0, NULL, RGM_CFGKEY_REQUIRED, "base URL of the registry API (http:// or https://, no query), without /v2/"),
     REG("tag_ttl", DURATION, tag_ttl_ms, 0, 0, "60s", 0, "a tag is served from cache this long, then revalidated upstream with a HEAD"),
@@ -90,6 +101,7 @@ static const rgm_cfgkey_t registry_keys[] = {
     REG("ratelimit_reserve", UINT, ratelimit_reserve_opt, 0, 1000000, NULL, RGM_CFGKEY_OPTIONAL, "RateLimit-Remaining below this warns and refuses prewarm; null: the top level's"),
     OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, docker_config, or helper"),
     REG("private", BOOL, is_private, 0, 0, "false", 0, "content fetched with the mirror's own identity is still served only to clients the registry accepts"),
+    OBJ_("repositories", &repositories_table, "repository filters: allow and deny lists of globs"),
 };
 
 static const rgm_cfgkey_t providers_keys[] = {
@@ -121,7 +133,10 @@ static const rgm_cfgkey_t top_keys[] = {
     OBJ_("tls", &tls_table, "HTTPS on every listener: cert_file, key_file, optional client_ca_file (re-read on SIGHUP and when they change)"),
     OPTLIST_(rgm_config_t, "allow_clients", CIDRS, allow_clients, allow_clients_len, "CIDRs clients may connect from; others are closed at accept; empty: everyone"),
     TOP("storage", STRING, storage, 0, 0, "./regmirror-data", 0, "cache directory (blobs/, tmp/, index.db), created if missing"),
-    TOP("max_cache_bytes", SIZE, max_cache_bytes, 0, UINT64_MAX, "0", 0, "least recently used content is evicted above this size; 0: unlimited"),
+    TOP("max_cache_bytes", SIZE, max_cache_bytes, 0, UINT64_MAX, "0", 0, "least recently used images are evicted above this size; 0: unlimited"),
+    TOP("orphan_grace", DURATION, orphan_grace_ms, 0, 0, "1h", 0, "a blob that no cached manifest references is evicted first, once unrequested this long"),
+    LIST_(rgm_config_t, "pin", STRINGS, pins, pins_len, NULL, NULL, "images never evicted: references or globs (registry.k8s.io/pause:*, ghcr.io/org/**)"),
+    TOP("admin_socket", STRING, admin_socket, 0, 0, NULL, 0, "the admin API's unix socket; null: <storage>/admin.sock"),
     TOP("default_registry", REGNAME, default_registry, 0, 0, "docker.io", 0, "registry of requests that name none; one of registries"),
     TOP("allow_any_registry", BOOL, allow_any_registry, 0, 0, "false", 0, "fetch any registry named by ?ns= from https://NAME (false: 403 DENIED)"),
     OPTLIST_(rgm_config_t, "allow_upstream_networks", CIDRS, allow_upstream_networks, allow_upstream_networks_len, "CIDRs an unconfigured registry may be reached at although loopback, private or link-local"),
@@ -411,18 +426,41 @@ static int check_cidr(const rgm_cfgval_ctx_t *c, const char *key, const json_t *
     return 0;
 }
 
-/* ADDRS and CIDRS: one string or an array of them (an empty array when the key allows it). */
+/* A pattern or reference of a STRINGS list: a string without spaces or control characters. */
+static int check_word(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    const char *s = NULL;
+    const char *p;
+
+    if (rgm_cfgval_string(c, key, v, 0, &s) < 0)
+        return UV_EINVAL;
+    for (p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return rgm_cfgval_fail(c, key, "\"%s\" holds a space or a control character", s);
+    return 0;
+}
+
+/* ADDRS, CIDRS and STRINGS: one string or an array of them (an empty array when the key
+ * allows it; always for STRINGS, since [] is how an unset one prints). */
 static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base, const char *key,
                      const json_t *v)
 {
     const int is_cidr = k->type == RGM_CFG_CIDRS;
     char **list = NULL;
     size_t n = 0;
+    int is_words = k->type == RGM_CFG_STRINGS;
 
     if ((k->flags & RGM_CFGKEY_EMPTY_OK) && json_is_array(v) && json_array_size(v) == 0)
         list = NULL;
     else if (rgm_cfgval_list(c, key, v, is_cidr ? "network" : "address",
                              is_cidr ? check_cidr : rgm_cfgval_hostport, &list, &n) < 0)
+    /* A list of patterns may be empty ([] is how an unset one prints). */
+    if (is_words && json_is_array(v) && json_array_size(v) == 0)
+        list = NULL;
+    else if (rgm_cfgval_list(c, key, v, is_words ? "pattern" : "address",
+                             is_words ? check_word : rgm_cfgval_hostport, &list, &n) < 0)
+/* ADDRS, CIDRS and STRINGS: one string or an array of them (an empty array when the key
+ * allows it; always for STRINGS, since [] is how an unset one prints). */
         return UV_EINVAL;
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
@@ -518,6 +556,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
         return 0;
     case RGM_CFG_ADDRS:
     case RGM_CFG_CIDRS:
+    case RGM_CFG_STRINGS:
         return set_addrs(c, k, base, key, v);
     case RGM_CFG_OBJECT:
         return rgm_cfgschema_apply(c, k->sub, base, key, v);
@@ -604,7 +643,8 @@ static void copy_owned(const rgm_cfgtable_t *t, void *dst, const void *src)
         k = &t->keys[i];
         if (is_string_type(k->type)) {
             *string_at(k, dst) = string_of(k, src) ? rgm_strdup(string_of(k, src)) : NULL;
-        } else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS) {
+        } else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS ||
+                   k->type == RGM_CFG_STRINGS) {
             n = count_of(k, src);
             sv = *(char **const *)(const void *)((const char *)src + k->off);
             dv = rgm_calloc(n, sizeof(char *));
@@ -642,7 +682,8 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
-        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS)
+        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS ||
+                 k->type == RGM_CFG_STRINGS)
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
             free_registries(k->sub, *(rgm_registry_cfg_t **)(void *)((char *)base + k->off),
@@ -729,6 +770,7 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
         return rgm_cfgval_duration_json(load_uint(k, base) - opt);
     case RGM_CFG_ADDRS:
     case RGM_CFG_CIDRS:
+    case RGM_CFG_STRINGS:
         arr = json_array();
         sv = *(char **const *)(const void *)((const char *)base + k->off);
         for (i = 0; arr && i < count_of(k, base); i++) {
@@ -792,6 +834,7 @@ static const char *type_text(enum rgm_cfgtype t)
         [RGM_CFG_CIDRS] = "CIDR list",
         [RGM_CFG_OBJECT] = "object",
         [RGM_CFG_REGISTRIES] = "object of NAME: registry",
+        [RGM_CFG_STRINGS] = "string list",
     };
 
     return names[t];

@@ -26,6 +26,7 @@ enum rgm_cfgtype {
     RGM_CFG_CIDRS,      /* char ** with its size_t count at off2: CIDR prefixes, one or an array */
     RGM_CFG_OBJECT,     /* an object of the keys of sub, stored in this same struct */
     RGM_CFG_REGISTRIES, /* rgm_registry_cfg_t * with its size_t count at off2: NAME -> sub */
+    RGM_CFG_STRINGS,    /* char ** with its size_t count at off2: one string or an array */
 };
 
 #define RGM_CFGKEY_SECRET   1u /* printed as "<redacted>"; wiped before it is freed */
@@ -43,7 +44,7 @@ typedef struct rgm_cfgkey {
     enum rgm_cfgtype type;
     size_t off;  /* offsetof the member in the table's struct */
     size_t size; /* sizeof the member: integers are stored at their own width */
-    size_t off2; /* ADDRS, CIDRS and REGISTRIES: offsetof the count */
+    size_t off2; /* ADDRS, CIDRS, STRINGS and REGISTRIES: offsetof the count */
     uint64_t min, max;
     /* The default as text: for BOOL, UINT and REGISTRIES its JSON; for the other types the
      * string a file would give. NULL: unset (zero, NULL); a string-valued key without a default

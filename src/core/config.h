@@ -35,6 +35,10 @@ typedef struct rgm_registry_cfg {
                       * still subject to the access rule */
     int is_unlisted; /* not a config key: made for allow_any_registry, so its host is a client's
                       * choice and may resolve only to public addresses (no SSRF) */
+    char **repo_allow; /* repositories.allow: globs; none: every repository */
+    size_t repo_allow_len;
+    char **repo_deny; /* repositories.deny: globs, beating allow */
+    size_t repo_deny_len;
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
@@ -55,6 +59,10 @@ typedef struct rgm_config {
 
     char *storage;
     uint64_t max_cache_bytes; /* 0: unlimited */
+    uint64_t orphan_grace_ms; /* a blob no cached manifest references is kept this long */
+    char **pins;              /* "pin": image patterns never evicted */
+    size_t pins_len;
+    char *admin_socket; /* NULL: <storage>/admin.sock */
     char *default_registry;
     int allow_any_registry;
     unsigned max_parallel_fetches;

@@ -13,6 +13,7 @@
 #include "registry/metrics.h"
 #include "registry/blobs.h"
 #include "registry/manifests.h"
+#include "registry/filter.h"
 #include "registry/referrers.h"
 
 struct rgm_routes {
@@ -38,7 +39,18 @@ rgm_routes_t *rgm_routes_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_store
     env->up = up;
     env->access = rgm_auth_cache_new(0);
     env->heads = rgm_auth_cache_new(0);
+    env->inuse = rgm_inuse_new();
     return r;
+}
+
+void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs)
+{
+    r->env.refs = refs;
+}
+
+rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r)
+{
+    return r->env.inuse;
 }
 
 void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv)
@@ -55,6 +67,7 @@ void rgm_routes_free(rgm_routes_t *r)
         return;
     rgm_auth_cache_free(r->env.access);
     rgm_auth_cache_free(r->env.heads);
+    rgm_inuse_free(r->env.inuse);
     for (i = 0; i < r->extra_len; i++) {
         free(r->extra[i].name);
         free(r->extra[i].endpoint);
@@ -154,6 +167,11 @@ static int select_registry(rgm_routes_t *r, struct rq *q)
                                sizeof(q->repo)) < 0 ||
         !rgm_ref_valid_name(q->repo)) {
         rq_error(q, 400, "NAME_INVALID", "invalid repository name", NULL);
+        return -1;
+    }
+    /* Filters apply to cached content too: a denied repository is not served at all. */
+    if (rgm_filter_check(q->reg, q->repo, msg, sizeof(msg)) != 0) {
+        rq_error(q, 403, "DENIED", msg, NULL);
         return -1;
     }
     return 0;

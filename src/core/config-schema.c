@@ -450,17 +450,17 @@ static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     size_t n = 0;
     int is_words = k->type == RGM_CFG_STRINGS;
 
-    if ((k->flags & RGM_CFGKEY_EMPTY_OK) && json_is_array(v) && json_array_size(v) == 0)
+    if (((k->flags & RGM_CFGKEY_EMPTY_OK) || is_words) && json_is_array(v) &&
+        json_array_size(v) == 0)
         list = NULL;
-    else if (rgm_cfgval_list(c, key, v, is_cidr ? "network" : "address",
-                             is_cidr ? check_cidr : rgm_cfgval_hostport, &list, &n) < 0)
-    /* A list of patterns may be empty ([] is how an unset one prints). */
-    if (is_words && json_is_array(v) && json_array_size(v) == 0)
-        list = NULL;
-    else if (rgm_cfgval_list(c, key, v, is_words ? "pattern" : "address",
-                             is_words ? check_word : rgm_cfgval_hostport, &list, &n) < 0)
-/* ADDRS, CIDRS and STRINGS: one string or an array of them (an empty array when the key
- * allows it; always for STRINGS, since [] is how an unset one prints). */
+    else if (rgm_cfgval_list(c, key, v,
+                             is_cidr    ? "network"
+                             : is_words ? "pattern"
+                                        : "address",
+                             is_cidr    ? check_cidr
+                             : is_words ? check_word
+                                        : rgm_cfgval_hostport,
+                             &list, &n) < 0)
         return UV_EINVAL;
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
@@ -682,8 +682,7 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
-        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS ||
-                 k->type == RGM_CFG_STRINGS)
+        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS || k->type == RGM_CFG_STRINGS)
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
             free_registries(k->sub, *(rgm_registry_cfg_t **)(void *)((char *)base + k->off),

@@ -31,10 +31,10 @@ typedef struct rgm_registry_cfg {
     char *cred_helper;         /* credentials.helper: docker-credential-NAME, or a path */
     uint64_t cred_lifetime_ms; /* credentials.lifetime: a helper's answer is kept (5 m) */
     uint64_t cred_timeout_ms;  /* credentials.timeout: a helper run's deadline (10 s) */
-    int is_private;  /* "private": true — content fetched with the mirror's own identity is
-                      * still subject to the access rule */
-    int is_unlisted; /* not a config key: made for allow_any_registry, so its host is a client's
-                      * choice and may resolve only to public addresses (no SSRF) */
+    int is_private;    /* "private": true — content fetched with the mirror's own identity is
+                        * still subject to the access rule */
+    int is_unlisted;   /* not a config key: made for allow_any_registry, so its host is a client's
+                        * choice and may resolve only to public addresses (no SSRF) */
     char **repo_allow; /* repositories.allow: globs; none: every repository */
     size_t repo_allow_len;
     char **repo_deny; /* repositories.deny: globs, beating allow */

@@ -19,6 +19,7 @@ static const struct {
     {"gc", rgm_cmd_gc, "evict least recently used content over max_cache_bytes"},
     {"ls", rgm_cmd_ls, "list cached tags and objects"},
     {"verify", rgm_cmd_verify, "re-hash every cached object"},
+    {"config", rgm_cmd_config, "check a configuration and print it with defaults filled in"},
 };
 
 static void usage(FILE *out)

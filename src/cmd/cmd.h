@@ -9,5 +9,6 @@ int rgm_cmd_hosts(int argc, char **argv);
 int rgm_cmd_gc(int argc, char **argv);
 int rgm_cmd_ls(int argc, char **argv);
 int rgm_cmd_verify(int argc, char **argv);
+int rgm_cmd_config(int argc, char **argv);
 
 #endif

@@ -1,7 +1,6 @@
 /* regmirror serve: parse the command line over the config, open the store and index, wire
  * server, routes, upstream and client on one loop, and handle signals (TERM/INT: graceful
  * stop; HUP: reopen the log). */
-#include <getopt.h>
 #include <sys/resource.h>
 #include <signal.h>
 #include <uv.h>
@@ -152,108 +151,22 @@ static void on_batch_end(uv_prepare_t *h)
     rgm_index_end_batch(s->index);
 }
 
-enum { OPT_LOG_LEVEL = 256, OPT_LOG_FILE, OPT_DEFAULT_REGISTRY, OPT_MAX_SIZE, OPT_ANY };
-
-/* Flags override the config file, which overrides the embedded defaults; --config is read
- * first wherever it appears. Returns 0, or 2 for a usage or config error (printed). */
+/* Flags override the config file, which overrides the embedded defaults (core/config).
+ * Returns 0, 1 after --help, or 2 for a usage or config error (printed). */
 static int parse_args(struct serve *s, int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"listen", required_argument, NULL, 'l'},
-        {"storage", required_argument, NULL, 's'},
-        {"registry", required_argument, NULL, 'r'},
-        {"default-registry", required_argument, NULL, OPT_DEFAULT_REGISTRY},
-        {"max-size", required_argument, NULL, OPT_MAX_SIZE},
-        {"allow-any-registry", no_argument, NULL, OPT_ANY},
-        {"log-level", required_argument, NULL, OPT_LOG_LEVEL},
-        {"log-file", required_argument, NULL, OPT_LOG_FILE},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     char err[512];
-    int c;
-    int nlisten = 0;
+    int rc;
 
     rgm_config_init(&s->cfg);
-    /* First pass: the config files (-c, --config, --conf=...), so that flags override them
-     * wherever they appear. Errors in other options are reported by the second pass. */
-    opterr = 0;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:l:s:r:h", opts, NULL)) != -1) {
-        if (c == 'c' && rgm_config_load_file(&s->cfg, optarg, err, sizeof(err)) < 0) {
-            fprintf(stderr, "regmirror: %s\n", err);
-            return 2;
-        }
-    }
-    opterr = 1;
-    optind = 1;
-    while ((c = getopt_long(argc, argv, "c:l:s:r:h", opts, NULL)) != -1) {
-        switch (c) {
-        case 'c':
-            break;
-        case 'l':
-            if (nlisten++ == 0) {
-                size_t k;
-                for (k = 0; k < s->cfg.listen_len; k++)
-                    free(s->cfg.listen[k]);
-                s->cfg.listen_len = 0;
-            }
-            s->cfg.listen = rgm_realloc(s->cfg.listen, (s->cfg.listen_len + 1) * sizeof(char *));
-            s->cfg.listen[s->cfg.listen_len++] = rgm_strdup(optarg);
-            break;
-        case 's':
-            free(s->cfg.storage);
-            s->cfg.storage = rgm_strdup(optarg);
-            break;
-        case 'r':
-            if (rgm_config_set_registry(&s->cfg, optarg, err, sizeof(err)) < 0) {
-                fprintf(stderr, "regmirror: --registry: %s\n", err);
-                return 2;
-            }
-            break;
-        case OPT_DEFAULT_REGISTRY:
-            free(s->cfg.default_registry);
-            s->cfg.default_registry = rgm_strdup(optarg);
-            break;
-        case OPT_MAX_SIZE:
-            if (rgm_parse_size(optarg, &s->cfg.max_cache_bytes) < 0) {
-                fprintf(stderr, "regmirror: --max-size: bad size \"%s\" (use 50GiB, 500MB)\n",
-                        optarg);
-                return 2;
-            }
-            break;
-        case OPT_ANY:
-            s->cfg.allow_any_registry = 1;
-            break;
-        case OPT_LOG_LEVEL:
-            s->cfg.log_level = rgm_log_parse_level(optarg);
-            if (s->cfg.log_level < 0) {
-                fprintf(stderr, "regmirror: --log-level: unknown level \"%s\"\n", optarg);
-                return 2;
-            }
-            break;
-        case OPT_LOG_FILE:
-            free(s->cfg.log_file);
-            s->cfg.log_file = rgm_strdup(optarg);
-            break;
-        case 'h':
-            usage(stdout);
-            return 1;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "regmirror: serve: unexpected argument \"%s\"\n", argv[optind]);
-        return 2;
-    }
-    if (rgm_config_validate(&s->cfg, err, sizeof(err)) < 0) {
+    rc = rgm_config_parse_args(&s->cfg, argc, argv, 0, err, sizeof(err));
+    if (rc == 1)
+        usage(stdout);
+    else if (rc < 0 && err[0])
         fprintf(stderr, "regmirror: %s\n", err);
-        return 2;
-    }
-    return 0;
+    else if (rc < 0)
+        usage(stderr);
+    return rc < 0 ? 2 : rc;
 }
 
 /* Every connection and every open blob is a descriptor: take the hard limit. */

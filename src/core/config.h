@@ -1,5 +1,7 @@
-/* Configuration: embedded defaults, the JSON file (jansson), command-line overrides. Every key
- * is documented in conf/regmirror.json. Parsing is strict: a bad value names its key. */
+/* Configuration: the struct, embedded defaults, the JSON file (jansson), command-line
+ * overrides, and the effective configuration printed back as JSON. Every key is documented in
+ * conf/regmirror.json; which keys exist is core/config-schema's table, how a value is parsed is
+ * core/config-value's. Parsing is strict: a bad value names its key. */
 #ifndef RGM_CORE_CONFIG_H
 #define RGM_CORE_CONFIG_H
 
@@ -14,7 +16,8 @@ typedef struct rgm_registry_cfg {
     int is_mirror;                 /* "mirror": true — the endpoint is another regmirror */
     unsigned max_parallel_fetches; /* 0: only the global limit */
     char *username;                /* credentials.username */
-    char *password;                /* read from credentials.password_file at load; never logged */
+    char *password_file;           /* credentials.password_file: path of the password */
+    char *password;                /* read from password_file at load; never logged or printed */
     char *docker_config;           /* credentials.docker_config: path of a docker config.json */
 } rgm_registry_cfg_t;
 
@@ -78,7 +81,30 @@ RGM_MUST_CHECK int rgm_config_validate(const rgm_config_t *cfg, char *err, size_
  * registry-1.docker.io) find docker.io. */
 const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const char *name);
 
-/* Free everything cfg owns (the password is wiped first) and zero it. */
+/* The command line of `regmirror serve` over cfg (from rgm_config_init): first every
+ * --config FILE (-c), in order, wherever it stands, then the first max_files arguments that are
+ * not options, read the same way; then the other flags in order (--listen replaces the list at
+ * its first use and adds after that, --registry as rgm_config_set_registry, --storage,
+ * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file); then
+ * rgm_config_validate. argv[0] names the command in messages. Returns 0; 1 for --help (the
+ * caller prints its usage); UV_EINVAL with the message in err, or with err empty when getopt
+ * has printed it to stderr (an unknown option, a missing argument: the caller then prints its
+ * usage). In every case cfg is left for rgm_config_free. Uses getopt's globals; blocking file
+ * I/O: call before the loop runs. */
+RGM_MUST_CHECK int rgm_config_parse_args(rgm_config_t *cfg, int argc, char **argv, int max_files,
+                                         char *err, size_t errlen);
+
+/* The effective configuration as indented JSON text ending in a newline: every key, in the
+ * order of conf/regmirror.json, with defaults filled in; secrets (the password read from
+ * password_file) as "<redacted>". Loading the text, without its redacted keys, gives the same
+ * text again. Returns a malloc'd string (the caller frees), or NULL with a message in err when
+ * a value cannot be written as JSON (a flag's bytes that are not UTF-8). */
+char *rgm_config_dump(const rgm_config_t *cfg, char *err, size_t errlen);
+
+/* Every key with its type, default and description, one per line, for --help. */
+void rgm_config_describe(FILE *out);
+
+/* Free everything cfg owns (secrets are wiped first) and zero it. */
 void rgm_config_free(rgm_config_t *cfg);
 
 /* 1 when name is a registry name as the config accepts it: a lowercase host name (labels of

@@ -1,18 +1,23 @@
-/* Unit tests for src/core/config.c: defaults, the documented example, good files, every class
- * of error (message names the file, the key and the problem), "//" keys, --registry, aliases.
- * Temp files live in a mkdtemp directory that is removed at the end. */
+/* Unit tests for src/core/config.c and the schema walk of src/core/config-schema.c: defaults,
+ * the documented example, good files, every class of error (message names the file, the key
+ * and the problem), "//" keys, --registry, aliases; the tables themselves (widths, limits,
+ * every key documented in conf/regmirror.json), null for unset keys, deep copies, serve's
+ * command line, and the effective configuration (redacted, printed back unchanged). Temp
+ * files live in a mkdtemp directory that is removed at the end. */
 #include "core/config.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <unistd.h>
 
 #include <uv.h>
 
+#include "core/config-schema.h"
 #include "core/log.h"
 #include "tap.h"
 
 static char tmpdir[] = "/tmp/rgm-test-config-XXXXXX";
-static char paths[64][512];
+static char paths[128][512];
 static size_t npaths;
 
 /* Write a file under tmpdir; returns its path (static storage). */
@@ -459,6 +464,489 @@ static void test_names(void)
         ok(!rgm_config_valid_registry_name(bad[i]), "registry name \"%s\" rejected", bad[i]);
 }
 
+/* ---- the schema ---- */
+
+static int fits_width(const rgm_cfgkey_t *k)
+{
+    if (k->size == sizeof(uint32_t))
+        return k->max <= UINT32_MAX;
+    return k->size == sizeof(uint64_t);
+}
+
+/* Widths, limits and flags of every key of t and its sub-tables. */
+static void check_table(const rgm_cfgtable_t *t)
+{
+    const rgm_cfgkey_t *k;
+    size_t i, j;
+    int good;
+
+    for (i = 0; i < t->len; i++) {
+        k = &t->keys[i];
+        good = k->name && *k->name && k->desc && *k->desc && k->off + k->size <= t->size;
+        for (j = 0; j < i; j++)
+            good = good && strcmp(t->keys[j].name, k->name) != 0;
+        switch (k->type) {
+        case RGM_CFG_STRING:
+        case RGM_CFG_FILE:
+        case RGM_CFG_REGNAME:
+        case RGM_CFG_URL:
+            good = good && k->size == sizeof(char *);
+            break;
+        case RGM_CFG_BOOL:
+        case RGM_CFG_LEVEL:
+            good = good && k->size == sizeof(int) && !(k->flags & RGM_CFGKEY_SECRET);
+            break;
+        case RGM_CFG_UINT:
+        case RGM_CFG_SIZE:
+            good = good && fits_width(k) && k->min <= k->max;
+            break;
+        case RGM_CFG_DURATION:
+            good = good && k->size == sizeof(uint64_t);
+            break;
+        case RGM_CFG_ADDRS:
+        case RGM_CFG_REGISTRIES:
+            good = good && k->off2 != k->off && k->off2 + sizeof(size_t) <= t->size;
+            good = good && (k->type == RGM_CFG_ADDRS || k->sub);
+            break;
+        case RGM_CFG_OBJECT:
+            good = good && k->sub && k->sub->size == t->size;
+            break;
+        }
+        ok(good, "schema: %s%s: name, width, limits and flags agree", t->path, k->name);
+        if (k->sub)
+            check_table(k->sub);
+    }
+}
+
+/* Every key of t that a file may set has a "//key" entry in doc, and every "//key" of doc
+ * (but "//" alone and "//example ...") names a key. */
+static void check_documented(const rgm_cfgtable_t *t, const json_t *doc, const char *what)
+{
+    const char *name;
+    char dockey[128];
+    json_t *v;
+    size_t i;
+
+    for (i = 0; i < t->len; i++) {
+        if (t->keys[i].flags & RGM_CFGKEY_DERIVED)
+            continue;
+        if (snprintf(dockey, sizeof(dockey), "//%s", t->keys[i].name) < 0)
+            abort();
+        ok(json_object_get(doc, dockey) != NULL, "%s documents %s%s", what, t->path,
+           t->keys[i].name);
+    }
+    json_object_foreach((json_t *)doc, name, v)
+    {
+        const rgm_cfgkey_t *k = NULL;
+
+        if (strncmp(name, "//", 2) != 0 || name[2] == '\0' || strncmp(name, "//example", 9) == 0)
+            continue;
+        for (i = 0; i < t->len; i++) {
+            if (strcmp(t->keys[i].name, name + 2) == 0)
+                k = &t->keys[i];
+        }
+        ok(k != NULL || strcmp(name, "//NAME") == 0, "%s: \"%s\" is a key of the schema", what,
+           name);
+    }
+}
+
+static const char *conf_path(const char *name, char *buf, size_t len)
+{
+    const char *srcdir = getenv("RGM_SRCDIR");
+
+    if (snprintf(buf, len, "%s/conf/%s", srcdir ? srcdir : ".", name) < 0)
+        abort();
+    if (!srcdir && access(buf, R_OK) < 0 && snprintf(buf, len, "../../conf/%s", name) < 0)
+        abort();
+    return buf;
+}
+
+static void test_schema_tables(void)
+{
+    const rgm_cfgkey_t *creds = NULL;
+    json_t *doc, *regdoc;
+    char path[1024];
+    const char *text;
+    size_t i;
+
+    check_table(&rgm_cfgschema_top);
+    doc = json_load_file(conf_path("regmirror.json", path, sizeof(path)), 0, NULL);
+    ok(doc != NULL, "conf/regmirror.json parses");
+    if (!doc)
+        return;
+    check_documented(&rgm_cfgschema_top, doc, "conf/regmirror.json");
+    regdoc = json_object_get(json_object_get(doc, "registries"), "//NAME");
+    ok(json_is_object(regdoc), "conf/regmirror.json documents registries.//NAME");
+    check_documented(&rgm_cfgschema_registry, regdoc, "conf/regmirror.json registries.//NAME");
+    for (i = 0; i < rgm_cfgschema_registry.len; i++) {
+        if (rgm_cfgschema_registry.keys[i].type == RGM_CFG_OBJECT)
+            creds = &rgm_cfgschema_registry.keys[i];
+    }
+    text = json_string_value(json_object_get(regdoc, "//credentials"));
+    ok(creds && text, "credentials is an object key, documented");
+    for (i = 0; creds && text && i < creds->sub->len; i++) {
+        if (creds->sub->keys[i].flags & RGM_CFGKEY_DERIVED)
+            continue;
+        ok(strstr(text, creds->sub->keys[i].name) != NULL, "//credentials mentions %s",
+           creds->sub->keys[i].name);
+    }
+    json_decref(doc);
+}
+
+static void test_nulls_and_hints(void)
+{
+    char text[1024], err[512];
+    const rgm_registry_cfg_t *r;
+    const char *path;
+    rgm_config_t cfg;
+    int rc;
+
+    load_bad("credsunknown.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+             "{\"user\": \"u\"}}}}",
+             "registries.r.io.credentials.user: unknown key (expected username, password_file "
+             "or docker_config)",
+             "unknown credentials key lists the keys");
+    load_bad("credspw.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+             "{\"username\": \"u\", \"password\": \"p\"}}}}",
+             "registries.r.io.credentials.password: unknown key",
+             "password is not a file key (only password_file)");
+    load_bad("credsarray.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": []}}}",
+             "registries.r.io.credentials: expected an object, got an array",
+             "credentials of the wrong type");
+    load_bad("regstring.json", "{\"registries\": {\"r.io\": \"https://r.io\"}}",
+             "registries.r.io: expected an object, got a string", "registry of the wrong type");
+    load_bad("pwnouser.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+             "{\"password_file\": \"/nonexistent/pw\"}}}}",
+             "registries.r.io.credentials: password_file needs username", "password_file alone");
+    load_bad("nullstorage.json", "{\"storage\": null}", "storage: expected a string, got null",
+             "null for a key with a default");
+    load_bad("nullendpoint.json", "{\"registries\": {\"r.io\": {\"endpoint\": null}}}",
+             "registries.r.io.endpoint: expected a string, got null", "null for a required key");
+    load_bad("nulllisten.json", "{\"listen\": null}", "listen: expected a string or an array",
+             "null listen");
+    load_bad("nullttl.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"tag_ttl\": null}}}",
+             "registries.r.io.tag_ttl: expected a duration string", "null duration");
+    load_bad("mpf.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", "
+             "\"max_parallel_fetches\": 1025}}}",
+             "registries.r.io.max_parallel_fetches: 1025 is out of range 0..1024",
+             "per-registry integer out of range");
+    load_bad("second-bad.json",
+             "{\"storage\": \"/ok\", \"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\"}},"
+             " \"max_headers\": 7}",
+             "max_headers: 7 is out of range 8..1024", "a bad key after good ones");
+
+    rc = snprintf(text, sizeof(text),
+                  "{\"log_file\": null, \"registries\": {\"r.io\": {\"endpoint\": "
+                  "\"https://r.io\", \"ca_file\": null, \"credentials\": {\"username\": null, "
+                  "\"password_file\": null, \"docker_config\": null}}}, \"default_registry\": "
+                  "\"r.io\"}");
+    RGM_BUG_ON(rc < 0 || (size_t)rc >= sizeof(text));
+    path = write_file("nulls.json", text);
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0,
+           "null is accepted for keys without a default (%s)", err);
+    r = rgm_config_registry(&cfg, "r.io");
+    ok(r && !r->ca_file && !r->username && !r->password_file && !r->password && !r->docker_config,
+       "null: unset");
+    ok(r && r->tag_ttl_ms == 60000 && r->max_parallel_fetches == 0,
+       "a file registry gets the table's defaults");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), 0, "nulls: validates");
+    rgm_config_free(&cfg);
+}
+
+static void test_copy(void)
+{
+    rgm_config_t a, b;
+    char err[512], text[1024];
+    char *da, *db;
+    const char *pw, *path;
+    int rc;
+
+    pw = write_file("copy-pw", "copy-secret\n");
+    rc = snprintf(text, sizeof(text),
+                  "{\"listen\": [\"127.0.0.1:1\", \"127.0.0.1:2\"], \"log_file\": \"/l\", "
+                  "\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+                  "{\"username\": \"u\", \"password_file\": \"%s\"}}}, \"default_registry\": "
+                  "\"r.io\"}",
+                  pw);
+    RGM_BUG_ON(rc < 0 || (size_t)rc >= sizeof(text));
+    path = write_file("copy.json", text);
+    rgm_config_init(&a);
+    is_int(rgm_config_load_file(&a, path, err, sizeof(err)), 0, "copy: source loads (%s)", err);
+    rgm_cfgschema_copy(&rgm_cfgschema_top, &b, &a);
+    da = rgm_config_dump(&a, err, sizeof(err));
+    ok(b.listen != a.listen && b.registries != a.registries && b.log_file != a.log_file &&
+           b.registries[0].password != a.registries[0].password,
+       "copy: every owned pointer is new");
+    rgm_config_free(&a);
+    is_str(b.registries[0].password, "copy-secret", "copy: the secret survives the source");
+    db = rgm_config_dump(&b, err, sizeof(err));
+    is_str(db, da, "copy: the same effective configuration");
+    rgm_config_free(&b);
+    free(da);
+    free(db);
+}
+
+/* ---- serve's command line ---- */
+
+/* rgm_config_parse_args on a default config with the NULL-terminated words. */
+static int args(rgm_config_t *cfg, int max_files, char *err, size_t errlen, ...)
+{
+    char *argv[32];
+    va_list ap;
+    int argc = 0, rc;
+
+    va_start(ap, errlen);
+    while (argc < 31 && (argv[argc] = va_arg(ap, char *)) != NULL)
+        argc++;
+    va_end(ap);
+    argv[argc] = NULL;
+    rgm_config_init(cfg);
+    rc = rgm_config_parse_args(cfg, argc, argv, max_files, err, errlen);
+    return rc;
+}
+
+static void test_parse_args(void)
+{
+    const char *a, *b, *bad;
+    const rgm_registry_cfg_t *r;
+    rgm_config_t cfg;
+    char err[512];
+    int rc;
+
+    a = write_file("args-a.json", "{\"listen\": \"0.0.0.0:9\", \"storage\": \"/a\", "
+                                  "\"log_level\": \"warn\"}");
+    b = write_file("args-b.json", "{\"storage\": \"/b\"}");
+    bad = write_file("args-bad.json", "{\"storage\": 5}");
+
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--listen", "127.0.0.1:1", "-c", (char *)a,
+              "--listen", "[::1]:2", NULL);
+    is_int(rc, 0, "args: --config after --listen (%s)", err);
+    ok(cfg.listen_len == 2 && strcmp(cfg.listen[0], "127.0.0.1:1") == 0 &&
+           strcmp(cfg.listen[1], "[::1]:2") == 0,
+       "args: the first --listen replaces the file's list, the next ones add");
+    is_str(cfg.storage, "/a", "args: --config is read first wherever it stands");
+    is_int(cfg.log_level, RGM_LOG_WARN, "args: the file's other keys stay");
+    rgm_config_free(&cfg);
+
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--conf", (char *)a, "-c", (char *)b, "--storage",
+              "/flag", NULL);
+    is_int(rc, 0, "args: two files, --conf abbreviated (%s)", err);
+    is_str(cfg.storage, "/flag", "args: the flag over both files");
+    is_int(cfg.log_level, RGM_LOG_WARN, "args: the first file's keys under the second's");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "-c", (char *)a, "-c", (char *)b, NULL);
+    is_str(rc == 0 ? cfg.storage : NULL, "/b", "args: files in order, the last one wins");
+    rgm_config_free(&cfg);
+
+    rc = args(&cfg, 1, err, sizeof(err), "config", "--storage", "/flag", (char *)a, NULL);
+    is_int(rc, 0, "args: a FILE argument where allowed (%s)", err);
+    ok(strcmp(cfg.storage, "/flag") == 0 && strcmp(cfg.listen[0], "0.0.0.0:9") == 0,
+       "args: FILE read before the flags");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 1, err, sizeof(err), "config", "-c", (char *)b, (char *)a, NULL);
+    is_str(rc == 0 ? cfg.storage : NULL, "/a", "args: FILE read after --config");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", (char *)a, NULL);
+    is_int(rc, UV_EINVAL, "args: no FILE argument for serve");
+    ok(strstr(err, "serve: unexpected argument \"") != NULL, "args: unexpected (%s)", err);
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 1, err, sizeof(err), "config", (char *)a, "extra", NULL);
+    is_int(rc, UV_EINVAL, "args: a second FILE");
+    is_str(err, "config: unexpected argument \"extra\"", "args: the second FILE named");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 1, err, sizeof(err), "config", (char *)bad, NULL);
+    is_int(rc, UV_EINVAL, "args: a bad FILE");
+    ok(strstr(err, bad) && strstr(err, "storage: expected a string"), "args: bad FILE (%s)", err);
+    rgm_config_free(&cfg);
+
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--max-size", "1.5GiB", "--log-level", "debug",
+              "--registry", "x.io=http://127.0.0.1:9/", "--default-registry", "x.io",
+              "--allow-any-registry", "--log-file", "/var/log/r.log", "-s", "/s", "-l",
+              "127.0.0.1:7", NULL);
+    is_int(rc, 0, "args: every flag (%s)", err);
+    is_int(cfg.max_cache_bytes, 3ULL << 29, "args: --max-size");
+    is_int(cfg.log_level, RGM_LOG_DEBUG, "args: --log-level");
+    r = rgm_config_registry(&cfg, "x.io");
+    is_str(r ? r->endpoint : NULL, "http://127.0.0.1:9", "args: --registry");
+    is_str(cfg.default_registry, "x.io", "args: --default-registry");
+    is_int(cfg.allow_any_registry, 1, "args: --allow-any-registry");
+    is_str(cfg.log_file, "/var/log/r.log", "args: --log-file");
+    is_str(cfg.storage, "/s", "args: -s");
+    ok(cfg.listen_len == 1 && strcmp(cfg.listen[0], "127.0.0.1:7") == 0, "args: -l");
+    rgm_config_free(&cfg);
+
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--max-size", "5x", NULL), UV_EINVAL,
+           "args: bad --max-size");
+    is_str(err, "--max-size: bad size \"5x\" (use 50GiB, 500MB)", "args: --max-size message");
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--log-level", "loud", NULL), UV_EINVAL,
+           "args: bad --log-level");
+    is_str(err, "--log-level: unknown level \"loud\"", "args: --log-level message");
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--registry", "NoEquals", NULL), UV_EINVAL,
+           "args: bad --registry");
+    is_str(err, "--registry: --registry: bad argument \"NoEquals\" (use NAME=URL)",
+           "args: --registry message, as serve has always printed it");
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--default-registry", "nope.io", NULL),
+           UV_EINVAL, "args: validated at the end");
+    ok(strstr(err, "config: default_registry: \"nope.io\" is not one of") != NULL,
+       "args: validate's message (%s)", err);
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--listen", "5000", NULL), UV_EINVAL,
+           "args: a bad --listen");
+    ok(strstr(err, "config: listen: bad address \"5000\"") != NULL, "args: --listen (%s)", err);
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--log-level", "loud", "-c", (char *)bad, NULL),
+           UV_EINVAL, "args: file errors before flag errors");
+    ok(strstr(err, bad) != NULL, "args: the file's error first (%s)", err);
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--storage", "/x", "--help", NULL), 1,
+           "args: --help gives 1");
+    rgm_config_free(&cfg);
+    printf("# getopt's own message on stderr is expected here:\n");
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--bogus-flag", NULL), UV_EINVAL,
+           "args: an unknown flag");
+    is_str(err, "", "args: unknown flag: getopt printed it, err is empty");
+    rgm_config_free(&cfg);
+    is_int(args(&cfg, 0, err, sizeof(err), "serve", "--listen", NULL), UV_EINVAL,
+           "args: a flag without its argument");
+    is_str(err, "", "args: missing argument: getopt printed it");
+    rgm_config_free(&cfg);
+}
+
+/* ---- the effective configuration ---- */
+
+/* Remove every "password": "<redacted>" from the dump's registries. */
+static void strip_redacted(json_t *root)
+{
+    json_t *regs = json_object_get(root, "registries"), *reg, *creds;
+    const char *name;
+
+    json_object_foreach(regs, name, reg)
+    {
+        creds = json_object_get(reg, "credentials");
+        if (json_is_string(json_object_get(creds, "password")))
+            RGM_BUG_ON(json_object_del(creds, "password") != 0);
+    }
+}
+
+static void test_dump(void)
+{
+    char text[2048], err[512], path[1024];
+    char *dflt, *conf, *out, *again;
+    rgm_config_t cfg;
+    const char *pw, *dc, *file, *back;
+    json_t *root;
+    int rc;
+
+    rgm_config_init(&cfg);
+    dflt = rgm_config_dump(&cfg, err, sizeof(err));
+    rgm_config_free(&cfg);
+    ok(dflt && dflt[strlen(dflt) - 1] == '\n', "dump: the defaults, ending in a newline");
+    ok(dflt && !strstr(dflt, "\"password\""), "dump: no password key where none was read");
+    ok(dflt && strstr(dflt, "\"max_header_bytes\": \"16KiB\"") &&
+           strstr(dflt, "\"send_timeout\": \"2m\"") && strstr(dflt, "\"log_file\": null") &&
+           strstr(dflt, "\"ca_file\": null") && strstr(dflt, "\"tag_ttl\": \"1m\""),
+       "dump: defaults filled in, in the parsers' own notation");
+    rgm_config_init(&cfg);
+    rc = rgm_config_load_file(&cfg, conf_path("regmirror.json", path, sizeof(path)), err,
+                              sizeof(err));
+    conf = rc == 0 ? rgm_config_dump(&cfg, err, sizeof(err)) : NULL;
+    rgm_config_free(&cfg);
+    ok(conf && dflt && strcmp(conf, dflt) == 0,
+       "dump: conf/regmirror.json (documented as the defaults) is the built-in default");
+    if (conf && dflt && strcmp(conf, dflt) != 0)
+        printf("# conf:\n%s# defaults:\n%s", conf, dflt);
+
+    pw = write_file("dump-pw", "dump-secret-42\n");
+    dc = write_file("dump-dc.json", "{\"auths\":{}}\n");
+    rc = snprintf(text, sizeof(text),
+                  "{\"listen\": \"127.0.0.1:0\", \"max_cache_bytes\": \"1.5GiB\", "
+                  "\"shutdown_timeout\": \"0\", \"send_timeout\": \"1h30m\", "
+                  "\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io/\", "
+                  "\"credentials\": {\"username\": \"u\", \"password_file\": \"%s\"}}, "
+                  "\"d.io\": {\"endpoint\": \"http://127.0.0.1:9\", \"mirror\": true, "
+                  "\"credentials\": {\"docker_config\": \"%s\"}}}, \"default_registry\": "
+                  "\"r.io\", \"log_file\": \"/var/log/x.log\"}",
+                  pw, dc);
+    RGM_BUG_ON(rc < 0 || (size_t)rc >= sizeof(text));
+    file = write_file("dump.json", text);
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, file, err, sizeof(err)), 0, "dump: file loads (%s)", err);
+    out = rgm_config_dump(&cfg, err, sizeof(err));
+    rgm_config_free(&cfg);
+    ok(out && !strstr(out, "dump-secret-42"), "dump: the password is not printed");
+    ok(out && strstr(out, "\"password\": \"<redacted>\""), "dump: the password is <redacted>");
+    ok(out && strstr(out, pw) && strstr(out, dc), "dump: the files' paths are printed");
+    ok(out && strstr(out, "\"endpoint\": \"https://r.io\"") &&
+           strstr(out, "\"max_cache_bytes\": \"1536MiB\"") &&
+           strstr(out, "\"shutdown_timeout\": \"0\"") && strstr(out, "\"send_timeout\": \"1h30m\""),
+       "dump: the values as stored");
+    ok(out && strstr(out, "\"r.io\"") < strstr(out, "\"d.io\""), "dump: registries in order");
+
+    /* feed it back, minus the redacted secret: the same text */
+    root = out ? json_loads(out, 0, NULL) : NULL;
+    ok(root != NULL, "dump: valid JSON");
+    again = NULL;
+    if (root) {
+        strip_redacted(root);
+        back = write_file("dump-back.json", "");
+        RGM_BUG_ON(json_dump_file(root, back, 0) != 0);
+        json_decref(root);
+        rgm_config_init(&cfg);
+        is_int(rgm_config_load_file(&cfg, back, err, sizeof(err)), 0, "dump: the output loads (%s)",
+               err);
+        again = rgm_config_dump(&cfg, err, sizeof(err));
+        rgm_config_free(&cfg);
+    }
+    ok(out && again && strcmp(out, again) == 0, "dump: printed back unchanged");
+
+    rgm_config_init(&cfg);
+    free(cfg.storage);
+    cfg.storage = rgm_strdup("/data/\xff\xfe");
+    ok(rgm_config_dump(&cfg, err, sizeof(err)) == NULL, "dump: a value that is not UTF-8");
+    ok(strstr(err, "storage") && strstr(err, "UTF-8"), "dump: the key is named (%s)", err);
+    rgm_config_free(&cfg);
+    rgm_config_init(&cfg);
+    cfg.log_level = 9;
+    ok(rgm_config_dump(&cfg, err, sizeof(err)) == NULL, "dump: a log level out of range");
+    ok(strstr(err, "log_level: 9 is not a log level") != NULL, "dump: log level named (%s)", err);
+    rgm_config_free(&cfg);
+
+    free(dflt);
+    free(conf);
+    free(out);
+    free(again);
+}
+
+static void test_describe(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+
+    RGM_BUG_ON(!f);
+    rgm_config_describe(f);
+    RGM_BUG_ON(fclose(f) != 0);
+    ok(strstr(buf, "  listen (HOST:PORT list, default 127.0.0.1:5000): ") != NULL,
+       "describe: a top-level key with its default");
+    ok(strstr(buf, "  registries.NAME.endpoint (URL, required): ") != NULL,
+       "describe: a registry key");
+    ok(strstr(buf, "  registries.NAME.credentials.password (string, secret, set at load): ") !=
+           NULL,
+       "describe: the secret");
+    ok(strstr(buf, "  access_log (boolean, default true): ") != NULL, "describe: the last key");
+    free(buf);
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -473,6 +961,12 @@ int main(void)
     test_set_registry();
     test_validate();
     test_names();
+    test_schema_tables();
+    test_nulls_and_hints();
+    test_copy();
+    test_parse_args();
+    test_dump();
+    test_describe();
     cleanup();
     return tap_done();
 }

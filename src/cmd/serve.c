@@ -48,6 +48,7 @@ static void usage(FILE *out)
                  "                       [--registry NAME=URL]... [--default-registry NAME]\n"
                  "                       [--max-size SIZE] [--allow-any-registry]\n"
                  "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
+                 "                       [--peer URL]... [--peers-dns URL] [--self URL]\n"
                  "\n"
                  "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
                  "./regmirror-data, docker.io and the well-known public registries.\n"

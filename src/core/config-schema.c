@@ -73,6 +73,17 @@ static const rgm_cfgkey_t registry_keys[] = {
     OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, or docker_config"),
 };
 
+static const rgm_cfgkey_t cluster_keys[] = {
+    LIST_(rgm_config_t, "peers", URLS, cluster_peers, cluster_peers_len, NULL, NULL, "base URLs of every replica of this cluster, this one included (docs/cluster.md)"),
+    TOP("peers_dns", URL, cluster_peers_dns, 0, 0, NULL, 0, "http://NAME:PORT of a headless Service: every A record of NAME is a replica, re-resolved every 15 s"),
+    TOP("self", URL, cluster_self, 0, 0, NULL, 0, "this replica's base URL; null: the peer with a local address and a listen port"),
+};
+
+static const rgm_cfgtable_t cluster_table = {
+    .path = "cluster.", .keys = cluster_keys, .len = RGM_ARRAY_SIZE(cluster_keys),
+    .size = sizeof(rgm_config_t), .is_hinted = 1,
+};
+
 static const rgm_cfgkey_t top_keys[] = {
     LIST_(rgm_config_t, "listen", ADDRS, listen, listen_len, "127.0.0.1:5000", NULL, "addresses to listen on, HOST:PORT or [IPV6]:PORT (port 0: any free port)"),
     TOP("storage", STRING, storage, 0, 0, "./regmirror-data", 0, "cache directory (blobs/, tmp/, index.db), created if missing"),
@@ -96,6 +107,7 @@ static const rgm_cfgkey_t top_keys[] = {
     TOP("log_level", LEVEL, log_level, 0, 0, "info", 0, "error, warn, info or debug"),
     TOP("log_file", STRING, log_file, 0, 0, NULL, 0, "log file, appended, reopened on SIGHUP; null: stderr"),
     TOP("access_log", BOOL, access_log, 0, 0, "true", 0, "one log line per request (Authorization is never logged)"),
+    OBJ_("cluster", &cluster_table, "replicas that shard the cache by rendezvous hashing: peers or peers_dns, and self"),
 };
 // clang-format on
 
@@ -328,8 +340,14 @@ static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     char **list = NULL;
     size_t n = 0;
 
-    if (rgm_cfgval_list(c, key, v, "address", rgm_cfgval_hostport, &list, &n) < 0)
+    if (k->type == RGM_CFG_URLS && json_is_null(v)) {
+        /* unset: an empty list prints as null, and reads back as such */
+    } else if (k->type == RGM_CFG_URLS) {
+        if (rgm_cfgval_list(c, key, v, "URL", rgm_cfgval_base_url, &list, &n) < 0)
+            return UV_EINVAL;
+    } else if (rgm_cfgval_list(c, key, v, "address", rgm_cfgval_hostport, &list, &n) < 0) {
         return UV_EINVAL;
+    }
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
     set_count(k, base, n);
@@ -415,6 +433,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
         store_uint(k, base, u);
         return 0;
     case RGM_CFG_ADDRS:
+    case RGM_CFG_URLS:
         return set_addrs(c, k, base, key, v);
     case RGM_CFG_OBJECT:
         return rgm_cfgschema_apply(c, k->sub, base, key, v);
@@ -501,7 +520,7 @@ static void copy_owned(const rgm_cfgtable_t *t, void *dst, const void *src)
         k = &t->keys[i];
         if (is_string_type(k->type)) {
             *string_at(k, dst) = string_of(k, src) ? rgm_strdup(string_of(k, src)) : NULL;
-        } else if (k->type == RGM_CFG_ADDRS) {
+        } else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_URLS) {
             n = count_of(k, src);
             sv = *(char **const *)(const void *)((const char *)src + k->off);
             dv = rgm_calloc(n, sizeof(char *));
@@ -539,7 +558,7 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
-        else if (k->type == RGM_CFG_ADDRS)
+        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_URLS)
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
             free_registries(k->sub, *(rgm_registry_cfg_t **)(void *)((char *)base + k->off),
@@ -621,6 +640,10 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
         return rgm_cfgval_size_json(load_uint(k, base));
     case RGM_CFG_DURATION:
         return rgm_cfgval_duration_json(load_uint(k, base));
+    case RGM_CFG_URLS:
+        if (count_of(k, base) == 0)
+            return json_null();
+        /* fall through */
     case RGM_CFG_ADDRS:
         arr = json_array();
         sv = *(char **const *)(const void *)((const char *)base + k->off);
@@ -677,6 +700,7 @@ static const char *type_text(enum rgm_cfgtype t)
         [RGM_CFG_BOOL] = "boolean",     [RGM_CFG_UINT] = "integer",
         [RGM_CFG_SIZE] = "size",        [RGM_CFG_DURATION] = "duration",
         [RGM_CFG_LEVEL] = "log level",  [RGM_CFG_ADDRS] = "HOST:PORT list",
+        [RGM_CFG_URLS] = "URL list",
         [RGM_CFG_OBJECT] = "object",    [RGM_CFG_REGISTRIES] = "object of NAME: registry",
     };
 

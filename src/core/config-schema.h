@@ -23,6 +23,7 @@ enum rgm_cfgtype {
     RGM_CFG_DURATION,   /* uint64_t milliseconds: a duration string, min..365d */
     RGM_CFG_LEVEL,      /* int: a log level name */
     RGM_CFG_ADDRS,      /* char ** with its size_t count at off2: HOST:PORT, one or an array */
+    RGM_CFG_URLS,       /* char ** with its size_t count at off2: base URLs, one or an array */
     RGM_CFG_OBJECT,     /* an object of the keys of sub, stored in this same struct */
     RGM_CFG_REGISTRIES, /* rgm_registry_cfg_t * with its size_t count at off2: NAME -> sub */
 };

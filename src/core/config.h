@@ -48,6 +48,12 @@ typedef struct rgm_config {
     uint64_t upstream_read_timeout_ms;
     uint64_t auth_cache_ttl_ms; /* private access decisions */
 
+    /* cluster (docs/cluster.md): peers or peers_dns, and self; all unset: no cluster */
+    char **cluster_peers; /* base URLs, as written */
+    size_t cluster_peers_len;
+    char *cluster_peers_dns; /* "http://NAME:PORT" */
+    char *cluster_self;
+
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */
     int access_log;
@@ -85,7 +91,8 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
  * --config FILE (-c), in order, wherever it stands, then the first max_files arguments that are
  * not options, read the same way; then the other flags in order (--listen replaces the list at
  * its first use and adds after that, --registry as rgm_config_set_registry, --storage,
- * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file); then
+ * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file; --peer as
+ * --listen, for cluster.peers; --peers-dns, --self); then
  * rgm_config_validate. argv[0] names the command in messages. Returns 0; 1 for --help (the
  * caller prints its usage); UV_EINVAL with the message in err, or with err empty when getopt
  * has printed it to stderr (an unknown option, a missing argument: the caller then prints its

@@ -504,9 +504,10 @@ static void check_table(const rgm_cfgtable_t *t)
             good = good && k->size == sizeof(uint64_t);
             break;
         case RGM_CFG_ADDRS:
+        case RGM_CFG_URLS:
         case RGM_CFG_REGISTRIES:
             good = good && k->off2 != k->off && k->off2 + sizeof(size_t) <= t->size;
-            good = good && (k->type == RGM_CFG_ADDRS || k->sub);
+            good = good && (k->type != RGM_CFG_REGISTRIES || k->sub);
             break;
         case RGM_CFG_OBJECT:
             good = good && k->sub && k->sub->size == t->size;
@@ -581,6 +582,11 @@ static void test_schema_tables(void)
     for (i = 0; i < rgm_cfgschema_registry.len; i++) {
         if (rgm_cfgschema_registry.keys[i].type == RGM_CFG_OBJECT)
             creds = &rgm_cfgschema_registry.keys[i];
+    }
+    for (i = 0; i < rgm_cfgschema_top.len; i++) {
+        if (strcmp(rgm_cfgschema_top.keys[i].name, "cluster") == 0)
+            check_documented(rgm_cfgschema_top.keys[i].sub, json_object_get(doc, "cluster"),
+                             "conf/regmirror.json cluster");
     }
     text = json_string_value(json_object_get(regdoc, "//credentials"));
     ok(creds && text, "credentials is an object key, documented");
@@ -710,6 +716,97 @@ static int args(rgm_config_t *cfg, int max_files, char *err, size_t errlen, ...)
     rgm_config_init(cfg);
     rc = rgm_config_parse_args(cfg, argc, argv, max_files, err, errlen);
     return rc;
+}
+
+/* cluster: peers (one or a list of base URLs) or peers_dns, and self; from files and flags. */
+static void test_cluster(void)
+{
+    rgm_config_t cfg;
+    char err[512];
+    const char *path;
+    int rc;
+
+    rgm_config_init(&cfg);
+    ok(cfg.cluster_peers_len == 0 && !cfg.cluster_peers_dns && !cfg.cluster_self,
+       "cluster: none by default");
+    path = write_file("cluster.json",
+                      "{\"cluster\": {\"peers\": [\"http://10.0.0.1:5000\", "
+                      "\"HTTP://Node-B:5000/\"], \"self\": \"http://10.0.0.1:5000\"}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: peers and self (%s)",
+           err);
+    ok(cfg.cluster_peers_len == 2 && strcmp(cfg.cluster_peers[1], "HTTP://Node-B:5000/") == 0,
+       "cluster: peers kept as written (canonical form is the cluster module's)");
+    is_str(cfg.cluster_self, "http://10.0.0.1:5000", "cluster: self");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), 0, "cluster: valid (%s)", err);
+    path = write_file("cluster2.json", "{\"cluster\": {\"peers\": null, \"peers_dns\": "
+                                       "\"http://regmirror-peers:5000/\", \"self\": null}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: peers_dns (%s)", err);
+    ok(cfg.cluster_peers_len == 0 && !cfg.cluster_self, "cluster: null clears peers and self");
+    is_str(cfg.cluster_peers_dns, "http://regmirror-peers:5000", "cluster: peers_dns, no slash");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), 0, "cluster: peers_dns valid (%s)", err);
+    path = write_file("cluster3.json", "{\"cluster\": {\"peers\": \"http://[::1]:5000\"}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: one peer string");
+    ok(cfg.cluster_peers_len == 1, "cluster: a single string is a list of one");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: both is invalid");
+    ok(strstr(err, "cluster: use either peers or peers_dns") != NULL, "cluster: both (%s)", err);
+    rgm_config_free(&cfg);
+
+    load_bad("cl-empty.json", "{\"cluster\": {\"peers\": []}}",
+             "cluster.peers: must list at least one URL", "cluster: empty peers");
+    load_bad("cl-path.json", "{\"cluster\": {\"peers\": [\"http://a:1\", \"http://b:1/v2\"]}}",
+             "cluster.peers[1]: bad base URL \"http://b:1/v2\"", "cluster: a peer with a path");
+    load_bad("cl-query.json", "{\"cluster\": {\"peers\": \"http://a:1?x\"}}",
+             "cluster.peers: bad base URL", "cluster: a peer with a query");
+    load_bad("cl-type.json", "{\"cluster\": {\"peers\": 5}}",
+             "cluster.peers: expected a string or an array", "cluster: peers of the wrong type");
+    load_bad("cl-elem.json", "{\"cluster\": {\"peers\": [true]}}",
+             "cluster.peers[0]: expected an \"http://HOST:PORT\" string", "cluster: a bool peer");
+    load_bad("cl-dns.json", "{\"cluster\": {\"peers_dns\": \"regmirror:5000\"}}",
+             "cluster.peers_dns: bad URL", "cluster: peers_dns without a scheme");
+    load_bad("cl-key.json", "{\"cluster\": {\"peer\": \"http://a:1\"}}",
+             "cluster.peer: unknown key", "cluster: unknown key");
+    load_bad("cl-obj.json", "{\"cluster\": [\"http://a:1\"]}", "cluster: expected an object",
+             "cluster: not an object");
+
+    path = write_file("cl-self.json", "{\"cluster\": {\"self\": \"http://a:1\"}}");
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: self alone loads");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: self alone invalid");
+    ok(strstr(err, "cluster.self: needs peers or peers_dns") != NULL, "cluster: self (%s)", err);
+    rgm_config_free(&cfg);
+    path = write_file("cl-dnspath.json", "{\"cluster\": {\"peers_dns\": \"http://a:1/x\"}}");
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: dns with a path loads");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: dns path invalid");
+    ok(strstr(err, "cluster.peers_dns: bad base URL") != NULL, "cluster: dns path (%s)", err);
+    rgm_config_free(&cfg);
+
+    path =
+        write_file("cl-args.json", "{\"cluster\": {\"peers\": [\"http://a:1\", \"http://b:1\"]}}");
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "-c", (char *)path, "--peer", "http://c:1",
+              "--peer", "http://d:1", "--self", "http://d:1", NULL);
+    is_int(rc, 0, "cluster: --peer and --self (%s)", err);
+    ok(cfg.cluster_peers_len == 2 && strcmp(cfg.cluster_peers[0], "http://c:1") == 0 &&
+           strcmp(cfg.cluster_peers[1], "http://d:1") == 0,
+       "cluster: the first --peer replaces the file's peers, the next adds");
+    is_str(cfg.cluster_self, "http://d:1", "cluster: --self");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peers-dns", "http://regmirror:5000", NULL);
+    is_int(rc, 0, "cluster: --peers-dns (%s)", err);
+    is_str(cfg.cluster_peers_dns, "http://regmirror:5000", "cluster: --peers-dns set");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peer", "10.0.0.1:5000", NULL);
+    is_int(rc, UV_EINVAL, "cluster: --peer without a scheme");
+    ok(strstr(err, "cluster.peers[0]: bad base URL") != NULL, "cluster: --peer message (%s)", err);
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peer", "http://a:1", "--peers-dns",
+              "http://b:1", NULL);
+    is_int(rc, UV_EINVAL, "cluster: --peer with --peers-dns");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--self", "http://a:1/", "--peers-dns",
+              "http://b:1", NULL);
+    is_int(rc, 0, "cluster: --self with a trailing slash (%s)", err);
+    rgm_config_free(&cfg);
 }
 
 static void test_parse_args(void)
@@ -965,6 +1062,7 @@ int main(void)
     test_nulls_and_hints();
     test_copy();
     test_parse_args();
+    test_cluster();
     test_dump();
     test_describe();
     cleanup();

@@ -695,13 +695,19 @@ json_t *rgm_cfgschema_dump(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, c
 static const char *type_text(enum rgm_cfgtype t)
 {
     static const char *const names[] = {
-        [RGM_CFG_STRING] = "string",    [RGM_CFG_FILE] = "file",
-        [RGM_CFG_REGNAME] = "registry", [RGM_CFG_URL] = "URL",
-        [RGM_CFG_BOOL] = "boolean",     [RGM_CFG_UINT] = "integer",
-        [RGM_CFG_SIZE] = "size",        [RGM_CFG_DURATION] = "duration",
-        [RGM_CFG_LEVEL] = "log level",  [RGM_CFG_ADDRS] = "HOST:PORT list",
+        [RGM_CFG_STRING] = "string",
+        [RGM_CFG_FILE] = "file",
+        [RGM_CFG_REGNAME] = "registry",
+        [RGM_CFG_URL] = "URL",
+        [RGM_CFG_BOOL] = "boolean",
+        [RGM_CFG_UINT] = "integer",
+        [RGM_CFG_SIZE] = "size",
+        [RGM_CFG_DURATION] = "duration",
+        [RGM_CFG_LEVEL] = "log level",
+        [RGM_CFG_ADDRS] = "HOST:PORT list",
         [RGM_CFG_URLS] = "URL list",
-        [RGM_CFG_OBJECT] = "object",    [RGM_CFG_REGISTRIES] = "object of NAME: registry",
+        [RGM_CFG_OBJECT] = "object",
+        [RGM_CFG_REGISTRIES] = "object of NAME: registry",
     };
 
     return names[t];

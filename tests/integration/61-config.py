@@ -92,7 +92,9 @@ for k, want in [("max_cache_bytes", 0), ("default_registry", "docker.io"),
                 ("auth_cache_ttl", "1m"), ("sendfile", False), ("log_level", "info"),
                 ("log_file", None), ("access_log", True)]:
     t.is_(dflt.get(k, "(absent)"), want, "default %s" % k)
-t.is_(len(dflt), 22, "every top-level key is printed")
+t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None},
+      "default cluster: none")
+t.is_(len(dflt), 23, "every top-level key is printed")
 rc, _, out, _ = check(os.path.join(RGM_SRCDIR, "conf", "regmirror.json"))
 t.is_(rc, 0, "conf/regmirror.json: exit 0")
 t.is_(out, dflt_out, "conf/regmirror.json gives exactly the built-in defaults")

@@ -24,6 +24,7 @@ struct member {
     int is_probing;
     unsigned fails;       /* consecutive failures; drives the backoff */
     uint64_t retry_at_ms; /* loop time of the next probe while down */
+    uint64_t n_forwarded, bytes_forwarded, n_fills;
 };
 
 /* One probe in flight. It names its peer by URL, because the member may be dropped by a DNS
@@ -578,6 +579,7 @@ size_t rgm_peers_rank(const rgm_peers_t *p, const char *key, size_t key_len, int
     rgm_rendezvous_rank(key, key_len, urls, n, rank);
     for (i = 0; i < n && i < max; i++) {
         const struct member *m = who[rank[i].idx];
+        memset(&out[i], 0, sizeof(out[i]));
         memcpy(out[i].url, m->url, sizeof(out[i].url));
         out[i].is_self = m->is_self;
         out[i].is_up = m->is_self || !m->is_down;
@@ -603,6 +605,19 @@ int rgm_peers_fill_source(const rgm_peers_t *p, const char *key, size_t key_len,
     return 1;
 }
 
+void rgm_peers_count(rgm_peers_t *p, const char *url, int is_fill, uint64_t bytes)
+{
+    struct member *m = find_member(p, url);
+
+    if (!m)
+        return;
+    if (is_fill)
+        m->n_fills++;
+    else
+        m->n_forwarded++;
+    m->bytes_forwarded += bytes;
+}
+
 void rgm_peers_stats(const rgm_peers_t *p, rgm_peers_stats_t *out)
 {
     size_t i;
@@ -623,9 +638,13 @@ int rgm_peers_member(const rgm_peers_t *p, size_t i, rgm_peer_pick_t *out)
 {
     if (i >= p->n)
         return UV_EINVAL;
+    memset(out, 0, sizeof(*out));
     memcpy(out->url, p->m[i].url, sizeof(out->url));
     out->is_self = p->m[i].is_self;
     out->is_up = p->m[i].is_self || !p->m[i].is_down;
+    out->n_forwarded = p->m[i].n_forwarded;
+    out->bytes_forwarded = p->m[i].bytes_forwarded;
+    out->n_fills = p->m[i].n_fills;
     return 0;
 }
 

@@ -63,6 +63,10 @@ typedef struct rgm_peer_pick {
     char url[RGM_PEER_URL_MAX];
     int is_self;
     int is_up;
+    /* rgm_peers_member only (zero in rankings): what was asked of this peer */
+    uint64_t n_forwarded;     /* requests forwarded to it */
+    uint64_t bytes_forwarded; /* body bytes relayed from it */
+    uint64_t n_fills;         /* only-if-cached requests to it */
 } rgm_peer_pick_t;
 
 /* The members in rendezvous order for key (key_len bytes), best first, into out[0..max):
@@ -84,6 +88,10 @@ int rgm_peers_fill_source(const rgm_peers_t *p, const char *key, size_t key_len,
  * its probe after the backoff; a success marks it up. Unknown URLs (removed meanwhile) and
  * self are ignored. */
 void rgm_peers_report(rgm_peers_t *p, const char *url, int is_ok);
+
+/* Count one request to peer url (forwarded, or a fill when is_fill) and the body bytes it gave.
+ * Unknown URLs are ignored. */
+void rgm_peers_count(rgm_peers_t *p, const char *url, int is_fill, uint64_t bytes);
 
 /* Counts for metrics: members, healthy members (self included), whether self is known. */
 typedef struct rgm_peers_stats {

@@ -1,12 +1,14 @@
-/* Single-flight blob fetches: one producer appends into store/tmp (hashed as it goes), any
- * number of readers pread the same file up to the readable mark and are woken when it moves.
- * Verified bytes are fsync'd and renamed into the store. Callbacks to the producer's done and
- * to readers' on_more are deferred to an idle pass, so none runs inside a call into this
- * module. Not here: HTTP, registries, the index (the done callback does that). */
+/* Single-flight blob fetches: one producer appends into a bounded queue of chunks, which
+ * libuv's pool hashes and writes into store/tmp in batches while the producer goes on reading;
+ * any number of readers pread the same file up to the readable mark and are woken when it
+ * moves. Verified bytes are fsync'd and renamed into the store. Callbacks to the producer's
+ * done and to readers' on_more are deferred to an idle pass, so none runs inside a call into
+ * this module. Not here: HTTP, registries, the index (the done callback does that). */
 #include "cache/fetch.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -15,6 +17,24 @@
 
 #define FETCH_BUCKETS 256
 
+/* The write queue. The producer's bytes are copied into fixed chunks; one batch at a time
+ * (up to BATCH_MAX) goes to libuv's pool, which hashes it and writes it with pwritev, so that
+ * the upstream socket, SHA-256 and the disk overlap instead of taking turns per chunk. A
+ * fetch queues at most QUEUE_MAX bytes (in the pool or waiting) before its producer waits,
+ * and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue may
+ * always take one append (so no fetch waits on another's): memory stays flat whatever the
+ * network and disk speeds. Sizes measured on loopback: see tests/bench (ingest). */
+#define CHUNK_SIZE (256 * 1024)
+#define BATCH_MAX  (1024 * 1024)
+#define QUEUE_MAX  (4 * 1024 * 1024)
+#define TOTAL_MAX  (16 * 1024 * 1024)
+
+struct chunk {
+    struct chunk *next;
+    size_t len;
+    char data[CHUNK_SIZE];
+};
+
 struct rgm_fetches {
     uv_loop_t *loop;
     rgm_store_t *store;
@@ -22,6 +42,7 @@ struct rgm_fetches {
     struct rgm_fetch *buckets[FETCH_BUCKETS];  /* in-flight fetches by the digest's first byte */
     size_t count;                              /* fetches in the table */
     size_t live;                               /* fetches allocated (in the table or ended) */
+    size_t queued;                             /* bytes in every fetch's write queue */
     struct rgm_fetch *queue_head, *queue_tail; /* fetches with deferred work */
 };
 
@@ -69,12 +90,21 @@ struct rgm_fetch {
     uint64_t written;  /* in the file */
     uint64_t readable_at_fail;
 
-    uv_fs_t write_req;
-    int is_writing;
+    /* The write queue (loop side): chunks waiting, then the batch in the pool. While a batch
+     * is in the pool (is_writing), the pool thread owns md, wfd's file offset past written,
+     * and the batch's chunks; the loop touches neither until on_batch. */
+    struct chunk *q_head, *q_tail; /* waiting for the pool, in order */
+    struct chunk *batch;           /* in the pool */
+    struct chunk *spare;           /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1) */
+    size_t queued;                 /* bytes waiting + in the pool */
+    size_t batch_len;
+    ssize_t batch_result; /* pool: bytes written, or -errno */
+    uv_work_t work;
+    int is_writing;   /* a batch is in the pool */
     int is_finishing; /* rgm_fetch_finish was called */
     int is_syncing;
-    char *wbuf;
-    size_t wbuf_cap, wbuf_len, wbuf_off;
+    int is_append_due;    /* append_cb is to run from the idle pass */
+    int is_producer_fail; /* failed by rgm_fetch_fail (append cbs then get UV_ECANCELED) */
     void (*append_cb)(rgm_fetch_t *f, int status, void *ud);
     void *append_ud;
     uv_fs_t fsync_req;
@@ -86,6 +116,8 @@ struct rgm_fetch {
 };
 
 static void on_idle(uv_idle_t *h);
+static void chunks_free(struct chunk **head);
+static void queue_drop(rgm_fetch_t *f);
 
 /* ---- table ---- */
 
@@ -188,7 +220,9 @@ static void fetch_dispose(rgm_fetch_t *f)
     if (f->tmp_path)
         (void)unlink(f->tmp_path);
     free(f->tmp_path);
-    free(f->wbuf);
+    RGM_BUG_ON(f->queued != 0); /* queue_drop ran at the end; no batch is in the pool */
+    chunks_free(&f->q_head);
+    chunks_free(&f->spare);
     EVP_MD_CTX_free(f->md);
     if (--f->t->live == 0)
         idle_release(f->t); /* nothing can be queued: queued fetches are alive */
@@ -236,6 +270,7 @@ static void fail_internal(rgm_fetch_t *f, int err)
     f->readable_at_fail = rgm_fetch_readable(f);
     f->state = RGM_FETCH_FAILED;
     f->error = err < 0 ? err : UV_EIO;
+    queue_drop(f); /* a batch in the pool comes back to on_batch_done */
     table_remove(f);
     if (f->tmp_path && unlink(f->tmp_path) < 0)
         rgm_log(RGM_LOG_WARN, "fetch", "cannot unlink %s: %s", f->tmp_path, strerror(errno));
@@ -293,6 +328,7 @@ static void begin_verify(rgm_fetch_t *f)
         hex[2 * i + 1] = "0123456789abcdef"[md[i] & 15];
     }
     hex[2 * md_len] = '\0';
+    chunks_free(&f->spare); /* every byte is in the file */
     if (strcmp(hex, f->digest + 7) != 0) {
         rgm_log(RGM_LOG_WARN, "fetch", "digest mismatch for %s: got %.6s:%s", f->digest, f->digest,
                 hex);
@@ -309,68 +345,178 @@ static void begin_verify(rgm_fetch_t *f)
     }
 }
 
-static void on_write(uv_fs_t *req);
+/* ---- the write queue ---- */
 
-static int issue_write(rgm_fetch_t *f)
+static void chunks_free(struct chunk **head)
 {
-    uv_buf_t b = uv_buf_init(f->wbuf + f->wbuf_off, (unsigned)(f->wbuf_len - f->wbuf_off));
+    struct chunk *c;
 
-    return uv_fs_write(f->t->loop, &f->write_req, f->wfd, &b, 1, (int64_t)f->written, on_write);
+    while ((c = *head) != NULL) {
+        *head = c->next;
+        free(c);
+    }
 }
 
-/* Handle one completed uv_fs_write; returns 1 when the rest of the chunk was re-issued. */
-static int write_progress(rgm_fetch_t *f, int *result)
+static void chunks_recycle(rgm_fetch_t *f, struct chunk *list)
 {
+    struct chunk *c;
+
+    while ((c = list) != NULL) {
+        list = c->next;
+        c->next = f->spare;
+        c->len = 0;
+        f->spare = c;
+    }
+}
+
+/* No more bytes will be queued (the fetch ended or all were appended): drop what is queued
+ * and the spares; a batch in the pool is freed when it comes back. */
+static void queue_drop(rgm_fetch_t *f)
+{
+    size_t pending = f->queued - (f->is_writing ? f->batch_len : 0);
+
+    chunks_free(&f->q_head);
+    f->q_tail = NULL;
+    chunks_free(&f->spare);
+    f->queued -= pending;
+    f->t->queued -= pending;
+}
+
+/* Room for another append: under this fetch's limit and the table's, or an empty queue. */
+static int has_room(const rgm_fetch_t *f)
+{
+    if (f->queued == 0)
+        return 1;
+    return f->queued < QUEUE_MAX && f->t->queued < TOTAL_MAX;
+}
+
+/* Pool thread: hash the batch, then write it at offset off. Only this fetch's md, wfd and the
+ * batch are touched (see the struct). */
+static void on_batch_work(uv_work_t *w)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    struct iovec iov[BATCH_MAX / CHUNK_SIZE + 1];
+    const struct chunk *c;
+    uint64_t off = f->written;
+    size_t done = 0;
+    int n = 0;
+    int i = 0;
+    ssize_t r;
+
+    for (c = f->batch; c; c = c->next) {
+        if (EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
+            f->batch_result = UV_EIO;
+            return;
+        }
+        iov[n].iov_base = (void *)c->data;
+        iov[n].iov_len = c->len;
+        n++;
+    }
+    while (done < f->batch_len) {
+        r = pwritev(f->wfd, iov + i, n - i, (off_t)(off + done));
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {
+            f->batch_result = r < 0 ? -errno : UV_EIO; /* 0: no progress on a regular file */
+            return;
+        }
+        done += (size_t)r;
+        while (i < n && (size_t)r >= iov[i].iov_len) {
+            r -= (ssize_t)iov[i].iov_len;
+            i++;
+        }
+        if (i < n) {
+            iov[i].iov_base = (char *)iov[i].iov_base + r;
+            iov[i].iov_len -= (size_t)r;
+        }
+    }
+    f->batch_result = (ssize_t)done;
+}
+
+static void on_batch_done(uv_work_t *w, int status);
+
+/* Hand the next batch (whole chunks from the head, at most BATCH_MAX; the tail chunk too once
+ * it is full or all bytes were appended) to the pool. */
+static int batch_start(rgm_fetch_t *f)
+{
+    struct chunk **pp = &f->q_head;
+    size_t len = 0;
     int err;
 
-    if (*result < 0 || f->state != RGM_FETCH_RUNNING)
+    if (f->is_writing || !f->q_head || f->state != RGM_FETCH_RUNNING)
         return 0;
-    f->written += (uint64_t)*result;
-    f->wbuf_off += (size_t)*result;
-    if (f->wbuf_off >= f->wbuf_len)
-        return 0;
-    if (*result == 0) {
-        *result = UV_EIO; /* no progress on a regular file: give up rather than spin */
-        return 0;
+    while (*pp && len + (*pp)->len <= BATCH_MAX) {
+        if (*pp == f->q_tail && (*pp)->len < CHUNK_SIZE && !f->is_finishing && len > 0)
+            break; /* let the tail fill up unless nothing else is waiting */
+        len += (*pp)->len;
+        pp = &(*pp)->next;
     }
-    err = issue_write(f);
-    if (err == 0)
-        return 1;
-    *result = err;
-    return 0;
+    f->batch = f->q_head;
+    f->q_head = *pp;
+    *pp = NULL;
+    if (!f->q_head)
+        f->q_tail = NULL;
+    f->batch_len = len;
+    f->batch_result = 0;
+    f->is_writing = 1;
+    fetch_ref(f);
+    err = uv_queue_work(f->t->loop, &f->work, on_batch_work, on_batch_done);
+    if (err < 0) {
+        f->is_writing = 0;
+        fetch_unref(f); /* f still has its producer's reference */
+        chunks_recycle(f, f->batch);
+        f->batch = NULL;
+    }
+    return err;
 }
 
-static void on_write(uv_fs_t *req)
+/* The producer's pending append may complete: now, or from the idle pass (status 0), or with
+ * the fetch's end. */
+static void append_settle(rgm_fetch_t *f)
 {
-    rgm_fetch_t *f = rgm_container_of(req, rgm_fetch_t, write_req);
-    void (*cb)(rgm_fetch_t *, int, void *) = f->append_cb;
-    void *cb_ud = f->append_ud;
-    int result = (int)req->result;
-    int status;
+    if (!f->append_cb || f->is_append_due)
+        return;
+    if (f->state == RGM_FETCH_RUNNING && !has_room(f))
+        return;
+    f->is_append_due = 1;
+    queue(f);
+}
 
-    uv_fs_req_cleanup(req);
+static void on_batch_done(uv_work_t *w, int status)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    ssize_t result = status < 0 ? status : f->batch_result;
+    int err;
+
+    f->is_writing = 0;
+    f->queued -= f->batch_len;
+    f->t->queued -= f->batch_len;
     if (RGM_FAULT("store.write"))
         result = UV_EIO;
-    if (write_progress(f, &result))
-        return;
-    f->is_writing = 0;
-    f->append_cb = NULL;
-    f->append_ud = NULL;
-    if (f->state != RGM_FETCH_RUNNING) {
-        status = UV_ECANCELED; /* the producer failed the fetch meanwhile */
-        queue(f);
-    } else if (result < 0) {
-        rgm_log(RGM_LOG_ERROR, "fetch", "write %s: %s", f->digest, uv_strerror(result));
-        status = result;
-        fail_internal(f, result);
+    if (f->state == RGM_FETCH_RUNNING && result >= 0)
+        f->written += (uint64_t)result;
+    if (f->state == RGM_FETCH_RUNNING && !f->is_finishing) {
+        chunks_recycle(f, f->batch);
     } else {
-        status = 0;
-        queue(f); /* readable grew */
+        chunks_free(&f->batch); /* no more appends: no spares needed */
+        chunks_free(&f->spare);
     }
-    if (cb)
-        cb(f, status, cb_ud);
-    if (f->state == RGM_FETCH_RUNNING && f->is_finishing && !f->is_writing && !f->is_syncing)
-        begin_verify(f);
+    f->batch = NULL;
+    f->batch_len = 0;
+    if (f->state != RGM_FETCH_RUNNING) {
+        queue(f); /* failed meanwhile: let the append cb and done run */
+    } else if (result < 0) {
+        rgm_log(RGM_LOG_ERROR, "fetch", "write %s: %s", f->digest, uv_strerror((int)result));
+        fail_internal(f, (int)result);
+    } else {
+        queue(f); /* readable grew */
+        err = batch_start(f);
+        if (err < 0)
+            fail_internal(f, err);
+        else if (f->is_finishing && !f->is_writing)
+            begin_verify(f);
+    }
+    append_settle(f);
     fetch_unref(f);
 }
 
@@ -438,61 +584,99 @@ void rgm_fetch_set_size(rgm_fetch_t *f, uint64_t size)
     f->size = size;
 }
 
-int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len,
-                     void (*cb)(rgm_fetch_t *f, int status, void *ud), void *ud)
+/* Copy len bytes to the queue's tail, in as many chunks as they take. */
+static void queue_copy(rgm_fetch_t *f, const char *data, size_t len)
+{
+    struct chunk *c = f->q_tail;
+    size_t n;
+
+    while (len > 0) {
+        if (!c || c->len == CHUNK_SIZE) {
+            c = f->spare;
+            if (c)
+                f->spare = c->next;
+            else
+                c = rgm_malloc(sizeof(*c));
+            c->next = NULL;
+            c->len = 0;
+            if (f->q_tail)
+                f->q_tail->next = c;
+            else
+                f->q_head = c;
+            f->q_tail = c;
+        }
+        n = CHUNK_SIZE - c->len < len ? CHUNK_SIZE - c->len : len;
+        memcpy(c->data + c->len, data, n);
+        c->len += n;
+        data += n;
+        len -= n;
+        f->queued += n;
+        f->t->queued += n;
+    }
+}
+
+/* The checks and the queueing shared by rgm_fetch_write (is_wait 0: only when there is room)
+ * and rgm_fetch_append (is_wait 1). */
+static int enqueue(rgm_fetch_t *f, const void *data, size_t len, int is_wait)
 {
     int err;
 
     if (f->state != RGM_FETCH_RUNNING)
         return f->error;
-    if (f->is_writing)
+    if (f->append_cb)
         return UV_EBUSY;
     if (f->is_finishing)
         return UV_EINVAL;
+    if (!is_wait && !has_room(f))
+        return UV_EAGAIN;
     if (f->size != UINT64_MAX && len > f->size - f->appended) {
         fail_internal(f, UV_E2BIG);
         return UV_E2BIG;
     }
-    if (len > f->wbuf_cap) {
-        free(f->wbuf);
-        f->wbuf = rgm_malloc(len);
-        f->wbuf_cap = len;
-    }
-    if (len > 0)
-        memcpy(f->wbuf, data, len);
-    if (EVP_DigestUpdate(f->md, data, len) != 1) {
-        fail_internal(f, UV_EIO);
-        return UV_EIO;
-    }
+    queue_copy(f, data, len);
     f->appended += len;
-    f->wbuf_len = len;
-    f->wbuf_off = 0;
+    err = batch_start(f);
+    if (err < 0)
+        fail_internal(f, err);
+    return err;
+}
+
+int rgm_fetch_write(rgm_fetch_t *f, const void *data, size_t len)
+{
+    return enqueue(f, data, len, 0);
+}
+
+int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len,
+                     void (*cb)(rgm_fetch_t *f, int status, void *ud), void *ud)
+{
+    int err = enqueue(f, data, len, 1);
+
+    if (err < 0)
+        return err;
     f->append_cb = cb;
     f->append_ud = ud;
-    f->is_writing = 1;
-    fetch_ref(f);
-    err = issue_write(f);
-    if (err < 0) {
-        f->is_writing = 0;
-        f->append_cb = NULL;
-        fetch_unref(f);
-        fail_internal(f, err);
-        return err;
-    }
+    append_settle(f);
     return 0;
 }
 
 void rgm_fetch_finish(rgm_fetch_t *f)
 {
+    int err;
+
     if (f->state != RGM_FETCH_RUNNING || f->is_finishing)
         return;
     f->is_finishing = 1;
-    if (!f->is_writing)
+    err = batch_start(f); /* the tail chunk, when it was waiting to fill up */
+    if (err < 0)
+        fail_internal(f, err);
+    else if (!f->is_writing)
         begin_verify(f);
 }
 
 void rgm_fetch_fail(rgm_fetch_t *f, int err)
 {
+    if (f->state == RGM_FETCH_RUNNING)
+        f->is_producer_fail = 1;
     fail_internal(f, err < 0 ? err : UV_EIO);
 }
 
@@ -590,12 +774,25 @@ static void notify_readers(rgm_fetch_t *f)
     }
 }
 
-/* Deferred work of one fetch: done once the fetch ended and its I/O is over, then readers. */
+/* Deferred work of one fetch: the producer's append cb when it is due (or the fetch ended),
+ * done once the fetch ended and its I/O is over, then readers. */
 static void process(rgm_fetch_t *f)
 {
+    void (*cb)(rgm_fetch_t *, int, void *) = f->append_cb;
+    void *cb_ud = f->append_ud;
     int status;
 
-    if (f->state != RGM_FETCH_RUNNING && f->has_producer && !f->is_writing && !f->is_syncing) {
+    if (cb && (f->is_append_due || f->state != RGM_FETCH_RUNNING)) {
+        f->append_cb = NULL;
+        f->append_ud = NULL;
+        f->is_append_due = 0;
+        status = 0;
+        if (f->state == RGM_FETCH_FAILED)
+            status = f->is_producer_fail ? UV_ECANCELED : f->error;
+        cb(f, status, cb_ud); /* may append again, finish or fail */
+    }
+    if (f->state != RGM_FETCH_RUNNING && f->has_producer && !f->is_writing && !f->is_syncing &&
+        !f->append_cb) {
         f->has_producer = 0;
         status = f->state == RGM_FETCH_DONE ? 0 : f->error;
         if (f->done)

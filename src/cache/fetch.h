@@ -47,18 +47,28 @@ RGM_MUST_CHECK int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fet
  * UV_E2BIG (also at once when more was already appended), a shorter one at finish with
  * UV_EINVAL. */
 void rgm_fetch_set_size(rgm_fetch_t *f, uint64_t size);
-/* Append len bytes (copied), hashed, written with uv_fs_write. cb runs once they are in the
- * file (status 0) or the write failed (<0, the fetch is then failed; UV_ECANCELED when the
- * producer failed it meanwhile). At most one append may be pending: the producer stops reading
- * upstream until cb, so the upstream runs at disk speed, never at a client's.
+/* Append len bytes (copied) to the fetch's write queue; libuv's pool hashes and writes them
+ * (in order, in batches) while the producer goes on reading. cb runs once the queue has room
+ * for more (status 0: at once, from the idle pass, when it already has; else when a batch has
+ * landed), or with the fetch's error when it failed meanwhile (a write error; UV_ECANCELED
+ * when the producer failed it). At most one append may be pending: the producer stops reading
+ * upstream until cb, so the upstream runs at the speed of the disk and the hash (never at a
+ * client's), with at most 4 MiB queued per fetch and 16 MiB over all fetches.
  * Returns <0 without calling cb: the fetch's error when it already ended, UV_EBUSY (an append
  * is pending), UV_EINVAL (after finish), UV_E2BIG (beyond set_size: the fetch is failed), or
- * a uv_fs_write error (the fetch is failed). RGM_FAULT("store.write") fails the write. */
+ * a uv_queue_work error (the fetch is failed). RGM_FAULT("store.write") fails a batch's write.
+ * Bytes are readable (rgm_fetch_readable) once they are in the file, not when cb runs. */
 RGM_MUST_CHECK int rgm_fetch_append(rgm_fetch_t *f, const void *data, size_t len,
                                     void (*cb)(rgm_fetch_t *f, int status, void *ud), void *ud);
-/* All bytes were appended: verify the digest, fsync and rename into the store (async); then
- * done runs and readers are woken. May be called while the last append is pending (it waits
- * for it). Ignored once the fetch has ended or after a first finish. */
+/* The same without a callback, when the queue has room now: 0 (queued: the producer may go on
+ * reading at once), UV_EAGAIN (the queue is full: nothing was queued; call rgm_fetch_append and
+ * wait for its cb), or rgm_fetch_append's errors. This saves a pause and resume of the
+ * upstream connection per chunk while the disk keeps up. */
+RGM_MUST_CHECK int rgm_fetch_write(rgm_fetch_t *f, const void *data, size_t len);
+/* All bytes were appended: once the queue has landed, verify the digest, fsync and rename
+ * into the store (async); then done runs and readers are woken. May be called while the last
+ * append is pending or batches are in the pool (it waits for them). Ignored once the fetch has
+ * ended or after a first finish. */
 void rgm_fetch_finish(rgm_fetch_t *f);
 /* The producer gives up (err < 0, else UV_EIO): readers are woken and see FAILED; temp file
  * removed. Allowed while an append or the finish is pending (nothing enters the store); a

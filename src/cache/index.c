@@ -31,7 +31,7 @@ enum {
     ST_TOUCH,
     ST_STATS,
     ST_LRU,
-    ST_ALL_OBJECTS,
+    ST_ROWS_AFTER,
     ST_GC_ORIGINS,
     ST_ALL_TAGS,
     ST_HAS_REG_ORIGIN,
@@ -55,7 +55,9 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ADD_ORIGIN] = "INSERT INTO origins(digest, registry, repository, is_public) "
                       "VALUES (?1, ?2, ?3, ?4) ON CONFLICT(digest, registry, repository) "
                       "DO UPDATE SET is_public = excluded.is_public",
-    [ST_HAS_PUBLIC] = "SELECT 1 FROM origins WHERE digest = ?1 AND is_public != 0 LIMIT 1",
+    /* only with the object's row: a file without one is not served (reconcile) */
+    [ST_HAS_PUBLIC] = "SELECT 1 FROM origins WHERE digest = ?1 AND is_public != 0 AND EXISTS "
+                      "(SELECT 1 FROM objects WHERE digest = ?1) LIMIT 1",
     [ST_HAS_ORIGIN] = "SELECT is_public FROM origins WHERE digest = ?1 AND registry = ?2 "
                       "AND repository = ?3",
     [ST_GET_TAG] = "SELECT digest, checked FROM tags WHERE registry = ?1 AND repository = ?2 "
@@ -69,9 +71,13 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_STATS] = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects",
     [ST_LRU] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM objects "
                "ORDER BY last_access, digest LIMIT ?1",
-    [ST_ALL_OBJECTS] = "SELECT digest, size FROM objects",
-    [ST_GC_ORIGINS] = "DELETE FROM origins WHERE digest NOT IN (SELECT digest FROM objects)",
-    [ST_HAS_REG_ORIGIN] = "SELECT 1 FROM origins WHERE digest = ?1 AND registry = ?2 LIMIT 1",
+    [ST_ROWS_AFTER] = "SELECT digest, size FROM objects WHERE digest > ?1 ORDER BY digest "
+                      "LIMIT ?2",
+    /* origins in (?1, ?2] without an object ('~' sorts after every digest) */
+    [ST_GC_ORIGINS] = "DELETE FROM origins WHERE digest > ?1 AND digest <= ?2 AND NOT EXISTS "
+                      "(SELECT 1 FROM objects WHERE objects.digest = origins.digest)",
+    [ST_HAS_REG_ORIGIN] = "SELECT 1 FROM origins WHERE digest = ?1 AND registry = ?2 AND "
+                          "EXISTS (SELECT 1 FROM objects WHERE digest = ?1) LIMIT 1",
     [ST_ALL_TAGS] = "SELECT registry, repository, tag, digest, checked FROM tags "
                     "ORDER BY registry, repository, tag",
 };
@@ -117,6 +123,10 @@ struct rgm_index {
     sqlite3_stmt *st[ST_COUNT];
     struct touch *touches[TOUCH_BUCKETS];
     size_t touch_count;
+    /* While a background reconcile checks rows, rows after check_after (in digest order) are
+     * not checked yet: a lookup of one checks its file itself (rgm_index_check_files). */
+    rgm_store_t *check_store;
+    char check_after[RGM_DIGEST_MAX];
 };
 
 /* ---- helpers ---- */
@@ -406,6 +416,39 @@ int rgm_index_flush(rgm_index_t *idx)
 
 /* ---- objects ---- */
 
+/* Does the row's file exist with the row's size? If not, drop the row (and a file of another
+ * size: it is not what the row describes). 0 kept, 1 dropped, <0 on a database error. One
+ * stat(2) from the page cache, plus a delete when dropped. */
+static int check_row(rgm_index_t *idx, rgm_store_t *store, const char *digest, uint64_t size)
+{
+    uint64_t fsize = 0;
+    int has = rgm_store_has(store, digest, &fsize);
+    int err;
+
+    if (has == 1 && fsize == size)
+        return 0;
+    if (has == 1 && rgm_store_remove(store, digest) < 0)
+        rgm_log(RGM_LOG_WARN, "index", "reconcile: cannot remove %s", digest);
+    err = rgm_index_remove_object(idx, digest);
+    return err < 0 ? err : 1;
+}
+
+/* A row the background reconcile has not reached yet (rgm_index_check_files). */
+static int is_unchecked(const rgm_index_t *idx, const char *digest)
+{
+    return idx->check_store && strcmp(digest, idx->check_after) > 0;
+}
+
+/* Vouching for a digest (its origins) is what lets a file be served: a row not checked yet
+ * is checked first, and vouches only when its file is there with the row's size. 1 when the
+ * row was dropped. */
+static int drop_if_unchecked(rgm_index_t *idx, const char *digest)
+{
+    rgm_index_object_t obj;
+
+    return is_unchecked(idx, digest) && rgm_index_get_object(idx, digest, &obj) == UV_ENOENT;
+}
+
 int rgm_index_get_object(rgm_index_t *idx, const char *digest, rgm_index_object_t *obj)
 {
     sqlite3_stmt *st = idx->st[ST_GET_OBJECT];
@@ -434,6 +477,8 @@ int rgm_index_get_object(rgm_index_t *idx, const char *digest, rgm_index_object_
         if (t->last_ms > obj->last_access_ms)
             obj->last_access_ms = t->last_ms;
     }
+    if (is_unchecked(idx, digest))
+        return check_row(idx, idx->check_store, digest, obj->size) == 1 ? UV_ENOENT : 0;
     return 0;
 }
 
@@ -569,6 +614,8 @@ int rgm_index_has_public_origin(rgm_index_t *idx, const char *digest)
     sqlite3_stmt *st = idx->st[ST_HAS_PUBLIC];
     int rc;
 
+    if (drop_if_unchecked(idx, digest))
+        return 0;
     read_begin(idx);
     (void)bind_text(st, 1, digest);
     rc = sqlite3_step(st);
@@ -602,6 +649,8 @@ int rgm_index_has_registry_origin(rgm_index_t *idx, const char *digest, const ch
     sqlite3_stmt *st = idx->st[ST_HAS_REG_ORIGIN];
     int rc;
 
+    if (drop_if_unchecked(idx, digest))
+        return 0;
     read_begin(idx);
     (void)bind_text(st, 1, digest);
     (void)bind_text(st, 2, registry);
@@ -681,6 +730,76 @@ int rgm_index_list_tags(rgm_index_t *idx, const char *registry, const char *repo
 
 /* ---- reconcile ---- */
 
+void rgm_index_check_files(rgm_index_t *idx, rgm_store_t *store, const char *after)
+{
+    idx->check_store = store;
+    snprintf(idx->check_after, sizeof(idx->check_after), "%s", after ? after : "");
+}
+
+static int gc_origins(rgm_index_t *idx, const char *after, const char *upto)
+{
+    sqlite3_stmt *st = idx->st[ST_GC_ORIGINS];
+    int rc;
+
+    read_end(idx);
+    (void)bind_text(st, 1, after);
+    (void)bind_text(st, 2, upto);
+    rc = sqlite3_step(st);
+    st_done(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(idx, "reconcile: origins");
+}
+
+int rgm_index_reconcile_rows(rgm_index_t *idx, rgm_store_t *store, char *after, size_t max,
+                             size_t *dropped)
+{
+    sqlite3_stmt *st = idx->st[ST_ROWS_AFTER];
+    struct row {
+        char digest[RGM_DIGEST_MAX];
+        uint64_t size;
+    } *rows = rgm_malloc((max ? max : 1) * sizeof(*rows));
+    size_t n = 0, i;
+    int rc = SQLITE_DONE;
+    int err = 0;
+
+    read_begin(idx);
+    (void)bind_text(st, 1, after);
+    (void)sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+    while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        col_text(st, 0, rows[n].digest, sizeof(rows[n].digest));
+        rows[n].size = col_u64(st, 1);
+        n++;
+    }
+    if (n < max && rc != SQLITE_DONE)
+        err = db_fail(idx, "reconcile: rows");
+    st_done(st);
+    for (i = 0; err == 0 && i < n; i++) {
+        err = check_row(idx, store, rows[i].digest, rows[i].size);
+        if (err == 1) {
+            (*dropped)++;
+            err = 0;
+        }
+    }
+    /* the origins of this range; after the last row, all the rest */
+    if (err == 0)
+        err = gc_origins(idx, after, n == max ? rows[n - 1].digest : "~");
+    if (err == 0 && n > 0)
+        snprintf(after, RGM_DIGEST_MAX, "%s", rows[n - 1].digest);
+    free(rows);
+    if (err < 0)
+        return err;
+    return n == max && max > 0 ? 1 : 0;
+}
+
+int rgm_index_reconcile_file(rgm_index_t *idx, rgm_store_t *store, const char *digest)
+{
+    rgm_index_object_t obj;
+    int err = rgm_index_get_object(idx, digest, &obj);
+
+    if (err != UV_ENOENT)
+        return err; /* 0: it has a row; or UV_EIO */
+    return rgm_store_remove(store, digest) == 0 ? 1 : 0;
+}
+
 struct reconcile {
     rgm_index_t *idx;
     rgm_store_t *store;
@@ -688,75 +807,31 @@ struct reconcile {
     int err;
 };
 
-/* Store walk: delete a file that has no row. */
 static int reconcile_file(const char *digest, uint64_t size, void *ud)
 {
     struct reconcile *r = ud;
-    sqlite3_stmt *st = r->idx->st[ST_GET_OBJECT];
     int rc;
 
     (void)size; /* sizes were compared from the rows' side */
-    (void)bind_text(st, 1, digest);
-    rc = sqlite3_step(st);
-    st_done(st);
-    if (rc == SQLITE_ROW)
-        return 0;
-    if (rc != SQLITE_DONE) {
-        r->err = db_fail(r->idx, "reconcile: lookup");
+    rc = rgm_index_reconcile_file(r->idx, r->store, digest);
+    if (rc < 0) {
+        r->err = rc;
         return 1;
     }
-    if (rgm_store_remove(r->store, digest) == 0)
-        r->files_deleted++;
+    r->files_deleted += (unsigned long)rc;
     return 0;
-}
-
-/* Digests of rows whose file is missing or has another size. *out malloc'd. */
-static int rows_without_file(rgm_index_t *idx, rgm_store_t *store, char ***out, size_t *out_len)
-{
-    sqlite3_stmt *st = idx->st[ST_ALL_OBJECTS];
-    char **list = NULL;
-    size_t len = 0, cap = 0;
-    char digest[RGM_DIGEST_MAX];
-    uint64_t size;
-    int has;
-    int rc;
-
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        col_text(st, 0, digest, sizeof(digest));
-        size = 0;
-        has = rgm_store_has(store, digest, &size);
-        if (has == 1 && size == col_u64(st, 1))
-            continue;
-        if (len == cap) {
-            cap = cap ? 2 * cap : 64;
-            list = rgm_realloc(list, cap * sizeof(*list));
-        }
-        list[len++] = rgm_strdup(digest);
-    }
-    st_done(st);
-    *out = list;
-    *out_len = len;
-    return rc == SQLITE_DONE ? 0 : db_fail(idx, "reconcile: rows");
 }
 
 int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
 {
     struct reconcile r = {idx, store, 0, 0};
-    char **dropped = NULL;
-    size_t n = 0, i;
+    char after[RGM_DIGEST_MAX] = "";
+    size_t n = 0;
     int err;
 
-    read_end(idx);
-    err = rows_without_file(idx, store, &dropped, &n);
-    for (i = 0; err == 0 && i < n; i++) {
-        /* A file of the wrong size is not what the row describes: delete both. */
-        if (rgm_store_remove(store, dropped[i]) < 0)
-            rgm_log(RGM_LOG_WARN, "index", "reconcile: cannot remove %s", dropped[i]);
-        err = rgm_index_remove_object(idx, dropped[i]);
-    }
-    for (i = 0; i < n; i++)
-        free(dropped[i]);
-    free(dropped);
+    do
+        err = rgm_index_reconcile_rows(idx, store, after, 1000, &n);
+    while (err > 0);
     if (err < 0)
         return err;
     err = rgm_store_walk(store, reconcile_file, &r);
@@ -766,9 +841,6 @@ int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
         rgm_log(RGM_LOG_ERROR, "index", "reconcile: walk: %s", uv_strerror(err));
         return err;
     }
-    err = exec_st(idx, ST_GC_ORIGINS, "reconcile: origins");
-    if (err < 0)
-        return err;
     rgm_log(RGM_LOG_INFO, "index",
             "reconcile: %zu rows without file dropped, %lu files "
             "without row deleted",

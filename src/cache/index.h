@@ -99,9 +99,24 @@ typedef int (*rgm_index_tagrow_fn)(const char *registry, const char *repo, const
                                    const char *digest, uint64_t checked_ms, void *ud);
 int rgm_index_walk_tags(rgm_index_t *idx, rgm_index_tagrow_fn cb, void *ud);
 
-/* Make index and store agree (at start, synchronous): rows without a file (or whose file size
- * differs) are dropped, files without a row are deleted, origins without an object are
- * dropped. Counts are logged. 0 or <0 (UV_EIO, store errors). */
+/* Make index and store agree (synchronous, for the offline commands): rows without a file
+ * (or whose file size differs) are dropped, files without a row are deleted, origins without
+ * an object are dropped. Counts are logged. 0 or <0 (UV_EIO, store errors). */
 RGM_MUST_CHECK int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store);
+
+/* The same in steps (cache/reconcile drives them from the loop). Rows: check at most max rows
+ * after `after` (digest order; "" from the start; RGM_DIGEST_MAX bytes, advanced to the last
+ * row checked), drop those without their file, and the origins in that range without an
+ * object; *dropped counts the rows dropped. 1 when there are more rows, 0 when done, <0. */
+RGM_MUST_CHECK int rgm_index_reconcile_rows(rgm_index_t *idx, rgm_store_t *store, char *after,
+                                            size_t max, size_t *dropped);
+/* Files: delete digest's file when it has no row. 1 deleted, 0 kept, <0 (UV_EIO). */
+RGM_MUST_CHECK int rgm_index_reconcile_file(rgm_index_t *idx, rgm_store_t *store,
+                                            const char *digest);
+/* While rows are being checked in steps: rgm_index_get_object of a digest after `after` (not
+ * checked yet) checks the file first, and a row without its file is dropped and reported as
+ * UV_ENOENT, so that it is a miss. store NULL ends it. store and after are borrowed (after is
+ * copied). */
+void rgm_index_check_files(rgm_index_t *idx, rgm_store_t *store, const char *after);
 
 #endif

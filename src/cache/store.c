@@ -112,12 +112,42 @@ static int mkdir_one(const char *path)
     return 0;
 }
 
-/* Delete every entry of dir/tmp (files only: we never create directories there). */
+/* 1 when name is a partial fetch kept across restarts: "<x>.partial" with a sidecar
+ * "<x>.partial" RGM_STORE_KEEP_SUFFIX beside it, or that sidecar itself while its partial
+ * exists. */
+static int is_kept(int dfd, const char *name)
+{
+    char partial[NAME_MAX + 1];
+    char sidecar[NAME_MAX + 1];
+    size_t len = strlen(name);
+    size_t ks = sizeof(RGM_STORE_KEEP_SUFFIX) - 1;
+    struct stat st;
+
+    if (len > ks && strcmp(name + len - ks, RGM_STORE_KEEP_SUFFIX) == 0) {
+        if (len - ks >= sizeof(partial))
+            return 0;
+        memcpy(partial, name, len - ks);
+        partial[len - ks] = '\0';
+    } else if (path_fmt(partial, sizeof(partial), "%s", name) < 0) {
+        return 0;
+    }
+    len = strlen(partial);
+    if (len <= 8 || strcmp(partial + len - 8, ".partial") != 0 ||
+        path_fmt(sidecar, sizeof(sidecar), "%s%s", partial, RGM_STORE_KEEP_SUFFIX) < 0)
+        return 0;
+    /* both must exist: a sidecar without its partial (or the reverse) is litter */
+    return fstatat(dfd, partial, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+           fstatat(dfd, sidecar, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+}
+
+/* Delete every entry of dir/tmp (files only: we never create directories there), except the
+ * partial fetches that a sidecar keeps (is_kept). */
 static int empty_tmp(const char *tmp_dir)
 {
     DIR *d;
     struct dirent *de;
     unsigned long n = 0;
+    unsigned long kept = 0;
 
     d = opendir(tmp_dir);
     if (!d)
@@ -125,6 +155,10 @@ static int empty_tmp(const char *tmp_dir)
     while ((de = readdir(d)) != NULL) {
         if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
             continue;
+        if (is_kept(dirfd(d), de->d_name)) {
+            kept++;
+            continue;
+        }
         if (unlinkat(dirfd(d), de->d_name, 0) < 0)
             rgm_log(RGM_LOG_WARN, "store", "cannot delete tmp/%s: %s", de->d_name, strerror(errno));
         else
@@ -133,6 +167,8 @@ static int empty_tmp(const char *tmp_dir)
     closedir(d);
     if (n > 0)
         rgm_log(RGM_LOG_INFO, "store", "deleted %lu leftover temp files", n);
+    if (kept > 0)
+        rgm_log(RGM_LOG_INFO, "store", "kept %lu partial fetch files with sidecars", kept);
     return 0;
 }
 
@@ -425,75 +461,159 @@ int rgm_store_is_writable(rgm_store_t *s)
 /* ---- walk ---- */
 
 /* One blobs/<algo>/<aa> directory. */
-static int walk_prefix(int algo_fd, const char *algo, const char *prefix, rgm_store_walk_fn cb,
-                       void *ud)
-{
-    char digest[RGM_DIGEST_MAX];
-    struct dirent *de;
-    struct stat st;
-    DIR *d;
-    int fd;
-    int rc = 0;
+/* ---- walking blobs/, a few entries at a time ---- */
 
-    fd = openat(algo_fd, prefix, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0)
-        return -errno;
-    d = fdopendir(fd);
-    if (!d) {
-        rc = -errno;
-        close(fd);
-        return rc;
-    }
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        if (path_fmt(digest, sizeof(digest), "%s:%s", algo, de->d_name) < 0 ||
-            rgm_digest_check(digest) < 0 || strncmp(de->d_name, prefix, 2) != 0) {
-            rgm_log(RGM_LOG_WARN, "store", "skipping foreign file blobs/%s/%s/%.80s", algo, prefix,
-                    de->d_name);
-            continue;
-        }
-        if (fstatat(dirfd(d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
-            continue;
-        rc = cb(digest, (uint64_t)st.st_size, ud);
-    }
-    closedir(d);
-    return rc;
+/* Where a walk stands: algos[algo], the two-hex-digit directory open as d (NULL between
+ * directories), and the algorithm directory's listing. Between calls to rgm_store_cursor_next
+ * the directories stay open, so a walk resumes where it stopped; files added or removed
+ * meanwhile may or may not be visited (readdir's rules). */
+struct rgm_store_cursor {
+    rgm_store_t *s;
+    size_t algo;
+    DIR *top; /* blobs/<algo> */
+    DIR *d;   /* blobs/<algo>/<aa> */
+    char prefix[3];
+    int is_done;
+};
+
+rgm_store_cursor_t *rgm_store_cursor_new(rgm_store_t *s)
+{
+    rgm_store_cursor_t *c = rgm_calloc(1, sizeof(*c));
+
+    c->s = s;
+    return c;
 }
 
-static int walk_algo(const char *dir, const char *algo, rgm_store_walk_fn cb, void *ud)
+void rgm_store_cursor_free(rgm_store_cursor_t *c)
+{
+    if (!c)
+        return;
+    if (c->d)
+        closedir(c->d);
+    if (c->top)
+        closedir(c->top);
+    free(c);
+}
+
+/* Open the next blobs/<algo>/<aa> into c->d. 1 when one is open, 0 at the end, <0. */
+static int cursor_next_dir(rgm_store_cursor_t *c)
 {
     char path[STORE_PATH_MAX];
     struct dirent *de;
-    DIR *d;
+    int fd;
+    int err;
+
+    while (c->algo < RGM_ARRAY_SIZE(algos)) {
+        if (!c->top) {
+            err = path_fmt(path, sizeof(path), "%s/blobs/%s", c->s->dir, algos[c->algo]);
+            if (err < 0)
+                return err;
+            c->top = opendir(path);
+            if (!c->top) {
+                if (errno != ENOENT)
+                    return -errno;
+                c->algo++;
+                continue;
+            }
+        }
+        while ((de = readdir(c->top)) != NULL) {
+            if (de->d_name[0] == '.')
+                continue;
+            if (strlen(de->d_name) != 2 || !is_lower_hex(de->d_name, 2)) {
+                rgm_log(RGM_LOG_WARN, "store", "skipping foreign entry blobs/%s/%.80s",
+                        algos[c->algo], de->d_name);
+                continue;
+            }
+            fd = openat(dirfd(c->top), de->d_name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (fd < 0)
+                return -errno;
+            c->d = fdopendir(fd);
+            if (!c->d) {
+                err = -errno;
+                close(fd);
+                return err;
+            }
+            memcpy(c->prefix, de->d_name, 3);
+            return 1;
+        }
+        closedir(c->top);
+        c->top = NULL;
+        c->algo++;
+    }
+    return 0;
+}
+
+int rgm_store_cursor_next(rgm_store_cursor_t *c, size_t max, rgm_store_entry_fn cb, void *ud)
+{
+    const char *algo;
+    char digest[RGM_DIGEST_MAX];
+    struct dirent *de;
+    struct stat st;
+    size_t n = 0;
     int rc;
 
-    rc = path_fmt(path, sizeof(path), "%s/blobs/%s", dir, algo);
-    if (rc < 0)
-        return rc;
-    d = opendir(path);
-    if (!d)
-        return errno == ENOENT ? 0 : -errno;
-    while (rc == 0 && (de = readdir(d)) != NULL) {
-        if (de->d_name[0] == '.')
-            continue;
-        if (strlen(de->d_name) != 2 || !is_lower_hex(de->d_name, 2)) {
-            rgm_log(RGM_LOG_WARN, "store", "skipping foreign entry blobs/%s/%.80s", algo,
-                    de->d_name);
+    while (!c->is_done && n < max) {
+        if (!c->d) {
+            rc = cursor_next_dir(c);
+            if (rc < 0)
+                return rc;
+            if (rc == 0) {
+                c->is_done = 1;
+                break;
+            }
+        }
+        de = readdir(c->d);
+        if (!de) {
+            closedir(c->d);
+            c->d = NULL;
             continue;
         }
-        rc = walk_prefix(dirfd(d), algo, de->d_name, cb, ud);
+        if (de->d_name[0] == '.')
+            continue;
+        n++;
+        algo = algos[c->algo];
+        if (path_fmt(digest, sizeof(digest), "%s:%s", algo, de->d_name) < 0 ||
+            rgm_digest_check(digest) < 0 || strncmp(de->d_name, c->prefix, 2) != 0) {
+            rgm_log(RGM_LOG_WARN, "store", "skipping foreign file blobs/%s/%s/%.80s", algo,
+                    c->prefix, de->d_name);
+            continue;
+        }
+        if (fstatat(dirfd(c->d), de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+            continue;
+        rc = cb(digest, (uint64_t)st.st_size,
+                (uint64_t)st.st_ctim.tv_sec * 1000 + (uint64_t)st.st_ctim.tv_nsec / 1000000, ud);
+        if (rc != 0)
+            return rc < 0 ? rc : UV_ECANCELED;
     }
-    closedir(d);
-    return rc;
+    return c->is_done ? 0 : 1;
+}
+
+struct walk_all {
+    rgm_store_walk_fn cb;
+    void *ud;
+    int rc;
+};
+
+static int on_walk_entry(const char *digest, uint64_t size, uint64_t changed_ms, void *ud)
+{
+    struct walk_all *w = ud;
+
+    (void)changed_ms;
+    w->rc = w->cb(digest, size, w->ud);
+    return w->rc != 0;
 }
 
 int rgm_store_walk(rgm_store_t *s, rgm_store_walk_fn cb, void *ud)
 {
-    size_t i;
-    int rc = 0;
+    rgm_store_cursor_t *c = rgm_store_cursor_new(s);
+    struct walk_all w = {cb, ud, 0};
+    int rc;
 
-    for (i = 0; rc == 0 && i < RGM_ARRAY_SIZE(algos); i++)
-        rc = walk_algo(s->dir, algos[i], cb, ud);
+    do
+        rc = rgm_store_cursor_next(c, SIZE_MAX, on_walk_entry, &w);
+    while (rc > 0);
+    rgm_store_cursor_free(c);
+    if (w.rc != 0)
+        return w.rc;
     return rc;
 }

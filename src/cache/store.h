@@ -42,6 +42,13 @@ RGM_MUST_CHECK int rgm_store_open_blob(const rgm_store_t *s, const char *digest,
 /* 1 (present, *size set when size is not NULL), 0 (absent) or <0 (UV_EINVAL, I/O error). */
 int rgm_store_has(const rgm_store_t *s, const char *digest, uint64_t *size);
 
+/* A partial fetch in tmp/ survives rgm_store_open when a sidecar file of this suffix sits
+ * next to it: "tmp/<x>.partial" is kept while "tmp/<x>.partial.keep" exists (and the sidecar
+ * while its partial exists); everything else in tmp/ is deleted. This is the hook for fetches
+ * that resume across restarts: the sidecar holds what a resume needs (written by that
+ * feature, not by the store), and whoever owns it removes both. */
+#define RGM_STORE_KEEP_SUFFIX ".keep"
+
 /* Create a new temp file for digest: tmp/<hex>.<counter>.partial, O_RDWR|O_CREAT|O_EXCL|
  * O_CLOEXEC, mode 0644. *fd is the caller's to close; *path is malloc'd, the caller's to free.
  * 0 or a negative errno. */
@@ -74,5 +81,19 @@ typedef int (*rgm_store_walk_fn)(const char *digest, uint64_t size, void *ud);
  * request path). Files whose names are not digests are skipped with a warning. 0, the
  * callback's non-zero value, or a negative errno. */
 int rgm_store_walk(rgm_store_t *s, rgm_store_walk_fn cb, void *ud);
+
+/* The same walk in steps (for the background reconcile): each call visits at most max
+ * entries of blobs/. changed_ms is the file's ctime (a rename sets it), so that a walk can
+ * tell files committed after it began. Directories stay open between calls; files added or
+ * removed meanwhile may or may not be visited. */
+typedef struct rgm_store_cursor rgm_store_cursor_t;
+typedef int (*rgm_store_entry_fn)(const char *digest, uint64_t size, uint64_t changed_ms, void *ud);
+/* s is borrowed and outlives the cursor. Owned by the caller (rgm_store_cursor_free). */
+rgm_store_cursor_t *rgm_store_cursor_new(rgm_store_t *s);
+/* >0: more to visit; 0: the walk is over; <0: an errno (opendir/openat), or the callback's
+ * value when it returned <0 (UV_ECANCELED when >0), which stops the walk. */
+RGM_MUST_CHECK int rgm_store_cursor_next(rgm_store_cursor_t *c, size_t max, rgm_store_entry_fn cb,
+                                         void *ud);
+void rgm_store_cursor_free(rgm_store_cursor_t *c);
 
 #endif

@@ -15,13 +15,20 @@
 #include "cache/index.h"
 #include "cache/fetch.h"
 #include "cache/gc.h"
+#include "cache/reconcile.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
 #include "cmd/cmd.h"
 
-#define FLUSH_INTERVAL_MS 2000
-#define GC_INTERVAL_MS    5000
-#define GC_AGAIN_MS       20
+#define FLUSH_INTERVAL_MS     2000
+#define GC_INTERVAL_MS        5000
+#define GC_AGAIN_MS           20
+/* The background reconcile: rows or files per loop turn, and the pause between turns. A
+ * batch is a few hundred stat(2) and SQLite lookups, well under a millisecond from the page
+ * cache. RGM_RECONCILE_BATCH and RGM_RECONCILE_INTERVAL_MS override them (tests slow it down
+ * to watch it run). */
+#define RECONCILE_BATCH       256
+#define RECONCILE_INTERVAL_MS 0
 
 struct serve {
     uv_loop_t loop;
@@ -38,6 +45,10 @@ struct serve {
     uv_signal_t sig_hup;
     uv_timer_t flush_timer;
     uv_timer_t gc_timer;
+    uv_timer_t reconcile_timer;
+    rgm_reconcile_t *reconcile; /* NULL once over */
+    size_t reconcile_batch;
+    uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
     int is_stopping;
 };
@@ -82,6 +93,7 @@ static void on_routes_stopped(void *ud)
     s->client = NULL;
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
+    uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
@@ -223,10 +235,41 @@ static int open_cache(struct serve *s)
                 uv_strerror(err));
         return err;
     }
-    err = rgm_index_reconcile(s->index, s->store);
-    if (err < 0)
-        rgm_log(RGM_LOG_WARN, "serve", "index reconcile failed: %s", uv_strerror(err));
+    /* The reconcile runs in the background (start_reconcile): serving is correct meanwhile. */
+    s->reconcile = rgm_reconcile_new(s->index, s->store);
     return 0;
+}
+
+static uint64_t env_knob(const char *name, uint64_t def, uint64_t max)
+{
+    const char *v = getenv(name);
+    uint64_t x;
+
+    if (!v || rgm_parse_uint(v, max, &x) < 0)
+        return def;
+    return x;
+}
+
+static void on_reconcile(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, reconcile_timer);
+    int rc = rgm_reconcile_step(s->reconcile, s->reconcile_batch);
+
+    if (rc > 0 && !s->is_stopping &&
+        uv_timer_start(t, on_reconcile, s->reconcile_interval_ms, 0) == 0)
+        return;
+    rgm_reconcile_free(s->reconcile);
+    s->reconcile = NULL;
+}
+
+static int start_reconcile(struct serve *s)
+{
+    s->reconcile_batch = (size_t)env_knob("RGM_RECONCILE_BATCH", RECONCILE_BATCH, 1000000);
+    s->reconcile_interval_ms = env_knob("RGM_RECONCILE_INTERVAL_MS", RECONCILE_INTERVAL_MS, 60000);
+    if (s->reconcile_batch == 0)
+        s->reconcile_batch = 1;
+    uv_timer_init(&s->loop, &s->reconcile_timer);
+    return uv_timer_start(&s->reconcile_timer, on_reconcile, 0, 0);
 }
 
 int rgm_cmd_serve(int argc, char **argv)
@@ -290,6 +333,8 @@ int rgm_cmd_serve(int argc, char **argv)
         uv_timer_start(&s.gc_timer, on_gc, GC_INTERVAL_MS, GC_INTERVAL_MS) < 0)
         goto out_stop;
     uv_unref((uv_handle_t *)&s.gc_timer);
+    if (start_reconcile(&s) < 0)
+        goto out_stop;
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
     rc = 0;
@@ -305,6 +350,7 @@ out_stop:
     uv_walk(&s.loop, close_walk, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
 out_free:
+    rgm_reconcile_free(s.reconcile); /* stopped before it was over */
     rgm_server_free(s.server);
     rgm_routes_free(s.routes);
     rgm_upstream_free(s.up);

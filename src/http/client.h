@@ -1,6 +1,8 @@
 /* Upstream HTTP/1.1 client on the same loop: per-origin keep-alive pools, DNS through
  * uv_getaddrinfo, TLS (tls.h) for https, llhttp response parsing (Content-Length, chunked,
- * close-delimited), timeouts, redirects. It knows nothing of registries, auth or caches. */
+ * close-delimited), timeouts, redirects. It knows nothing of registries, auth or caches.
+ * Implemented by client.c (the client, building a request, its response head), upreq.c (running
+ * a request: start, pause, resume, cancel), pool.c (connections) and uphead.c (heads as data). */
 #ifndef RGM_HTTP_CLIENT_H
 #define RGM_HTTP_CLIENT_H
 

@@ -2,6 +2,8 @@
  * become one job per digest that fetches from upstream into a cache fetch (the temp file is
  * the buffer) while every client streams from that file at its own pace. Lost upstream
  * connections resume with Range. */
+#include "registry/blobs.h"
+
 #include <uv.h>
 #include <inttypes.h>
 #include <unistd.h>
@@ -9,7 +11,6 @@
 #include "core/common.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "registry/routes-int.h"
 
 #define RESUME_MAX     4
 #define RESUME_BASE_MS 200
@@ -17,7 +18,7 @@
 enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_BODY, JOB_ENDED };
 
 struct bjob {
-    rgm_routes_t *r;
+    struct rq_env *r;
     struct bjob *next;
     enum job_state state;
     char digest[RGM_DIGEST_MAX];
@@ -140,20 +141,6 @@ static int start_body(struct rq *q, uint64_t size)
 
 /* ---- cached blobs ---- */
 
-static void on_cached_sent(rgm_req_t *req, int status, void *ud)
-{
-    struct rq *q = ud;
-
-    (void)req;
-    q->is_sending = 0;
-    if (status < 0) {
-        rq_abort(q, "file read error");
-        return;
-    }
-    rq_count_bytes(q, q->end - q->off);
-    rq_finish(q);
-}
-
 static void serve_cached(struct rq *q)
 {
     uint64_t size = 0;
@@ -177,12 +164,7 @@ static void serve_cached(struct rq *q)
         rq_finish(q);
         return;
     }
-    q->is_sending = 1;
-    err = rgm_resp_sendfile(q->req, q->fd, q->off, q->end - q->off, on_cached_sent, q);
-    if (err < 0) {
-        q->is_sending = 0;
-        rq_abort(q, "sendfile failed");
-    }
+    rq_send_file(q);
 }
 
 /* ---- readers of a fetch in flight ---- */
@@ -323,7 +305,7 @@ static void attach_checked(struct rq *q, struct bjob *job)
 
 /* ---- jobs ---- */
 
-static struct bjob *find_job(rgm_routes_t *r, const char *digest)
+static struct bjob *find_job(struct rq_env *r, const char *digest)
 {
     struct bjob *j;
 
@@ -404,20 +386,30 @@ static int same_identity(const struct rq *q, const struct bjob *job)
            strcmp(q->credhash, job->credhash) == 0;
 }
 
+/* The next waiter for the head whose client is still there, taken off the job; NULL when
+ * none is left. Waiters whose client left are dropped on the way. */
+static struct rq *take_waiter(struct bjob *job)
+{
+    struct rq *q;
+
+    while ((q = job->waiters) != NULL) {
+        job->waiters = q->next_waiter;
+        q->next_waiter = NULL;
+        q->job = NULL;
+        if (q->req)
+            return q;
+        rq_release(q);
+    }
+    return NULL;
+}
+
 /* Answer every waiter that is still waiting for the head. The job takes nobody new. */
 static void fail_waiters(struct bjob *job, int status, rgm_upcall_t *c, int err)
 {
     struct rq *q;
 
     unlist(job);
-    while ((q = job->waiters) != NULL) {
-        job->waiters = q->next_waiter;
-        q->next_waiter = NULL;
-        q->job = NULL;
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
+    while ((q = take_waiter(job)) != NULL) {
         if ((status == 401 || status == 403 || status == 404) && !same_identity(q, job) &&
             !job->r->is_stopping) {
             blobs_handle(q);
@@ -430,7 +422,7 @@ static void fail_waiters(struct bjob *job, int status, rgm_upcall_t *c, int err)
 static void on_fetch_done(rgm_fetch_t *f, int status, void *ud)
 {
     struct bjob *job = ud;
-    rgm_routes_t *r = job->r;
+    struct rq_env *r = job->r;
     rgm_index_object_t obj;
 
     (void)f;
@@ -488,7 +480,7 @@ static void on_appended(rgm_fetch_t *f, int status, void *ud)
 static int on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct bjob *job = ud;
-    rgm_routes_t *r = job->r;
+    struct rq_env *r = job->r;
     int64_t len = rgm_upcall_content_length(c);
     const char *cr;
     char want[64];
@@ -528,16 +520,8 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     job->is_private = rgm_upcall_used_client_auth(c);
     if (len >= 0)
         rgm_fetch_set_size(job->fetch, (uint64_t)len);
-    while ((q = job->waiters) != NULL) {
-        job->waiters = q->next_waiter;
-        q->next_waiter = NULL;
-        q->job = NULL;
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
+    while ((q = take_waiter(job)) != NULL)
         attach_checked(q, job);
-    }
     return 0;
 }
 
@@ -558,6 +542,9 @@ static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
             return 0;
     }
     job->r->m.upstream_bytes += len;
+    err = rgm_fetch_write(job->fetch, data, len);
+    if (err != UV_EAGAIN)
+        return err;
     err = rgm_fetch_append(job->fetch, data, len, on_appended, job);
     if (err < 0)
         return err;
@@ -684,7 +671,7 @@ static void on_slot(rgm_slot_wait_t *w)
 static void start_job(struct rq *q)
 {
     struct bjob *job = rgm_calloc(1, sizeof(*job));
-    rgm_routes_t *r = q->r;
+    struct rq_env *r = q->r;
 
     job->r = r;
     snprintf(job->digest, sizeof(job->digest), "%s", q->digest);
@@ -730,39 +717,44 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
     return 0; /* HEAD: no body; the connection stays reusable */
 }
 
-static void head_on_done(rgm_upcall_t *c, int err, void *ud)
-{
-    struct rq *q = ud;
-
-    (void)c;
-    q->pending--;
-    if (q->req && q->access_status == 0)
-        rq_relay_error(q, 0, NULL, err ? err : UV_EPROTO, 1);
-    else
-        rq_release(q);
-}
-
-static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, head_on_done};
+static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, rq_head_on_done};
 
 static void head_upstream(struct rq *q)
 {
-    rgm_upcall_opts_t o;
     char suffix[256];
     int err;
 
     snprintf(suffix, sizeof(suffix), "blobs/%s", q->digest);
-    rq_upcall_opts(q, &o, "HEAD", suffix);
-    q->access_status = 0;
-    err = rgm_upcall_start(q->r->up, &o, &head_cbs, q, NULL);
-    if (err < 0) {
+    err = rq_head(q, suffix, NULL, &head_cbs);
+    if (err < 0)
         rq_relay_error(q, 0, NULL, err, 1);
-        return;
-    }
-    q->r->m.upstream_requests++;
-    q->pending++;
 }
 
 /* ---- entry points ---- */
+
+/* The client left: stop reading the fetch, leave the job's lists. */
+static void detach(struct rq *q)
+{
+    struct rq **pp;
+
+    if (q->rd) {
+        rgm_fetch_reader_t *rd = q->rd;
+
+        q->rd = NULL;
+        rgm_fetch_leave(rd);
+    }
+    if (q->job) {
+        for (pp = q->is_parked ? &q->job->parked : &q->job->waiters; *pp;
+             pp = &(*pp)->next_waiter) {
+            if (*pp == q) {
+                *pp = q->next_waiter;
+                break;
+            }
+        }
+        q->job = NULL;
+        q->is_parked = 0;
+    }
+}
 
 void blobs_handle(struct rq *q)
 {
@@ -770,6 +762,7 @@ void blobs_handle(struct rq *q)
     uint64_t size = 0;
     int err;
 
+    q->detach = detach;
     snprintf(q->digest, sizeof(q->digest), "%s", q->path.reference);
     if (q->fd < 0) {
         err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
@@ -816,30 +809,7 @@ void blobs_handle(struct rq *q)
     start_job(q);
 }
 
-void blobs_detach(struct rq *q)
-{
-    struct rq **pp;
-
-    if (q->rd) {
-        rgm_fetch_reader_t *rd = q->rd;
-
-        q->rd = NULL;
-        rgm_fetch_leave(rd);
-    }
-    if (q->job) {
-        for (pp = q->is_parked ? &q->job->parked : &q->job->waiters; *pp;
-             pp = &(*pp)->next_waiter) {
-            if (*pp == q) {
-                *pp = q->next_waiter;
-                break;
-            }
-        }
-        q->job = NULL;
-        q->is_parked = 0;
-    }
-}
-
-void blobs_shutdown(rgm_routes_t *r)
+void blobs_shutdown(struct rq_env *r)
 {
     struct bjob *job;
     struct bjob *next;

@@ -3,6 +3,8 @@
  * in flight, shared by every waiter), verified, stored as blobs and indexed with their tag.
  * Tags are served from the index for tag_ttl, then revalidated with a HEAD; stale tags are
  * served while the upstream fails. */
+#include "registry/manifests.h"
+
 #include <uv.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
@@ -12,7 +14,9 @@
 #include "core/buf.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "registry/routes-int.h"
+
+#define RGM_MANIFEST_MAX (4u * 1024 * 1024)
+#define RGM_TAGLIST_MAX  (4u * 1024 * 1024)
 
 #define DEFAULT_ACCEPT                                                                             \
     "application/vnd.oci.image.index.v1+json, "                                                    \
@@ -25,7 +29,7 @@
 enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS };
 
 struct mjob {
-    rgm_routes_t *r;
+    struct rq_env *r;
     struct mjob *next;
     enum mj_kind kind;
     char *key;
@@ -108,20 +112,6 @@ static void head_remember(struct rq *q, const char *d, const char *ct, int64_t l
 
 /* ---- serving a cached manifest ---- */
 
-static void on_cached_sent(rgm_req_t *req, int status, void *ud)
-{
-    struct rq *q = ud;
-
-    (void)req;
-    q->is_sending = 0;
-    if (status < 0) {
-        rq_abort(q, "file read error");
-        return;
-    }
-    rq_count_bytes(q, q->end);
-    rq_finish(q);
-}
-
 static void serve_cached(struct rq *q)
 {
     rgm_index_object_t *obj = &q->obj;
@@ -174,13 +164,8 @@ static void serve_cached(struct rq *q)
         rq_finish(q);
         return;
     }
-    q->end = size;
-    q->is_sending = 1;
-    err = rgm_resp_sendfile(q->req, q->fd, 0, size, on_cached_sent, q);
-    if (err < 0) {
-        q->is_sending = 0;
-        rq_abort(q, "sendfile failed");
-    }
+    q->end = size; /* q->off is 0: manifests are sent whole */
+    rq_send_file(q);
 }
 
 static void serve_cached_checked(struct rq *q)
@@ -213,16 +198,21 @@ static void mjob_free(struct mjob *j)
     free(j);
 }
 
+/* The next waiter whose client is still there, taken off the job; NULL when none is left.
+ * Waiters whose client left are dropped on the way. */
 static struct rq *take_waiter(struct mjob *j)
 {
-    struct rq *q = j->waiters;
+    struct rq *q;
 
-    if (q) {
+    while ((q = j->waiters) != NULL) {
         j->waiters = q->next_mwaiter;
         q->next_mwaiter = NULL;
         q->mjob = NULL;
+        if (q->req)
+            return q;
+        rq_release(q);
     }
-    return q;
+    return NULL;
 }
 
 static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
@@ -231,10 +221,6 @@ static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
 
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         /* A refusal of the first client's identity is not another client's answer. */
         if ((status == 401 || status == 403 || status == 404) &&
             strcmp(q->credhash, j->credhash) != 0 && !j->r->is_stopping) {
@@ -274,10 +260,6 @@ static void answer_manifest(struct mjob *j, const char *digest)
              digest);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         snprintf(q->digest, sizeof(q->digest), "%s", digest);
         if (j->used_client && strcmp(q->credhash, j->credhash) != 0) {
             /* Fetched with someone else's credentials: this client must pass on its own. */
@@ -292,7 +274,7 @@ static void answer_manifest(struct mjob *j, const char *digest)
 /* Verify, store and index the manifest in j->body; then answer everyone. */
 static void manifest_complete(struct mjob *j)
 {
-    rgm_routes_t *r = j->r;
+    struct rq_env *r = j->r;
     rgm_index_object_t obj;
     char digest[RGM_DIGEST_MAX];
     const char *want = j->ref_is_digest ? j->ref : j->digest_hdr;
@@ -364,10 +346,6 @@ static void tags_complete(struct mjob *j)
 
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         n = snprintf(h, sizeof(h), "Content-Type: %s\r\n",
                      header_ok(j->content_type) ? j->content_type : "application/json");
         if (header_ok(j->link) && rewrite_link(q, j->link, link, sizeof(link)) == 0)
@@ -439,7 +417,7 @@ static const rgm_upcall_cbs_t mj_cbs = {mj_on_head, mj_on_body, mj_on_done};
 static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const char *query,
                       const char *accept)
 {
-    rgm_routes_t *r = q->r;
+    struct rq_env *r = q->r;
     struct mjob *j;
     rgm_upcall_opts_t o;
     char key[4096];
@@ -628,57 +606,42 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
     char suffix[512];
     int is_revalidation = q->digest[0] != '\0';
 
-    (void)c;
+    if (!is_revalidation || !q->req) {
+        rq_head_on_done(c, err, q);
+        return;
+    }
     q->pending--;
-    if (!q->req) {
-        rq_release(q);
-        return;
+    if (q->access_status == 1000) {
+        q->access_status = 200;
+        serve_cached(q);
+    } else if (q->access_status == 1001 && !q->is_head) {
+        snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+        mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+    } else if (q->access_status == 1001) {
+        /* A HEAD and the new digest is not here: answer from upstream. */
+        q->digest[0] = '\0';
+        q->access_status = 0;
+        manifests_handle(q);
+    } else {
+        serve_stale(q);
     }
-    if (is_revalidation) {
-        if (q->access_status == 1000) {
-            q->access_status = 200;
-            serve_cached(q);
-        } else if (q->access_status == 1001 && !q->is_head) {
-            snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-            mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
-        } else if (q->access_status == 1001) {
-            /* A HEAD and the new digest is not here: answer from upstream. */
-            q->digest[0] = '\0';
-            q->access_status = 0;
-            manifests_handle(q);
-        } else {
-            serve_stale(q);
-        }
-        return;
-    }
-    if (q->access_status == 0)
-        rq_relay_error(q, 0, NULL, err ? err : UV_EPROTO, 0);
-    else
-        rq_release(q);
 }
 
 static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, head_on_done};
 
 static void head_upstream(struct rq *q)
 {
-    rgm_upcall_opts_t o;
     char suffix[512];
     int err;
 
     snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-    rq_upcall_opts(q, &o, "HEAD", suffix);
-    o.accept = accept_of(q);
-    q->access_status = 0;
-    err = rgm_upcall_start(q->r->up, &o, &head_cbs, q, NULL);
+    err = rq_head(q, suffix, accept_of(q), &head_cbs);
     if (err < 0) {
         if (q->digest[0])
             serve_stale(q);
         else
             rq_relay_error(q, 0, NULL, err, 0);
-        return;
     }
-    q->r->m.upstream_requests++;
-    q->pending++;
 }
 
 /* A tag's cached manifest suits this client only if its Accept admits the stored media type;
@@ -695,14 +658,31 @@ static int cached_admitted(struct rq *q, const char *digest)
 
 /* ---- entry points ---- */
 
+/* The client left: leave the job's waiters. */
+static void detach(struct rq *q)
+{
+    struct rq **pp;
+
+    if (!q->mjob)
+        return;
+    for (pp = &q->mjob->waiters; *pp; pp = &(*pp)->next_mwaiter) {
+        if (*pp == q) {
+            *pp = q->next_mwaiter;
+            break;
+        }
+    }
+    q->mjob = NULL;
+}
+
 void manifests_handle(struct rq *q)
 {
-    rgm_routes_t *r = q->r;
+    struct rq_env *r = q->r;
     char digest[RGM_DIGEST_MAX];
     char suffix[512];
     uint64_t checked = 0;
     uint64_t now = rgm_time_ms();
 
+    q->detach = detach;
     q->digest[0] = '\0';
     if (q->is_head && !q->path.is_digest && head_recall(q))
         return;
@@ -747,7 +727,7 @@ void manifests_handle(struct rq *q)
 /* ---- tags/list ---- */
 
 struct taglist {
-    rgm_routes_t *r;
+    struct rq_env *r;
     const char *registry;
     const char *repo;
     json_t *tags;
@@ -799,10 +779,6 @@ static void tags_fallback(struct mjob *j, int err)
     free(text);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL) {
-        if (!q->req) {
-            rq_release(q);
-            continue;
-        }
         rq_set_cache(q, "STALE");
         send_body(q, 200, "Content-Type: application/json\r\n", &body);
     }
@@ -819,6 +795,7 @@ void tags_handle(struct rq *q)
     int has_last;
     uint64_t nv;
 
+    q->detach = detach;
     if (q->is_head) {
         rq_error(q, 405, "UNSUPPORTED", "HEAD is not supported on tags/list", NULL);
         return;
@@ -836,22 +813,7 @@ void tags_handle(struct rq *q)
     mjob_join(q, MJ_TAGS, "tags/list", query[0] ? query : NULL, "application/json");
 }
 
-void manifests_detach(struct rq *q)
-{
-    struct rq **pp;
-
-    if (!q->mjob)
-        return;
-    for (pp = &q->mjob->waiters; *pp; pp = &(*pp)->next_mwaiter) {
-        if (*pp == q) {
-            *pp = q->next_mwaiter;
-            break;
-        }
-    }
-    q->mjob = NULL;
-}
-
-void manifests_shutdown(rgm_routes_t *r)
+void manifests_shutdown(struct rq_env *r)
 {
     struct mjob *j;
 

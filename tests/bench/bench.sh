@@ -4,6 +4,7 @@
 #   MIRRORS   comma list of plugins in mirrors/ (regmirror,regmirror-sf,distribution,nginx,direct)
 #             default regmirror,regmirror-sf,distribution,nginx
 #   SCENARIOS comma list of: cold herd warm head containerd ceiling                  default all
+#             also (not in the default list): ingest ingest-tls startup conns
 #   RUNS      repetitions per scenario (fresh mirror + empty cache each run)         default 3
 # Runs are interleaved (run 1 of every mirror, then run 2, ...) so that drift in the load of the
 # machine hits every mirror alike.
@@ -40,6 +41,7 @@ CLIENT="$PY $HARNESS/client.py"
 JREC="$PY $HARNESS/lib/jrec.py"
 start_upstream
 start_relay
+RELAY_UPSTREAM_URL=$UPSTREAM_URL
 now() { date +%s.%N; }
 elapsed() { $PY -c "print(round($2-$1,3))"; }
 
@@ -160,6 +162,129 @@ sc_ceiling() {  # physical reference points, no mirror involved
   $JREC "herd_upstream:=$h" "curl_upstream:=$a" "curl_throttled:=$b" "dd_pagecache:=$c" "dd_odirect:=$d" "wrk_upstream:=$w" blob_bytes="$HERD_SIZE"
 }
 
+# ---- ingest (unthrottled, one client, cold mirror): a big blob straight from a
+# docker-registry (plain and TLS) whose file is in the page cache
+INGEST_MB=${INGEST_MB:-500}
+ingest_setup() {
+  local st=$WORK/ingest-$INGEST_MB
+  if [ ! -s "$st/digest" ]; then
+    log "writing a $INGEST_MB MiB ingest blob into $st"
+    rm -rf "$st"; mkdir -p "$st"
+    $PY "$HARNESS/mkblob.py" "$st/registry" library/ingest "$INGEST_MB" > "$st/digest.tmp" && mv "$st/digest.tmp" "$st/digest"
+  fi
+  INGEST_DIGEST=$(cat "$st/digest")
+  INGEST_FILE=$st/registry/docker/registry/v2/blobs/sha256/${INGEST_DIGEST:7:2}/${INGEST_DIGEST#sha256:}/data
+  INGEST_SIZE=$(stat -c %s "$INGEST_FILE")
+  # a self-signed certificate for 127.0.0.1
+  if [ ! -s "$st/cert.pem" ]; then
+    openssl req -x509 -newkey rsa:2048 -nodes -days 30 -subj /CN=127.0.0.1 \
+      -addext "subjectAltName=IP:127.0.0.1" -keyout "$st/key.pem" -out "$st/cert.pem" 2>/dev/null \
+      || die "openssl req failed"
+  fi
+  INGEST_CA=$st/cert.pem
+  local port tport
+  port=$(free_port); tport=$(free_port)
+  for p in "$port" "$tport"; do
+    { echo "version: 0.1"; echo "log: {level: warn, accesslog: {disabled: true}}"
+      echo "storage: {filesystem: {rootdirectory: $st/registry}}"
+      echo "http:"; echo "  addr: 127.0.0.1:$p"
+      [ "$p" = "$tport" ] && printf '  tls:\n    certificate: %s\n    key: %s\n' "$st/cert.pem" "$st/key.pem"
+    } > "$RUNDIR/ingest-$p.yml"
+    docker-registry serve "$RUNDIR/ingest-$p.yml" > "$RUNDIR/ingest-$p.log" 2>&1 &
+    track $!
+  done
+  INGEST_URL=http://127.0.0.1:$port
+  INGEST_TLS_URL=https://127.0.0.1:$tport
+  wait_http "$INGEST_URL/v2/" 30 || die "ingest upstream did not start"
+  local i; for i in $(seq 1 100); do curl -s -o /dev/null --cacert "$INGEST_CA" "$INGEST_TLS_URL/v2/" && break; sleep 0.1; done
+  printf '{"registries": {"docker.io": {"endpoint": "%s", "ca_file": "%s"}}}\n' "$INGEST_TLS_URL" "$INGEST_CA" > "$RUNDIR/ingest-tls.json"
+  log "ingest: $INGEST_DIGEST ($INGEST_SIZE bytes) at $INGEST_URL and $INGEST_TLS_URL"
+}
+sha256_Bps() {   # OpenSSL's SHA-256 over 1 MiB blocks, bytes/s (what the mirror's hash can do)
+  openssl speed -seconds 1 -bytes 1048576 -evp sha256 2>/dev/null | awk '/^sha256/{v=$2; sub(/k$/,"",v); print v*1000}'
+}
+sc_ingest() {   # one client, cold mirror, unthrottled upstream; the blob file in the page cache
+  local tls=${1:-} r sha
+  cat "$INGEST_FILE" > /dev/null
+  sha=$(sha256_Bps)
+  r=$(timeout "$SCEN_TIMEOUT" curl -s -o /dev/null ${tls:+--cacert "$INGEST_CA"} \
+        -w '{"time_s": %{time_total}, "Bps": %{speed_download}, "bytes": %{size_download}, "status": %{http_code}}' \
+        "$MIRROR_URL/v2/library/ingest/blobs/$INGEST_DIGEST")
+  $JREC ":=$r" "ok=$($PY -c "import json;r=json.loads('$r');print('true' if r['status']==200 and r['bytes']==$INGEST_SIZE else 'false')")" \
+        blob_bytes="$INGEST_SIZE" sha256_Bps="$sha" tls="${tls:-0}"
+}
+sc_ingest-tls() { sc_ingest 1; }
+
+# ---- startup: a store of STARTUP_OBJECTS objects; how soon /v2/ answers, and how long the
+# background reconcile takes. The store is generated once (rows + files) and reused.
+STARTUP_OBJECTS=${STARTUP_OBJECTS:-1000000}
+startup_store() {
+  STARTUP_STORE=$WORK/startup-$STARTUP_OBJECTS
+  [ -f "$STARTUP_STORE/made" ] && return 0
+  log "generating a store of $STARTUP_OBJECTS objects in $STARTUP_STORE (once)"
+  rm -rf "$STARTUP_STORE"; mkdir -p "$STARTUP_STORE"
+  local port; port=$(free_port)
+  "$REGMIRROR_BIN" serve --listen 127.0.0.1:$port --storage "$STARTUP_STORE" > "$RUNDIR/startup-init.log" 2>&1 &
+  local pid=$!
+  wait_http "http://127.0.0.1:$port/v2/" 30 || die "regmirror did not start on the startup store"
+  kill_pid $pid
+  $PY "$HARNESS/mkstore.py" "$STARTUP_STORE" "$STARTUP_OBJECTS" > /dev/null || die "mkstore failed"
+  touch "$STARTUP_STORE/made"
+}
+sc_startup() {   # regmirror only; STARTUP_DROP_CACHES=1 (root) starts from a cold page cache
+  local port t0 t1 pid i log=$RUNDIR/startup.log ready="" rec="" cold=0
+  port=$(free_port)
+  if [ -n "${STARTUP_DROP_CACHES:-}" ] && [ "$(id -u)" = 0 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=1; fi
+  t0=$(now)
+  "$REGMIRROR_BIN" serve --listen 127.0.0.1:$port --storage "$STARTUP_STORE" --log-level info > "$log" 2>&1 &
+  pid=$!; track $pid
+  for i in $(seq 1 3000); do
+    if curl -s -o /dev/null --max-time 1 "http://127.0.0.1:$port/v2/"; then t1=$(now); ready=$(elapsed "$t0" "$t1"); break; fi
+    sleep 0.01
+  done
+  local hit; hit=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -I "http://127.0.0.1:$port/v2/library/startup/blobs/$(ls "$STARTUP_STORE/blobs/sha256/00" | head -1 | sed 's/^/sha256:/')")
+  for i in $(seq 1 6000); do
+    rec=$(sed -n 's/.*mod=reconcile msg="done in \([0-9]*\) ms.*/\1/p' "$log" | head -1)
+    [ -n "$rec" ] && break; sleep 0.1
+  done
+  local rss; rss=$(awk '/^VmHWM:/{print $2}' /proc/$pid/status)
+  kill_pid $pid
+  echo "{\"ok\": $([ -n "$ready" ] && [ -n "$rec" ] && echo true || echo false), \"objects\": $STARTUP_OBJECTS, \"ready_s\": ${ready:-null}, \"cached_head_status\": ${hit:-0}, \"reconcile_ms\": ${rec:-null}, \"hwm_kib\": ${rss:-0}, \"cold_cache\": $cold}"
+}
+
+# ---- conns: CONNS idle keep-alive connections (each made one HEAD /v2/), then the cached
+# HEAD rate beside them; RSS before and with them
+CONNS=${CONNS:-10000}
+sc_conns() {
+  local path=/v2/$REPO/manifests/cold w r0 r1 rss0 rss1 hold=$RUNDIR/conns.$RANDOM
+  w=$($CLIENT warm "$MIRROR_URL" "$path" "$RELAY_CTL" --method GET \
+        --accept "application/vnd.oci.image.manifest.v1+json" --tries 1 --settle 0.2)
+  r0=$(run_ab_head "$MIRROR_URL$path")
+  rss0=$(awk '/^VmRSS:/{print $2}' /proc/$MIRROR_PID/status)
+  $PY - "$MIRROR_PORT" "$CONNS" "$hold" <<'PYEOF' &
+import socket, sys, time, os
+port, n, flag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+socks = []
+for i in range(n):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"HEAD /v2/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    socks.append(s)
+for s in socks:
+    s.recv(4096)
+open(flag, "w").write("%d\n" % len(socks))
+while os.path.exists(flag):
+    time.sleep(0.2)
+PYEOF
+  local hp=$! i
+  for i in $(seq 1 600); do [ -s "$hold" ] && break; sleep 0.1; done
+  sleep 1
+  rss1=$(awk '/^VmRSS:/{print $2}' /proc/$MIRROR_PID/status)
+  r1=$(run_ab_head "$MIRROR_URL$path")
+  rm -f "$hold"; wait $hp 2>/dev/null
+  $JREC "without:=$r0" "with:=$r1" conns="$CONNS" rss0_kib="${rss0:-0}" rss1_kib="${rss1:-0}" \
+        held="$([ -n "${rss1:-}" ] && echo 1 || echo 0)"
+}
+
 # ------------------------------------------------------------------ main loop
 # ok_run JSON: did the clients get what they asked for? (else the mirror log is kept)
 ok_run() {
@@ -173,8 +298,18 @@ sys.exit(1 if bad else 0)' "$1"
 IFS=, read -r -a MLIST <<< "$MIRRORS"
 IFS=, read -r -a SLIST <<< "$SCENARIOS"
 echo "{\"rate_mbit\": $RATE_MBIT, \"rtt_ms\": $RTT_MS, \"burst_ms\": ${RELAY_BURST_MS:-5}, \"runs\": $RUNS, \"herd_clients\": $HERD_CLIENTS, \"herd_engine\": \"$HERD_ENGINE\", \"warm_secs\": $WARM_SECS, \"warm_conns\": $WARM_CONNS, \"date\": \"$(date -Is)\", \"nproc\": $(nproc), \"kernel\": \"$(uname -r)\", \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" > "$RESULTS_DIR/env.json"
+case ",$SCENARIOS," in *,ingest,*|*,ingest-tls,*) ingest_setup ;; esac
+case ",$SCENARIOS," in *,startup,*) startup_store ;; esac
 for s in "${SLIST[@]}"; do
   declare -F "sc_$s" >/dev/null || die "unknown scenario $s"
+  if [ "$s" = startup ]; then
+    f=$RESULTS_DIR/regmirror__startup.jsonl; : > "$f"
+    for r in $(seq 1 "$RUNS"); do
+      log "== startup run $r/$RUNS"
+      $JREC mirror=regmirror scenario=startup run="$r" ":=$(sc_startup)" | tee -a "$f"
+    done
+    continue
+  fi
   if [ "$s" = ceiling ]; then
     f=$RESULTS_DIR/reference__ceiling.jsonl; : > "$f"
     for r in $(seq 1 "$RUNS"); do
@@ -195,6 +330,14 @@ for s in "${SLIST[@]}"; do
       label=$m; [ "$UPSTREAM_AUTH" = none ] && label="$m+noauth"
       f=$RESULTS_DIR/${label}__$s.jsonl
       log "== $s / $m run $r/$RUNS"
+      # ingest: the mirrors pull straight from the unthrottled (TLS) upstream
+      case $s in
+        ingest) UPSTREAM_URL=$INGEST_URL; unset REGMIRROR_CONFIG ;;
+        ingest-tls) UPSTREAM_URL=$INGEST_TLS_URL; export REGMIRROR_CONFIG=$RUNDIR/ingest-tls.json ;;
+        conns) UPSTREAM_URL=$RELAY_UPSTREAM_URL
+               echo '{"max_connections": 20000}' > "$RUNDIR/conns.json"; export REGMIRROR_CONFIG=$RUNDIR/conns.json ;;
+        *) UPSTREAM_URL=$RELAY_UPSTREAM_URL; unset REGMIRROR_CONFIG ;;
+      esac
       start_mirror "$m"
       out=$(sc_"$s")
       if ! ok_run "$out"; then

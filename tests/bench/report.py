@@ -179,6 +179,58 @@ def headline(recs, P):
         P()
 
 
+def scale_sections(recs, P):
+    """Issue 11: ingest (plain and TLS), startup, conns."""
+    for scen, title in (("ingest", "Cold ingest, unthrottled upstream"),
+                        ("ingest-tls", "Cold ingest over HTTPS")):
+        ms = mirrors_for(recs, scen)
+        if not ms:
+            continue
+        rs0 = recs[(ms[0], scen)]
+        mb = (rs0[0].get("blob_bytes") or 0) / 1e6
+        P(f"## {title} ({mb:.0f} MB blob, one client, cold mirror, upstream file in page cache)\n")
+        base = {m: med(recs[(m, scen)], "time_s") for m in ms}
+        rows = []
+        for m in ms:
+            rs = recs[(m, scen)]
+            t = base[m]
+            rows.append([m, len(rs), mr(rs, "time_s", 3), f(med(rs, "Bps"), 2, 1e-9),
+                         ratio(base.get("nginx"), t) if "nginx" in base and m != "nginx" else "",
+                         ratio(base.get("direct"), t) if "direct" in base and m != "direct" else "",
+                         allok(rs, "ok")])
+        P(table(["mirror", "n", "time (s)", "GB/s", "speed vs nginx", "speed vs curl direct", "ok"],
+                rows))
+        sha = [r.get("sha256_Bps") for m in ms for r in recs[(m, scen)] if r.get("sha256_Bps")]
+        if sha:
+            sha.sort()
+            P(f"\nOpenSSL SHA-256 on this box during the runs (1 MiB blocks): "
+              f"{sha[len(sha) // 2] / 1e9:.2f} GB/s median, i.e. {mb * 1e6 / sha[len(sha) // 2]:.2f} s "
+              f"for the blob on one core. speed ratio = peer time / mirror time.\n")
+    rs = recs.get(("regmirror", "startup"))
+    if rs:
+        P("## Startup with a large store\n")
+        P(table(["objects", "n", "/v2/ answers after (s)", "background reconcile (s)",
+                 "cached HEAD during it", "cold page cache", "peak RSS (MiB)"],
+                [[rs[0].get("objects"), len(rs), mr(rs, "ready_s", 3), mr(rs, "reconcile_ms", 1, 1e-3),
+                  ",".join(str(r.get("cached_head_status")) for r in rs),
+                  ",".join(str(r.get("cold_cache")) for r in rs), mr(rs, "hwm_kib", 0, 1 / 1024)]]))
+        P("")
+    rs = recs.get(("regmirror", "conns"))
+    if rs:
+        P("## Many idle connections\n")
+        rows = []
+        for r in rs:
+            n = r.get("conns") or 1
+            d = (r.get("rss1_kib", 0) - r.get("rss0_kib", 0))
+            w0 = (r.get("without") or {}).get("req_per_s")
+            w1 = (r.get("with") or {}).get("req_per_s")
+            rows.append([n, r.get("rss0_kib"), r.get("rss1_kib"), f"{d * 1024 / n:.0f}",
+                         f(w0, 0), f(w1, 0), ratio(w1, w0)])
+        P(table(["idle conns", "RSS before (KiB)", "RSS with (KiB)", "bytes/conn",
+                 "HEAD req/s without", "HEAD req/s with", "with/without"], rows))
+        P("")
+
+
 def main():
     recs = load()
     env = {}
@@ -308,6 +360,8 @@ def main():
              mr(rs, "herd_upstream_ttlb_median_s", 2) + " / " + mr(rs, "herd_upstream_ttlb_max_s", 2), ""],
         ]))
         P("\nWAN floor for the herd blob: 100 MiB at 200 Mbit/s = 4.19 s + RTTs; for the cold image (105 MB) ≈ 4.2 s.\n")
+
+    scale_sections(recs, P)
 
     obs = os.path.join(H, "OBSERVATIONS.md")
     if os.path.exists(obs):

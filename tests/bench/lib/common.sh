@@ -132,12 +132,12 @@ start_mirror() {
   if [ -n "$MIRROR_PID" ]; then track "$MIRROR_PID"; fi
   local i
   for i in $(seq 1 300); do
-    curl -s -o /dev/null --max-time 1 "$MIRROR_URL/v2/" && break
+    curl -sk -o /dev/null --max-time 1 "$MIRROR_URL/v2/" && break
     if [ -n "$MIRROR_PID" ] && ! kill -0 "$MIRROR_PID" 2>/dev/null; then
       cat "$MIRROR_DIR"/*.log >&2 2>/dev/null; die "mirror $name exited at startup"; fi
     sleep 0.1
   done
-  curl -s -o /dev/null --max-time 1 "$MIRROR_URL/v2/" || die "mirror $name did not come up at $MIRROR_URL (logs in $MIRROR_DIR)"
+  curl -sk -o /dev/null --max-time 1 "$MIRROR_URL/v2/" || die "mirror $name did not come up at $MIRROR_URL (logs in $MIRROR_DIR)"
   log "mirror $name pid=${MIRROR_PID:-none} at $MIRROR_URL (dir $MIRROR_DIR)"
 }
 stop_mirror() {

@@ -22,7 +22,7 @@ http {
   scgi_temp_path        $MIRROR_DIR/tmp/scgi;
   proxy_cache_path $MIRROR_DIR/cache levels=1:2 keys_zone=registry:32m max_size=50g inactive=30d use_temp_path=off;
   upstream registry_upstream {
-    server ${UPSTREAM_URL#http://};
+    server ${UPSTREAM_URL#*://};
     keepalive 64;
   }
   server {
@@ -41,15 +41,15 @@ http {
     add_header X-Cache-Status \$upstream_cache_status always;
     location ~ "^/v2/.+/blobs/sha256:[0-9a-f]{64}\$" {
       proxy_cache_valid 200 30d;
-      proxy_pass http://registry_upstream;
+      proxy_pass ${UPSTREAM_URL%%://*}://registry_upstream;
     }
     location ~ ^/v2/.+/manifests/ {
       proxy_cache_valid 200 ${NGINX_MANIFEST_TTL:-10m};
-      proxy_pass http://registry_upstream;
+      proxy_pass ${UPSTREAM_URL%%://*}://registry_upstream;
     }
     location / {
       proxy_cache off;
-      proxy_pass http://registry_upstream;
+      proxy_pass ${UPSTREAM_URL%%://*}://registry_upstream;
     }
   }
 }

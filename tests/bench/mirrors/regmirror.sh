@@ -11,4 +11,5 @@ regmirror_launch() {
     ${REGMIRROR_ARGS:-} > "$MIRROR_DIR/mirror.log" 2>&1 &
   MIRROR_PID=$!
 }
-mirror_start() { regmirror_launch; }
+# REGMIRROR_CONFIG: a config file (the ingest-tls scenario sets one with the upstream's CA)
+mirror_start() { regmirror_launch ${REGMIRROR_CONFIG:+--config "$REGMIRROR_CONFIG"}; }

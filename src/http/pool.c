@@ -1,0 +1,655 @@
+/* Per-origin keep-alive pools: origins and their FIFO wait queues, the connection limit, idle
+ * connections (reused most recent first, closed after idle_timeout or when the server speaks or
+ * closes), new connections (getaddrinfo, TCP connect over the address list, TLS handshake) and
+ * the pool's share of the close. Nothing of HTTP: a busy connection is read by its user.
+ *
+ * Lifetimes: a connection is freed once its handles are closed and no getaddrinfo is pending; the
+ * pool reports its end (on_closed) from a close callback when the last reference goes. */
+#include "http/pool.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "core/log.h"
+
+struct origin {
+    struct pool *pool;
+    struct origin *next;
+    int is_https;
+    char *host;
+    int port;
+    char *ca_file; /* https only; NULL = system CAs */
+    int insecure;
+    struct conn *idle; /* most recently used first */
+    unsigned n_idle;
+    unsigned n_active; /* resolving, connecting or busy */
+    struct pool_user *wait_head;
+    struct pool_user *wait_tail;
+};
+
+struct wreq {
+    uv_write_t w;
+    struct conn *conn;
+    size_t len;
+    char data[];
+};
+
+static void origin_kick(struct origin *o);
+static void connect_next(struct conn *conn);
+
+/* ---- the pool ---- */
+
+void rgm_pool_init(struct pool *p, uv_loop_t *loop, const rgm_client_opts_t *opts,
+                   void (*on_closed)(struct pool *p))
+{
+    memset(p, 0, sizeof(*p));
+    p->loop = loop;
+    p->opts = *opts;
+    p->on_closed = on_closed;
+    (void)uv_timer_init(loop, &p->close_timer);
+}
+
+static void on_pool_closed(uv_handle_t *h)
+{
+    struct pool *p = rgm_container_of(h, struct pool, close_timer);
+    struct origin *o, *next;
+
+    for (o = p->origins; o; o = next) {
+        next = o->next;
+        free(o->host);
+        free(o->ca_file);
+        free(o);
+    }
+    p->on_closed(p); /* may free p */
+}
+
+void rgm_pool_ref(struct pool *p)
+{
+    p->n_refs++;
+}
+
+void rgm_pool_unref(struct pool *p)
+{
+    p->n_refs--;
+    if (p->is_closing && p->n_refs == 0 && !p->is_close_started) {
+        p->is_close_started = 1;
+        uv_close((uv_handle_t *)&p->close_timer, on_pool_closed);
+    }
+}
+
+void rgm_pool_close(struct pool *p)
+{
+    struct conn *conn, *next;
+
+    p->is_closing = 1;
+    for (conn = p->conns; conn; conn = next) {
+        next = conn->all_next; /* rgm_pool_conn_close never frees synchronously */
+        rgm_pool_conn_close(conn);
+    }
+    rgm_tls_cache_clear();
+    /* Balance the reference taken here so that rgm_pool_unref can reach zero now. */
+    rgm_pool_ref(p);
+    rgm_pool_unref(p);
+}
+
+/* ---- origins and their queues ---- */
+
+static int same_str(const char *a, const char *b)
+{
+    if (!a || !b)
+        return a == b;
+    return strcmp(a, b) == 0;
+}
+
+static struct origin *origin_get(struct pool *p, const rgm_url_t *url, const char *ca_file,
+                                 int insecure)
+{
+    const char *ca = url->is_https ? ca_file : NULL;
+    struct origin *o;
+
+    insecure = url->is_https ? insecure : 0;
+    for (o = p->origins; o; o = o->next) {
+        if (o->is_https == url->is_https && o->port == url->port &&
+            rgm_strcaseeq(o->host, url->host) && same_str(o->ca_file, ca) &&
+            o->insecure == insecure)
+            return o;
+    }
+    o = rgm_calloc(1, sizeof(*o));
+    o->pool = p;
+    o->is_https = url->is_https;
+    o->host = rgm_strdup(url->host);
+    o->port = url->port;
+    o->ca_file = ca ? rgm_strdup(ca) : NULL;
+    o->insecure = insecure;
+    o->next = p->origins;
+    p->origins = o;
+    return o;
+}
+
+static void wait_remove(struct origin *o, struct pool_user *u)
+{
+    struct pool_user **pp;
+
+    for (pp = &o->wait_head; *pp; pp = &(*pp)->next) {
+        if (*pp == u) {
+            *pp = u->next;
+            break;
+        }
+    }
+    u->is_queued = 0;
+    o->wait_tail = NULL;
+    for (u = o->wait_head; u; u = u->next)
+        o->wait_tail = u;
+}
+
+static void wait_push(struct origin *o, struct pool_user *u, int at_head)
+{
+    u->origin = o;
+    u->is_queued = 1;
+    if (at_head) {
+        u->next = o->wait_head;
+        o->wait_head = u;
+        if (!o->wait_tail)
+            o->wait_tail = u;
+        return;
+    }
+    u->next = NULL;
+    if (o->wait_tail)
+        o->wait_tail->next = u;
+    else
+        o->wait_head = u;
+    o->wait_tail = u;
+}
+
+static void idle_remove(struct origin *o, struct conn *conn)
+{
+    struct conn **pp;
+
+    for (pp = &o->idle; *pp; pp = &(*pp)->idle_next) {
+        if (*pp == conn) {
+            *pp = conn->idle_next;
+            conn->idle_next = NULL;
+            o->n_idle--;
+            return;
+        }
+    }
+}
+
+/* ---- users ---- */
+
+static void bind_user(struct pool_user *u, struct conn *conn)
+{
+    u->conn = conn;
+    u->origin = conn->origin;
+    conn->user = u;
+    u->ops->on_bound(u);
+}
+
+void rgm_pool_dispatch(struct pool *p, struct pool_user *u, const rgm_url_t *url,
+                       const char *ca_file, int insecure)
+{
+    struct origin *o = origin_get(p, url, ca_file, insecure);
+
+    wait_push(o, u, 0);
+    origin_kick(o);
+}
+
+void rgm_pool_detach(struct pool_user *u)
+{
+    if (u->is_queued)
+        wait_remove(u->origin, u);
+    if (u->conn) {
+        u->conn->user = NULL;
+        u->conn = NULL;
+    }
+}
+
+void rgm_pool_retry(struct pool_user *u)
+{
+    struct conn *conn = u->conn;
+
+    rgm_log(RGM_LOG_DEBUG, "client", "reused connection to %s:%d died, retrying",
+            conn->origin->host, conn->origin->port);
+    rgm_pool_detach(u);
+    u->is_fresh_only = 1;
+    wait_push(conn->origin, u, 1);
+    rgm_pool_conn_close(conn); /* starts u on a new connection */
+}
+
+/* ---- connections: close and failure ---- */
+
+static void conn_maybe_free(struct conn *conn)
+{
+    struct pool *p = conn->pool;
+
+    if (conn->state != C_CLOSING || conn->n_closing > 0 || conn->is_gai_pending)
+        return;
+    if (conn->all_prev)
+        conn->all_prev->all_next = conn->all_next;
+    else
+        p->conns = conn->all_next;
+    if (conn->all_next)
+        conn->all_next->all_prev = conn->all_prev;
+    if (conn->ai_list)
+        uv_freeaddrinfo(conn->ai_list);
+    rgm_tls_free(conn->tls);
+    free(conn->rbuf);
+    free(conn);
+    rgm_pool_unref(p);
+}
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    struct conn *conn = h->data;
+
+    conn->n_closing--;
+    conn_maybe_free(conn);
+}
+
+void rgm_pool_conn_close(struct conn *conn)
+{
+    struct origin *o = conn->origin;
+
+    if (conn->state == C_CLOSING)
+        return;
+    if (conn->state == C_IDLE)
+        idle_remove(o, conn);
+    else
+        o->n_active--;
+    conn->state = C_CLOSING;
+    if (conn->user)
+        conn->user->ops->on_error(conn->user, UV_ECANCELED);
+    if (conn->is_gai_pending)
+        (void)uv_cancel((uv_req_t *)&conn->gai);
+    (void)uv_timer_stop(&conn->timer);
+    conn->n_closing++;
+    uv_close((uv_handle_t *)&conn->timer, on_conn_handle_closed);
+    if (conn->is_tcp_open) {
+        conn->is_tcp_open = 0;
+        conn->n_closing++;
+        uv_close((uv_handle_t *)&conn->tcp, on_conn_handle_closed);
+    }
+    origin_kick(o);
+}
+
+void rgm_pool_conn_fail(struct conn *conn, int err)
+{
+    if (conn->state == C_CLOSING)
+        return;
+    if (conn->user) {
+        conn->user->ops->on_error(conn->user, err); /* retries, or finishes and closes */
+        return;
+    }
+    rgm_pool_conn_close(conn);
+}
+
+static void on_conn_timer(uv_timer_t *t)
+{
+    struct conn *conn = rgm_container_of(t, struct conn, timer);
+
+    if (conn->state == C_IDLE)
+        rgm_pool_conn_close(conn);
+    else
+        rgm_pool_conn_fail(conn, UV_ETIMEDOUT);
+}
+
+/* ---- connections: writes ---- */
+
+static void on_write(uv_write_t *w, int status)
+{
+    struct wreq *wr = rgm_container_of(w, struct wreq, w);
+    struct conn *conn = wr->conn;
+
+    free(wr);
+    if (status < 0 && status != UV_ECANCELED && conn->state != C_CLOSING)
+        rgm_pool_conn_fail(conn, status);
+}
+
+static int tcp_write(struct conn *conn, const char *data, size_t len)
+{
+    struct wreq *wr = rgm_malloc(sizeof(*wr) + len);
+    uv_buf_t b;
+    int rc;
+
+    wr->conn = conn;
+    wr->len = len;
+    memcpy(wr->data, data, len);
+    b = uv_buf_init(wr->data, (unsigned)len);
+    rc = uv_write(&wr->w, (uv_stream_t *)&conn->tcp, &b, 1, on_write);
+    if (rc < 0)
+        free(wr);
+    return rc;
+}
+
+int rgm_pool_conn_flush(struct conn *conn)
+{
+    char *out = NULL;
+    size_t n;
+    int rc = 0;
+
+    if (!conn->tls)
+        return 0;
+    n = rgm_tls_take_cipher(conn->tls, &out);
+    if (n > 0)
+        rc = tcp_write(conn, out, n);
+    free(out);
+    return rc;
+}
+
+int rgm_pool_conn_write(struct conn *conn, const char *data, size_t len)
+{
+    int rc;
+
+    if (!conn->tls)
+        return tcp_write(conn, data, len);
+    rc = rgm_tls_write_plain(conn->tls, data, len);
+    if (rc < 0)
+        return rc;
+    return rgm_pool_conn_flush(conn);
+}
+
+/* ---- connections: the pool's reads (handshake, idle) ---- */
+
+char *rgm_pool_conn_rbuf(struct conn *conn)
+{
+    if (!conn->rbuf)
+        conn->rbuf = rgm_malloc(RGM_POOL_RBUF_SIZE);
+    return conn->rbuf;
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct conn *conn = rgm_container_of(h, struct conn, tcp);
+
+    (void)suggested;
+    *buf = uv_buf_init(rgm_pool_conn_rbuf(conn), RGM_POOL_RBUF_SIZE);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* The pool reads a connection while it handshakes, and while it is idle to see the server close
+ * it; a busy connection is read by its user, with the user's callbacks. */
+static void read_start(struct conn *conn)
+{
+    int rc;
+
+    if (conn->is_reading)
+        (void)uv_read_stop((uv_stream_t *)&conn->tcp); /* the user's callbacks */
+    conn->is_reading = 0;
+    rc = uv_read_start((uv_stream_t *)&conn->tcp, on_alloc, on_read);
+    if (rc < 0) {
+        rgm_pool_conn_fail(conn, rc);
+        return;
+    }
+    conn->is_reading = 1;
+}
+
+static void read_stop(struct conn *conn)
+{
+    if (!conn->is_reading)
+        return;
+    (void)uv_read_stop((uv_stream_t *)&conn->tcp);
+    conn->is_reading = 0;
+}
+
+/* Ready for a request: hand it, not reading, to its user, which sends and reads. */
+static void conn_ready(struct conn *conn)
+{
+    (void)uv_timer_stop(&conn->timer);
+    read_stop(conn);
+    conn->state = C_BUSY;
+    if (!conn->user) {
+        rgm_pool_conn_close(conn);
+        return;
+    }
+    conn->user->ops->on_ready(conn->user);
+}
+
+static void tls_step(struct conn *conn)
+{
+    int rc = rgm_tls_handshake(conn->tls);
+
+    if (rgm_pool_conn_flush(conn) < 0 && rc >= 0)
+        rc = UV_EPROTO;
+    if (rc == RGM_TLS_WANT)
+        return;
+    if (rc < 0) {
+        rgm_pool_conn_fail(conn, UV_EPROTO);
+        return;
+    }
+    conn_ready(conn);
+}
+
+/* Idle and TLS: plaintext (the server speaks out of turn) or a TLS close ends the connection. */
+static void idle_drain_tls(struct conn *conn)
+{
+    ssize_t n = rgm_tls_read_plain(conn->tls, rgm_pool_conn_rbuf(conn), RGM_POOL_RBUF_SIZE);
+
+    if (n != 0 || rgm_pool_conn_flush(conn) < 0)
+        rgm_pool_conn_close(conn);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct conn *conn = rgm_container_of(s, struct conn, tcp);
+
+    if (nread == 0 || conn->state == C_CLOSING)
+        return;
+    if (nread < 0) {
+        rgm_pool_conn_fail(conn, nread == UV_EOF ? UV_ECONNRESET : (int)nread);
+        return;
+    }
+    if (!conn->tls) {
+        rgm_pool_conn_close(conn); /* bytes on an idle connection: it is out of sync */
+        return;
+    }
+    if (rgm_tls_feed_cipher(conn->tls, buf->base, (size_t)nread) < 0) {
+        rgm_pool_conn_fail(conn, UV_EPROTO);
+        return;
+    }
+    if (conn->state == C_HANDSHAKE)
+        tls_step(conn);
+    else
+        idle_drain_tls(conn);
+}
+
+/* ---- connections: resolving and connecting ---- */
+
+static void on_tcp_closed_retry(uv_handle_t *h)
+{
+    struct conn *conn = h->data;
+
+    conn->n_closing--;
+    if (conn->state == C_CLOSING)
+        conn_maybe_free(conn);
+    else
+        connect_next(conn);
+}
+
+/* Close the socket of a failed attempt; the next address is tried from the close callback. */
+static void connect_failed(struct conn *conn, int err)
+{
+    conn->last_err = err;
+    conn->is_tcp_open = 0;
+    conn->is_reading = 0;
+    conn->n_closing++;
+    uv_close((uv_handle_t *)&conn->tcp, on_tcp_closed_retry);
+}
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct conn *conn = rgm_container_of(req, struct conn, connect_req);
+    int err = 0;
+
+    if (status == UV_ECANCELED || conn->state == C_CLOSING)
+        return;
+    if (status < 0) {
+        connect_failed(conn, status);
+        return;
+    }
+    (void)uv_tcp_nodelay(&conn->tcp, 1);
+    if (!conn->origin->is_https) {
+        conn_ready(conn);
+        return;
+    }
+    conn->tls =
+        rgm_tls_new(conn->origin->ca_file, conn->origin->insecure, conn->origin->host, &err);
+    if (!conn->tls) {
+        rgm_pool_conn_fail(conn, err);
+        return;
+    }
+    conn->state = C_HANDSHAKE;
+    read_start(conn);
+    if (conn->state == C_HANDSHAKE)
+        tls_step(conn);
+}
+
+static void connect_next(struct conn *conn)
+{
+    struct addrinfo *ai;
+    int rc;
+
+    while ((ai = conn->ai_next) != NULL) {
+        conn->ai_next = ai->ai_next;
+        if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+            continue;
+        rc = uv_tcp_init(conn->pool->loop, &conn->tcp);
+        if (rc < 0) {
+            rgm_pool_conn_fail(conn, rc);
+            return;
+        }
+        conn->tcp.data = conn;
+        conn->is_tcp_open = 1;
+        rc = uv_tcp_connect(&conn->connect_req, &conn->tcp, ai->ai_addr, on_connect);
+        if (rc < 0)
+            connect_failed(conn, rc);
+        return;
+    }
+    rgm_pool_conn_fail(conn, conn->last_err < 0 ? conn->last_err : UV_EADDRNOTAVAIL);
+}
+
+static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    struct conn *conn = rgm_container_of(req, struct conn, gai);
+
+    conn->is_gai_pending = 0;
+    conn->ai_list = res;
+    conn->ai_next = res;
+    if (conn->state == C_CLOSING) {
+        conn_maybe_free(conn);
+        return;
+    }
+    if (status < 0) {
+        rgm_log(RGM_LOG_DEBUG, "client", "resolving %s: %s", conn->origin->host,
+                uv_strerror(status));
+        rgm_pool_conn_fail(conn, status);
+        return;
+    }
+    conn->state = C_CONNECTING;
+    connect_next(conn);
+}
+
+/* A new connection for u (which counts against the origin's limit from now on). */
+static void conn_new(struct origin *o, struct pool_user *u)
+{
+    struct pool *p = o->pool;
+    struct conn *conn = rgm_calloc(1, sizeof(*conn));
+    struct addrinfo hints;
+    char port[16];
+    int rc;
+
+    conn->pool = p;
+    conn->origin = o;
+    conn->state = C_RESOLVING;
+    rgm_pool_ref(p);
+    conn->all_next = p->conns;
+    if (p->conns)
+        p->conns->all_prev = conn;
+    p->conns = conn;
+    o->n_active++;
+    (void)uv_timer_init(p->loop, &conn->timer);
+    conn->timer.data = conn;
+    bind_user(u, conn);
+    (void)uv_timer_start(&conn->timer, on_conn_timer, p->opts.connect_timeout_ms, 0);
+
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%d", o->port);
+    conn->is_gai_pending = 1;
+    rc = uv_getaddrinfo(p->loop, &conn->gai, on_gai, o->host, port, &hints);
+    if (rc < 0) {
+        conn->is_gai_pending = 0;
+        rgm_pool_conn_fail(conn, rc);
+    }
+}
+
+/* ---- connections: reuse ---- */
+
+/* Give conn, busy and unbound, to u, which sends at once and reads with its own callbacks. */
+static void hand_over(struct conn *conn, struct pool_user *u)
+{
+    read_stop(conn);
+    wait_remove(conn->origin, u);
+    bind_user(u, conn);
+    u->ops->on_ready(u);
+}
+
+void rgm_pool_release(struct conn *conn, int keep)
+{
+    struct pool *p = conn->pool;
+    struct origin *o = conn->origin;
+    struct pool_user *w;
+
+    if (!keep || p->is_closing) {
+        rgm_pool_conn_close(conn);
+        return;
+    }
+    conn->is_reused = 1;
+    for (w = o->wait_head; w; w = w->next) {
+        if (!w->is_fresh_only)
+            break;
+    }
+    if (w) {
+        hand_over(conn, w);
+        return;
+    }
+    if (o->n_idle >= p->opts.max_idle_per_origin) {
+        rgm_pool_conn_close(conn);
+        return;
+    }
+    o->n_active--;
+    o->n_idle++;
+    conn->state = C_IDLE;
+    conn->idle_next = o->idle;
+    o->idle = conn;
+    (void)uv_timer_start(&conn->timer, on_conn_timer, p->opts.idle_timeout_ms, 0);
+    read_start(conn);
+    origin_kick(o);
+}
+
+/* Start waiting users: on idle connections, or on new ones while under the limit. */
+static void origin_kick(struct origin *o)
+{
+    struct pool *p = o->pool;
+    struct pool_user *u;
+    struct conn *conn;
+
+    while ((u = o->wait_head) != NULL && !p->is_closing) {
+        if (!u->is_fresh_only && o->idle) {
+            conn = o->idle;
+            o->idle = conn->idle_next;
+            conn->idle_next = NULL;
+            o->n_idle--;
+            o->n_active++;
+            conn->state = C_BUSY;
+            hand_over(conn, u);
+            continue;
+        }
+        if (o->n_active >= p->opts.max_conns_per_origin)
+            break;
+        wait_remove(o, u);
+        conn_new(o, u);
+    }
+}

@@ -13,7 +13,7 @@
 
 #define MOD "cluster"
 
-#define MAX_LISTEN_PORTS 16
+#define MAX_LISTEN 16
 
 /* ---- state ---- */
 
@@ -57,8 +57,8 @@ struct rgm_peers {
 
     char self_url[RGM_PEER_URL_MAX]; /* "" when not given */
     int find_self;
-    int listen_ports[MAX_LISTEN_PORTS];
-    size_t n_listen_ports;
+    struct sockaddr_storage listen[MAX_LISTEN];
+    size_t n_listen;
     int has_warned_self;
 
     uint64_t backoff_min_ms;
@@ -158,23 +158,59 @@ static int is_local_addr(const struct sockaddr_storage *ss, const uv_interface_a
     return 0;
 }
 
+/* The port of ss, and whether its address is the wildcard; 0 or UV_EINVAL (other family). */
+static int listen_info(const struct sockaddr_storage *ss, int *port, int *is_any)
+{
+    static const unsigned char zero[16];
+
+    if (ss->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)(const void *)ss;
+        *port = ntohs(in4->sin_port);
+        *is_any = in4->sin_addr.s_addr == htonl(INADDR_ANY);
+        return 0;
+    }
+    if (ss->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)(const void *)ss;
+        *port = ntohs(in6->sin6_port);
+        *is_any = memcmp(&in6->sin6_addr, zero, 16) == 0;
+        return 0;
+    }
+    return UV_EINVAL;
+}
+
+/* 1 when a and b hold the same address (ports aside). */
+static int same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return 0;
+    if (a->ss_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)(const void *)a)->sin_addr,
+                      &((const struct sockaddr_in *)(const void *)b)->sin_addr, 4) == 0;
+    return memcmp(&((const struct sockaddr_in6 *)(const void *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)(const void *)b)->sin6_addr, 16) == 0;
+}
+
 int rgm_peers_match_self(const char *const *urls, size_t n, const uv_interface_address_t *ifs,
-                         int n_ifs, const int *ports, size_t n_ports)
+                         int n_ifs, const struct sockaddr_storage *listen, size_t n_listen)
 {
     struct sockaddr_storage ss;
-    int found = -1, port;
+    int found = -1, port, lport, is_any;
     size_t i, j;
 
     for (i = 0; i < n; i++) {
-        int is_listen_port = 0;
+        int is_match = 0;
 
         if (url_addr(urls[i], &ss, &port) < 0)
             continue;
-        for (j = 0; j < n_ports; j++) {
-            if (ports[j] == port)
-                is_listen_port = 1;
+        for (j = 0; j < n_listen && !is_match; j++) {
+            if (listen_info(&listen[j], &lport, &is_any) < 0 || lport != port)
+                continue;
+            /* 0.0.0.0 takes IPv4 only; :: is dual-stack (libuv binds it without V6ONLY). */
+            if (is_any && listen[j].ss_family == AF_INET && ss.ss_family != AF_INET)
+                continue;
+            is_match = is_any ? is_local_addr(&ss, ifs, n_ifs) : same_addr(&ss, &listen[j]);
         }
-        if (!is_listen_port || !is_local_addr(&ss, ifs, n_ifs))
+        if (!is_match)
             continue;
         if (found >= 0)
             return -2;
@@ -211,7 +247,7 @@ static void determine_self(struct rgm_peers *p)
         return;
     rc = uv_interface_addresses(&ifs, &n_ifs);
     if (rc == 0) {
-        idx = rgm_peers_match_self(urls, p->n, ifs, n_ifs, p->listen_ports, p->n_listen_ports);
+        idx = rgm_peers_match_self(urls, p->n, ifs, n_ifs, p->listen, p->n_listen);
         uv_free_interface_addresses(ifs, n_ifs);
     }
     if (idx >= 0) {
@@ -718,11 +754,11 @@ rgm_peers_t *rgm_peers_new(uv_loop_t *loop, const rgm_peers_opts_t *opts, int *e
         rgm_log(RGM_LOG_ERROR, MOD, "cluster: give exactly one of peers and peers_dns");
         goto fail;
     }
-    if (opts->n_listen_ports > MAX_LISTEN_PORTS)
+    if (opts->n_listen > MAX_LISTEN)
         goto fail;
-    for (i = 0; i < opts->n_listen_ports; i++)
-        p->listen_ports[i] = opts->listen_ports[i];
-    p->n_listen_ports = opts->n_listen_ports;
+    for (i = 0; i < opts->n_listen; i++)
+        p->listen[i] = opts->listen[i];
+    p->n_listen = opts->n_listen;
     if (opts->self_url &&
         rgm_peer_url_canon(opts->self_url, p->self_url, sizeof(p->self_url)) < 0) {
         rgm_log(RGM_LOG_ERROR, MOD, "self %s: not an http[s]://host[:port] base URL",

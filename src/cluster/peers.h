@@ -30,12 +30,11 @@ typedef struct rgm_peers_opts {
     const char *const *urls;
     size_t n_urls;
     const char *dns_url;
-    /* This replica's base URL, or NULL to find it: the member whose address is one of this
-     * host's interface addresses (or inside a loopback interface's network) and whose port is
-     * one of listen_ports. Borrowed. A set without self (the node tier) only forwards. */
+    /* This replica's base URL, or NULL to find it from the listen addresses (see
+     * rgm_peers_match_self). Borrowed. A set without self (the node tier) only forwards. */
     const char *self_url;
-    const int *listen_ports;
-    size_t n_listen_ports;
+    const struct sockaddr_storage *listen; /* bound addresses, ports included; borrowed */
+    size_t n_listen;
     int find_self; /* 1: look for self as above when self_url is NULL; 0: no self at all */
     uint64_t dns_interval_ms; /* default 15 s */
     uint64_t backoff_min_ms;  /* first retry of a down peer; default 1 s */
@@ -116,11 +115,12 @@ RGM_MUST_CHECK int rgm_peers_member(const rgm_peers_t *p, size_t i, rgm_peer_pic
 int rgm_peers_from_addrinfo(const struct addrinfo *res, int is_https, int port,
                             char (*out)[RGM_PEER_URL_MAX], size_t max, size_t *n_dropped);
 
-/* The index of self among n canonical URLs: the one whose host is an IP literal equal to an
- * address of ifs[0..n_ifs) (or inside the network of an internal, i.e. loopback, one) and whose
- * port is one of ports[0..n_ports). Returns the index, -1 when none matches, -2 when several do
- * (ambiguous: set self explicitly). */
+/* The index of self among n canonical URLs: the one whose host is an IP literal and whose port
+ * is the port of a listen address, where that listen address is the member's address, or is a
+ * wildcard (0.0.0.0, ::) and the member's address is one of ifs[0..n_ifs) (or inside the
+ * network of an internal, i.e. loopback, interface). Returns the index, -1 when none matches,
+ * -2 when several do (ambiguous: set self explicitly). */
 int rgm_peers_match_self(const char *const *urls, size_t n, const uv_interface_address_t *ifs,
-                         int n_ifs, const int *ports, size_t n_ports);
+                         int n_ifs, const struct sockaddr_storage *listen, size_t n_listen);
 
 #endif

@@ -49,7 +49,7 @@ struct rgm_upstream {
     rgm_slot_wait_t *qtail;
 };
 
-enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT };
+enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_MAIN };
 
 struct rgm_upcall {
     rgm_upstream_t *up;
@@ -66,7 +66,11 @@ struct rgm_upcall {
 
     rgm_upreq_t *req; /* the request in flight (main or token) */
     int is_token_req;
-    enum step next; /* what to do when the swallowed response ends */
+    int is_fill_req;  /* the request in flight asks the fill peer */
+    int is_filled;    /* the answer is the fill peer's */
+    char *fill_url;   /* the peer's URL for this call, or NULL */
+    int client_first; /* opts.client_auth_first, for the main request after a fill */
+    enum step next;   /* what to do when the swallowed response ends */
     int tried_token;
     int tried_basic;
     int tried_client;
@@ -240,10 +244,52 @@ static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
     return err;
 }
 
+/* Ask the fill peer: GET fill_url with the hop and only-if-cached headers. */
+static int send_fill(rgm_upcall_t *c)
+{
+    c->req = rgm_upreq_new(c->up->client, "GET", c->fill_url, NULL);
+    if (!c->req)
+        return UV_EINVAL;
+    c->is_token_req = 0;
+    c->is_fill_req = 1;
+    rgm_upreq_set_max_redirects(c->req, 0);
+    if (c->client_auth)
+        rgm_upreq_add_header(c->req, "Authorization", c->client_auth);
+    if (c->accept)
+        rgm_upreq_add_header(c->req, "Accept", c->accept);
+    rgm_upreq_add_header(c->req, "X-Regmirror-Hop", "1");
+    rgm_upreq_add_header(c->req, "X-Regmirror-Only-If-Cached", "1");
+    return rgm_upreq_start(c->req, &req_cbs, c);
+}
+
+/* The registry request: the client's credentials first when asked (or when the mirror's own
+ * were refused recently), else a cached token or nothing. */
+static int start_main(rgm_upcall_t *c)
+{
+    char key[1024];
+    const char *auth = NULL;
+    int err;
+
+    scope_key(c, "refused", key, sizeof(key));
+    if (c->client_auth &&
+        (c->client_first || rgm_auth_cache_get(c->up->refused, key, rgm_time_ms()))) {
+        c->tried_client = 1;
+        c->using_client = 1;
+        auth = c->client_auth;
+    } else {
+        scope_key(c, "token", key, sizeof(key));
+        /* A cached token that is refused still gets one fresh token fetch. */
+        auth = rgm_auth_cache_get(c->up->tokens, key, rgm_time_ms());
+    }
+    err = send_main(c, auth);
+    return err;
+}
+
 static void finish(rgm_upcall_t *c, int err)
 {
     c->req = NULL;
     c->cbs.on_done(c, err, c->ud);
+    free(c->fill_url);
     free(c->repo);
     free(c->method);
     free(c->url);
@@ -315,6 +361,19 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
 
     if (c->is_token_req)
         return 0;
+    if (c->is_fill_req) {
+        if (status != 200) {
+            c->next = STEP_MAIN; /* not there: swallow the answer, then ask the registry */
+            return 0;
+        }
+        c->is_filled = 1;
+        /* The peer applied the access rule to the client's credentials: content filled with
+         * them is treated as private (the cache never widens access). */
+        c->using_client = c->client_auth != NULL;
+        c->status = status;
+        c->next = STEP_NONE;
+        return c->cbs.on_head(c, status, c->ud);
+    }
     c->status = status;
     if (status == 401 || status == 403 || status == 404) {
         wa = rgm_upreq_header(r, "WWW-Authenticate");
@@ -335,7 +394,7 @@ static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
     rgm_upcall_t *c = ud;
 
     (void)r;
-    if (c->rs)
+    if (c->rs && !c->is_fill_req)
         c->rs->bytes += len;
     if (c->is_token_req)
         return rgm_buf_append(&c->tokbody, data, len) < 0 ? UV_E2BIG : 0;
@@ -366,6 +425,9 @@ static int next_step(rgm_upcall_t *c)
     case STEP_RETRY_OWN:
         c->tried_basic = 1;
         return send_main(c, c->rs->basic);
+    case STEP_MAIN:
+        c->is_fill_req = 0;
+        return start_main(c);
     case STEP_CLIENT:
         /* The mirror's own identity is refused for this repository: remember it briefly, so
          * that the next request with client credentials goes straight to them. */
@@ -452,8 +514,13 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
-    if (c->rs)
+    if (c->rs && !c->is_fill_req)
         count_outcome(c, st, err);
+    if (c->is_fill_req && c->next == STEP_NONE && !c->is_filled && !c->is_cancelled) {
+        /* The peer gave no answer at all: ask the registry. */
+        c->next = STEP_MAIN;
+        err = 0;
+    }
     if (is_token)
         c->status = rgm_upreq_status(r);
     c->req = NULL;
@@ -484,8 +551,6 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     rgm_upcall_t *c;
     char url[URL_MAX];
     char ns[600];
-    char key[1024];
-    const char *auth = NULL;
     struct regstate *rs = regstate(up, o->reg);
     int n;
     int err;
@@ -517,22 +582,25 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->started_ms = rgm_time_ms();
     c->cbs = *cbs;
     c->ud = ud;
+    c->client_first = o->client_auth_first; /* a tier mirror relays the client's as they are */
     rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
 
-    /* A tier mirror relays the client's credentials as they are. */
-    scope_key(c, "refused", key, sizeof(key));
-    if (c->client_auth &&
-        (o->client_auth_first || rgm_auth_cache_get(up->refused, key, rgm_time_ms()))) {
-        c->tried_client = 1;
-        c->using_client = 1;
-        auth = c->client_auth;
+    if (o->fill_url && strcmp(o->method, "GET") == 0 && o->range_from == 0 &&
+        rgm_url_encode(o->reg->name, ns, sizeof(ns)) == 0 &&
+        snprintf(url, sizeof(url), "%s/v2/%s/%s?ns=%s", o->fill_url, o->repo, o->suffix, ns) <
+            (int)sizeof(url)) {
+        c->fill_url = rgm_strdup(url);
+        err = send_fill(c);
+        if (err < 0) {
+            c->req = NULL;
+            c->is_fill_req = 0;
+            err = start_main(c);
+        }
     } else {
-        scope_key(c, "token", key, sizeof(key));
-        /* A cached token that is refused still gets one fresh token fetch. */
-        auth = rgm_auth_cache_get(up->tokens, key, rgm_time_ms());
+        err = start_main(c);
     }
-    err = send_main(c, auth);
     if (err < 0) {
+        free(c->fill_url);
         c->cbs.on_done = NULL;
         free(c->repo);
         free(c->method);
@@ -594,6 +662,11 @@ int64_t rgm_upcall_content_length(const rgm_upcall_t *c)
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
 {
     return c->using_client;
+}
+
+int rgm_upcall_was_filled(const rgm_upcall_t *c)
+{
+    return c->is_filled;
 }
 
 int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out)

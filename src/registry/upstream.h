@@ -31,6 +31,10 @@ typedef struct rgm_upcall_opts {
     const char *client_auth;       /* the client's Authorization, or NULL */
     int client_auth_first;         /* try the client's Authorization before the mirror's own */
     uint64_t range_from;           /* >0: Range: bytes=<range_from>- */
+    /* A cluster peer's base URL to ask first (docs/cluster.md "fill"), GET only: with
+     * X-Regmirror-Hop and X-Regmirror-Only-If-Cached, ?ns= and the client's Authorization. A
+     * 200 is the answer; anything else (or no answer) and the registry is asked as usual. */
+    const char *fill_url;
 } rgm_upcall_opts_t;
 
 typedef struct rgm_upcall_cbs {
@@ -57,6 +61,8 @@ int rgm_upcall_status(const rgm_upcall_t *c);
 const char *rgm_upcall_header(const rgm_upcall_t *c, const char *name);
 int64_t rgm_upcall_content_length(const rgm_upcall_t *c);
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c);
+/* 1 when the answer came from the fill peer (opts.fill_url), not from the registry. */
+int rgm_upcall_was_filled(const rgm_upcall_t *c);
 
 /* Append the per-registry upstream counters in Prometheus text format. 0 or UV_ENOBUFS. */
 RGM_MUST_CHECK int rgm_upstream_metrics(const rgm_upstream_t *up, rgm_buf_t *out);

@@ -90,6 +90,19 @@ static void set_if(uv_interface_address_t *i, const char *addr, const char *mask
     }
 }
 
+/* A listen address "host" and port. */
+static struct sockaddr_storage laddr(const char *host, int port)
+{
+    struct sockaddr_storage ss;
+
+    memset(&ss, 0, sizeof(ss));
+    if (strchr(host, ':'))
+        (void)uv_ip6_addr(host, port, (struct sockaddr_in6 *)&ss);
+    else
+        (void)uv_ip4_addr(host, port, (struct sockaddr_in *)&ss);
+    return ss;
+}
+
 static void test_match_self(void)
 {
     uv_interface_address_t ifs[4];
@@ -101,7 +114,18 @@ static void test_match_self(void)
     static const char *const names[] = {"http://node-a:5000", "http://node-b:5000"};
     static const char *const v6[] = {"http://[fd00::1]:5000", "http://[fd00::2]:5000"};
     static const char *const twice[] = {"http://127.0.0.1:5000", "http://10.0.0.5:5000"};
-    const int p5000[] = {5000}, p5002[] = {6000, 5002}, p6000[] = {6000};
+    struct sockaddr_storage p5000[1], p5002[2], p6000[1], v6any[1], at2[1], at3[2], u[1];
+
+    p5000[0] = laddr("0.0.0.0", 5000);
+    p5002[0] = laddr("0.0.0.0", 6000);
+    p5002[1] = laddr("127.0.0.1", 5002);
+    p6000[0] = laddr("0.0.0.0", 6000);
+    v6any[0] = laddr("::", 5000);
+    at2[0] = laddr("127.0.0.2", 5000);
+    at3[0] = laddr("127.0.0.9", 5000);
+    at3[1] = laddr("127.0.0.3", 5000);
+    memset(u, 0, sizeof(u));
+    u[0].ss_family = AF_UNIX;
 
     set_if(&ifs[0], "127.0.0.1", "255.0.0.0", 1);
     set_if(&ifs[1], "10.0.0.5", "255.255.255.0", 0);
@@ -113,11 +137,21 @@ static void test_match_self(void)
            "no such interface (10.0.0.4/.6 are neighbours, not ours)");
     is_int(rgm_peers_match_self(lo, 3, ifs, 4, p5002, 2), 1, "loopback peers told by port");
     is_int(rgm_peers_match_self(lo_addrs, 2, ifs, 4, p5000, 1), -2,
-           "127.0.0.2 and .3 are both inside lo's /8: ambiguous");
+           "0.0.0.0: 127.0.0.2 and .3 are both inside lo's /8: ambiguous");
+    is_int(rgm_peers_match_self(lo_addrs, 2, ifs, 4, at2, 1), 0,
+           "listening on 127.0.0.2 itself: that member");
+    is_int(rgm_peers_match_self(lo_addrs, 2, ifs, 4, at3, 2), 1,
+           "listening on 127.0.0.9 and 127.0.0.3: the .3 member");
+    is_int(rgm_peers_match_self(pod, 3, ifs, 4, at2, 1), -1,
+           "listening on one address: other local addresses are not self");
+    is_int(rgm_peers_match_self(v6, 2, ifs, 4, v6any, 1), 1, "IPv6 wildcard listen");
+    is_int(rgm_peers_match_self(pod, 3, ifs, 4, v6any, 1), 1, "the IPv6 wildcard is dual-stack");
+    is_int(rgm_peers_match_self(pod, 3, ifs, 4, u, 1), -1, "a listen address of another family");
     is_int(rgm_peers_match_self(lo_addrs + 1, 1, ifs, 4, p5000, 1), 0,
            "127.0.0.3 alone is inside lo's /8: ours");
     is_int(rgm_peers_match_self(names, 2, ifs, 4, p5000, 1), -1, "names never match");
-    is_int(rgm_peers_match_self(v6, 2, ifs, 4, p5000, 1), 1, "IPv6 address");
+    is_int(rgm_peers_match_self(v6, 2, ifs, 4, p5000, 1), -1,
+           "an IPv4 wildcard does not listen on IPv6 members");
     is_int(rgm_peers_match_self(twice, 2, ifs, 4, p5000, 1), -2, "two local members: ambiguous");
     is_int(rgm_peers_match_self(pod, 3, NULL, 0, p5000, 1), -1, "no interfaces");
 }
@@ -367,15 +401,15 @@ static void test_no_self(void)
     {
         static const char *const lo[] = {"http://127.0.0.1:5001", "http://127.0.0.1:5002",
                                          "http://127.0.0.1:5003"};
-        const int port = 5002;
+        struct sockaddr_storage port = laddr("0.0.0.0", 5002);
         rgm_peer_pick_t m;
 
         memset(&o, 0, sizeof(o));
         o.urls = lo;
         o.n_urls = 3;
         o.find_self = 1;
-        o.listen_ports = &port;
-        o.n_listen_ports = 1;
+        o.listen = &port;
+        o.n_listen = 1;
         p = rgm_peers_new(&loop, &o, &err);
         ok(p != NULL, "set with self found from interfaces");
         if (!p)
@@ -399,15 +433,15 @@ static void test_dns(void)
     rgm_peers_t *p;
     rgm_peer_pick_t m;
     rgm_peers_stats_t st;
-    const int port = 5999;
+    struct sockaddr_storage port = laddr("0.0.0.0", 5999);
     int err, is_closed = 0;
 
     ok(uv_loop_init(&loop) == 0, "loop");
     memset(&o, 0, sizeof(o));
     o.dns_url = "http://LOCALHOST:5999";
     o.find_self = 1;
-    o.listen_ports = &port;
-    o.n_listen_ports = 1;
+    o.listen = &port;
+    o.n_listen = 1;
     o.dns_interval_ms = 30;
     p = rgm_peers_new(&loop, &o, &err);
     ok(p != NULL, "peers_dns set");

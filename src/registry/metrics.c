@@ -42,15 +42,17 @@ static int cluster_metrics(const struct rq_env *r, rgm_buf_t *b)
         return 0;
     rgm_peers_stats(r->peers, &st);
     metric(b, "regmirror_cluster_requests_total", "counter",
-           "Requests for sharded keys: owned (served here as owner), hop (from a peer), "
-           "forwarded (to the owner), local (not owned, no owner answered).");
-    err |=
-        rgm_buf_appendf(b,
-                        "regmirror_cluster_requests_total{path=\"owned\"} %" PRIu64 "\n"
-                        "regmirror_cluster_requests_total{path=\"hop\"} %" PRIu64 "\n"
-                        "regmirror_cluster_requests_total{path=\"forwarded\"} %" PRIu64 "\n"
-                        "regmirror_cluster_requests_total{path=\"local\"} %" PRIu64 "\n",
-                        m->cluster_owned, m->cluster_hop, m->cluster_forwarded, m->cluster_local);
+           "Requests for sharded keys: owned (served here as owner), hop (forwarded by a peer), "
+           "fill (a peer's only-if-cached question), forwarded (to the owner), local (not "
+           "owned, but no owner answered).");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cluster_requests_total{path=\"owned\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"hop\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"fill\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"forwarded\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"local\"} %" PRIu64 "\n",
+                           m->cluster_owned, m->cluster_hop, m->cluster_fill_asks,
+                           m->cluster_forwarded, m->cluster_local);
     metric(b, "regmirror_cluster_forward_failures_total", "counter",
            "Forwards whose owner gave no answer (then the next owner was asked).");
     err |= rgm_buf_appendf(b, "regmirror_cluster_forward_failures_total %" PRIu64 "\n",

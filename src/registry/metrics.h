@@ -27,6 +27,7 @@ struct metrics {
     /* cluster (docs/cluster.md) */
     uint64_t cluster_owned;              /* requests for keys this replica owns, served here */
     uint64_t cluster_hop;                /* requests with the hop header, served here */
+    uint64_t cluster_fill_asks;          /* only-if-cached requests from peers, served here */
     uint64_t cluster_forwarded;          /* requests handed to their owner */
     uint64_t cluster_unreachable;        /* owners that did not answer a forward */
     uint64_t cluster_local;              /* not owned, but served here: no owner answered */

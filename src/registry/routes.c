@@ -221,7 +221,11 @@ static int route_to_owner(rgm_routes_t *r, struct rq *q, unsigned n_forwards)
     q->may_fill = 1; /* rq_fill_source decides: only an owner fills */
     if (!env->peers)
         return 0;
-    if (rgm_req_header(req, RGM_HDR_HOP) || q->is_only_cached) {
+    if (q->is_only_cached) {
+        env->m.cluster_fill_asks++; /* a peer's fill: from the store or 404, here */
+        return 0;
+    }
+    if (rgm_req_header(req, RGM_HDR_HOP)) {
         env->m.cluster_hop++; /* the loop guard: a hop is never forwarded again */
         return 0;
     }

@@ -109,7 +109,12 @@ for i in range(10):
                             layers=[2_000 + i, 30_000 + i, 150_000 + 7 * i])
     rgmtest.push(im, up)
     IMAGES.append(im)
-CFG = {"registries": {"docker.io": {"endpoint": up.url, "tag_ttl": "1h"}}}
+upb = rgmtest.Registry(ws, name="private", auth=("htpasswd", {"alice": "s3cret"}))
+PRIV = rgmtest.make_image(ws, "team/secret:1", layers=[5_000, 80_000])
+rgmtest.push(PRIV, upb, creds=("alice", "s3cret"))
+
+CFG = {"registries": {"docker.io": {"endpoint": up.url, "tag_ttl": "1h"},
+                      "private.test": {"endpoint": upb.url, "tag_ttl": "1h"}}}
 # skopeo's push reads each tag back once: count the mirrors' GETs from here.
 TAG_BASE = [up.count_requests("GET", "/v2/%s/manifests/v1" % im["name"]) for im in IMAGES]
 
@@ -205,5 +210,199 @@ t.is_(upstream_gets(up, "/blobs/" + d2), before, "and no upstream fetch for it")
 st, h, body = get(owner2, "/v2/%s/blobs/%s" % (im["name"], d2),
                   headers={"X-Regmirror-Hop": "1", "X-Regmirror-Only-If-Cached": "1"})
 t.ok(st == 200 and sha256_digest(body) == d2, "only-if-cached on its owner: served")
+
+# ---------------------------------------------------------------------------------------
+t.diag("a private image through non-owners")
+
+import base64
+ALICE = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+pname = PRIV["name"]
+tag_key = "private.test/%s:%s" % (pname, PRIV["tag"])
+non = [u for u in URLS if u != order(tag_key, URLS)[0]][0]
+st, h, body = get(non, "/v2/%s/manifests/1?ns=private.test" % pname,
+                  headers={"Accept": MANIFEST_ACCEPT})
+t.is_(st, 401, "anonymous, through a non-owner of the tag: the owner's 401")
+t.ok("basic" in (h.get("www-authenticate") or "").lower(),
+     "the upstream's challenge relayed unchanged (%s)" % h.get("www-authenticate"))
+st, h, body = get(non, "/v2/%s/manifests/1?ns=private.test" % pname,
+                  headers={"Accept": MANIFEST_ACCEPT, "Authorization": ALICE})
+t.ok(st == 200 and sha256_digest(body) == PRIV["manifest"],
+     "alice, through the same non-owner: served (%d)" % st)
+pd = PRIV["layers"][1]["digest"]
+pnon = [u for u in URLS if u != order(pd, URLS)[0]]
+st, h, body = get(pnon[0], "/v2/%s/blobs/%s?ns=private.test" % (pname, pd),
+                  headers={"Authorization": ALICE})
+t.ok(st == 200 and sha256_digest(body) == pd, "alice gets a private layer via a non-owner")
+st, h, body = get(pnon[1], "/v2/%s/blobs/%s?ns=private.test" % (pname, pd))
+t.is_(st, 401, "anonymous gets nothing of the cached private layer through another non-owner")
+st, h, body = get(pnon[1], "/v2/%s/blobs/%s?ns=private.test" % (pname, pd),
+                  headers={"Authorization": "Basic " + base64.b64encode(b"alice:wrong").decode()})
+t.ok(st in (401, 403), "wrong credentials get nothing either (%d)" % st)
+st, h, body = get(pnon[1], "/v2/%s/blobs/%s?ns=private.test" % (pname, pd),
+                  headers={"Authorization": ALICE})
+t.ok(st == 200 and sha256_digest(body) == pd, "alice again through it: served from the owner")
+t.is_(upb.count_requests("GET", "/blobs/" + pd, status=200), 1,
+      "the private layer was fetched upstream once")
+
+# ---------------------------------------------------------------------------------------
+t.diag("kill -9 one replica during pulls")
+
+BIG = [rgmtest.make_image(ws, "library/big%d:v1" % i, layers=[1_500_000 + i, 2_500_000 + i])
+       for i in range(4)]
+for im in BIG:
+    rgmtest.push(im, up)
+victim = 2
+v_url = URLS[victim]
+alive = [u for u in URLS if u != v_url]
+results = {}
+
+
+def puller(n, im):
+    """Pull im through replica n % 3, and on a connection error go on through the next one,
+    as a client with a list of mirrors does. Records the tries and errors."""
+    errors = 0
+    first = URLS[n % 3]
+    for attempt in range(6):
+        base = URLS[(n + attempt) % 3]
+        try:
+            bad = pull([base], im, 0)
+        except (OSError, ConnectionError, Exception) as e:  # noqa: B014 (any cut)
+            errors += 1
+            continue
+        if not bad:
+            results[n] = (first, errors, True)
+            return
+        errors += 1
+    results[n] = (first, errors, False)
+
+
+threads = [threading.Thread(target=puller, args=(n, BIG[n % 4]), daemon=True)
+           for n in range(12)]
+for th in threads:
+    th.start()
+time.sleep(0.15)
+reps[victim].stop(sig=signal.SIGKILL, timeout=5)
+for th in threads:
+    th.join(timeout=120)
+t.is_(len(results), 12, "every puller finished")
+t.ok(all(ok for (_, _, ok) in results.values()), "every pull completed with the right bytes")
+healthy_errors = sum(e for (first, e, _) in results.values() if first != v_url)
+t.is_(healthy_errors, 0, "clients of healthy replicas saw no failure")
+
+before = {d: upstream_gets(up, "/blobs/" + d) for im in BIG for d in blobs_of(im)}
+problems = []
+for k, im in enumerate(BIG + IMAGES):
+    problems += pull(alive, im, k)
+t.is_(problems, [], "later pulls of every image through the two survivors: right bytes")
+extra = {d: upstream_gets(up, "/blobs/" + d) - before.get(d, 1)
+         for im in BIG for d in blobs_of(im)}
+t.ok(max(extra.values()) <= 0, "big images: no more upstream GETs after the kill (%s)"
+     % sorted(set(extra.values())))
+owned_by_victim = [d for im in IMAGES for d in blobs_of(im) if order(d, URLS)[0] == v_url]
+gets = [upstream_gets(up, "/blobs/" + d) for d in owned_by_victim]
+t.ok(owned_by_victim and max(gets) <= 2,
+     "the dead replica's %d blobs: at most one more upstream GET each (%s)"
+     % (len(owned_by_victim), sorted(set(gets))))
+others = [d for im in IMAGES for d in blobs_of(im) if order(d, URLS)[0] != v_url]
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) for d in others)), [1],
+      "the survivors' own blobs: still one upstream GET each")
+m0 = reps[0].metrics()
+t.is_(m0.get('regmirror_cluster_peers{state="up"}'), 2.0, "metrics: the dead peer is down")
+t.ok(m0.get('regmirror_cluster_peer_transitions_total{to="down"}', 0) >= 1,
+     "metrics: one transition to down")
+for m in reps[:2]:
+    m.stop()
+
+# ---------------------------------------------------------------------------------------
+t.diag("scale from 2 to 3 replicas: filled from the previous owners")
+
+sports = [rgmtest.free_port() for _ in range(3)]
+SURLS = ["http://127.0.0.1:%d" % p for p in sports]
+IMG2 = [rgmtest.make_image(ws, "library/scale%d:v1" % i, layers=[3_000 + i, 40_000 + i])
+        for i in range(8)]
+for im in IMG2:
+    rgmtest.push(im, up)
+two = [replica("s%d" % i, sports[i], SURLS[:2]) for i in range(2)]
+problems = []
+for k, im in enumerate(IMG2):
+    problems += pull(SURLS[:2], im, k)
+t.is_(problems, [], "two replicas: 8 images pulled")
+before = {d: upstream_gets(up, "/blobs/" + d) for im in IMG2 for d in blobs_of(im)}
+t.is_(sorted(set(before.values())), [1], "two replicas: one upstream GET per blob")
+moved = [d for d in before if order(d, SURLS)[0] == SURLS[2]]
+t.ok(len(moved) > 0, "the third replica will own %d of the %d blobs" % (len(moved), len(before)))
+storages = [m.storage for m in two]
+for m in two:
+    m.stop()
+three = [replica("s%d" % i, sports[i], SURLS, storage=storages[i] if i < 2 else None)
+         for i in range(3)]
+problems = []
+for k, im in enumerate(IMG2):
+    problems += pull(SURLS, im, k + 1)
+t.is_(problems, [], "three replicas: the same 8 images, right bytes")
+after = {d: upstream_gets(up, "/blobs/" + d) for d in before}
+t.is_([d[:19] for d in after if after[d] != before[d]], [], "scaling out cost 0 upstream blob GETs")
+filled = metric(three[2], 'regmirror_cluster_fills_total{result="filled"}')
+t.ok(filled >= len(moved), "the new replica filled its %d blobs from their previous owners "
+     "(%d fills)" % (len(moved), filled))
+for d in moved:
+    p = os.path.join(three[2].storage, "blobs", "sha256", d[7:9], d[7:])
+    if not os.path.exists(p):
+        t.ok(False, "filled blob %s stored on the new owner" % d[:19])
+        break
+else:
+    t.ok(True, "every filled blob is stored (verified) on the new owner")
+for m in three:
+    m.stop()
+
+# ---------------------------------------------------------------------------------------
+t.diag("peers_dns: one name, three loopback addresses, in a mount namespace of our own")
+
+hosts_file = ws.write("hosts", "127.0.0.1 localhost\n127.0.0.1 rgm-peers\n"
+                      "127.0.0.2 rgm-peers\n127.0.0.3 rgm-peers\n")
+dport = rgmtest.free_port()
+DURLS = ["http://127.0.0.%d:%d" % (i, dport) for i in (1, 2, 3)]
+cfg_file = ws.write("dns-config.json", json.dumps(CFG))
+dreps = []
+for i in range(3):
+    d = ws.mkdir("dns%d" % i)
+    cmd = ["unshare", "--mount", "sh", "-c",
+           'mount --bind "$0" /etc/hosts && exec "$@"', hosts_file,
+           rgmtest.RGM_BIN, "serve", "--listen", "127.0.0.%d:%d" % (i + 1, dport),
+           "--storage", os.path.join(d, "storage"), "--config", cfg_file,
+           "--peers-dns", "http://rgm-peers:%d" % dport]
+    dreps.append((ws.spawn(cmd, os.path.join(d, "mirror.log")), d))
+
+
+def dns_ready():
+    for u in DURLS:
+        st, _, b = http("GET", u + "/metrics", timeout=2)
+        if st != 200 or b'regmirror_cluster_peers{state="up"} 3' not in b:
+            return False
+    return True
+
+
+try:
+    rgmtest.wait_for(dns_ready, timeout=20, what="three replicas that see each other")
+    t.ok(True, "each replica resolved rgm-peers to three members")
+except TimeoutError:
+    t.ok(False, "each replica resolved rgm-peers to three members")
+    for p, d in dreps:
+        t.diag(p.log_text()[-1500:])
+selves = []
+for u in DURLS:
+    st, _, b = http("GET", u + "/metrics", timeout=5)
+    selves.append([ln for ln in b.decode().splitlines()
+                   if ln.startswith("regmirror_cluster_peer_up{") and 'self="1"' in ln])
+t.ok(all(len(s) == 1 and DURLS[i] in s[0] for i, s in enumerate(selves)),
+     "each found itself by its bound address (%s)" % selves)
+base_gets = {d: upstream_gets(up, "/blobs/" + d) for d in blobs_of(IMAGES[5])}
+st, _, _ = http("GET", DURLS[0] + "/metrics", timeout=5)
+problems = pull(DURLS, IMAGES[5], 0) + pull(DURLS, IMAGES[5], 1)
+t.is_(problems, [], "a pull round robin over the DNS cluster: right bytes")
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) - base_gets[d] for d in base_gets)), [1],
+      "one upstream GET per blob for the DNS cluster")
+for p, d in dreps:
+    p.stop()
 
 t.done()

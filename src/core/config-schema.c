@@ -57,6 +57,8 @@ static const rgm_cfgkey_t credentials_keys[] = {
     REG("docker_config", STRING, docker_config, 0, 0, NULL, 0, "a docker config.json with auths for this registry, checked readable at load"),
 };
 
+static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base);
+
 static const rgm_cfgtable_t credentials_table = {
     .path = "registries.NAME.credentials.", .keys = credentials_keys,
     .len = RGM_ARRAY_SIZE(credentials_keys), .size = sizeof(rgm_registry_cfg_t),
@@ -64,7 +66,8 @@ static const rgm_cfgtable_t credentials_table = {
 };
 
 static const rgm_cfgkey_t registry_keys[] = {
-    REG("endpoint", URL, endpoint, 0, 0, NULL, RGM_CFGKEY_REQUIRED, "base URL of the registry API (http:// or https://, no query), without /v2/"),
+    {"endpoint", RGM_CFG_URL, offsetof(rgm_registry_cfg_t, endpoint), sizeof(char *), offsetof(rgm_registry_cfg_t, endpoints), 0, 0, NULL, RGM_CFGKEY_LIST, NULL, "base URL of the registry API (http:// or https://, no query), without /v2/; required unless endpoint_dns; a mirror's may be an array of a cluster's replicas"},
+    REG("endpoint_dns", URL, endpoint_dns, 0, 0, NULL, 0, "mirror registries: http://NAME:PORT, every A record of NAME a replica of the cluster tier (docs/cluster.md)"),
     REG("tag_ttl", DURATION, tag_ttl_ms, 0, 0, "60s", 0, "a tag is served from cache this long, then revalidated upstream with a HEAD"),
     REG("ca_file", FILE, ca_file, 0, 0, NULL, 0, "PEM CA certificates to verify this registry's TLS with instead of the system's"),
     REG("insecure_skip_verify", BOOL, insecure_skip_verify, 0, 0, "false", 0, "do not verify the upstream's TLS certificate (tests only)"),
@@ -116,7 +119,12 @@ const rgm_cfgtable_t rgm_cfgschema_registry = {
     .keys = registry_keys,
     .len = RGM_ARRAY_SIZE(registry_keys),
     .size = sizeof(rgm_registry_cfg_t),
+    .finish = finish_registry,
 };
+
+_Static_assert(offsetof(rgm_registry_cfg_t, endpoints_len) ==
+                   offsetof(rgm_registry_cfg_t, endpoints) + sizeof(char **),
+               "RGM_CFGKEY_LIST: the count follows the list");
 
 const rgm_cfgtable_t rgm_cfgschema_top = {
     .path = "",
@@ -126,6 +134,21 @@ const rgm_cfgtable_t rgm_cfgschema_top = {
 };
 
 /* ---- rules between keys ---- */
+
+/* An endpoint or endpoint_dns; a list of endpoints and endpoint_dns only for a mirror. */
+static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base)
+{
+    const rgm_registry_cfg_t *r = base;
+
+    if (!r->endpoint && !r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "endpoint is required");
+    if (r->endpoint && r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "use either endpoint or endpoint_dns");
+    if (!r->is_mirror && (r->endpoint_dns || r->endpoints_len > 1))
+        return rgm_cfgval_fail(c, key, "%s needs \"mirror\": true (a cluster of regmirrors)",
+                               r->endpoint_dns ? "endpoint_dns" : "an endpoint array");
+    return 0;
+}
 
 /* username goes with password_file, docker_config alone; then the files are read, so that a
  * wrong combination is reported before a missing file. */
@@ -313,12 +336,68 @@ static int fail_unknown(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, cons
     return rgm_cfgval_fail(c, key, "unknown key (expected %s)", hint);
 }
 
+static char ***list_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (char ***)(void *)((char *)base + k->off2);
+}
+
+static size_t *list_len_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (size_t *)(void *)((char *)base + k->off2 + sizeof(char **));
+}
+
+static int check_endpoint(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    char *out = NULL;
+    int rc;
+
+    if (!json_is_string(v))
+        return rgm_cfgval_fail(c, key, "expected a URL string, got %s", rgm_cfgval_type_name(v));
+    rc = rgm_cfgval_endpoint(c, key, json_string_value(v), &out);
+    free(out);
+    return rc;
+}
+
+/* A LIST key given an array: every URL (trailing slashes dropped) to the list, the first to
+ * the member. */
+static int set_url_list(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base,
+                        const char *key, const json_t *v)
+{
+    char **list = NULL;
+    char *val = NULL;
+    size_t n = 0, i;
+
+    if (rgm_cfgval_list(c, key, v, "URL", check_endpoint, &list, &n) < 0)
+        return UV_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (rgm_cfgval_endpoint(c, key, list[i], &val) < 0) {
+            free_strings(list, n);
+            return UV_EINVAL;
+        }
+        free(list[i]);
+        list[i] = val;
+    }
+    free_strings(*list_at(k, base), *list_len_at(k, base));
+    *list_at(k, base) = list;
+    *list_len_at(k, base) = n;
+    free_string(k, string_at(k, base));
+    *string_at(k, base) = rgm_strdup(list[0]);
+    return 0;
+}
+
 static int set_string(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base, const char *key,
                       const json_t *v)
 {
     const char *s = NULL;
     char *val = NULL;
 
+    if ((k->flags & RGM_CFGKEY_LIST) && json_is_array(v))
+        return set_url_list(c, k, base, key, v);
+    if (k->flags & RGM_CFGKEY_LIST) {
+        free_strings(*list_at(k, base), *list_len_at(k, base));
+        *list_at(k, base) = NULL;
+        *list_len_at(k, base) = 0;
+    }
     if (rgm_cfgval_string(c, key, v, accepts_null(k), &s) < 0)
         return UV_EINVAL;
     if (s && k->type == RGM_CFG_REGNAME && rgm_cfgval_regname(c, key, s) < 0)
@@ -520,6 +599,14 @@ static void copy_owned(const rgm_cfgtable_t *t, void *dst, const void *src)
         k = &t->keys[i];
         if (is_string_type(k->type)) {
             *string_at(k, dst) = string_of(k, src) ? rgm_strdup(string_of(k, src)) : NULL;
+            if (k->flags & RGM_CFGKEY_LIST) {
+                n = *list_len_at(k, (void *)src);
+                sv = *list_at(k, (void *)src);
+                dv = n ? rgm_calloc(n, sizeof(char *)) : NULL;
+                for (j = 0; j < n; j++)
+                    dv[j] = rgm_strdup(sv[j]);
+                *list_at(k, dst) = dv;
+            }
         } else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_URLS) {
             n = count_of(k, src);
             sv = *(char **const *)(const void *)((const char *)src + k->off);
@@ -558,6 +645,8 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
+        if (is_string_type(k->type) && (k->flags & RGM_CFGKEY_LIST))
+            free_strings(*list_at(k, base), *list_len_at(k, base));
         else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_URLS)
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
@@ -621,6 +710,18 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
     case RGM_CFG_FILE:
     case RGM_CFG_REGNAME:
     case RGM_CFG_URL:
+        if ((k->flags & RGM_CFGKEY_LIST) && *list_len_at(k, (void *)base) > 1) {
+            arr = json_array();
+            sv = *list_at(k, (void *)base);
+            for (i = 0; arr && i < *list_len_at(k, (void *)base); i++) {
+                v = dump_string(c, key, sv[i]);
+                if (!v || json_array_append_new(arr, v) < 0) {
+                    json_decref(arr);
+                    return NULL;
+                }
+            }
+            return arr;
+        }
         if (!string_of(k, base))
             return json_null();
         if (k->flags & RGM_CFGKEY_SECRET)

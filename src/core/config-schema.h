@@ -31,6 +31,9 @@ enum rgm_cfgtype {
 #define RGM_CFGKEY_SECRET   1u /* printed as "<redacted>"; wiped before it is freed */
 #define RGM_CFGKEY_DERIVED  2u /* set by the load, not a file key: printed only when set */
 #define RGM_CFGKEY_REQUIRED 4u /* the object must set it ("KEY: NAME is required") */
+/* URL only: an array of URLs is accepted too; the first goes to the member, all of them to the
+ * char ** at off2 with its size_t count right after it (NULL, 0 for a string). */
+#define RGM_CFGKEY_LIST     8u
 
 typedef struct rgm_cfgtable rgm_cfgtable_t;
 

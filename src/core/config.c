@@ -108,6 +108,11 @@ int rgm_config_set_registry(rgm_config_t *cfg, const char *arg, char *err, size_
     free(r->endpoint);
     r->endpoint = endpoint;
     endpoint = NULL;
+    for (i = 0; i < r->endpoints_len; i++)
+        free(r->endpoints[i]);
+    RGM_FREE(r->endpoints); /* one endpoint now: no replica list */
+    r->endpoints_len = 0;
+    RGM_FREE(r->endpoint_dns);
 out:
     free(name);
     free(endpoint);

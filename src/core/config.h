@@ -8,8 +8,15 @@
 #include "core/common.h"
 
 typedef struct rgm_registry_cfg {
-    char *name;          /* "docker.io", "ghcr.io", "registry.example.com:5000" */
-    char *endpoint;      /* "https://registry-1.docker.io" (no trailing slash) */
+    char *name;     /* "docker.io", "ghcr.io", "registry.example.com:5000" */
+    char *endpoint; /* "https://registry-1.docker.io" (no trailing slash); NULL with
+                     * endpoint_dns */
+    /* "endpoint" given as an array (a mirror registry: the replicas of a cluster tier, each
+     * digest sent to its owner, docs/cluster.md): every URL, endpoint being the first. NULL
+     * and 0 when it is one string. endpoints_len must follow endpoints (the schema's list). */
+    char **endpoints;
+    size_t endpoints_len;
+    char *endpoint_dns;  /* "http://NAME:PORT": a mirror registry's replicas are NAME's addresses */
     uint64_t tag_ttl_ms; /* tag_ttl, default 60 s */
     char *ca_file;       /* NULL: system CAs */
     int insecure_skip_verify;

@@ -631,7 +631,26 @@ static void test_nulls_and_hints(void)
     load_bad("nullstorage.json", "{\"storage\": null}", "storage: expected a string, got null",
              "null for a key with a default");
     load_bad("nullendpoint.json", "{\"registries\": {\"r.io\": {\"endpoint\": null}}}",
-             "registries.r.io.endpoint: expected a string, got null", "null for a required key");
+             "registries.r.io: endpoint is required", "null for a required key");
+    load_bad("ep-list.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", \"http://b:1\"]}}}",
+             "registries.r.io: an endpoint array needs \"mirror\": true",
+             "an endpoint array, no mirror");
+    load_bad("ep-dns.json", "{\"registries\": {\"r.io\": {\"endpoint_dns\": \"http://a:1\"}}}",
+             "registries.r.io: endpoint_dns needs \"mirror\": true", "endpoint_dns, no mirror");
+    load_bad("ep-both.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"http://a:1\", \"endpoint_dns\": "
+             "\"http://b:1\", \"mirror\": true}}}",
+             "registries.r.io: use either endpoint or endpoint_dns", "endpoint and endpoint_dns");
+    load_bad("ep-empty.json", "{\"registries\": {\"r.io\": {\"endpoint\": [], \"mirror\": true}}}",
+             "registries.r.io.endpoint: must list at least one URL", "an empty endpoint array");
+    load_bad("ep-bad.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", 5], \"mirror\": true}}}",
+             "registries.r.io.endpoint[1]: expected a URL string",
+             "a bad element of an endpoint array");
+    load_bad("ep-bad2.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"ftp://a:1\"], \"mirror\": true}}}",
+             "registries.r.io.endpoint[0]: bad URL", "a non-http endpoint in an array");
     load_bad("nulllisten.json", "{\"listen\": null}", "listen: expected a string or an array",
              "null listen");
     load_bad("nullttl.json",
@@ -716,6 +735,49 @@ static int args(rgm_config_t *cfg, int max_files, char *err, size_t errlen, ...)
     rgm_config_init(cfg);
     rc = rgm_config_parse_args(cfg, argc, argv, max_files, err, errlen);
     return rc;
+}
+
+/* A mirror registry's endpoint as a list of a cluster's replicas, or endpoint_dns. */
+static void test_endpoint_list(void)
+{
+    rgm_config_t cfg, copy;
+    const rgm_registry_cfg_t *r;
+    char err[512], *text;
+    const char *path;
+
+    rgm_config_init(&cfg);
+    path = write_file("eplist.json", "{\"registries\": {\"docker.io\": {\"endpoint\": "
+                                     "[\"http://10.0.0.1:5000/\", \"http://10.0.0.2:5000\"], "
+                                     "\"mirror\": true}, \"ghcr.io\": {\"endpoint_dns\": "
+                                     "\"http://regmirror-peers:5000\", \"mirror\": true}}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "endpoint list loads (%s)", err);
+    r = rgm_config_registry(&cfg, "docker.io");
+    ok(r && r->endpoints_len == 2 && strcmp(r->endpoints[0], "http://10.0.0.1:5000") == 0 &&
+           strcmp(r->endpoint, "http://10.0.0.1:5000") == 0,
+       "endpoint list: every URL, trailing slash dropped, the first as endpoint");
+    r = rgm_config_registry(&cfg, "ghcr.io");
+    ok(r && !r->endpoint && r->endpoint_dns && r->endpoints_len == 0, "endpoint_dns alone");
+    rgm_cfgschema_copy(&rgm_cfgschema_top, &copy, &cfg);
+    r = rgm_config_registry(&copy, "docker.io");
+    ok(r && r->endpoints_len == 2 && strcmp(r->endpoints[1], "http://10.0.0.2:5000") == 0,
+       "endpoint list: deep-copied");
+    rgm_config_free(&copy);
+    text = rgm_config_dump(&cfg, err, sizeof(err));
+    ok(text && strstr(text, "\"endpoint\": [\n        \"http://10.0.0.1:5000\",") != NULL,
+       "endpoint list: printed as an array");
+    ok(text && strstr(text, "\"endpoint_dns\": \"http://regmirror-peers:5000\"") != NULL,
+       "endpoint_dns printed");
+    free(text);
+    is_int(rgm_config_set_registry(&cfg, "docker.io=http://one:1", err, sizeof(err)), 0,
+           "--registry over an endpoint list");
+    r = rgm_config_registry(&cfg, "docker.io");
+    ok(r && r->endpoints_len == 0 && !r->endpoints && strcmp(r->endpoint, "http://one:1") == 0,
+       "--registry: one endpoint, the list gone");
+    is_int(rgm_config_set_registry(&cfg, "ghcr.io=http://two:2", err, sizeof(err)), 0,
+           "--registry over endpoint_dns");
+    r = rgm_config_registry(&cfg, "ghcr.io");
+    ok(r && !r->endpoint_dns && strcmp(r->endpoint, "http://two:2") == 0, "--registry: dns gone");
+    rgm_config_free(&cfg);
 }
 
 /* cluster: peers (one or a list of base URLs) or peers_dns, and self; from files and flags. */
@@ -1035,8 +1097,7 @@ static void test_describe(void)
     RGM_BUG_ON(fclose(f) != 0);
     ok(strstr(buf, "  listen (HOST:PORT list, default 127.0.0.1:5000): ") != NULL,
        "describe: a top-level key with its default");
-    ok(strstr(buf, "  registries.NAME.endpoint (URL, required): ") != NULL,
-       "describe: a registry key");
+    ok(strstr(buf, "  registries.NAME.endpoint (URL): ") != NULL, "describe: a registry key");
     ok(strstr(buf, "  registries.NAME.credentials.password (string, secret, set at load): ") !=
            NULL,
        "describe: the secret");
@@ -1063,6 +1124,7 @@ int main(void)
     test_copy();
     test_parse_args();
     test_cluster();
+    test_endpoint_list();
     test_dump();
     test_describe();
     cleanup();

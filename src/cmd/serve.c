@@ -96,6 +96,14 @@ static void on_peers_closed(void *ud)
     s->cluster_client = NULL;
 }
 
+static void on_upstream_stopped(void *ud)
+{
+    struct serve *s = ud;
+
+    rgm_client_close(s->client, on_client_closed, s);
+    s->client = NULL;
+}
+
 static void on_routes_stopped(void *ud)
 {
     struct serve *s = ud;
@@ -104,8 +112,7 @@ static void on_routes_stopped(void *ud)
         rgm_peers_close(s->peers, on_peers_closed, s);
         s->peers = NULL;
     }
-    rgm_client_close(s->client, on_client_closed, s);
-    s->client = NULL;
+    rgm_upstream_stop(s->up, on_upstream_stopped, s);
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
@@ -412,9 +419,7 @@ out_stop:
     /* Start-up failed after handles were made: close them all and drain the loop. */
     s.is_stopping = 1;
     rgm_server_shutdown(s.server, NULL, NULL);
-    if (s.client)
-        rgm_client_close(s.client, on_client_closed, &s);
-    s.client = NULL;
+    rgm_upstream_stop(s.up, on_upstream_stopped, &s);
     if (s.peers)
         rgm_peers_close(s.peers, on_peers_closed, &s);
     else if (s.cluster_client)

@@ -135,10 +135,25 @@ const rgm_cfgtable_t rgm_cfgschema_top = {
 
 /* ---- rules between keys ---- */
 
+/* 0 when url is a base URL (no path), else UV_EINVAL naming key.name. */
+static int check_base(const rgm_cfgval_ctx_t *c, const char *key, const char *name, const char *url)
+{
+    char kpath[KEY_MAX];
+    json_t *v = json_string(url);
+    int rc;
+
+    if (snprintf(kpath, sizeof(kpath), "%s.%s", key, name) < 0)
+        kpath[0] = '\0';
+    rc = v ? rgm_cfgval_base_url(c, kpath, v) : UV_EINVAL;
+    json_decref(v);
+    return rc;
+}
+
 /* An endpoint or endpoint_dns; a list of endpoints and endpoint_dns only for a mirror. */
 static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base)
 {
     const rgm_registry_cfg_t *r = base;
+    size_t i;
 
     if (!r->endpoint && !r->endpoint_dns)
         return rgm_cfgval_fail(c, key, "endpoint is required");
@@ -147,6 +162,13 @@ static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *bas
     if (!r->is_mirror && (r->endpoint_dns || r->endpoints_len > 1))
         return rgm_cfgval_fail(c, key, "%s needs \"mirror\": true (a cluster of regmirrors)",
                                r->endpoint_dns ? "endpoint_dns" : "an endpoint array");
+    /* Replicas are named by base URLs: the hashing contract has no paths. */
+    for (i = 0; r->endpoints_len > 1 && i < r->endpoints_len; i++) {
+        if (check_base(c, key, "endpoint", r->endpoints[i]) < 0)
+            return UV_EINVAL;
+    }
+    if (r->endpoint_dns && check_base(c, key, "endpoint_dns", r->endpoint_dns) < 0)
+        return UV_EINVAL;
     return 0;
 }
 

@@ -10,6 +10,8 @@
 #include "core/util.h"
 #include "registry/auth.h"
 #include "registry/upstream.h"
+#include "cluster/peers.h"
+#include "cluster/rendezvous.h"
 
 #define TOKEN_BODY_MAX  (64 * 1024)
 #define TOKEN_MARGIN_MS 10000
@@ -28,7 +30,10 @@ struct regstate {
     unsigned failures;   /* consecutive requests that got no response at all */
     uint64_t last_fail;  /* wall ms of the last counted failure */
     uint64_t down_until; /* wall ms: fail fast until then */
+    rgm_peers_t *peers;  /* a mirror registry's replicas (endpoint array, endpoint_dns) */
 };
+
+#define PEER_TRIES 3 /* replicas tried for one call when they do not answer */
 
 /* A registry that fails this many times in a row is not asked again for a while (doubling from
  * BACKOFF_MIN_MS to BACKOFF_MAX_MS), so that a dead upstream is not hammered and clients get
@@ -47,6 +52,9 @@ struct rgm_upstream {
     unsigned active;
     rgm_slot_wait_t *qhead;
     rgm_slot_wait_t *qtail;
+    unsigned n_closing; /* replica sets still closing after rgm_upstream_stop */
+    void (*stop_cb)(void *ud);
+    void *stop_ud;
 };
 
 enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_MAIN };
@@ -82,6 +90,13 @@ struct rgm_upcall {
     char *sent_auth; /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
+    /* a mirror registry with replicas: the one asked, the key that chose it, and the URL
+     * without its base (to ask the next one) */
+    char peer_url[RGM_PEER_URL_MAX];
+    char *key;
+    char *tail;
+    unsigned peer_tries;
+    int is_head_delivered;
 };
 
 /* ---- helpers ---- */
@@ -121,6 +136,32 @@ static char *own_basic(const rgm_registry_cfg_t *reg)
     return res;
 }
 
+/* The peer set of a mirror registry with several replicas; none when it has one endpoint. */
+static void start_replicas(rgm_upstream_t *up, const rgm_registry_cfg_t *reg, struct regstate *rs)
+{
+    rgm_peers_opts_t o;
+    int err = 0;
+
+    if (!reg->is_mirror || (reg->endpoints_len < 2 && !reg->endpoint_dns))
+        return;
+    memset(&o, 0, sizeof(o));
+    o.urls = (const char *const *)reg->endpoints;
+    o.n_urls = reg->endpoint_dns ? 0 : reg->endpoints_len;
+    o.dns_url = reg->endpoint_dns;
+    o.client = up->client;
+    rs->peers = rgm_peers_new(up->loop, &o, &err);
+    if (rs->peers && rgm_peers_start(rs->peers) < 0) {
+        rgm_peers_close(rs->peers, NULL, NULL);
+        rs->peers = NULL;
+    }
+    if (!rs->peers)
+        rgm_log(RGM_LOG_ERROR, "upstream", "registry %s: no replica set; using %s", reg->name,
+                reg->endpoint ? reg->endpoint : "nothing");
+    else
+        rgm_log(RGM_LOG_INFO, "upstream", "registry %s: each digest to its owner among %s",
+                reg->name, reg->endpoint_dns ? reg->endpoint_dns : "the endpoints");
+}
+
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client)
 {
     rgm_upstream_t *up = rgm_calloc(1, sizeof(*up));
@@ -141,7 +182,34 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
     }
     up->tokens = rgm_auth_cache_new(4096);
     up->refused = rgm_auth_cache_new(4096);
+    for (i = 0; i < cfg->registries_len; i++)
+        start_replicas(up, &cfg->registries[i], &up->regs[i]);
     return up;
+}
+
+static void on_replicas_closed(void *ud)
+{
+    rgm_upstream_t *up = ud;
+
+    if (--up->n_closing == 0 && up->stop_cb)
+        up->stop_cb(up->stop_ud);
+}
+
+void rgm_upstream_stop(rgm_upstream_t *up, void (*cb)(void *ud), void *ud)
+{
+    size_t i;
+
+    up->stop_cb = cb;
+    up->stop_ud = ud;
+    up->n_closing = 1; /* held until every close is started */
+    for (i = 0; i < up->cfg->registries_len; i++) {
+        if (!up->regs[i].peers)
+            continue;
+        up->n_closing++;
+        rgm_peers_close(up->regs[i].peers, on_replicas_closed, up);
+        up->regs[i].peers = NULL;
+    }
+    on_replicas_closed(up);
 }
 
 void rgm_upstream_free(rgm_upstream_t *up)
@@ -290,6 +358,8 @@ static void finish(rgm_upcall_t *c, int err)
     c->req = NULL;
     c->cbs.on_done(c, err, c->ud);
     free(c->fill_url);
+    free(c->key);
+    free(c->tail);
     free(c->repo);
     free(c->method);
     free(c->url);
@@ -386,7 +456,44 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
             return 0; /* swallow this body; the next step starts in on_done */
     }
     c->next = STEP_NONE;
+    if (c->peer_url[0] && c->rs && c->rs->peers)
+        rgm_peers_report(c->rs->peers, c->peer_url, 1);
+    c->is_head_delivered = 1;
     return c->cbs.on_head(c, status, c->ud);
+}
+
+/* The replica for c's key: the owner among healthy ones, else any member. 0, or
+ * UV_EHOSTUNREACH when the set is empty (nothing resolved yet). */
+static int pick_replica(rgm_upcall_t *c)
+{
+    rgm_peer_pick_t p;
+    rgm_peers_t *peers = c->rs->peers;
+
+    if (rgm_peers_rank(peers, c->key, strlen(c->key), 1, &p, 1) == 0 &&
+        rgm_peers_rank(peers, c->key, strlen(c->key), 0, &p, 1) == 0)
+        return UV_EHOSTUNREACH;
+    memcpy(c->peer_url, p.url, sizeof(c->peer_url));
+    free(c->url);
+    c->url = rgm_malloc(strlen(p.url) + strlen(c->tail) + 1);
+    memcpy(c->url, p.url, strlen(p.url));
+    memcpy(c->url + strlen(p.url), c->tail, strlen(c->tail) + 1);
+    return 0;
+}
+
+/* A replica that gave no answer at all: mark it down, ask the key's next owner. 1 when a new
+ * request is on its way. */
+static int next_replica(rgm_upcall_t *c, int st, int err)
+{
+    if (!c->peer_url[0] || !c->rs || !c->rs->peers || c->is_head_delivered || st > 0 || err >= 0 ||
+        err == UV_ECANCELED || c->is_cancelled || c->is_token_req || c->is_fill_req ||
+        ++c->peer_tries >= PEER_TRIES)
+        return 0;
+    rgm_peers_report(c->rs->peers, c->peer_url, 0);
+    if (pick_replica(c) < 0)
+        return 0;
+    rgm_log(RGM_LOG_INFO, "upstream", "registry %s: replica did not answer (%s); asking %s",
+            c->reg->name, uv_strerror(err), c->peer_url);
+    return send_main(c, c->sent_auth) == 0;
 }
 
 static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
@@ -514,6 +621,8 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
+    if (next_replica(c, st, err))
+        return;
     if (c->rs && !c->is_fill_req)
         count_outcome(c, st, err);
     if (c->is_fill_req && c->next == STEP_NONE && !c->is_filled && !c->is_cancelled) {
@@ -545,6 +654,25 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     }
 }
 
+/* The rendezvous key of a call (docs/cluster.md): the digest of a blob or of a manifest by
+ * digest, "registry/repository:tag" for a tag, the repository for anything else (tag lists:
+ * any replica will do, this one spreads them). malloc'd. */
+static char *replica_key(const rgm_upcall_opts_t *o)
+{
+    char key[RGM_PEER_URL_MAX + 1024];
+    const char *ref = NULL;
+
+    if (strncmp(o->suffix, "blobs/", 6) == 0)
+        return rgm_strdup(o->suffix + 6);
+    if (strncmp(o->suffix, "manifests/", 10) == 0)
+        ref = o->suffix + 10;
+    if (ref && strchr(ref, ':'))
+        return rgm_strdup(ref);
+    if (ref && rgm_rendezvous_tag_key(o->reg->name, o->repo, ref, key, sizeof(key)) == 0)
+        return rgm_strdup(key);
+    return rgm_strdup(o->repo);
+}
+
 int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_upcall_cbs_t *cbs,
                      void *ud, rgm_upcall_t **out)
 {
@@ -557,17 +685,20 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
 
     if (rs && rs->down_until > rgm_time_ms())
         return UV_ECONNREFUSED; /* backing off: see BACKOFF_AFTER */
+    /* url holds the part after the base URL first: the replicas' bases differ */
     if (o->reg->is_mirror) {
         if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
             return UV_EINVAL;
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s?%s%sns=%s", o->reg->endpoint, o->repo,
-                     o->suffix, o->query ? o->query : "", o->query ? "&" : "", ns);
+        n = snprintf(url, sizeof(url), "/v2/%s/%s?%s%sns=%s", o->repo, o->suffix,
+                     o->query ? o->query : "", o->query ? "&" : "", ns);
     } else {
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s%s%s", o->reg->endpoint, o->repo, o->suffix,
-                     o->query ? "?" : "", o->query ? o->query : "");
+        n = snprintf(url, sizeof(url), "/v2/%s/%s%s%s", o->repo, o->suffix, o->query ? "?" : "",
+                     o->query ? o->query : "");
     }
-    if (n < 0 || (size_t)n >= sizeof(url))
+    if (n < 0 || (size_t)n >= sizeof(url) - (o->reg->endpoint ? strlen(o->reg->endpoint) : 0))
         return UV_ENAMETOOLONG;
+    if (!o->reg->endpoint && !(rs && rs->peers))
+        return UV_EHOSTUNREACH; /* endpoint_dns without its replica set */
 
     c = rgm_calloc(1, sizeof(*c));
     c->up = up;
@@ -575,7 +706,22 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->rs = regstate(up, o->reg);
     c->repo = rgm_strdup(o->repo);
     c->method = rgm_strdup(o->method);
-    c->url = rgm_strdup(url);
+    c->tail = rgm_strdup(url);
+    c->url = rgm_malloc(strlen(url) + (o->reg->endpoint ? strlen(o->reg->endpoint) : 0) + 1);
+    (void)snprintf(c->url, strlen(url) + (o->reg->endpoint ? strlen(o->reg->endpoint) : 0) + 1,
+                   "%s%s", o->reg->endpoint ? o->reg->endpoint : "", url);
+    if (c->rs && c->rs->peers) {
+        c->key = replica_key(o);
+        if (pick_replica(c) < 0 && !o->reg->endpoint) {
+            free(c->key);
+            free(c->tail);
+            free(c->repo);
+            free(c->method);
+            free(c->url);
+            free(c);
+            return UV_EHOSTUNREACH;
+        }
+    }
     c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
     c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
     c->range_from = o->range_from;
@@ -601,6 +747,8 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     }
     if (err < 0) {
         free(c->fill_url);
+        free(c->key);
+        free(c->tail);
         c->cbs.on_done = NULL;
         free(c->repo);
         free(c->method);

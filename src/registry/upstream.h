@@ -15,8 +15,15 @@
 typedef struct rgm_upstream rgm_upstream_t;
 typedef struct rgm_upcall rgm_upcall_t;
 
-/* cfg and client are borrowed and outlive the upstream. */
+/* cfg and client are borrowed and outlive the upstream. A mirror registry whose endpoint is
+ * an array, or endpoint_dns, gets a peer set (cluster/peers, no self): each digest and tag is
+ * sent to its owner among the replicas (docs/cluster.md), the next one when it does not
+ * answer. */
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client);
+/* Close the peer sets; cb(ud) runs once their timers and probes have ended (maybe at once,
+ * inside this call, when there are none). Call once, when no call is in flight, before the
+ * client closes and before rgm_upstream_free. */
+void rgm_upstream_stop(rgm_upstream_t *up, void (*cb)(void *ud), void *ud);
 void rgm_upstream_free(rgm_upstream_t *up);
 /* Drop expired tokens and decisions (timer). */
 void rgm_upstream_prune(rgm_upstream_t *up);

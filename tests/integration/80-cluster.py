@@ -183,6 +183,30 @@ t.is_(upstream_gets(up, "/blobs/" + IMAGES[3]["layers"][2]["digest"]), 1,
       "containerd's pull cost the upstream nothing more")
 
 # ---------------------------------------------------------------------------------------
+t.diag("a node-tier mirror with the replicas as its endpoint list")
+
+NODE_IMGS = [rgmtest.make_image(ws, "library/node%d:v1" % i, layers=[4_000 + i, 50_000 + i])
+             for i in range(4)]
+for im in NODE_IMGS:
+    rgmtest.push(im, up)
+fw_before = [metric(m, 'regmirror_cluster_requests_total{path="forwarded"}') for m in reps]
+node = rgmtest.Mirror(ws, name="node", config={"registries": {"docker.io": {
+    "endpoint": URLS, "mirror": True, "tag_ttl": "1h"}}})
+problems = []
+for k, im in enumerate(NODE_IMGS):
+    problems += pull([node.url], im, k)
+t.is_(problems, [], "pulls through the node tier: right bytes")
+fw_after = [metric(m, 'regmirror_cluster_requests_total{path="forwarded"}') for m in reps]
+t.is_(fw_after, fw_before, "the node tier reached each owner directly: no forwarded requests")
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) for im in NODE_IMGS for d in blobs_of(im))),
+      [1], "one upstream GET per blob through the node tier")
+misplaced = [d[:19] for im in NODE_IMGS for d in blobs_of(im)
+             if not os.path.exists(os.path.join(reps[URLS.index(order(d, URLS)[0])].storage,
+                                                "blobs", "sha256", d[7:9], d[7:]))]
+t.is_(misplaced, [], "each blob landed on its owner")
+node.stop()
+
+# ---------------------------------------------------------------------------------------
 t.diag("loop guard and only-if-cached")
 
 im = IMAGES[0]

@@ -648,6 +648,14 @@ static void test_nulls_and_hints(void)
              "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", 5], \"mirror\": true}}}",
              "registries.r.io.endpoint[1]: expected a URL string",
              "a bad element of an endpoint array");
+    load_bad("ep-path.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", \"http://b:1/x\"], "
+             "\"mirror\": true}}}",
+             "registries.r.io.endpoint: bad base URL \"http://b:1/x\"",
+             "a replica URL with a path");
+    load_bad("ep-dnspath.json",
+             "{\"registries\": {\"r.io\": {\"endpoint_dns\": \"http://b:1/x\", \"mirror\": true}}}",
+             "registries.r.io.endpoint_dns: bad base URL", "endpoint_dns with a path");
     load_bad("ep-bad2.json",
              "{\"registries\": {\"r.io\": {\"endpoint\": [\"ftp://a:1\"], \"mirror\": true}}}",
              "registries.r.io.endpoint[0]: bad URL", "a non-http endpoint in an array");

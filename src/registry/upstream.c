@@ -353,10 +353,8 @@ static int start_main(rgm_upcall_t *c)
     return err;
 }
 
-static void finish(rgm_upcall_t *c, int err)
+static void upcall_free(rgm_upcall_t *c)
 {
-    c->req = NULL;
-    c->cbs.on_done(c, err, c->ud);
     free(c->fill_url);
     free(c->key);
     free(c->tail);
@@ -369,6 +367,13 @@ static void finish(rgm_upcall_t *c, int err)
     free(c->sent_auth);
     rgm_buf_free(&c->tokbody);
     free(c);
+}
+
+static void finish(rgm_upcall_t *c, int err)
+{
+    c->req = NULL;
+    c->cbs.on_done(c, err, c->ud);
+    upcall_free(c);
 }
 
 /* Decide what a 401/403/404 to the mirror's own identity means. Returns the next step, or
@@ -462,6 +467,17 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
     return c->cbs.on_head(c, status, c->ud);
 }
 
+/* base followed by tail, malloc'd. */
+static char *join_url(const char *base, const char *tail)
+{
+    size_t blen = strlen(base), tlen = strlen(tail);
+    char *u = rgm_malloc(blen + tlen + 1);
+
+    memcpy(u, base, blen);
+    memcpy(u + blen, tail, tlen + 1);
+    return u;
+}
+
 /* The replica for c's key: the owner among healthy ones, else any member. 0, or
  * UV_EHOSTUNREACH when the set is empty (nothing resolved yet). */
 static int pick_replica(rgm_upcall_t *c)
@@ -474,9 +490,7 @@ static int pick_replica(rgm_upcall_t *c)
         return UV_EHOSTUNREACH;
     memcpy(c->peer_url, p.url, sizeof(c->peer_url));
     free(c->url);
-    c->url = rgm_malloc(strlen(p.url) + strlen(c->tail) + 1);
-    memcpy(c->url, p.url, strlen(p.url));
-    memcpy(c->url + strlen(p.url), c->tail, strlen(c->tail) + 1);
+    c->url = join_url(p.url, c->tail);
     return 0;
 }
 
@@ -707,18 +721,12 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->repo = rgm_strdup(o->repo);
     c->method = rgm_strdup(o->method);
     c->tail = rgm_strdup(url);
-    c->url = rgm_malloc(strlen(url) + (o->reg->endpoint ? strlen(o->reg->endpoint) : 0) + 1);
-    (void)snprintf(c->url, strlen(url) + (o->reg->endpoint ? strlen(o->reg->endpoint) : 0) + 1,
-                   "%s%s", o->reg->endpoint ? o->reg->endpoint : "", url);
+    c->url = join_url(o->reg->endpoint ? o->reg->endpoint : "", url);
+    rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
     if (c->rs && c->rs->peers) {
         c->key = replica_key(o);
         if (pick_replica(c) < 0 && !o->reg->endpoint) {
-            free(c->key);
-            free(c->tail);
-            free(c->repo);
-            free(c->method);
-            free(c->url);
-            free(c);
+            upcall_free(c);
             return UV_EHOSTUNREACH;
         }
     }
@@ -729,7 +737,6 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->cbs = *cbs;
     c->ud = ud;
     c->client_first = o->client_auth_first; /* a tier mirror relays the client's as they are */
-    rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
 
     if (o->fill_url && strcmp(o->method, "GET") == 0 && o->range_from == 0 &&
         rgm_url_encode(o->reg->name, ns, sizeof(ns)) == 0 &&
@@ -746,18 +753,7 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
         err = start_main(c);
     }
     if (err < 0) {
-        free(c->fill_url);
-        free(c->key);
-        free(c->tail);
-        c->cbs.on_done = NULL;
-        free(c->repo);
-        free(c->method);
-        free(c->url);
-        free(c->accept);
-        free(c->client_auth);
-        free(c->sent_auth);
-        rgm_buf_free(&c->tokbody);
-        free(c);
+        upcall_free(c);
         return err;
     }
     if (out)

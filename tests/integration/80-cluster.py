@@ -344,8 +344,8 @@ m0 = reps[0].metrics()
 t.is_(m0.get('regmirror_cluster_peers{state="up"}'), 2.0, "metrics: the dead peer is down")
 t.ok(m0.get('regmirror_cluster_peer_transitions_total{to="down"}', 0) >= 1,
      "metrics: one transition to down")
-for m in reps[:2]:
-    m.stop()
+t.is_([m.stop() for m in reps[:2]], [0, 0],
+      "the survivors stop cleanly on SIGTERM (peer sets, forwards and probes closed)")
 
 # ---------------------------------------------------------------------------------------
 t.diag("scale from 2 to 3 replicas: filled from the previous owners")
@@ -386,8 +386,7 @@ for d in moved:
         break
 else:
     t.ok(True, "every filled blob is stored (verified) on the new owner")
-for m in three:
-    m.stop()
+t.is_([m.stop() for m in three], [0, 0, 0], "the three stop cleanly")
 
 # ---------------------------------------------------------------------------------------
 t.diag("peers_dns: one name, three loopback addresses, in a mount namespace of our own")
@@ -459,8 +458,7 @@ t.is_(problems, [], "pulls through a node tier with endpoint_dns: right bytes")
 fw1 = [float(re.search(rb'regmirror_cluster_requests_total\{path="forwarded"\} (\d+)',
                        http("GET", u + "/metrics", timeout=5)[2]).group(1)) for u in DURLS]
 t.is_(fw1, fw0, "endpoint_dns: the node tier reached each owner directly (no forwards)")
-nproc.stop()
-for p, d in dreps:
-    p.stop()
+t.is_(nproc.stop(), 0, "the DNS node tier stops cleanly (its replica set closed)")
+t.is_([p.stop() for p, d in dreps], [0, 0, 0], "the DNS replicas stop cleanly")
 
 t.done()

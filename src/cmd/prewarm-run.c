@@ -3,7 +3,8 @@
  * the manifests of the chosen platforms, an image manifest adds its blobs to the plan. A blob
  * is asked with HEAD (X-Cache: HIT and the right size is enough), else streamed with GET
  * through a hash and discarded. A 401 is answered once (prewarm-auth.c). At most --parallel
- * manifests and --parallel blobs are in flight; the run ends when nothing is left. */
+ * manifests and --parallel blobs are in flight; the run ends when nothing is left. Requests
+ * to the mirror say X-Regmirror-Prewarm, so that it can keep the last pulls for nodes. */
 #include "config.h"
 
 #include "cmd/prewarm-int.h"
@@ -608,6 +609,10 @@ static void op_send_or_fail(struct op *op)
     }
     if (op->kind == OP_MANIFEST)
         rgm_upreq_add_header(r, "Accept", manifest_accept);
+    /* The mirror refuses prewarm's pulls (429) while a registry's budget is below
+     * ratelimit_reserve (registry/manifests.c PREWARM_HDR); token requests go elsewhere. */
+    if (op->kind != OP_TOKEN)
+        rgm_upreq_add_header(r, "X-Regmirror-Prewarm", "1");
     if (op->authz)
         rgm_upreq_add_header(r, "Authorization", op->authz);
     op->status = 0;

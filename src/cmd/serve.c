@@ -16,6 +16,7 @@
 #include "cache/fetch.h"
 #include "cache/gc.h"
 #include "cache/reconcile.h"
+#include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
 #include "cluster/peers.h"
@@ -349,6 +350,7 @@ int rgm_cmd_serve(int argc, char **argv)
 {
     struct serve s;
     rgm_client_opts_t copts;
+    char msg[600];
     size_t i;
     int rc = 1;
     int err;
@@ -358,6 +360,11 @@ int rgm_cmd_serve(int argc, char **argv)
     if (err != 0) {
         rgm_config_free(&s.cfg);
         return err == 1 ? 0 : err;
+    }
+    if (rgm_identity_check(&s.cfg, msg, sizeof(msg)) < 0) {
+        fprintf(stderr, "regmirror: credential_providers.config: %s\n", msg);
+        rgm_config_free(&s.cfg);
+        return 1;
     }
     if (rgm_log_open(s.cfg.log_file, s.cfg.log_level) < 0) {
         fprintf(stderr, "regmirror: cannot open log file %s\n", s.cfg.log_file);

@@ -54,7 +54,10 @@ static const rgm_cfgkey_t credentials_keys[] = {
     REG("username", STRING, username, 0, 0, NULL, 0, "user name for Basic auth and token requests; needs password_file"),
     REG("password_file", STRING, password_file, 0, 0, NULL, 0, "file holding the password (trailing newline stripped), read at load"),
     REG("password", STRING, password, 0, 0, NULL, RGM_CFGKEY_SECRET | RGM_CFGKEY_DERIVED, "the password read from password_file; printed as <redacted>"),
-    REG("docker_config", STRING, docker_config, 0, 0, NULL, 0, "a docker config.json with auths for this registry, checked readable at load"),
+    REG("docker_config", STRING, docker_config, 0, 0, NULL, 0, "a docker config.json (auths, credHelpers, credsStore) for this registry, checked readable at load"),
+    REG("helper", STRING, cred_helper, 0, 0, NULL, 0, "a docker credential helper: NAME runs docker-credential-NAME from PATH, or an absolute path"),
+    REG("lifetime", DURATION, cred_lifetime_ms, 0, 0, "5m", 0, "a credential helper's answer is kept this long (also for docker_config's helpers); 0: ask on every token fetch"),
+    REG("timeout", DURATION, cred_timeout_ms, 1, 0, "10s", 0, "a credential helper run that takes longer is killed; the request goes on anonymously"),
 };
 
 static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base);
@@ -73,7 +76,24 @@ static const rgm_cfgkey_t registry_keys[] = {
     REG("insecure_skip_verify", BOOL, insecure_skip_verify, 0, 0, "false", 0, "do not verify the upstream's TLS certificate (tests only)"),
     REG("mirror", BOOL, is_mirror, 0, 0, "false", 0, "the endpoint is another regmirror (tiering): send ?ns= and the client's Authorization"),
     REG("max_parallel_fetches", UINT, max_parallel_fetches, 0, 1024, "0", 0, "upstream fetches in flight for this registry; 0: only the global limit"),
-    OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, or docker_config"),
+    REG("max_stale", DURATION, max_stale_opt, 0, 0, NULL, RGM_CFGKEY_OPTIONAL, "how long past tag_ttl a cached tag is served while the upstream fails; null: the top level's"),
+    REG("stale_on_not_found", BOOL, stale_on_not_found_opt, 0, 0, NULL, RGM_CFGKEY_OPTIONAL, "serve a public cached tag the upstream now answers 404 for; null: the top level's"),
+    REG("negative_ttl", DURATION, negative_ttl_opt, 0, 0, NULL, RGM_CFGKEY_OPTIONAL, "how long an upstream 404 is remembered (\"0\": not at all); null: the top level's"),
+    REG("ratelimit_reserve", UINT, ratelimit_reserve_opt, 0, 1000000, NULL, RGM_CFGKEY_OPTIONAL, "RateLimit-Remaining below this warns and refuses prewarm; null: the top level's"),
+    OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, docker_config, or helper"),
+    REG("private", BOOL, is_private, 0, 0, "false", 0, "content fetched with the mirror's own identity is still served only to clients the registry accepts"),
+};
+
+static const rgm_cfgkey_t providers_keys[] = {
+    TOP("config", FILE, cred_provider_config, 0, 0, NULL, 0, "the kubelet's CredentialProviderConfig (YAML or JSON), as --image-credential-provider-config"),
+    TOP("bin_dir", STRING, cred_provider_bin_dir, 0, 0, NULL, 0, "the directory of the plugins, as --image-credential-provider-bin-dir"),
+    TOP("timeout", DURATION, cred_provider_timeout_ms, 1, 60000, "1m", 0, "a plugin run that takes longer is killed (the kubelet's 1 m at most)"),
+};
+
+static const rgm_cfgtable_t providers_table = {
+    .path = "credential_providers.", .keys = providers_keys,
+    .len = RGM_ARRAY_SIZE(providers_keys), .size = sizeof(rgm_config_t),
+    .is_hinted = 1,
 };
 
 static const rgm_cfgkey_t cluster_keys[] = {
@@ -106,6 +126,11 @@ static const rgm_cfgkey_t top_keys[] = {
     TOP("upstream_connect_timeout", DURATION, upstream_connect_timeout_ms, 1, 0, "10s", 0, "upstream TCP connect plus TLS handshake"),
     TOP("upstream_timeout", DURATION, upstream_read_timeout_ms, 1, 0, "60s", 0, "an upstream that sends nothing for this long is given up on"),
     TOP("auth_cache_ttl", DURATION, auth_cache_ttl_ms, 0, 0, "60s", 0, "how long an upstream decision on a client's access to a private repository is kept"),
+    TOP("max_stale", DURATION, max_stale_opt, 0, 0, NULL, RGM_CFGKEY_OPTIONAL, "how long past tag_ttl a cached tag is served while the upstream fails; null: no bound, \"0\": never"),
+    TOP("stale_on_not_found", BOOL, stale_on_not_found, 0, 0, "false", 0, "serve a public cached tag the upstream now answers 404 for (to the mirror's own identity)"),
+    TOP("negative_ttl", DURATION, negative_ttl_ms, 0, 0, "10s", 0, "how long an upstream 404 to the mirror's own identity is remembered; \"0\": not at all"),
+    TOP("ratelimit_reserve", UINT, ratelimit_reserve, 0, 1000000, "10", 0, "RateLimit-Remaining below this: one WARN, a gauge at 1, and prewarm refused (429)"),
+    OBJ_("credential_providers", &providers_table, "the kubelet's credential provider plugins as the mirror's own identity, for registries without credentials"),
     TOP("sendfile", BOOL, use_sendfile, 0, 0, "false", 0, "serve blobs with sendfile(2) on plain TCP instead of pread+write"),
     TOP("log_level", LEVEL, log_level, 0, 0, "info", 0, "error, warn, info or debug"),
     TOP("log_file", STRING, log_file, 0, 0, NULL, 0, "log file, appended, reopened on SIGHUP; null: stderr"),
@@ -179,8 +204,10 @@ static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *
     rgm_registry_cfg_t *r = base;
     char kpath[KEY_MAX];
 
-    if (r->docker_config && (r->username || r->password_file))
-        return rgm_cfgval_fail(c, key, "use either username with password_file, or docker_config");
+    if ((r->docker_config && (r->username || r->password_file)) ||
+        (r->cred_helper && (r->username || r->password_file || r->docker_config)))
+        return rgm_cfgval_fail(c, key,
+                               "use one of: username with password_file, docker_config, helper");
     if (r->username && !r->password_file)
         return rgm_cfgval_fail(c, key, "username needs password_file");
     if (r->password_file && !r->username)
@@ -501,7 +528,15 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
 {
     uint64_t u = 0;
     int i = 0;
+    unsigned opt = (k->flags & RGM_CFGKEY_OPTIONAL) ? 1 : 0;
 
+    if (opt && json_is_null(v)) {
+        if (k->type == RGM_CFG_BOOL)
+            store_int(k, base, 0);
+        else
+            store_uint(k, base, 0);
+        return 0;
+    }
     switch (k->type) {
     case RGM_CFG_STRING:
     case RGM_CFG_FILE:
@@ -511,7 +546,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     case RGM_CFG_BOOL:
         if (rgm_cfgval_bool(c, key, v, &i) < 0)
             return UV_EINVAL;
-        store_int(k, base, i);
+        store_int(k, base, i + (int)opt);
         return 0;
     case RGM_CFG_LEVEL:
         if (rgm_cfgval_level(c, key, v, &i) < 0)
@@ -521,7 +556,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     case RGM_CFG_UINT:
         if (rgm_cfgval_uint(c, key, v, k->min, k->max, &u) < 0)
             return UV_EINVAL;
-        store_uint(k, base, u);
+        store_uint(k, base, u + opt);
         return 0;
     case RGM_CFG_SIZE:
         if (rgm_cfgval_size(c, key, v, k->min, k->max, &u) < 0)
@@ -531,7 +566,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     case RGM_CFG_DURATION:
         if (rgm_cfgval_duration(c, key, v, k->min, &u) < 0)
             return UV_EINVAL;
-        store_uint(k, base, u);
+        store_uint(k, base, u + opt);
         return 0;
     case RGM_CFG_ADDRS:
     case RGM_CFG_URLS:
@@ -726,7 +761,10 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
     char *const *sv;
     json_t *arr, *v;
     size_t i;
+    uint64_t opt = (k->flags & RGM_CFGKEY_OPTIONAL) ? 1 : 0;
 
+    if (opt && (k->type == RGM_CFG_BOOL ? load_int(k, base) == 0 : load_uint(k, base) == 0))
+        return json_null();
     switch (k->type) {
     case RGM_CFG_STRING:
     case RGM_CFG_FILE:
@@ -750,7 +788,7 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
             return json_string("<redacted>");
         return dump_string(c, key, string_of(k, base));
     case RGM_CFG_BOOL:
-        return json_boolean(load_int(k, base));
+        return json_boolean(load_int(k, base) - (int)opt);
     case RGM_CFG_LEVEL:
         if (!rgm_cfgval_level_name(load_int(k, base))) {
             rgm_cfgval_fail(c, key, "%d is not a log level", load_int(k, base));
@@ -758,11 +796,11 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
         }
         return json_string(rgm_cfgval_level_name(load_int(k, base)));
     case RGM_CFG_UINT:
-        return json_integer((json_int_t)load_uint(k, base));
+        return json_integer((json_int_t)(load_uint(k, base) - opt));
     case RGM_CFG_SIZE:
         return rgm_cfgval_size_json(load_uint(k, base));
     case RGM_CFG_DURATION:
-        return rgm_cfgval_duration_json(load_uint(k, base));
+        return rgm_cfgval_duration_json(load_uint(k, base) - opt);
     case RGM_CFG_URLS:
         if (count_of(k, base) == 0)
             return json_null();
@@ -848,6 +886,8 @@ void rgm_cfgschema_describe(const rgm_cfgtable_t *t, FILE *out)
             dflt = ", set at load";
         else if (k->flags & RGM_CFGKEY_REQUIRED)
             dflt = ", required";
+        else if (k->flags & RGM_CFGKEY_OPTIONAL)
+            dflt = ", default null";
         else if (k->type == RGM_CFG_OBJECT || k->type == RGM_CFG_REGISTRIES || !k->def)
             dflt = "";
         else

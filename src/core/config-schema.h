@@ -31,9 +31,12 @@ enum rgm_cfgtype {
 #define RGM_CFGKEY_SECRET   1u /* printed as "<redacted>"; wiped before it is freed */
 #define RGM_CFGKEY_DERIVED  2u /* set by the load, not a file key: printed only when set */
 #define RGM_CFGKEY_REQUIRED 4u /* the object must set it ("KEY: NAME is required") */
+/* BOOL, UINT, DURATION: null or absent is unset, stored as 0; a value v is stored as v + 1,
+ * so that a zeroed struct is all unset (a registry's key that inherits the top level's). */
+#define RGM_CFGKEY_OPTIONAL 8u
 /* URL only: an array of URLs is accepted too; the first goes to the member, all of them to the
  * char ** at off2 with its size_t count right after it (NULL, 0 for a string). */
-#define RGM_CFGKEY_LIST     8u
+#define RGM_CFGKEY_LIST     16u
 
 typedef struct rgm_cfgtable rgm_cfgtable_t;
 

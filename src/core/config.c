@@ -181,6 +181,14 @@ int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen)
         return rgm_cfgval_fail(&c, "default_registry",
                                "\"%.200s\" is not one of the configured registries",
                                cfg->default_registry);
+    /* The kubelet needs both of its flags; so do we. */
+    if (!cfg->cred_provider_config != !cfg->cred_provider_bin_dir)
+        return rgm_cfgval_fail(&c, "credential_providers",
+                               "config and bin_dir (--image-credential-provider-config, "
+                               "--image-credential-provider-bin-dir) go together");
+    if (cfg->cred_provider_timeout_ms > 60000)
+        return rgm_cfgval_fail(&c, "credential_providers.timeout",
+                               "at most 1m (the kubelet's timeout; it may only be shortened)");
     return validate_cluster(cfg, &c);
 }
 
@@ -230,6 +238,10 @@ static const struct flag flags[] = {
      offsetof(rgm_config_t, cluster_peers_len)},
     {"peers-dns", 0, F_STRING, offsetof(rgm_config_t, cluster_peers_dns), 0},
     {"self", 0, F_STRING, offsetof(rgm_config_t, cluster_self), 0},
+    {"image-credential-provider-config", 0, F_STRING, offsetof(rgm_config_t, cred_provider_config),
+     0},
+    {"image-credential-provider-bin-dir", 0, F_STRING,
+     offsetof(rgm_config_t, cred_provider_bin_dir), 0},
     {"help", 'h', F_HELP, 0, 0},
 };
 

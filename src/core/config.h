@@ -26,6 +26,18 @@ typedef struct rgm_registry_cfg {
     char *password_file;           /* credentials.password_file: path of the password */
     char *password;                /* read from password_file at load; never logged or printed */
     char *docker_config;           /* credentials.docker_config: path of a docker config.json */
+    /* Failure behaviour, each the registry's own when set, else the top level's: read them
+     * with the rgm_config_*() accessors below. 0 is unset; a set value v is stored as v + 1
+     * (RGM_CFGKEY_OPTIONAL), so a zeroed registry inherits everything. */
+    uint64_t max_stale_opt;     /* ms + 1 */
+    int stale_on_not_found_opt; /* 1 false, 2 true */
+    uint64_t negative_ttl_opt;  /* ms + 1 */
+    unsigned ratelimit_reserve_opt;
+    char *cred_helper;         /* credentials.helper: docker-credential-NAME, or a path */
+    uint64_t cred_lifetime_ms; /* credentials.lifetime: a helper's answer is kept (5 m) */
+    uint64_t cred_timeout_ms;  /* credentials.timeout: a helper run's deadline (10 s) */
+    int is_private; /* "private": true — content fetched with the mirror's own identity is
+                     * still subject to the access rule */
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
@@ -55,6 +67,15 @@ typedef struct rgm_config {
     uint64_t upstream_read_timeout_ms;
     uint64_t auth_cache_ttl_ms; /* private access decisions */
 
+    /* failure behaviour: the defaults of every registry (see rgm_registry_cfg_t) */
+    uint64_t max_stale_opt;     /* 0: no bound; else ms + 1 */
+    int stale_on_not_found;     /* serve a public cached tag the upstream now answers 404 */
+    uint64_t negative_ttl_ms;   /* a 404 is remembered this long; 0: off */
+    unsigned ratelimit_reserve; /* RateLimit-Remaining below this: WARN, gauge, no prewarm */
+    /* kubelet credential provider plugins (credential_providers.*, or the kubelet's flags) */
+    char *cred_provider_config;        /* a CredentialProviderConfig file; NULL: none */
+    char *cred_provider_bin_dir;       /* where the plugins are */
+    uint64_t cred_provider_timeout_ms; /* a plugin run's deadline (the kubelet's 1 m) */
     /* cluster (docs/cluster.md): peers or peers_dns, and self; all unset: no cluster */
     char **cluster_peers; /* base URLs, as written */
     size_t cluster_peers_len;
@@ -65,6 +86,35 @@ typedef struct rgm_config {
     char *log_file; /* NULL: stderr */
     int access_log;
 } rgm_config_t;
+
+/* ---- a registry's failure behaviour: its own value, else the top level's ---- */
+
+/* How long past its freshness a cached tag may be served while the upstream fails, in ms;
+ * UINT64_MAX: no bound. */
+static inline uint64_t rgm_config_max_stale(const rgm_config_t *cfg, const rgm_registry_cfg_t *r)
+{
+    uint64_t v = r->max_stale_opt ? r->max_stale_opt : cfg->max_stale_opt;
+
+    return v ? v - 1 : UINT64_MAX;
+}
+/* 1: a public cached tag that the upstream answers 404 (to the mirror's own identity) is
+ * served stale. */
+static inline int rgm_config_stale_on_not_found(const rgm_config_t *cfg,
+                                                const rgm_registry_cfg_t *r)
+{
+    return r->stale_on_not_found_opt ? r->stale_on_not_found_opt == 2 : cfg->stale_on_not_found;
+}
+/* How long an upstream 404 is remembered, in ms; 0: not at all. */
+static inline uint64_t rgm_config_negative_ttl(const rgm_config_t *cfg, const rgm_registry_cfg_t *r)
+{
+    return r->negative_ttl_opt ? r->negative_ttl_opt - 1 : cfg->negative_ttl_ms;
+}
+/* Pulls kept back: RateLimit-Remaining below this warns and refuses prewarm. */
+static inline unsigned rgm_config_ratelimit_reserve(const rgm_config_t *cfg,
+                                                    const rgm_registry_cfg_t *r)
+{
+    return r->ratelimit_reserve_opt ? r->ratelimit_reserve_opt - 1 : cfg->ratelimit_reserve;
+}
 
 /* Embedded defaults: listen 127.0.0.1:5000, storage ./regmirror-data, docker.io and the
  * well-known public registries (DESIGN). */

@@ -1,6 +1,8 @@
 /* HTTP/1.1 server: accept, llhttp request parsing with limits, keep-alive and pipelining,
  * responses from memory or from a file (sendfile(2) on plain TCP). It knows bytes,
- * connections and messages; it knows nothing of registries or caches. */
+ * connections and messages; it knows nothing of registries or caches. Built from server.c
+ * (listeners, accept, shutdown), conn.c (one connection), reqhead.c, response.c and framing.c,
+ * which share the private types of http/server-int.h. */
 #ifndef RGM_HTTP_SERVER_H
 #define RGM_HTTP_SERVER_H
 

@@ -219,15 +219,22 @@ static void build_request(const rgm_upreq_t *r, struct bytes *b)
 {
     static const char fixed[] = "\r\nUser-Agent: regmirror/0.1\r\nAccept-Encoding: identity\r\n"
                                 "Connection: keep-alive\r\n";
-    char line[2600];
+    char line[16];
     const struct uphdr *h;
     const char *host = r->u.host;
     int v6 = strchr(host, ':') != NULL;
     int n;
 
-    n = snprintf(line, sizeof(line), "%s %s HTTP/1.1\r\nHost: %s%s%s", r->method, r->u.path,
-                 v6 ? "[" : "", host, v6 ? "]" : "");
-    bytes_append(b, line, (size_t)n);
+    /* Appended piece by piece: no fixed buffer for the method, path or host to outgrow. */
+    bytes_append(b, r->method, strlen(r->method));
+    bytes_append(b, " ", 1);
+    bytes_append(b, r->u.path, strlen(r->u.path));
+    bytes_append(b, " HTTP/1.1\r\nHost: ", 17);
+    if (v6)
+        bytes_append(b, "[", 1);
+    bytes_append(b, host, strlen(host));
+    if (v6)
+        bytes_append(b, "]", 1);
     if (r->u.port != (r->u.is_https ? 443 : 80)) {
         n = snprintf(line, sizeof(line), ":%d", r->u.port);
         bytes_append(b, line, (size_t)n);

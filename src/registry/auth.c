@@ -506,6 +506,34 @@ int rgm_auth_docker_config_lookup(const char *path, const char *registry, char *
     return err;
 }
 
+const char *rgm_auth_helper_server_url(const char *registry)
+{
+    const char *n = rgm_ref_normalize_registry(registry);
+
+    return strcmp(n, "docker.io") == 0 ? "https://index.docker.io/v1/" : registry;
+}
+
+int rgm_auth_docker_config_helper(const char *path, const char *registry, char **helper)
+{
+    json_error_t jerr;
+    json_t *root;
+    const char *h;
+    const char *key = rgm_auth_helper_server_url(registry);
+
+    *helper = NULL;
+    root = json_load_file(path, 0, &jerr);
+    if (!root)
+        return json_error_code(&jerr) == json_error_cannot_open_file ? UV_EIO : UV_EINVAL;
+    /* docker/cli: credHelpers by the exact key, else credsStore for every registry. */
+    h = json_string_value(json_object_get(json_object_get(root, "credHelpers"), key));
+    if (!h || !h[0])
+        h = json_string_value(json_object_get(root, "credsStore"));
+    if (h && h[0] && !strchr(h, '/'))
+        *helper = rgm_strdup(h);
+    json_decref(root);
+    return *helper ? 1 : 0;
+}
+
 /* ---- headers, hashes, scopes ---- */
 
 static int has_ctl(const char *s)

@@ -78,6 +78,18 @@ RGM_MUST_CHECK int rgm_auth_docker_config_lookup_json(const char *json, size_t l
                                                       const char *registry, char **user,
                                                       char **pass);
 
+/* What a credential helper gets on stdin for registry, as docker sends it: the host[:port],
+ * or "https://index.docker.io/v1/" for docker.io (and its aliases). Borrowed (registry, or a
+ * constant). */
+const char *rgm_auth_helper_server_url(const char *registry);
+/* The credential helper docker would run for registry from a docker config.json: its
+ * credHelpers entry for rgm_auth_helper_server_url(registry) (the exact key), else its
+ * credsStore. 1 with *helper a malloc'd name (docker-credential-<name>), 0 when neither
+ * applies (then "auths" does), UV_EIO (unreadable), UV_EINVAL (bad JSON). Reads the file
+ * synchronously: call it at configuration time. */
+RGM_MUST_CHECK int rgm_auth_docker_config_helper(const char *path, const char *registry,
+                                                 char **helper);
+
 /* ---- headers, hashes, scopes ---- */
 
 /* "Basic " + base64(user ":" pass) into out (outlen bytes). 0, UV_ENOBUFS, UV_EINVAL (':' or a

@@ -742,6 +742,23 @@ static void head_upstream(struct rq *q)
         rq_relay_error(q, 0, NULL, err, 1);
 }
 
+/* ---- remembered 404s (negative_ttl) ---- */
+
+/* Did the upstream answer 404 to the mirror's own identity for this blob, within
+ * negative_ttl? Only a request without a client's credentials may take that answer: the
+ * mirror would send it with the same identity. */
+static int known_missing(struct rq *q)
+{
+    rgm_upcall_opts_t o;
+    char suffix[256];
+
+    if (q->auth)
+        return 0;
+    snprintf(suffix, sizeof(suffix), "blobs/%s", q->digest);
+    rq_upcall_opts(q, &o, "GET", suffix);
+    return rgm_upstream_known_missing(q->r->up, &o);
+}
+
 /* ---- entry points ---- */
 
 /* The client left: stop reading the fetch, leave the job's lists. */
@@ -816,6 +833,11 @@ void blobs_handle(struct rq *q)
     rq_set_cache(q, "MISS");
     if (q->r->is_stopping) {
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
+        return;
+    }
+    if (known_missing(q)) {
+        rq_set_cache(q, "NEGATIVE");
+        rq_relay_error(q, 404, NULL, 0, 1);
         return;
     }
     if (q->is_head) {

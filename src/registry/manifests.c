@@ -2,7 +2,9 @@
  * small: fetched whole into memory (one upstream GET per registry/repository/reference/Accept
  * in flight, shared by every waiter), verified, stored as blobs and indexed with their tag.
  * Tags are served from the index for tag_ttl, then revalidated with a HEAD; stale tags are
- * served while the upstream fails. */
+ * served while the upstream fails, up to max_stale. A tag not here is resolved with a shared
+ * HEAD first, so that a GET (a pull) is spent only on a digest not cached; upstream 404s to
+ * the mirror's own identity are remembered (negative_ttl). */
 #include "registry/manifests.h"
 
 #include <uv.h>
@@ -26,7 +28,9 @@
     "application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, "                            \
     "application/vnd.docker.distribution.manifest.v1+json;q=0.5"
 
-enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS };
+enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS, MJ_HEAD };
+
+#define PREWARM_HDR "X-Regmirror-Prewarm" /* sent by `regmirror prewarm` (cmd/prewarm-run.c) */
 
 struct mjob {
     struct rq_env *r;
@@ -45,6 +49,7 @@ struct mjob {
     char *content_type;
     char *link;
     char *digest_hdr;
+    int64_t head_len; /* MJ_HEAD: the upstream's Content-Length, -1 unknown */
     rgm_buf_t body;
     struct rq *waiters;
 };
@@ -109,6 +114,69 @@ static int header_ok(const char *v)
 
 static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len,
                           uint64_t expires_ms);
+static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const char *query,
+                      const char *accept);
+
+/* The answer to an upstream call that could not start: 429 with the time left while the
+ * registry's 429 circuit is open, else 502 (or 504). */
+static void answer_not_started(struct rq *q, int err)
+{
+    uint64_t ms = rgm_upstream_limited_ms(q->r->up, q->reg);
+    char h[64];
+
+    if (err != UV_EAGAIN || ms == 0) {
+        rq_relay_error(q, 0, NULL, err, 0);
+        return;
+    }
+    snprintf(h, sizeof(h), "Retry-After: %llu\r\n", (unsigned long long)(ms + 999) / 1000);
+    rq_error(q, 429, "TOOMANYREQUESTS", "the upstream registry asked the mirror to wait (429)", h);
+}
+
+/* Did the upstream answer 404 to the mirror's own identity for this, within negative_ttl?
+ * Only a request the mirror sends with that identity may take the answer: one that carries
+ * a client's credentials gets its own try (a private repository answers 404 to strangers). */
+static int known_missing(struct rq *q, const char *suffix)
+{
+    rgm_upcall_opts_t o;
+
+    if (q->auth)
+        return 0;
+    rq_upcall_opts(q, &o, "GET", suffix);
+    o.accept = accept_of(q);
+    return rgm_upstream_known_missing(q->r->up, &o);
+}
+
+static void answer_negative(struct rq *q)
+{
+    rq_set_cache(q, "NEGATIVE");
+    rq_relay_error(q, 404, NULL, 0, 0);
+}
+
+/* How long past its freshness q's cached tag is, in ms (0 when fresh or unknown). */
+static uint64_t stale_age(struct rq *q)
+{
+    char d[RGM_DIGEST_MAX];
+    uint64_t checked = 0;
+    uint64_t due;
+
+    if (q->path.is_digest ||
+        rgm_index_get_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d, &checked) < 0)
+        return 0;
+    due = checked + q->reg->tag_ttl_ms;
+    return rgm_time_ms() > due ? rgm_time_ms() - due : 0;
+}
+
+/* The cached manifest digest, if it may answer q: indexed as a manifest, deliverable
+ * through q's registry, and of a type q accepts. Fills q->obj. 1 or 0. */
+static int cached_manifest(struct rq *q, const char *digest)
+{
+    if (!rgm_ref_valid_digest(digest) || rgm_index_get_object(q->r->index, digest, &q->obj) < 0 ||
+        q->obj.kind != RGM_OBJ_MANIFEST || !rq_may_vouch(q, digest))
+        return 0;
+    q->has_obj = 1;
+    return rgm_req_header(q->req, "Accept") == NULL ||
+           accept_admits(accept_of(q), q->obj.media_type);
+}
 
 /* ---- serving a cached manifest ---- */
 
@@ -271,6 +339,48 @@ static void answer_manifest(struct mjob *j, const char *digest)
     }
 }
 
+static void serve_cached(struct rq *q);
+static void serve_cached_checked(struct rq *q);
+
+/* A shared HEAD answered 200: HEAD waiters get its head; a GET waiter of a tag gets the
+ * cached manifest when the digest is here (no pull spent), else it joins a GET. */
+static void head_complete(struct mjob *j)
+{
+    struct rq *q;
+    const char *d = j->digest_hdr;
+    const char *ct = j->content_type;
+    char h[1024];
+    char suffix[512];
+
+    snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
+             ct ? ct : "application/vnd.oci.image.manifest.v1+json",
+             d ? "Docker-Content-Digest: " : "", d ? d : "", d ? "\r\n" : "");
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (j->used_client && strcmp(q->credhash, j->credhash) != 0) {
+            manifests_handle(q); /* someone else's credentials were needed: its own try */
+            continue;
+        }
+        if (q->is_head) {
+            if (!j->used_client && !j->ref_is_digest && d && ct)
+                head_remember(q, d, ct, j->head_len, rgm_time_ms() + j->reg->tag_ttl_ms);
+            if (rq_start(q, 200, h, j->head_len) < 0)
+                rq_abort(q, "cannot start response");
+            else
+                rq_finish(q);
+            continue;
+        }
+        if (d && cached_manifest(q, d)) {
+            rgm_upstream_count_avoided(j->r->up, j->reg);
+            snprintf(q->digest, sizeof(q->digest), "%s", d);
+            serve_cached_checked(q);
+            continue;
+        }
+        snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+        mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+    }
+}
+
 /* Verify, store and index the manifest in j->body; then answer everyone. */
 static void manifest_complete(struct mjob *j)
 {
@@ -380,6 +490,15 @@ static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
     v = rgm_upcall_header(c, "Docker-Content-Digest");
     if (v && rgm_ref_valid_digest(v))
         j->digest_hdr = rgm_strdup(v);
+    if (j->kind == MJ_HEAD) {
+        j->head_len = rgm_upcall_content_length(c);
+        if (!j->digest_hdr && j->ref_is_digest)
+            j->digest_hdr = rgm_strdup(j->ref);
+        if (j->digest_hdr && !j->ref_is_digest &&
+            rgm_index_put_tag(j->r->index, j->reg->name, j->repo, j->ref, j->digest_hdr,
+                              rgm_time_ms()) < 0)
+            rgm_log(RGM_LOG_WARN, "manifests", "cannot record tag %s", j->ref);
+    }
     return 0;
 }
 
@@ -403,6 +522,8 @@ static void mj_on_done(rgm_upcall_t *c, int err, void *ud)
         if (err == 0 && j->status == 200) {
             if (j->kind == MJ_MANIFEST)
                 manifest_complete(j);
+            else if (j->kind == MJ_HEAD)
+                head_complete(j);
             else
                 tags_complete(j);
         } else if (j->kind == MJ_TAGS) {
@@ -449,6 +570,13 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
         return;
     }
+    if (kind == MJ_MANIFEST && rgm_req_header(q->req, PREWARM_HDR) &&
+        rgm_upstream_in_reserve(r->up, q->reg)) {
+        /* A pull from the last of the budget is kept for the nodes that need it. */
+        rq_error(q, 429, "TOOMANYREQUESTS",
+                 "the upstream's pull budget is below ratelimit_reserve: prewarm refused", NULL);
+        return;
+    }
     j = rgm_calloc(1, sizeof(*j));
     j->r = r;
     j->kind = kind;
@@ -459,7 +587,8 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     j->ref_is_digest = q->path.is_digest;
     memcpy(j->credhash, q->credhash, sizeof(j->credhash));
     rgm_buf_init(&j->body, kind == MJ_MANIFEST ? RGM_MANIFEST_MAX : RGM_TAGLIST_MAX);
-    rq_upcall_opts(q, &o, "GET", suffix);
+    j->head_len = -1;
+    rq_upcall_opts(q, &o, kind == MJ_HEAD ? "HEAD" : "GET", suffix);
     o.query = query;
     o.accept = accept;
     if (kind == MJ_MANIFEST && rq_fill_source(q, fill_url, sizeof(fill_url)))
@@ -469,7 +598,7 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
         rgm_buf_free(&j->body);
         free(j->key);
         free(j);
-        rq_relay_error(q, 0, NULL, err, 0);
+        answer_not_started(q, err);
         return;
     }
     r->m.upstream_requests++;
@@ -482,10 +611,32 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
 
 /* ---- HEAD of a manifest not here, and tag revalidation ---- */
 
+/* The upstream fails (no answer, 5xx, 429, backing off): the cached tag, up to max_stale
+ * past its freshness. Content by digest cannot be stale. */
 static void serve_stale(struct rq *q)
 {
+    uint64_t bound = rgm_config_max_stale(q->r->cfg, q->reg);
+
+    if (bound != UINT64_MAX && stale_age(q) > bound) {
+        q->r->m.stale_refused++;
+        rq_error(q, 503, "UNAVAILABLE",
+                 "the upstream is failing and the cached copy is older than max_stale", NULL);
+        return;
+    }
     rq_set_cache(q, "STALE");
     serve_cached_checked(q);
+}
+
+/* The upstream says the tag is gone (404 to the mirror's own identity): with
+ * stale_on_not_found, public content only, whatever its age. 1 served, 0 not allowed. */
+static int serve_deleted(struct rq *q)
+{
+    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) ||
+        rgm_index_has_public_origin(q->r->index, q->digest) != 1)
+        return 0;
+    rq_set_cache(q, "STALE");
+    serve_cached_checked(q);
+    return 1;
 }
 
 /* HEAD-only clients (a resolve that never GETs, update checkers) ask for tags whose manifest
@@ -549,13 +700,11 @@ static int head_recall(struct rq *q)
     return 1;
 }
 
+/* The HEAD of a stale tag (q->digest is what we have). */
 static int head_on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct rq *q = ud;
     const char *d = rgm_upcall_header(c, "Docker-Content-Digest");
-    const char *ct = rgm_upcall_header(c, "Content-Type");
-    int is_revalidation = q->digest[0] != '\0';
-    char h[1024];
 
     q->access_status = status;
     if (!q->req)
@@ -565,43 +714,34 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
                               rgm_time_ms()) < 0)
             rgm_log(RGM_LOG_WARN, "manifests", "cannot record tag %s", q->path.reference);
     }
-    if (is_revalidation) {
-        /* HEAD of a stale tag: the same digest means our copy is current; the upstream accepted
-         * this client for the repository, so no further access check is needed. */
-        if (status == 200 && d && rgm_ref_valid_digest(d)) {
-            if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
-                strcmp(d, q->digest) == 0)
-                rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
-            if (rgm_store_has(q->r->store, d, NULL) == 1) {
-                snprintf(q->digest, sizeof(q->digest), "%s", d);
-                q->access_status = 1000; /* serve in on_done, after this call is over */
-                return 0;
-            }
-            q->access_status = 1001; /* changed and not here: GET it */
+    /* The same digest means our copy is current; the upstream accepted this client for the
+     * repository, so no further access check is needed. */
+    if (status == 200 && d && rgm_ref_valid_digest(d)) {
+        if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
+            strcmp(d, q->digest) == 0)
+            rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
+        if (strcmp(d, q->digest) == 0 || cached_manifest(q, d)) {
+            /* Resolved by digest: a tag that moved to a digest cached (and deliverable
+             * through this registry) costs no pull. */
+            if (strcmp(d, q->digest) != 0 && !q->is_head)
+                rgm_upstream_count_avoided(q->r->up, q->reg);
+            snprintf(q->digest, sizeof(q->digest), "%s", d);
+            q->access_status = 1000; /* serve in on_done, after this call is over */
             return 0;
         }
-        if (status == 401 || status == 403 || status == 404) {
-            rq_relay_error(q, status, c, 0, 0);
-            return 0;
-        }
-        q->access_status = 1002; /* upstream trouble: stale */
+        q->access_status = 1001; /* changed and not here: GET it */
         return 0;
     }
-    if (status != 200) {
+    if (status == 404 && rgm_upcall_own_status(c) == 404 &&
+        rgm_config_stale_on_not_found(q->r->cfg, q->reg)) {
+        q->access_status = 1003; /* deleted upstream: maybe serve it (serve_deleted) */
+        return 0;
+    }
+    if (status == 401 || status == 403 || status == 404) {
         rq_relay_error(q, status, c, 0, 0);
         return 0;
     }
-    if (!q->path.is_digest && !rgm_upcall_used_client_auth(c))
-        head_remember(q, d, ct, rgm_upcall_content_length(c), rgm_time_ms() + q->reg->tag_ttl_ms);
-    snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
-             header_ok(ct) ? ct : "application/vnd.oci.image.manifest.v1+json",
-             header_ok(d) ? "Docker-Content-Digest: " : "", header_ok(d) ? d : "",
-             header_ok(d) ? "\r\n" : "");
-    if (rq_start(q, 200, h, rgm_upcall_content_length(c)) < 0) {
-        rq_abort(q, "cannot start response");
-        return 0;
-    }
-    rq_finish(q);
+    q->access_status = 1002; /* upstream trouble: stale */
     return 0;
 }
 
@@ -609,9 +749,8 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
 {
     struct rq *q = ud;
     char suffix[512];
-    int is_revalidation = q->digest[0] != '\0';
 
-    if (!is_revalidation || !q->req) {
+    if (!q->req) {
         rq_head_on_done(c, err, q);
         return;
     }
@@ -627,6 +766,9 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
         q->digest[0] = '\0';
         q->access_status = 0;
         manifests_handle(q);
+    } else if (q->access_status == 1003) {
+        if (!serve_deleted(q))
+            rq_relay_error(q, 404, NULL, 0, 0);
     } else {
         serve_stale(q);
     }
@@ -634,19 +776,14 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
 
 static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, head_on_done};
 
-static void head_upstream(struct rq *q)
+/* Revalidate q's cached tag (q->digest) with a HEAD of its own: the answer is this client's. */
+static void revalidate(struct rq *q)
 {
     char suffix[512];
-    int err;
 
     snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-    err = rq_head(q, suffix, accept_of(q), &head_cbs);
-    if (err < 0) {
-        if (q->digest[0])
-            serve_stale(q);
-        else
-            rq_relay_error(q, 0, NULL, err, 0);
-    }
+    if (rq_head(q, suffix, accept_of(q), &head_cbs) < 0)
+        serve_stale(q);
 }
 
 /* A tag's cached manifest suits this client only if its Accept admits the stored media type;
@@ -718,7 +855,13 @@ void manifests_handle(struct rq *q)
             serve_stale(q); /* a peer's question: what we have, never upstream */
             return;
         }
-        head_upstream(q); /* revalidate: q->digest says what we have */
+        snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+        if (known_missing(q, suffix)) {
+            if (!serve_deleted(q))
+                answer_negative(q);
+            return;
+        }
+        revalidate(q); /* q->digest says what we have */
         return;
     }
     if (q->is_only_cached) {
@@ -729,12 +872,15 @@ void manifests_handle(struct rq *q)
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
         return;
     }
-    if (q->is_head) {
-        head_upstream(q);
+    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+    if (known_missing(q, suffix)) {
+        answer_negative(q);
         return;
     }
-    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-    mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+    /* HEADs, and GETs of a tag (resolve by digest first: the HEAD is free, the GET a pull),
+     * share one upstream HEAD; a GET by digest is fetched at once. */
+    mjob_join(q, q->is_head || !q->path.is_digest ? MJ_HEAD : MJ_MANIFEST, suffix, NULL,
+              accept_of(q));
 }
 
 /* ---- tags/list ---- */

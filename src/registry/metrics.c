@@ -9,7 +9,7 @@
 #include "core/buf.h"
 #include "registry/request.h"
 
-static const char *const cache_names[] = {"HIT", "MISS", "JOIN", "STALE", "NONE"};
+static const char *const cache_names[] = {"HIT", "MISS", "JOIN", "STALE", "NONE", "NEGATIVE"};
 
 int metrics_cache_idx(const char *status)
 {
@@ -166,6 +166,9 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
            m->access_checks);
     SIMPLE("regmirror_access_denied_total", "counter", "Private content refused.",
            m->access_denied);
+    SIMPLE("regmirror_stale_refused_total", "counter",
+           "Cached tags not served stale because they were older than max_stale (503).",
+           m->stale_refused);
     SIMPLE("regmirror_fetches_in_flight", "gauge", "Upstream fetch slots in use.",
            rgm_upstream_slots_used(r->up));
     SIMPLE("regmirror_fetches_queued", "gauge", "Fetches waiting for a slot.",
@@ -176,6 +179,8 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
         objects = bytes = 0;
     SIMPLE("regmirror_cache_objects", "gauge", "Objects in the cache.", objects);
     SIMPLE("regmirror_cache_bytes", "gauge", "Bytes in the cache.", bytes);
+    SIMPLE("regmirror_cache_max_bytes", "gauge", "Cache size limit (max_cache_bytes); 0: none.",
+           r->cfg->max_cache_bytes);
 #undef SIMPLE
     if (rgm_upstream_metrics(r->up, &b) < 0 || cluster_metrics(r, &b) < 0)
         err = -1;

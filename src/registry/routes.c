@@ -1,7 +1,8 @@
-/* The /v2 API's front: picks the handler for each request (blobs, manifests, tag lists, or
- * /healthz, /readyz and /metrics), after checking the method and path and choosing the
- * registry; owns the shared state (struct rq_env) and stops the handlers' jobs at shutdown.
- * Answering, counting and the access rule are request.c's; serving is the handlers'. */
+/* The /v2 API's front: picks the handler for each request (blobs, manifests, tag lists,
+ * referrers, or /healthz, /readyz and /metrics), after checking the method and path and
+ * choosing the registry; owns the shared state (struct rq_env) and stops the handlers' jobs
+ * at shutdown. Answering, counting and the access rule are request.c's; serving is the
+ * handlers'. */
 #include "registry/routes.h"
 
 #include <uv.h>
@@ -12,6 +13,7 @@
 #include "registry/metrics.h"
 #include "registry/blobs.h"
 #include "registry/manifests.h"
+#include "registry/referrers.h"
 #include "cluster/forward.h"
 #include "cluster/rendezvous.h"
 
@@ -295,7 +297,8 @@ static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards)
                  err == RGM_REF_EROUTE    ? "no such route"
                  : err == RGM_REF_EDIGEST ? "invalid digest (sha256: and 64, or sha512: and 128 "
                                             "lowercase hex digits)"
-                 : err == RGM_REF_ETAG    ? "invalid tag ([A-Za-z0-9_][A-Za-z0-9._-]{0,127})"
+                 : err == RGM_REF_ETAG    ? "manifest unknown: no tag can be named so "
+                                            "([A-Za-z0-9_][A-Za-z0-9._-]{0,127})"
                                           : "invalid repository name",
                  NULL);
         return;
@@ -321,6 +324,9 @@ static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards)
         break;
     case RGM_REF_ROUTE_TAGS:
         tags_handle(q);
+        break;
+    case RGM_REF_ROUTE_REFERRERS:
+        referrers_handle(q);
         break;
     default:
         rq_error(q, 404, "NOT_FOUND", "no such route", NULL);

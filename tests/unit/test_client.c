@@ -341,6 +341,24 @@ static void test_bodies(rgm_client_t *c, int pa)
     is_int(res.clen, -1, "chunked: length unknown");
     is_str(res.sha, res.hdr_sha, "chunked: hash");
 
+    {
+        /* The longest path a URL may carry (2,047 bytes) goes out whole; a longer one is
+         * refused when the request is made, never cut. */
+        char long_url[3100];
+        int n = snprintf(long_url, sizeof(long_url), "http://127.0.0.1:%d/cl?size=10&pad=", pa);
+        int pad = 2047 - (int)strlen("/cl?size=10&pad=");
+
+        memset(long_url + n, 'a', (size_t)pad);
+        long_url[n + pad] = '\0';
+        fetch(c, &res, "GET", long_url, NULL, NULL);
+        is_int(res.err, 0, "2,047-byte path: done");
+        is_int(res.status, 200, "2,047-byte path: the peer parsed it whole");
+        is_int(res.total, 10, "2,047-byte path: body");
+        long_url[n + pad] = 'a';
+        long_url[n + pad + 1] = '\0';
+        ok(rgm_upreq_new(c, "GET", long_url, NULL) == NULL, "2,048-byte path: refused");
+    }
+
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/close?size=30000", pa);
     fetch(c, &res, "GET", url, NULL, NULL);
     is_int(res.err, 0, "close-delimited: done");

@@ -371,7 +371,8 @@ static void test_errors(void)
     load_bad("creds.json",
              "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
              "{\"username\": \"u\", \"password_file\": \"x\", \"docker_config\": \"y\"}}}}",
-             "use either username with password_file, or docker_config", "both credential kinds");
+             "use one of: username with password_file, docker_config, helper",
+             "both credential kinds");
 
     {
         rgm_config_t cfg;
@@ -610,8 +611,8 @@ static void test_nulls_and_hints(void)
     load_bad("credsunknown.json",
              "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
              "{\"user\": \"u\"}}}}",
-             "registries.r.io.credentials.user: unknown key (expected username, password_file "
-             "or docker_config)",
+             "registries.r.io.credentials.user: unknown key (expected username, password_file, "
+             "docker_config, helper, lifetime or timeout)",
              "unknown credentials key lists the keys");
     load_bad("credspw.json",
              "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
@@ -879,6 +880,81 @@ static void test_cluster(void)
     rgm_config_free(&cfg);
 }
 
+/* Issue 15: credentials.helper, lifetime, timeout, private, credential_providers, and the
+ * kubelet's flag names. */
+static void test_cred_keys(void)
+{
+    const rgm_registry_cfg_t *r;
+    const char *f, *yaml;
+    rgm_config_t cfg;
+    char err[512];
+    char text[1024];
+    int rc;
+
+    f = write_file("helper.json",
+                   "{\"registries\": {\"r.io:5000\": {\"endpoint\": \"https://r.io:5000\", "
+                   "\"private\": true, \"credentials\": {\"helper\": \"ecr-login\", "
+                   "\"lifetime\": \"0\", \"timeout\": \"2s\"}}, \"docker.io\": {\"endpoint\": "
+                   "\"https://registry-1.docker.io\"}}}");
+    rgm_config_init(&cfg);
+    rc = rgm_config_load_file(&cfg, f, err, sizeof(err));
+    is_int(rc, 0, "helper: loads (%s)", err);
+    r = rgm_config_registry(&cfg, "r.io:5000");
+    ok(r && r->cred_helper && strcmp(r->cred_helper, "ecr-login") == 0, "helper: the name");
+    ok(r && r->cred_lifetime_ms == 0 && r->cred_timeout_ms == 2000, "helper: lifetime 0, 2s");
+    ok(r && r->is_private, "private: true");
+    r = rgm_config_registry(&cfg, "docker.io");
+    ok(r && !r->cred_helper && r->cred_lifetime_ms == 300000 && r->cred_timeout_ms == 10000 &&
+           !r->is_private,
+       "helper: defaults 5m and 10s, private false");
+    ok(cfg.cred_provider_config == NULL && cfg.cred_provider_timeout_ms == 60000,
+       "credential_providers: none by default, timeout 1m");
+    rgm_config_free(&cfg);
+
+    load_bad("helper2.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+             "{\"helper\": \"x\", \"docker_config\": \"y\"}}}}",
+             "use one of", "helper with docker_config");
+    load_bad("helper3.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"credentials\": "
+             "{\"helper\": \"x\", \"timeout\": \"0\"}}}}",
+             "credentials.timeout", "helper timeout 0");
+    load_bad("private.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"https://r.io\", \"private\": 1}}}",
+             "registries.r.io.private", "private not a boolean");
+    load_bad("cp1.json", "{\"credential_providers\": {\"config\": \"/nonexistent/cp.yaml\"}}",
+             "credential_providers.config", "provider config not readable");
+    load_bad("cp3.json", "{\"credential_providers\": {\"cfg\": \"x\"}}",
+             "credential_providers.cfg: unknown key", "provider unknown key");
+
+    yaml = write_file("cp.yaml", "apiVersion: kubelet.config.k8s.io/v1\n");
+    snprintf(text, sizeof(text),
+             "{\"credential_providers\": {\"config\": \"%s\", \"bin_dir\": \"/bin\", "
+             "\"timeout\": \"5s\"}}",
+             yaml);
+    f = write_file("cp4.json", text);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "-c", (char *)f, NULL);
+    ok(rc == 0 && strcmp(cfg.cred_provider_config, yaml) == 0 &&
+           strcmp(cfg.cred_provider_bin_dir, "/bin") == 0 && cfg.cred_provider_timeout_ms == 5000,
+       "credential_providers: config, bin_dir, timeout (%s)", err);
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--image-credential-provider-config",
+              (char *)yaml, "--image-credential-provider-bin-dir", "/usr/libexec/kubernetes", NULL);
+    ok(rc == 0 && strcmp(cfg.cred_provider_config, yaml) == 0 &&
+           strcmp(cfg.cred_provider_bin_dir, "/usr/libexec/kubernetes") == 0,
+       "the kubelet's flag names (%s)", err);
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--image-credential-provider-config",
+              (char *)yaml, NULL);
+    ok(rc == UV_EINVAL && strstr(err, "credential_providers"), "config without bin_dir: %s", err);
+    rgm_config_free(&cfg);
+    f = write_file("cp5.json", "{\"credential_providers\": {\"timeout\": \"2m\"}}");
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "-c", (char *)f, NULL);
+    ok(rc == UV_EINVAL && strstr(err, "credential_providers.timeout"),
+       "provider timeout over the kubelet's 1m: %s", err);
+    rgm_config_free(&cfg);
+}
+
 static void test_parse_args(void)
 {
     const char *a, *b, *bad;
@@ -1113,6 +1189,53 @@ static void test_describe(void)
     free(buf);
 }
 
+/* Issue 12's failure keys: per registry, the top level's when unset (null or absent). */
+static void test_failure_keys(void)
+{
+    rgm_config_t cfg;
+    rgm_registry_cfg_t zero;
+    const rgm_registry_cfg_t *a, *b;
+    char err[512];
+    const char *path;
+    int rc;
+
+    rgm_config_init(&cfg);
+    a = rgm_config_registry(&cfg, "docker.io");
+    ok(a && rgm_config_max_stale(&cfg, a) == UINT64_MAX, "default max_stale: no bound");
+    ok(a && rgm_config_negative_ttl(&cfg, a) == 10000, "default negative_ttl: 10 s");
+    ok(a && rgm_config_ratelimit_reserve(&cfg, a) == 10, "default ratelimit_reserve: 10");
+    ok(a && rgm_config_stale_on_not_found(&cfg, a) == 0, "default stale_on_not_found: false");
+    path =
+        write_file("failure.json",
+                   "{\"max_stale\": \"5m\", \"negative_ttl\": \"0\", \"stale_on_not_found\": true,"
+                   " \"ratelimit_reserve\": 3, \"registries\": {"
+                   " \"a.test\": {\"endpoint\": \"http://a\", \"max_stale\": \"0\","
+                   "  \"negative_ttl\": \"30s\", \"stale_on_not_found\": false,"
+                   "  \"ratelimit_reserve\": 0},"
+                   " \"b.test\": {\"endpoint\": \"http://b\", \"max_stale\": null}},"
+                   " \"default_registry\": \"a.test\"}");
+    rc = rgm_config_load_file(&cfg, path, err, sizeof(err));
+    is_int(rc, 0, "failure keys load (%s)", err);
+    a = rgm_config_registry(&cfg, "a.test");
+    b = rgm_config_registry(&cfg, "b.test");
+    ok(a && rgm_config_max_stale(&cfg, a) == 0, "a registry's \"0\": never stale");
+    ok(a && rgm_config_negative_ttl(&cfg, a) == 30000, "a registry's own negative_ttl");
+    ok(a && rgm_config_stale_on_not_found(&cfg, a) == 0, "a registry's false beats the top's true");
+    ok(a && rgm_config_ratelimit_reserve(&cfg, a) == 0, "a registry's reserve 0");
+    ok(b && rgm_config_max_stale(&cfg, b) == 300000, "null: the top level's max_stale");
+    ok(b && rgm_config_negative_ttl(&cfg, b) == 0, "absent: the top level's negative_ttl \"0\"");
+    ok(b && rgm_config_stale_on_not_found(&cfg, b) == 1, "absent: the top level's true");
+    ok(b && rgm_config_ratelimit_reserve(&cfg, b) == 3, "absent: the top level's reserve");
+    memset(&zero, 0, sizeof(zero));
+    ok(rgm_config_max_stale(&cfg, &zero) == 300000, "a zeroed registry inherits everything");
+    rgm_config_free(&cfg);
+    load_bad("fk1.json", "{\"max_stale\": \"5x\"}", "max_stale", "max_stale: bad duration");
+    load_bad("fk2.json", "{\"ratelimit_reserve\": -1}", "ratelimit_reserve", "reserve: negative");
+    load_bad("fk3.json", "{\"stale_on_not_found\": \"yes\"}", "stale_on_not_found",
+             "stale_on_not_found: not a boolean");
+    load_bad("fk4.json", "{\"negative_ttl\": null}", "negative_ttl", "top negative_ttl: null");
+}
+
 int main(void)
 {
     if (!mkdtemp(tmpdir)) {
@@ -1131,10 +1254,12 @@ int main(void)
     test_nulls_and_hints();
     test_copy();
     test_parse_args();
+    test_cred_keys();
     test_cluster();
     test_endpoint_list();
     test_dump();
     test_describe();
+    test_failure_keys();
     cleanup();
     return tap_done();
 }

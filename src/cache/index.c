@@ -138,7 +138,7 @@ static void referrers_close(rgm_index_t *idx);
 static int db_fail(rgm_index_t *idx, const char *what)
 {
     rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, sqlite3_errmsg(idx->db));
-    return UV_EIO;
+    return sqlite3_errcode(idx->db) == SQLITE_FULL ? UV_ENOSPC : UV_EIO; /* full disk */
 }
 
 /* Reset a statement for reuse; its error was already reported by step. */

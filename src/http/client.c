@@ -94,9 +94,26 @@ void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value)
         r->has_bad_header = 1; /* refused at start: a CR or LF would inject headers */
         return;
     }
-    if (rgm_strcaseeq(name, "Host") || rgm_strcaseeq(name, "Connection"))
+    /* The framing is the client's: Content-Length comes with rgm_upreq_set_body. */
+    if (rgm_strcaseeq(name, "Host") || rgm_strcaseeq(name, "Connection") ||
+        rgm_strcaseeq(name, "Content-Length") || rgm_strcaseeq(name, "Transfer-Encoding"))
         return;
     rgm_uphead_add(&r->hdrs, name, value);
+}
+
+void rgm_upreq_set_body(rgm_upreq_t *r, const char *content_type, const void *data, size_t len)
+{
+    if (r->body)
+        explicit_bzero(r->body, r->body_len);
+    RGM_FREE(r->body);
+    r->body = rgm_malloc(len ? len : 1);
+    if (len > 0)
+        memcpy(r->body, data, len);
+    r->body_len = len;
+    r->has_body = 1;
+    rgm_uphead_remove(&r->hdrs, "Content-Type");
+    if (content_type)
+        rgm_upreq_add_header(r, "Content-Type", content_type);
 }
 
 void rgm_upreq_set_max_redirects(rgm_upreq_t *r, unsigned max)

@@ -52,8 +52,18 @@ void rgm_client_close(rgm_client_t *c, void (*cb)(void *ud), void *ud);
 rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
                            const rgm_tls_opts_t *tls);
 /* Add a request header (copied). Host, Connection, Accept-Encoding: identity and User-Agent are
- * added by the client. */
+ * added by the client; a Host, Connection, Content-Length or Transfer-Encoding given here is
+ * ignored. */
 void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value);
+/* Send len bytes of data as the request body (copied), with Content-Type content_type (NULL:
+ * none) and a Content-Length, never chunked; a second call replaces the first. The body goes
+ * out again whenever the request does: on the one retry after a reused keep-alive connection
+ * died before answering (so a request with a body counts as idempotent, like a GET: use it for
+ * requests that are, such as an OAuth2 token request) and on a 307 or 308 redirect. A 303, and
+ * a 301 or 302 of a POST, turn it into a GET without the body. The body may hold a secret, so
+ * it never follows a redirect to another origin: a 307 or 308 there ends the request with
+ * UV_EPERM. A CR or LF in content_type makes rgm_upreq_start refuse the request (UV_EINVAL). */
+void rgm_upreq_set_body(rgm_upreq_t *r, const char *content_type, const void *data, size_t len);
 /* Follow at most max redirects (301, 302, 303, 307, 308; default 5; 0 = return them). On a
  * redirect to another origin (scheme, host or port differ) the Authorization header is dropped
  * and never sent again for this request. */

@@ -41,6 +41,9 @@ struct rgm_upreq {
     int insecure;
     struct uphdr_list hdrs;
     int has_bad_header;
+    char *body; /* rgm_upreq_set_body's copy (may hold a secret: wiped when freed) */
+    size_t body_len;
+    int has_body;
     unsigned max_redirects;
     unsigned n_redirects;
     rgm_upreq_cbs_t cbs;

@@ -1,7 +1,8 @@
 /* GET/HEAD /v2/<name>/blobs/<digest>: cached blobs from the store (Range, sendfile); misses
  * become one job per digest that fetches from upstream into a cache fetch (the temp file is
  * the buffer) while every client streams from that file at its own pace. Lost upstream
- * connections resume with Range. */
+ * connections resume with Range, and so does a partial kept across a restart. When the store
+ * cannot take the bytes, clients are served from the fetch's memory window, uncached. */
 #include "registry/blobs.h"
 
 #include <uv.h>
@@ -11,11 +12,14 @@
 #include "core/common.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "cache/gc.h"
 
 #define RESUME_MAX     4
 #define RESUME_BASE_MS 200
 
-enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_BODY, JOB_ENDED };
+/* JOB_RESUME: a partial kept across a restart is being re-hashed, then asked for with Range;
+ * like JOB_HEAD, clients wait for the upstream's first answer (the access rule). */
+enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_RESUME, JOB_BODY, JOB_ENDED };
 
 struct bjob {
     struct rq_env *r;
@@ -201,29 +205,42 @@ static void on_reader_sent(rgm_req_t *req, int status, void *ud)
         reader_end(q, 0, "file read error");
         return;
     }
+    if (q->rd)
+        rgm_fetch_reader_at(q->rd, q->off);
     pump(q);
 }
 
+/* Send what the fetch has for q now: from its file (sendfile), or from its memory window when
+ * the store could not take the bytes (copied). */
 static void pump(struct rq *q)
 {
     rgm_fetch_t *f;
     enum rgm_fetch_state st;
-    uint64_t lim;
+    const char *data = NULL;
+    size_t n = 0;
+    int rc;
     int err;
 
     if (q->is_sending || !q->rd || !q->req)
         return;
     f = rgm_fetch_reader_fetch(q->rd);
     st = rgm_fetch_state(f);
-    lim = rgm_fetch_readable(f);
-    if (lim > q->end)
-        lim = q->end;
-    if (q->off < lim) {
-        uint64_t n = lim - q->off;
-
+    rc = q->off < q->end ? rgm_fetch_peek(q->rd, q->off, &data, &n) : 1;
+    if (rc < 0) {
+        reader_end(q, 0,
+                   st == RGM_FETCH_FAILED ? "upstream fetch failed"
+                                          : "fell behind the fetch's memory window");
+        return;
+    }
+    if (n > q->end - q->off)
+        n = (size_t)(q->end - q->off);
+    if (n > 0) {
         q->is_sending = 1;
         rq_count_bytes(q, n);
-        err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
+        if (rc == 1)
+            err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
+        else
+            err = rgm_resp_write(q->req, data, n, on_reader_sent, q);
         if (err < 0) {
             q->is_sending = 0;
             reader_end(q, 0, "sendfile failed");
@@ -259,6 +276,7 @@ static void attach(struct rq *q, struct bjob *job)
         reader_end(q, 1, NULL);
         return;
     }
+    rgm_fetch_reader_at(q->rd, q->off);
     pump(q);
 }
 
@@ -312,8 +330,9 @@ static struct bjob *find_job(struct rq_env *r, const char *digest)
     struct bjob *j;
 
     for (j = r->bjobs; j; j = j->next)
-        if (j->is_listed && strcmp(j->digest, digest) == 0)
-            return j;
+        if (j->is_listed && strcmp(j->digest, digest) == 0 &&
+            !(j->fetch && rgm_fetch_is_nofile(j->fetch)))
+            return j; /* a fetch without its file takes no one new: they get their own */
     return NULL;
 }
 
@@ -426,22 +445,32 @@ static void on_fetch_done(rgm_fetch_t *f, int status, void *ud)
     struct bjob *job = ud;
     struct rq_env *r = job->r;
     rgm_index_object_t obj;
+    int err;
 
-    (void)f;
     job->fetch_live = 0;
     job->state = JOB_ENDED;
     unlist(job);
-    if (status == 0) {
+    if (status == 0 && !rgm_fetch_is_stored(f)) {
+        rgm_log(RGM_LOG_INFO, "blobs",
+                "served %s (%" PRIu64 " bytes) from %s/%s without caching it (store error)",
+                job->digest, rgm_fetch_written(f), job->reg->name, job->repo);
+    } else if (status == 0) {
         r->m.fetches_done++;
         memset(&obj, 0, sizeof(obj));
         snprintf(obj.digest, sizeof(obj.digest), "%s", job->digest);
         obj.size = rgm_fetch_written(job->fetch);
         obj.kind = RGM_OBJ_BLOB;
         snprintf(obj.media_type, sizeof(obj.media_type), "application/octet-stream");
-        if (rgm_index_put_object(r->index, &obj) < 0 ||
-            rgm_index_add_origin(r->index, job->digest, job->reg->name, job->repo,
-                                 !job->is_private) < 0)
-            rgm_log(RGM_LOG_ERROR, "blobs", "cannot index %s", job->digest);
+        err = rgm_index_put_object(r->index, &obj);
+        if (err == 0)
+            err = rgm_index_add_origin(r->index, job->digest, job->reg->name, job->repo,
+                                       !job->is_private);
+        if (err < 0) {
+            /* Only this row is lost: the file is re-indexed or re-fetched later. */
+            rgm_store_count_error(r->store, RGM_STORE_OP_INDEX, err);
+            rgm_log(RGM_LOG_WARN, "blobs", "cannot index %s: %s (%s)", job->digest,
+                    uv_strerror(err), rgm_store_errno_name(err));
+        }
         rgm_log(RGM_LOG_INFO, "blobs", "cached %s (%" PRIu64 " bytes) from %s/%s", job->digest,
                 obj.size, job->reg->name, job->repo);
     } else if (status == UV_EINVAL) {
@@ -479,6 +508,51 @@ static void on_appended(rgm_fetch_t *f, int status, void *ud)
     maybe_free(job);
 }
 
+/* "bytes <from>-<last>/<total>" with from and total as expected. */
+static int is_content_range(const char *cr, uint64_t from, uint64_t total)
+{
+    char want[64];
+    const char *slash;
+    uint64_t t = 0;
+
+    snprintf(want, sizeof(want), "bytes %" PRIu64 "-", from);
+    if (!cr || strncmp(cr, want, strlen(want)) != 0)
+        return 0;
+    slash = strchr(cr, '/');
+    return slash && rgm_parse_uint(slash + 1, UINT64_MAX, &t) == 0 && t == total;
+}
+
+/* The first answer for a partial kept across a restart: 206 from where its prefix ends (or
+ * 200, whose first bytes are skipped) for a blob of the sidecar's size. Then the waiters join
+ * as after a first 200. Another status goes to the waiters, and the partial is kept for a
+ * later try. */
+static int on_resumed_head(struct bjob *job, rgm_upcall_t *c, int status)
+{
+    uint64_t w = rgm_fetch_written(job->fetch);
+    uint64_t size = rgm_fetch_size(job->fetch);
+    int64_t len = rgm_upcall_content_length(c);
+    struct rq *q;
+
+    if (status != 200 && status != 206) {
+        job->state = JOB_ENDED;
+        fail_waiters(job, status, c, 0);
+        rgm_fetch_suspend(job->fetch);
+        return 0; /* the (small) error body is read and dropped: the connection is reused */
+    }
+    if (status == 206 && !is_content_range(rgm_upcall_header(c, "Content-Range"), w, size))
+        return UV_EPROTO;
+    if (status == 200 && len >= 0 && (uint64_t)len != size)
+        return UV_EPROTO;
+    job->skip = status == 200 ? w : 0;
+    job->state = JOB_BODY;
+    job->is_private = rgm_upcall_used_client_auth(c);
+    rgm_log(RGM_LOG_INFO, "blobs", "resumed %s from %s/%s at %" PRIu64 " bytes (%d)", job->digest,
+            job->reg->name, job->repo, w, status);
+    while ((q = take_waiter(job)) != NULL)
+        attach_checked(q, job);
+    return 0;
+}
+
 static int on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct bjob *job = ud;
@@ -489,6 +563,8 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     struct rq *q;
     int err;
 
+    if (job->state == JOB_RESUME)
+        return on_resumed_head(job, c, status);
     if (job->state == JOB_BODY) {
         /* A resume. 206 must start where we are; 200 restarts: skip what we have. */
         uint64_t w = rgm_fetch_written(job->fetch);
@@ -527,6 +603,7 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     }
     if (len >= 0)
         rgm_fetch_set_size(job->fetch, (uint64_t)len);
+    rgm_fetch_set_origin(job->fetch, job->reg->name, job->repo);
     while ((q = take_waiter(job)) != NULL)
         attach_checked(q, job);
     return 0;
@@ -572,7 +649,7 @@ static void on_resume_timer(uv_timer_t *t)
     close_timer(job);
     if (job->r->is_stopping || !job->fetch) {
         if (job->fetch)
-            rgm_fetch_fail(job->fetch, UV_ECANCELED);
+            rgm_fetch_suspend(job->fetch);
         return;
     }
     start_call(job);
@@ -586,6 +663,18 @@ static void on_done(rgm_upcall_t *c, int err, void *ud)
 
     (void)c;
     job->call = NULL;
+    if (job->state == JOB_RESUME && job->fetch) {
+        /* No usable first answer for a kept partial: keep it for a later try, unless the
+         * upstream disagreed about the blob. */
+        fail_waiters(job, 0, NULL, err ? err : UV_EPROTO);
+        release_slot(job);
+        if (err == UV_EPROTO)
+            rgm_fetch_fail(job->fetch, err);
+        else
+            rgm_fetch_suspend(job->fetch);
+        maybe_free(job);
+        return;
+    }
     if (job->state != JOB_BODY || !job->fetch) {
         job->state = JOB_ENDED;
         fail_waiters(job, 0, NULL, err ? err : UV_EPROTO);
@@ -623,7 +712,9 @@ static void on_done(rgm_upcall_t *c, int err, void *ud)
     }
     job->r->m.upstream_errors++;
     release_slot(job);
-    if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
+    if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING && job->r->is_stopping)
+        rgm_fetch_suspend(job->fetch); /* a restart resumes it */
+    else if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
         rgm_fetch_fail(job->fetch, err);
     maybe_free(job);
 }
@@ -646,7 +737,7 @@ static void start_call(struct bjob *job)
     o.client_auth_first = job->reg->is_mirror;
     if (job->state == JOB_HEAD && job->fill_url[0])
         o.fill_url = job->fill_url; /* a resume goes to the registry */
-    if (job->state == JOB_BODY) {
+    if (job->state == JOB_BODY || job->state == JOB_RESUME) {
         o.range_from = rgm_fetch_written(job->fetch);
         /* A private fetch resumes with the credentials that started it. */
         o.client_auth_first = o.client_auth_first || job->is_private;
@@ -655,7 +746,9 @@ static void start_call(struct bjob *job)
     err = rgm_upcall_start(job->r->up, &o, &job_cbs, job, &job->call);
     if (err < 0) {
         job->call = NULL;
-        if (job->state == JOB_BODY) {
+        if (job->state == JOB_BODY || job->state == JOB_RESUME) {
+            if (job->state == JOB_RESUME)
+                fail_waiters(job, 0, NULL, err);
             release_slot(job);
             rgm_fetch_fail(job->fetch, err);
         } else {
@@ -669,13 +762,64 @@ static void start_call(struct bjob *job)
     job->r->m.upstream_requests++;
 }
 
+/* The kept partial's prefix was re-hashed (rgm_fetch_resume's ready): ask for the rest. */
+static void on_resume_ready(rgm_fetch_t *f, int status, void *ud)
+{
+    struct bjob *job = ud;
+
+    (void)f;
+    job->append_pending = 0;
+    if (status < 0 || job->r->is_stopping) {
+        fail_waiters(job, 0, NULL, status < 0 ? status : UV_ECANCELED);
+        release_slot(job);
+        if (status == 0)
+            rgm_fetch_suspend(job->fetch);
+        maybe_free(job);
+        return;
+    }
+    start_call(job);
+}
+
 static void on_slot(rgm_slot_wait_t *w)
 {
     struct bjob *job = rgm_container_of(w, struct bjob, slot);
+    struct rq_env *r = job->r;
 
     job->has_slot = 1;
+    if (rgm_fetch_resume(r->fetches, job->digest, on_fetch_done, job, on_resume_ready, job,
+                         &job->fetch) == 0) {
+        r->m.fetches_started++;
+        job->state = JOB_RESUME;
+        job->fetch_live = 1;
+        job->append_pending = 1; /* until on_resume_ready */
+        return;
+    }
+    job->fetch = NULL;
     job->state = JOB_HEAD;
     start_call(job);
+}
+
+/* A store write failed: before its one retry, an eviction round at once. The disk filled up
+ * before max_cache_bytes did, so evict as if the cache were over a limit 10 % below its size
+ * (one batch: at most RGM_GC_BATCH objects). Nothing without max_cache_bytes. */
+static void evict_now(void *ud)
+{
+    struct rq_env *r = ud;
+    uint64_t objects = 0;
+    uint64_t bytes = 0;
+    uint64_t freed = 0;
+    uint64_t max;
+    int rc;
+
+    if (r->cfg->max_cache_bytes == 0 || rgm_index_stats(r->index, &objects, &bytes) < 0 ||
+        bytes == 0)
+        return;
+    max = bytes - 1 < r->cfg->max_cache_bytes ? bytes - 1 : r->cfg->max_cache_bytes;
+    objects = 0;
+    rc = rgm_gc_step(r->index, r->store, max, max / 10 * 9, &freed, &objects);
+    rgm_log(RGM_LOG_INFO, "blobs",
+            "store write failed: evicted %" PRIu64 " objects (%" PRIu64 " bytes) at once%s",
+            objects, freed, rc < 0 ? " (index error)" : "");
 }
 
 static void start_job(struct rq *q)
@@ -698,6 +842,7 @@ static void start_job(struct rq *q)
     q->job = job;
     job->slot.reg = q->reg;
     job->slot.on_slot = on_slot;
+    rgm_fetches_set_evict(r->fetches, evict_now, r); /* the same r every time: idempotent */
     rgm_upstream_slot_acquire(r->up, &job->slot);
 }
 
@@ -866,7 +1011,7 @@ void blobs_shutdown(struct rq_env *r)
             uv_timer_stop(&job->timer);
             close_timer(job);
             if (job->fetch && rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
-                rgm_fetch_fail(job->fetch, UV_ECANCELED);
+                rgm_fetch_suspend(job->fetch);
         }
     }
 }

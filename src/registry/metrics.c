@@ -23,6 +23,20 @@ int metrics_cache_idx(const char *status)
 
 /* ---- health and metrics ---- */
 
+struct store_errors {
+    rgm_buf_t *b;
+    int err;
+};
+
+static void on_store_error(const char *op, const char *error, uint64_t count, void *ud)
+{
+    struct store_errors *se = ud;
+
+    se->err |=
+        rgm_buf_appendf(se->b, "regmirror_store_errors_total{op=\"%s\",error=\"%s\"} %" PRIu64 "\n",
+                        op, error, count);
+}
+
 static void metric(rgm_buf_t *b, const char *name, const char *type, const char *help)
 {
     if (rgm_buf_appendf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type) < 0)
@@ -106,6 +120,7 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
     static const char *const routes[] = {"other", "manifest", "blob", "tags", "health"};
     static const char *const classes[] = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"};
     const struct metrics *m = &r->m;
+    struct store_errors se;
     uint64_t objects = 0;
     uint64_t bytes = 0;
     rgm_buf_t b;
@@ -182,6 +197,13 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
     SIMPLE("regmirror_cache_max_bytes", "gauge", "Cache size limit (max_cache_bytes); 0: none.",
            r->cfg->max_cache_bytes);
 #undef SIMPLE
+    metric(&b, "regmirror_store_errors_total", "counter",
+           "Store errors (the blob was served uncached, or its index row lost), by operation "
+           "and errno name (non-zero series).");
+    se.b = &b;
+    se.err = 0;
+    rgm_store_errors_each(r->store, on_store_error, &se);
+    err |= se.err;
     if (rgm_upstream_metrics(r->up, &b) < 0 || cluster_metrics(r, &b) < 0)
         err = -1;
     if (err < 0) {

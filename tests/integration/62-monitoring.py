@@ -225,7 +225,8 @@ t.is_((fresh.value("regmirror_cache_max_bytes"), fresh_unlimited.value("regmirro
       (float(MAX_BYTES), 0.0), "regmirror_cache_max_bytes: the limit, 0 when unlimited")
 empty = sorted(f for f in fresh.families() if not any(n == f for (n, _) in fresh.samples))
 t.ok(set(empty) <= {"regmirror_upstream_ratelimit_remaining", "regmirror_upstream_ratelimit_limit",
-                    "regmirror_http_requests_total", "regmirror_credential_errors_total"},
+                    "regmirror_http_requests_total", "regmirror_credential_errors_total",
+                    "regmirror_store_errors_total"},
      "fresh start: only the families whose series appear with traffic have no sample yet",
      diag=empty)
 
@@ -309,7 +310,7 @@ t.is_(pulled.value("regmirror_cache_requests_total", cache="HIT"), 2.0,
 
 probes = {
     "misspelled metric": 'rate(regmiror_joins_total[5m])',
-    "metric not exported": "regmirror_store_errors_total",
+    "metric not exported": "regmirror_never_exported_total",
     "wrong label value": 'regmirror_served_bytes_total{cache="hit"}',
     "label the metric lacks": 'regmirror_joins_total{registry="docker.io"}',
     "grouping by a missing label": "sum by (route) (rate(regmirror_served_bytes_total[5m]))",

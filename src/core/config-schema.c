@@ -271,7 +271,6 @@ static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *
     return 0;
 }
 
-
 static int finish_tls(const rgm_cfgval_ctx_t *c, const char *key, void *base)
 {
     const rgm_config_t *cfg = base;

@@ -223,17 +223,7 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
 
 /* ---- the command line ---- */
 
-enum flag_kind {
-    F_CONFIG,
-    F_LIST,
-    F_STRING,
-    F_FILE,
-    F_REGISTRY,
-    F_SIZE,
-    F_TRUE,
-    F_LEVEL,
-    F_HELP
-};
+enum flag_kind { F_CONFIG, F_LIST, F_STRING, F_FILE, F_REGISTRY, F_SIZE, F_TRUE, F_LEVEL, F_HELP };
 
 /* serve's flags. Each sets its member as it is: whether the value makes sense is
  * rgm_config_validate's question, as it is for the file's values. */

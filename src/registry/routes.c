@@ -172,7 +172,7 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
     if (path[0] != '/' || (strncmp(path, "/v2", 3) != 0 || (path[3] != '\0' && path[3] != '/'))) {
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "no such route", RGM_V2_HDR);
+        rgm_resp_error(req, 404, "UNSUPPORTED", "no such route", RGM_V2_HDR);
         return;
     }
     if (m != RGM_M_GET && m != RGM_M_HEAD) {
@@ -217,6 +217,6 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
         referrers_handle(q);
         break;
     default:
-        rq_error(q, 404, "NOT_FOUND", "no such route", NULL);
+        rq_error(q, 404, "UNSUPPORTED", "no such route", NULL);
     }
 }

@@ -349,8 +349,8 @@ static void answer_schema1(struct mjob *j)
 {
     struct rq *q;
 
-    rgm_log(RGM_LOG_INFO, "manifests", "refused schema 1 manifest %s/%s:%s", j->reg->name,
-            j->repo, j->ref);
+    rgm_log(RGM_LOG_INFO, "manifests", "refused schema 1 manifest %s/%s:%s", j->reg->name, j->repo,
+            j->ref);
     j->is_answered = 1;
     while ((q = take_waiter(j)) != NULL)
         refuse_schema1(q);

@@ -5,7 +5,9 @@
  * this file reads small files synchronously and runs at startup, before the loop. */
 #include "core/config.h"
 
+#include <errno.h>
 #include <getopt.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <uv.h>
@@ -130,6 +132,15 @@ int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen)
             return rgm_cfgval_fail(&c, "listen", "bad address \"%.200s\" (use HOST:PORT)",
                                    cfg->listen[i]);
     }
+    for (i = 0; i < cfg->health_listen_len; i++) {
+        if (rgm_parse_hostport(cfg->health_listen[i], host, sizeof(host), &port) < 0)
+            return rgm_cfgval_fail(&c, "health_listen", "bad address \"%.200s\" (use HOST:PORT)",
+                                   cfg->health_listen[i]);
+    }
+    if (!cfg->tls_cert_file != !cfg->tls_key_file)
+        return rgm_cfgval_fail(&c, "tls", "cert_file and key_file go together");
+    if (cfg->tls_client_ca_file && !cfg->tls_cert_file)
+        return rgm_cfgval_fail(&c, "tls", "client_ca_file needs cert_file and key_file");
     if (!cfg->storage || !*cfg->storage)
         return rgm_cfgval_fail(&c, "storage", "no storage directory");
     if (cfg->max_parallel_fetches == 0)
@@ -171,7 +182,18 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
 
 /* ---- the command line ---- */
 
-enum flag_kind { F_CONFIG, F_LISTEN, F_STRING, F_REGISTRY, F_SIZE, F_TRUE, F_LEVEL, F_HELP };
+enum flag_kind {
+    F_CONFIG,
+    F_LISTEN,
+    F_HEALTH_LISTEN,
+    F_STRING,
+    F_FILE,
+    F_REGISTRY,
+    F_SIZE,
+    F_TRUE,
+    F_LEVEL,
+    F_HELP
+};
 
 /* serve's flags. Each sets its member as it is: whether the value makes sense is
  * rgm_config_validate's question, as it is for the file's values. */
@@ -192,6 +214,10 @@ static const struct flag flags[] = {
     {"allow-any-registry", 0, F_TRUE, offsetof(rgm_config_t, allow_any_registry)},
     {"log-level", 0, F_LEVEL, offsetof(rgm_config_t, log_level)},
     {"log-file", 0, F_STRING, offsetof(rgm_config_t, log_file)},
+    {"tls-cert", 0, F_FILE, offsetof(rgm_config_t, tls_cert_file)},
+    {"tls-key", 0, F_FILE, offsetof(rgm_config_t, tls_key_file)},
+    {"tls-client-ca", 0, F_FILE, offsetof(rgm_config_t, tls_client_ca_file)},
+    {"health-listen", 0, F_HEALTH_LISTEN, 0},
     {"image-credential-provider-config", 0, F_STRING, offsetof(rgm_config_t, cred_provider_config)},
     {"image-credential-provider-bin-dir", 0, F_STRING,
      offsetof(rgm_config_t, cred_provider_bin_dir)},
@@ -232,7 +258,22 @@ static const struct flag *flag_of(int val)
     return NULL;
 }
 
-/* One flag over cfg; *n_listen counts --listen so far. 0, 1 for --help, or UV_EINVAL. */
+/* Add arg to a list of strings; the first time (*n == 0) it replaces the config's list. */
+static void list_flag(char ***list, size_t *len, int *n, const char *arg)
+{
+    size_t i;
+
+    if ((*n)++ == 0) {
+        for (i = 0; i < *len; i++)
+            free((*list)[i]);
+        *len = 0;
+    }
+    *list = rgm_realloc(*list, (*len + 1) * sizeof(char *));
+    (*list)[(*len)++] = rgm_strdup(arg);
+}
+
+/* One flag over cfg; n_listen[0] counts --listen so far, n_listen[1] --health-listen. 0, 1 for
+ * --help, or UV_EINVAL. */
 static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, int *n_listen,
                       char *err, size_t errlen)
 {
@@ -240,7 +281,6 @@ static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, 
     char msg[512];
     uint64_t size = 0;
     int level;
-    size_t i;
 
     switch (f->kind) {
     case F_CONFIG: /* read by the first pass */
@@ -248,13 +288,19 @@ static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, 
     case F_HELP:
         return 1;
     case F_LISTEN:
-        if ((*n_listen)++ == 0) { /* the first one replaces the config's list */
-            for (i = 0; i < cfg->listen_len; i++)
-                free(cfg->listen[i]);
-            cfg->listen_len = 0;
+        list_flag(&cfg->listen, &cfg->listen_len, &n_listen[0], arg);
+        return 0;
+    case F_HEALTH_LISTEN:
+        list_flag(&cfg->health_listen, &cfg->health_listen_len, &n_listen[1], arg);
+        return 0;
+    case F_FILE:
+        if (access(arg, R_OK) < 0) {
+            snprintf(err, errlen, "--%s: cannot read \"%.200s\": %s", f->name, arg,
+                     strerror(errno));
+            return UV_EINVAL;
         }
-        cfg->listen = rgm_realloc(cfg->listen, (cfg->listen_len + 1) * sizeof(char *));
-        cfg->listen[cfg->listen_len++] = rgm_strdup(arg);
+        free(*(char **)(void *)member);
+        *(char **)(void *)member = rgm_strdup(arg);
         return 0;
     case F_STRING:
         free(*(char **)(void *)member);
@@ -293,7 +339,8 @@ int rgm_config_parse_args(rgm_config_t *cfg, int argc, char **argv, int max_file
     struct option opts[RGM_ARRAY_SIZE(flags) + 1];
     char shorts[2 * RGM_ARRAY_SIZE(flags) + 1];
     const struct flag *f;
-    int c, rc, files = 0, n_listen = 0;
+    int c, rc, files = 0;
+    int n_listen[2] = {0, 0};
 
     RGM_BUG_ON(errlen == 0);
     err[0] = '\0';
@@ -316,7 +363,7 @@ int rgm_config_parse_args(rgm_config_t *cfg, int argc, char **argv, int max_file
         f = flag_of(c);
         if (!f) /* getopt said what is wrong */
             return UV_EINVAL;
-        rc = apply_flag(cfg, f, optarg, &n_listen, err, errlen);
+        rc = apply_flag(cfg, f, optarg, n_listen, err, errlen);
         if (rc != 0)
             return rc;
     }

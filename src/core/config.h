@@ -13,6 +13,8 @@ typedef struct rgm_registry_cfg {
     uint64_t tag_ttl_ms; /* tag_ttl, default 60 s */
     char *ca_file;       /* NULL: system CAs */
     int insecure_skip_verify;
+    char *client_cert_file; /* presented to an https endpoint (mutual TLS); with client_key_file */
+    char *client_key_file;
     int is_mirror;                 /* "mirror": true — the endpoint is another regmirror */
     unsigned max_parallel_fetches; /* 0: only the global limit */
     char *username;                /* credentials.username */
@@ -29,15 +31,38 @@ typedef struct rgm_registry_cfg {
     char *cred_helper;         /* credentials.helper: docker-credential-NAME, or a path */
     uint64_t cred_lifetime_ms; /* credentials.lifetime: a helper's answer is kept (5 m) */
     uint64_t cred_timeout_ms;  /* credentials.timeout: a helper run's deadline (10 s) */
-    int is_private; /* "private": true — content fetched with the mirror's own identity is
-                     * still subject to the access rule */
+    int is_private;    /* "private": true — content fetched with the mirror's own identity is
+                        * still subject to the access rule */
+    int is_unlisted;   /* not a config key: made for allow_any_registry, so its host is a client's
+                        * choice and may resolve only to public addresses (no SSRF) */
+    char **repo_allow; /* repositories.allow: globs; none: every repository */
+    size_t repo_allow_len;
+    char **repo_deny; /* repositories.deny: globs, beating allow */
+    size_t repo_deny_len;
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
     char **listen; /* "127.0.0.1:5000" */
     size_t listen_len;
+    char **health_listen; /* plain HTTP, only /healthz, /readyz and /metrics */
+    size_t health_listen_len;
+
+    /* "tls": every listener (not health_listen) serves HTTPS when cert_file is set */
+    char *tls_cert_file; /* PEM, leaf then chain */
+    char *tls_key_file;
+    char *tls_client_ca_file; /* NULL: no client certificate asked for */
+
+    char **allow_clients; /* CIDRs; none: everyone (checked at accept) */
+    size_t allow_clients_len;
+    char **allow_upstream_networks; /* CIDRs an unconfigured registry may resolve to */
+    size_t allow_upstream_networks_len;
+
     char *storage;
     uint64_t max_cache_bytes; /* 0: unlimited */
+    uint64_t orphan_grace_ms; /* a blob no cached manifest references is kept this long */
+    char **pins;              /* "pin": image patterns never evicted */
+    size_t pins_len;
+    char *admin_socket; /* NULL: <storage>/admin.sock */
     char *default_registry;
     int allow_any_registry;
     unsigned max_parallel_fetches;

@@ -160,6 +160,7 @@ static void serve_cached(struct rq *q)
     } else {
         size = q->end;
     }
+    rq_hold_file(q);
     rq_set_cache(q, "HIT");
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
     if (start_body(q, size) < 0)

@@ -252,6 +252,7 @@ static void serve_cached(struct rq *q)
             rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
             return;
         }
+        rq_hold_file(q);
     }
     if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
         rq_set_cache(q, "HIT");
@@ -472,6 +473,8 @@ static void manifest_complete(struct mjob *j)
             (!j->ref_is_digest &&
              rgm_index_put_tag(r->index, j->reg->name, j->repo, j->ref, digest, rgm_time_ms()) < 0))
             rgm_log(RGM_LOG_ERROR, "manifests", "cannot index %s", digest);
+        else if (r->refs && rgm_refs_record(r->refs, digest, j->body.data, j->body.len) < 0)
+            rgm_log(RGM_LOG_ERROR, "manifests", "cannot record the references of %s", digest);
     }
     answer_manifest(j, digest);
 }

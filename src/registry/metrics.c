@@ -134,6 +134,8 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
     err |= se.err;
     if (rgm_upstream_metrics(r->up, &b) < 0)
         err = -1;
+    if (r->srv && rgm_server_metrics(r->srv, &b) < 0)
+        err = -1;
     if (err < 0) {
         rgm_resp_error(req, 500, "UNKNOWN", "metrics too large", NULL);
     } else {

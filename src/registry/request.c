@@ -32,9 +32,19 @@ void rq_release(struct rq *q)
         return;
     if (q->fd >= 0)
         close(q->fd);
+    if (q->held[0])
+        rgm_inuse_release(q->r->inuse, q->held);
     free(q->auth);
     free(q->accept);
     free(q);
+}
+
+void rq_hold_file(struct rq *q)
+{
+    if (!q->r->inuse || q->held[0] || q->fd < 0)
+        return;
+    snprintf(q->held, sizeof(q->held), "%s", q->digest);
+    rgm_inuse_hold(q->r->inuse, q->held);
 }
 
 static void on_req_close(rgm_req_t *req, void *ud)
@@ -189,6 +199,10 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
 
     if (!q->req)
         return;
+    if (status == 0 && err == UV_EPERM) {
+        rq_error(q, 403, "DENIED", "the upstream address is not allowed", NULL);
+        return;
+    }
     if (status == 0) {
         q->r->m.upstream_errors++;
         snprintf(msg, sizeof(msg), "upstream unreachable: %s", uv_strerror(err));

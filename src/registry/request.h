@@ -12,6 +12,8 @@
 #include "cache/store.h"
 #include "cache/index.h"
 #include "cache/fetch.h"
+#include "cache/refs.h"
+#include "cache/inuse.h"
 #include "registry/auth.h"
 #include "registry/reference.h"
 #include "registry/upstream.h"
@@ -33,6 +35,8 @@ struct rq_env {
     rgm_upstream_t *up;
     rgm_server_t *srv;        /* for /metrics (open connections); NULL until set */
     rgm_auth_cache_t *access; /* "credhash|registry|repo" -> "1": upstream accepted */
+    rgm_refs_t *refs;         /* manifests record their references here; NULL: not kept */
+    rgm_inuse_t *inuse;       /* stored files open for responses (eviction skips them) */
     int is_stopping;
     struct metrics m;
     /* Handler state: only the file named touches it. */
@@ -63,7 +67,8 @@ struct rq {
     int is_parked;
     struct rq *next_waiter;
     rgm_fetch_reader_t *rd;
-    int fd; /* cached blob file, or -1 */
+    int fd;                    /* cached blob file, or -1 */
+    char held[RGM_DIGEST_MAX]; /* the digest held in r->inuse while fd is open; "" none */
     uint64_t off;
     uint64_t end; /* exclusive; UINT64_MAX when the size is unknown */
     int is_sending;
@@ -94,6 +99,10 @@ void rq_begin(struct rq *q);
 /* Free q if nothing holds it any more: the client (q->req), an upstream call (q->pending),
  * a fetch reader, a job, or a body being sent. Safe to call after dropping any of those. */
 void rq_release(struct rq *q);
+
+/* q->fd holds q->digest's stored file: eviction leaves that digest alone until q is
+ * released. Idempotent. */
+void rq_hold_file(struct rq *q);
 
 /* ---- answers: each ends the client's part of q (q->req becomes NULL) ---- */
 

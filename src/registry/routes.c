@@ -13,6 +13,7 @@
 #include "registry/metrics.h"
 #include "registry/blobs.h"
 #include "registry/manifests.h"
+#include "registry/filter.h"
 #include "registry/referrers.h"
 
 struct rgm_routes {
@@ -38,7 +39,18 @@ rgm_routes_t *rgm_routes_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_store
     env->up = up;
     env->access = rgm_auth_cache_new(0);
     env->heads = rgm_auth_cache_new(0);
+    env->inuse = rgm_inuse_new();
     return r;
+}
+
+void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs)
+{
+    r->env.refs = refs;
+}
+
+rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r)
+{
+    return r->env.inuse;
 }
 
 void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv)
@@ -55,6 +67,7 @@ void rgm_routes_free(rgm_routes_t *r)
         return;
     rgm_auth_cache_free(r->env.access);
     rgm_auth_cache_free(r->env.heads);
+    rgm_inuse_free(r->env.inuse);
     for (i = 0; i < r->extra_len; i++) {
         free(r->extra[i].name);
         free(r->extra[i].endpoint);
@@ -117,6 +130,7 @@ static const rgm_registry_cfg_t *any_registry(rgm_routes_t *r, const char *name)
     reg->name = rgm_strdup(name);
     reg->endpoint = rgm_strdup(url);
     reg->tag_ttl_ms = 60000;
+    reg->is_unlisted = 1;
     return reg;
 }
 
@@ -155,6 +169,11 @@ static int select_registry(rgm_routes_t *r, struct rq *q)
         rq_error(q, 400, "NAME_INVALID", "invalid repository name", NULL);
         return -1;
     }
+    /* Filters apply to cached content too: a denied repository is not served at all. */
+    if (rgm_filter_check(q->reg, q->repo, msg, sizeof(msg)) != 0) {
+        rq_error(q, 403, "DENIED", msg, NULL);
+        return -1;
+    }
     return 0;
 }
 
@@ -169,6 +188,14 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
     int err;
 
     rgm_req_set_cache_status(req, "MISS");
+    if (rgm_req_is_health(req)) {
+        /* a health_listen address: probes and scrapes only, whatever the path */
+        if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
+            return;
+        rgm_resp_error(req, 404, "NOT_FOUND", "only /healthz, /readyz and /metrics here",
+                       RGM_V2_HDR);
+        return;
+    }
     if (path[0] != '/' || (strncmp(path, "/v2", 3) != 0 || (path[3] != '\0' && path[3] != '/'))) {
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;

@@ -17,6 +17,7 @@
 
 #define TOKEN_BODY_MAX  (64 * 1024)
 #define TOKEN_MARGIN_MS 10000
+#define TOKEN_FORM_MAX  (64 * 1024) /* the refresh_token grant's form (a helper's token: 16 KiB) */
 #define URL_MAX         8192
 
 /* Upstream HTTP requests by status class: 1xx..5xx, then "error" (no response). */
@@ -93,7 +94,8 @@ struct rgm_upcall {
     int no_own;     /* a private registry and a client without credentials: anonymous only */
     int has_own;    /* own_auth is what the identity gave in this call */
     int is_own_cached;
-    char *own_auth; /* "Basic ..." of the mirror's own credentials, or NULL */
+    char *own_auth;    /* "Basic ..." of the mirror's own credentials, or NULL */
+    char *own_refresh; /* or a helper's identity token: the OAuth2 refresh token, or NULL */
     enum step after_own;
     rgm_identity_wait_t *idwait;
     int is_paused;
@@ -196,6 +198,8 @@ static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
 
     t.ca_file = reg->ca_file;
     t.insecure_skip_verify = reg->insecure_skip_verify;
+    t.client_cert_file = reg->client_cert_file;
+    t.client_key_file = reg->client_key_file;
     return t;
 }
 
@@ -207,6 +211,8 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     int err;
 
     c->req = rgm_upreq_new(c->up->client, c->is_proving ? "HEAD" : c->method, c->url, &tls);
+    if (c->req && c->reg->is_unlisted)
+        rgm_upreq_set_net_policy(c->req, RGM_NET_PUBLIC);
     if (!c->req)
         return UV_EINVAL;
     c->is_token_req = 0;
@@ -226,26 +232,53 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     return err;
 }
 
-/* GET <realm>?service=...&scope=... with the mirror's Basic credentials, if any. */
-static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
+/* A new request for the token: the OAuth2 POST of the refresh_token grant to the realm when the
+ * mirror's identity is an identity token (as docker does), else GET <realm>?service=...&scope=...
+ * with the mirror's Basic credentials, if any. NULL when the realm or the scope is unusable. */
+static rgm_upreq_t *new_token_req(rgm_upcall_t *c, const rgm_auth_challenge_t *ch,
+                                  const char *scope)
 {
     char url[URL_MAX];
-    char ours[1024];
     rgm_tls_opts_t tls = tls_of(c->reg);
+    rgm_upreq_t *r;
+    rgm_buf_t form;
+
+    if (!c->own_refresh) {
+        if (rgm_auth_token_url(ch, scope, url, sizeof(url)) < 0)
+            return NULL;
+        r = rgm_upreq_new(c->up->client, "GET", url, &tls);
+        if (r && c->own_auth)
+            rgm_upreq_add_header(r, "Authorization", c->own_auth);
+        return r;
+    }
+    rgm_buf_init(&form, TOKEN_FORM_MAX);
+    r = NULL;
+    if (rgm_auth_token_form(ch, scope, c->own_refresh, &form) == 0)
+        r = rgm_upreq_new(c->up->client, "POST", ch->realm, &tls);
+    if (r)
+        rgm_upreq_set_body(r, "application/x-www-form-urlencoded", form.data, form.len);
+    if (form.data)
+        explicit_bzero(form.data, form.len);
+    rgm_buf_free(&form);
+    return r;
+}
+
+static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
+{
+    char ours[1024];
     int err;
 
     if (rgm_auth_pull_scope(c->repo, ours, sizeof(ours)) < 0)
         return UV_EINVAL;
-    if (rgm_auth_token_url(ch, ch->scope[0] ? ch->scope : ours, url, sizeof(url)) < 0)
-        return UV_EINVAL;
     /* The realm is another origin: never the client's credentials, only the mirror's own. */
-    c->req = rgm_upreq_new(c->up->client, "GET", url, &tls);
+    c->req = new_token_req(c, ch, ch->scope[0] ? ch->scope : ours);
     if (!c->req)
         return UV_EINVAL;
+    /* A realm is named by the registry's answer: no link-local (cloud metadata) even for a
+     * configured one; only public addresses for a host a client chose. */
+    rgm_upreq_set_net_policy(c->req, c->reg->is_unlisted ? RGM_NET_PUBLIC : RGM_NET_NO_LINKLOCAL);
     c->is_token_req = 1;
     rgm_buf_reset(&c->tokbody);
-    if (c->own_auth)
-        rgm_upreq_add_header(c->req, "Authorization", c->own_auth);
     err = rgm_upreq_start(c->req, &req_cbs, c);
     if (err < 0)
         c->req = NULL;
@@ -257,6 +290,9 @@ static void free_own(rgm_upcall_t *c)
     if (c->own_auth)
         explicit_bzero(c->own_auth, strlen(c->own_auth));
     RGM_FREE(c->own_auth);
+    if (c->own_refresh)
+        explicit_bzero(c->own_refresh, strlen(c->own_refresh));
+    RGM_FREE(c->own_refresh);
 }
 
 static void finish(rgm_upcall_t *c, int err)
@@ -461,13 +497,8 @@ static void set_own(rgm_upcall_t *c, const rgm_cred_t *cred, int is_cached)
     if (!cred || !cred->username)
         return;
     if (cred->is_identity_token) {
-        /* An identity token is an OAuth2 refresh token: it needs the token endpoint's POST
-         * grant_type=refresh_token, which http/client cannot send yet. */
-        rgm_log(RGM_LOG_WARN, "upstream",
-                "registry %s: the credential helper gave an identity token (username <token>), "
-                "which needs an OAuth2 POST this build cannot send; going on anonymously",
-                c->reg->name);
-        rgm_identity_count_error(c->up->id, "identity-token", c->reg->name);
+        /* An OAuth2 refresh token, for the realm's refresh_token grant (send_token). */
+        c->own_refresh = rgm_strdup(cred->secret);
         return;
     }
     if (rgm_auth_basic_header(cred->username, cred->secret, hdr, sizeof(hdr)) == 0)
@@ -498,6 +529,11 @@ static int do_own_step(rgm_upcall_t *c, enum step step)
         c->tried_basic = 1;
         return send_main(c, c->own_auth);
     }
+    if (c->own_refresh)
+        rgm_log(RGM_LOG_WARN, "upstream",
+                "registry %s: an identity token is for a token (Bearer) registry, but this one "
+                "asks for Basic: going on without it",
+                c->reg->name);
     /* No credentials after all (anonymous, or the source failed): the refusal stands. */
     if (c->client_auth && !c->tried_client) {
         c->next = STEP_CLIENT;
@@ -588,6 +624,10 @@ static void token_done(rgm_upcall_t *c, int err)
     int status = c->status;
 
     memset(&tok, 0, sizeof(tok));
+    if (err == UV_EPERM) {
+        finish(c, err); /* the realm's address is refused: 403, not a challenge */
+        return;
+    }
     if (err == 0 && status == 200 &&
         rgm_auth_parse_token_response(c->tokbody.data, c->tokbody.len, now, &tok) == 0 &&
         snprintf(bearer, sizeof(bearer), "Bearer %s", tok.token) < (int)sizeof(bearer)) {
@@ -597,8 +637,10 @@ static void token_done(rgm_upcall_t *c, int err)
             rgm_auth_cache_put(c->up->tokens, key, bearer, tok.expires_ms - TOKEN_MARGIN_MS);
         rgm_auth_token_clear(&tok);
         err = send_main(c, bearer);
-    } else if (err == 0 && status == 401 && c->is_own_cached && !c->tried_fresh) {
-        /* Kept helper or plugin credentials refused by the realm: ask it again, once. */
+    } else if (err == 0 && (status == 401 || (status == 400 && c->own_refresh)) &&
+               c->is_own_cached && !c->tried_fresh) {
+        /* Kept helper or plugin credentials refused by the realm (an OAuth2 server answers a
+         * refresh token it does not take with 400 invalid_grant): ask it again, once. */
         rgm_auth_token_clear(&tok);
         c->tried_fresh = 1;
         c->has_own = 0;
@@ -607,8 +649,9 @@ static void token_done(rgm_upcall_t *c, int err)
         err = with_own(c, STEP_TOKEN);
     } else {
         rgm_auth_token_clear(&tok);
-        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request failed (status %d, %s)",
-                c->reg->name, status, err < 0 ? uv_strerror(err) : "refused");
+        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request%s failed (status %d, %s)",
+                c->reg->name, c->own_refresh ? " (OAuth2 refresh_token grant)" : "", status,
+                err < 0 ? uv_strerror(err) : "refused");
         /* The mirror cannot get a token: go on with the client's credentials, or answer the
          * challenge we have. */
         c->status = 401;

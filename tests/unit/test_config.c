@@ -505,9 +505,11 @@ static void check_table(const rgm_cfgtable_t *t)
             good = good && k->size == sizeof(uint64_t);
             break;
         case RGM_CFG_ADDRS:
+        case RGM_CFG_CIDRS:
+        case RGM_CFG_STRINGS:
         case RGM_CFG_REGISTRIES:
             good = good && k->off2 != k->off && k->off2 + sizeof(size_t) <= t->size;
-            good = good && (k->type == RGM_CFG_ADDRS || k->sub);
+            good = good && (k->type != RGM_CFG_REGISTRIES || k->sub);
             break;
         case RGM_CFG_OBJECT:
             good = good && k->sub && k->sub->size == t->size;
@@ -580,7 +582,8 @@ static void test_schema_tables(void)
     ok(json_is_object(regdoc), "conf/regmirror.json documents registries.//NAME");
     check_documented(&rgm_cfgschema_registry, regdoc, "conf/regmirror.json registries.//NAME");
     for (i = 0; i < rgm_cfgschema_registry.len; i++) {
-        if (rgm_cfgschema_registry.keys[i].type == RGM_CFG_OBJECT)
+        if (rgm_cfgschema_registry.keys[i].type == RGM_CFG_OBJECT &&
+            strcmp(rgm_cfgschema_registry.keys[i].name, "credentials") == 0)
             creds = &rgm_cfgschema_registry.keys[i];
     }
     text = json_string_value(json_object_get(regdoc, "//credentials"));

@@ -192,7 +192,7 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
         /* a health_listen address: probes and scrapes only, whatever the path */
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "only /healthz, /readyz and /metrics here",
+        rgm_resp_error(req, 404, "UNSUPPORTED", "only /healthz, /readyz and /metrics here",
                        RGM_V2_HDR);
         return;
     }

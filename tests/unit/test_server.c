@@ -451,7 +451,7 @@ static void handler(rgm_req_t *req, void *ud)
     } else if (rgm_req_method(req) == RGM_M_OTHER) {
         rgm_resp_error(req, 405, "UNSUPPORTED", "read-only \"mirror\"", NULL);
     } else {
-        rgm_resp_error(req, 404, "NOT_FOUND", "no such path", NULL);
+        rgm_resp_error(req, 404, "UNSUPPORTED", "no such path", NULL);
     }
 }
 

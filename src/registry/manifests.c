@@ -540,6 +540,8 @@ static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
             answer_error(j, status, c, 0);
         return 0; /* tags: on_done falls back to the index */
     }
+    if (rgm_upcall_was_filled(c))
+        j->r->m.cluster_filled++;
     v = rgm_upcall_header(c, "Content-Type");
     if (header_ok(v))
         j->content_type = rgm_strdup(v);
@@ -607,6 +609,7 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     struct mjob *j;
     rgm_upcall_opts_t o;
     char key[4096];
+    char fill_url[RGM_PEER_URL_MAX];
     int n;
     int err;
 
@@ -653,6 +656,8 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     rq_upcall_opts(q, &o, kind == MJ_HEAD ? "HEAD" : "GET", suffix);
     o.query = query;
     o.accept = accept;
+    if (kind == MJ_MANIFEST && rq_fill_source(q, fill_url, sizeof(fill_url)))
+        o.fill_url = fill_url;
     err = rgm_upcall_start(r->up, &o, &mj_cbs, j, &j->call);
     if (err < 0) {
         rgm_buf_free(&j->body);
@@ -917,6 +922,10 @@ void manifests_handle(struct rq *q)
             serve_stale(q);
             return;
         }
+        if (q->is_only_cached) {
+            serve_stale(q); /* a peer's question: what we have, never upstream */
+            return;
+        }
         snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
         if (known_missing(q, suffix)) {
             if (!serve_deleted(q))
@@ -924,6 +933,10 @@ void manifests_handle(struct rq *q)
             return;
         }
         revalidate(q); /* q->digest says what we have */
+        return;
+    }
+    if (q->is_only_cached) {
+        rq_only_cached_miss(q, 0);
         return;
     }
     if (r->is_stopping) {

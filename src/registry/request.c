@@ -261,6 +261,29 @@ void rq_upcall_opts(struct rq *q, rgm_upcall_opts_t *o, const char *method, cons
     o->client_auth_first = q->reg->is_mirror;
 }
 
+int rq_fill_source(struct rq *q, char *out, size_t outlen)
+{
+    rgm_peer_pick_t src;
+    const char *key = q->path.reference;
+
+    if (!q->may_fill || !q->r->peers || !q->path.is_digest ||
+        !rgm_peers_fill_source(q->r->peers, key, strlen(key), &src) || strlen(src.url) >= outlen)
+        return 0;
+    memcpy(out, src.url, strlen(src.url) + 1);
+    q->r->m.cluster_fills++;
+    rgm_peers_count(q->r->peers, src.url, 1, 0);
+    return 1;
+}
+
+void rq_only_cached_miss(struct rq *q, int is_blob)
+{
+    q->r->m.cluster_only_cached_misses++;
+    if (is_blob)
+        rq_error(q, 404, "BLOB_UNKNOWN", "blob not cached here", NULL);
+    else
+        rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest not cached here", NULL);
+}
+
 int rq_head(struct rq *q, const char *suffix, const char *accept, const rgm_upcall_cbs_t *cbs)
 {
     rgm_upcall_opts_t o;

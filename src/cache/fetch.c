@@ -1,19 +1,24 @@
 /* Single-flight blob fetches: one producer appends into a bounded queue of chunks, which
  * libuv's pool hashes and writes into store/tmp in batches while the producer goes on reading;
  * any number of readers pread the same file up to the readable mark and are woken when it
- * moves. Verified bytes are fsync'd and renamed into the store. Callbacks to the producer's
- * done and to readers' on_more are deferred to an idle pass, so none runs inside a call into
- * this module. Not here: HTTP, registries, the index (the done callback does that). */
+ * moves. Verified bytes are fsync'd and renamed into the store. A sidecar beside the temp file
+ * lets a fetch cut by a restart resume (re-hashing its prefix in the pool). When the store
+ * cannot take the bytes (a full disk), the fetch goes on without the file: readers are served
+ * from a bounded window of the latest bytes in memory, and nothing is cached. Callbacks to the
+ * producer's done and to readers' on_more are deferred to an idle pass, so none runs inside a
+ * call into this module. Not here: HTTP, registries, the index (the done callback does that). */
 #include "cache/fetch.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 
 #include "core/log.h"
+#include "core/util.h"
 
 #define FETCH_BUCKETS 256
 
@@ -24,10 +29,20 @@
  * and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue may
  * always take one append (so no fetch waits on another's): memory stays flat whatever the
  * network and disk speeds. Sizes measured on loopback: see tests/bench (ingest). */
-#define CHUNK_SIZE (256 * 1024)
-#define BATCH_MAX  (1024 * 1024)
-#define QUEUE_MAX  (4 * 1024 * 1024)
-#define TOTAL_MAX  (16 * 1024 * 1024)
+#define CHUNK_SIZE    (256 * 1024)
+#define BATCH_MAX     (1024 * 1024)
+#define QUEUE_MAX     (4 * 1024 * 1024)
+#define TOTAL_MAX     (16 * 1024 * 1024)
+/* The no-file fallback: bytes queued plus bytes landed in the window, per fetch. The producer
+ * waits for the slowest reader when it is full. */
+#define WINDOW_MAX    (4 * 1024 * 1024)
+/* A reader sends at most this much of the window at once (rgm_resp_write copies it). */
+#define PEEK_MAX      (64 * 1024)
+/* The sidecar is rewritten (from the pool, after a batch) every this many bytes: a restart
+ * loses at most this much of the download. */
+#define SIDECAR_EVERY (4 * 1024 * 1024)
+/* The prefix re-hash reads the temp file in blocks of this size. */
+#define REHASH_BLOCK  (1024 * 1024)
 
 struct chunk {
     struct chunk *next;
@@ -44,6 +59,8 @@ struct rgm_fetches {
     size_t live;                               /* fetches allocated (in the table or ended) */
     size_t queued;                             /* bytes in every fetch's write queue */
     struct rgm_fetch *queue_head, *queue_tail; /* fetches with deferred work */
+    rgm_fetch_evict_fn evict;                  /* run at once on a store write error */
+    void *evict_ud;
 };
 
 /* Allocated apart from the table and closed when the last fetch dies: with nothing in flight
@@ -61,8 +78,9 @@ struct rgm_fetch_reader {
     void *ud;
     uint64_t seen_readable; /* what on_more last reported: called again only on change */
     int seen_state;
-    int is_new;  /* joined, not yet called */
-    int is_gone; /* left while the reader list was being walked; freed by the sweep */
+    int is_new;   /* joined, not yet called */
+    int is_gone;  /* left while the reader list was being walked; freed by the sweep */
+    uint64_t pos; /* bytes this reader has sent (rgm_fetch_reader_at): pins the window */
 };
 
 /* Owner rules: the table, the producer (through the rgm_fetch_* producer calls, until done has
@@ -80,14 +98,38 @@ struct rgm_fetch {
     rgm_fetch_done_fn done;
     void *done_ud;
 
-    char *tmp_path; /* NULL once renamed into the store or unlinked */
+    char *tmp_path; /* NULL once renamed into the store, unlinked or handed back */
     int wfd;        /* producer's fd */
-    int rfd;        /* readers' fd: survives the rename and the unlink */
+    int rfd;        /* readers' fd: survives the rename and the unlink; -1 without a file */
     EVP_MD_CTX *md;
+    int is_stored; /* DONE and renamed into the store */
+    int is_keep;   /* suspended: the file and its sidecar go back to the store */
+
+    /* The no-file fallback (is_nofile, after a store error the retry did not cure): bytes
+     * [0, file_end) stay readable from rfd; later ones land in the window [win_off, written)
+     * instead of the file, and are freed once every reader has sent them. */
+    int is_nofile;
+    int is_retried;    /* a failed batch was retried once (after an eviction round) */
+    uint64_t file_end; /* bytes readable from rfd (= written while there is a file) */
+    uint64_t win_off;
+    size_t win_len;
+    struct chunk *win_head, *win_tail;
+
+    /* The sidecar (see store.h). sc is filled on the loop before the first batch
+     * (rgm_fetch_set_origin) and only read by the pool after that; sc_at is the pool's. */
+    char *sc_path; /* tmp_path + RGM_STORE_KEEP_SUFFIX; kept until dispose */
+    char *sc_new;  /* sc_path + ".new", renamed over it */
+    rgm_store_partial_t sc;
+    int has_origin;
+    uint64_t sc_size; /* size as the batch in the pool sees it */
+    uint64_t sc_at;   /* written when the sidecar was last written */
+    /* rgm_fetch_resume: the pool re-hashes the first rehash_want bytes (is_writing meanwhile) */
+    uint64_t rehash_want;
+    int rehash_ok; /* pool: the prefix matched */
 
     uint64_t size;     /* expected, UINT64_MAX when not known */
     uint64_t appended; /* accepted by rgm_fetch_append (hashed) */
-    uint64_t written;  /* in the file */
+    uint64_t written;  /* landed: in the file, or (no file) hashed into the window */
     uint64_t readable_at_fail;
 
     /* The write queue (loop side): chunks waiting, then the batch in the pool. While a batch
@@ -99,6 +141,7 @@ struct rgm_fetch {
     size_t queued;                 /* bytes waiting + in the pool */
     size_t batch_len;
     ssize_t batch_result; /* pool: bytes written, or -errno */
+    int batch_is_hashed;  /* pool: the batch was hashed already (it is being retried) */
     uv_work_t work;
     int is_writing;   /* a batch is in the pool */
     int is_finishing; /* rgm_fetch_finish was called */
@@ -118,6 +161,8 @@ struct rgm_fetch {
 static void on_idle(uv_idle_t *h);
 static void chunks_free(struct chunk **head);
 static void queue_drop(rgm_fetch_t *f);
+static void release_file(rgm_fetch_t *f);
+static void append_settle(rgm_fetch_t *f);
 
 /* ---- table ---- */
 
@@ -217,12 +262,13 @@ static void fetch_dispose(rgm_fetch_t *f)
         close(f->wfd);
     if (f->rfd >= 0)
         close(f->rfd);
-    if (f->tmp_path)
-        (void)unlink(f->tmp_path);
-    free(f->tmp_path);
+    release_file(f);
+    free(f->sc_path);
+    free(f->sc_new);
     RGM_BUG_ON(f->queued != 0); /* queue_drop ran at the end; no batch is in the pool */
     chunks_free(&f->q_head);
     chunks_free(&f->spare);
+    chunks_free(&f->win_head);
     EVP_MD_CTX_free(f->md);
     if (--f->t->live == 0)
         idle_release(f->t); /* nothing can be queued: queued fetches are alive */
@@ -271,10 +317,71 @@ static void fail_internal(rgm_fetch_t *f, int err)
     f->state = RGM_FETCH_FAILED;
     f->error = err < 0 ? err : UV_EIO;
     queue_drop(f); /* a batch in the pool comes back to on_batch_done */
+    chunks_free(&f->win_head);
+    f->win_tail = NULL;
+    f->win_len = 0;
     table_remove(f);
-    if (f->tmp_path && unlink(f->tmp_path) < 0)
-        rgm_log(RGM_LOG_WARN, "fetch", "cannot unlink %s: %s", f->tmp_path, strerror(errno));
+    if (!f->is_writing)
+        release_file(f); /* else when the batch (or the re-hash) is back */
+    queue(f);
+}
+
+/* The temp file and its sidecar, once no batch is in the pool: handed back to the store when
+ * the fetch was suspended (for a later resume), else deleted. */
+static void release_file(rgm_fetch_t *f)
+{
+    int err;
+
+    if (!f->tmp_path)
+        return;
+    if (f->is_keep && f->state == RGM_FETCH_FAILED) {
+        err = rgm_store_keep_partial(f->t->store, f->tmp_path);
+        if (err == 0)
+            rgm_log(RGM_LOG_INFO, "fetch", "kept the partial of %s for a later resume", f->digest);
+    } else {
+        if (unlink(f->tmp_path) < 0)
+            rgm_log(RGM_LOG_WARN, "fetch", "cannot unlink %s: %s", f->tmp_path, strerror(errno));
+        if (f->sc_path)
+            (void)unlink(f->sc_path);
+    }
     RGM_FREE(f->tmp_path);
+}
+
+/* A store error: count it, and say once per fetch what failed. */
+static void store_error(rgm_fetch_t *f, enum rgm_store_op op, int err, const char *then)
+{
+    rgm_store_count_error(f->t->store, op, err);
+    rgm_log(RGM_LOG_WARN, "fetch", "store %s failed for %s: %s (%s); %s", rgm_store_op_name(op),
+            f->digest, uv_strerror(err), rgm_store_errno_name(err), then);
+}
+
+/* Go on without the file: what is in it stays readable through rfd, later bytes land in the
+ * window only, nothing is cached, and the fetch leaves the table (a new request for the digest
+ * gets a fetch of its own). With no reader left there is no one to serve: the fetch fails. */
+static void go_nofile(rgm_fetch_t *f)
+{
+    f->is_nofile = 1;
+    f->file_end = f->written;
+    f->win_off = f->written;
+    if (f->wfd >= 0)
+        close(f->wfd);
+    f->wfd = -1;
+    f->is_keep = 0;
+    release_file(f); /* unlinked: frees its blocks once the last reader closes rfd */
+    table_remove(f);
+    chunks_free(&f->spare);
+    if (!f->readers_head)
+        fail_internal(f, UV_ECANCELED);
+}
+
+/* Verified: readers may send every byte. */
+static void done_ok(rgm_fetch_t *f)
+{
+    f->state = RGM_FETCH_DONE;
+    f->size = f->written;
+    if (!f->is_nofile)
+        f->file_end = f->written;
+    table_remove(f);
     queue(f);
 }
 
@@ -287,23 +394,28 @@ static void on_fsync(uv_fs_t *req)
     uv_fs_req_cleanup(req);
     f->is_syncing = 0;
     if (f->state != RGM_FETCH_RUNNING) {
+        release_file(f);
         queue(f); /* failed by the producer meanwhile: let done run */
-    } else if (result < 0) {
-        fail_internal(f, result);
+        fetch_unref(f);
+        return;
+    }
+    err = result;
+    if (err < 0) {
+        store_error(f, RGM_STORE_OP_FSYNC, err, "served from the temp file, not cached");
     } else {
         err = rgm_store_commit(f->t->store, f->tmp_path, f->digest);
-        if (err < 0) {
-            rgm_log(RGM_LOG_ERROR, "fetch", "cannot rename %s into the store: %s", f->digest,
-                    uv_strerror(err));
-            fail_internal(f, err);
-        } else {
-            RGM_FREE(f->tmp_path);
-            f->state = RGM_FETCH_DONE;
-            f->size = f->written;
-            table_remove(f);
-            queue(f);
-        }
+        if (err < 0)
+            store_error(f, RGM_STORE_OP_RENAME, err, "served from the temp file, not cached");
     }
+    if (err < 0) {
+        release_file(f); /* verified bytes stay readable through rfd */
+    } else {
+        RGM_FREE(f->tmp_path);
+        if (f->sc_path)
+            (void)unlink(f->sc_path);
+        f->is_stored = 1;
+    }
+    done_ok(f);
     fetch_unref(f);
 }
 
@@ -333,6 +445,10 @@ static void begin_verify(rgm_fetch_t *f)
         rgm_log(RGM_LOG_WARN, "fetch", "digest mismatch for %s: got %.6s:%s", f->digest, f->digest,
                 hex);
         fail_internal(f, UV_EINVAL);
+        return;
+    }
+    if (f->is_nofile) {
+        done_ok(f); /* nothing to store */
         return;
     }
     fetch_ref(f);
@@ -382,12 +498,56 @@ static void queue_drop(rgm_fetch_t *f)
     f->t->queued -= pending;
 }
 
-/* Room for another append: under this fetch's limit and the table's, or an empty queue. */
+/* Room for another append: under this fetch's limit and the table's, or an empty queue.
+ * Without a file, the window counts too, and nothing passes a full window. */
 static int has_room(const rgm_fetch_t *f)
 {
+    if (f->is_nofile)
+        return (f->queued == 0 && f->win_len == 0) ||
+               (f->queued + f->win_len < WINDOW_MAX && f->t->queued < TOTAL_MAX);
     if (f->queued == 0)
         return 1;
     return f->queued < QUEUE_MAX && f->t->queued < TOTAL_MAX;
+}
+
+/* Pool thread: rewrite the sidecar for the prefix [0, written) that md covers now, through a
+ * new file renamed over the old one (a crash leaves one or the other). Errors only cost the
+ * resume: they are ignored. */
+static void sidecar_write(rgm_fetch_t *f, uint64_t written)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char text[2048];
+    unsigned int md_len = 0;
+    unsigned int i;
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    int n;
+    int fd;
+
+    if (!c || EVP_MD_CTX_copy_ex(c, f->md) != 1 || EVP_DigestFinal_ex(c, md, &md_len) != 1) {
+        EVP_MD_CTX_free(c);
+        return;
+    }
+    EVP_MD_CTX_free(c);
+    memcpy(f->sc.prefix, f->digest, 7);
+    for (i = 0; i < md_len; i++) {
+        f->sc.prefix[7 + 2 * i] = "0123456789abcdef"[md[i] >> 4];
+        f->sc.prefix[7 + 2 * i + 1] = "0123456789abcdef"[md[i] & 15];
+    }
+    f->sc.prefix[7 + 2 * md_len] = '\0';
+    f->sc.size = f->sc_size;
+    f->sc.written = written;
+    n = rgm_store_partial_format(&f->sc, text, sizeof(text));
+    if (n < 0)
+        return;
+    fd = open(f->sc_new, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return;
+    if (rgm_write_all(fd, text, (size_t)n) == 0 && close(fd) == 0) {
+        if (rename(f->sc_new, f->sc_path) == 0)
+            f->sc_at = written;
+        return;
+    }
+    (void)unlink(f->sc_new);
 }
 
 /* Pool thread: hash the batch, then write it at offset off. Only this fetch's md, wfd and the
@@ -404,13 +564,18 @@ static void on_batch_work(uv_work_t *w)
     ssize_t r;
 
     for (c = f->batch; c; c = c->next) {
-        if (EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
+        if (!f->batch_is_hashed && EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
             f->batch_result = UV_EIO;
             return;
         }
         iov[n].iov_base = (void *)c->data;
         iov[n].iov_len = c->len;
         n++;
+    }
+    f->batch_is_hashed = 1;
+    if (f->is_nofile) {
+        f->batch_result = (ssize_t)f->batch_len; /* hashed; lands in the window */
+        return;
     }
     while (done < f->batch_len) {
         r = pwritev(f->wfd, iov + i, n - i, (off_t)(off + done));
@@ -431,6 +596,9 @@ static void on_batch_work(uv_work_t *w)
         }
     }
     f->batch_result = (ssize_t)done;
+    if (f->has_origin && f->sc_size != UINT64_MAX && off + done < f->sc_size &&
+        off + done >= f->sc_at + SIDECAR_EVERY)
+        sidecar_write(f, off + done);
 }
 
 static void on_batch_done(uv_work_t *w, int status);
@@ -458,6 +626,8 @@ static int batch_start(rgm_fetch_t *f)
         f->q_tail = NULL;
     f->batch_len = len;
     f->batch_result = 0;
+    f->batch_is_hashed = 0;
+    f->sc_size = f->size;
     f->is_writing = 1;
     fetch_ref(f);
     err = uv_queue_work(f->t->loop, &f->work, on_batch_work, on_batch_done);
@@ -482,6 +652,49 @@ static void append_settle(rgm_fetch_t *f)
     queue(f);
 }
 
+/* A batch's write failed: an eviction round (when configured) and one retry of the same
+ * batch (already hashed); when that fails too, the fetch goes on without the file. 1 when the
+ * batch was handed to the pool again, 0 when it now lands in the window. */
+static int batch_failed(rgm_fetch_t *f, int err)
+{
+    if (!f->is_retried) {
+        f->is_retried = 1;
+        rgm_store_count_error(f->t->store, RGM_STORE_OP_WRITE, err); /* logged if it stays */
+        if (f->t->evict)
+            f->t->evict(f->t->evict_ud);
+        f->batch_result = 0;
+        f->is_writing = 1;
+        fetch_ref(f);
+        if (uv_queue_work(f->t->loop, &f->work, on_batch_work, on_batch_done) == 0)
+            return 1; /* batch_is_hashed stays set: the retry only writes */
+        f->is_writing = 0;
+        fetch_unref(f);
+    }
+    store_error(f, RGM_STORE_OP_WRITE, err, "serving it uncached from memory");
+    go_nofile(f);
+    return 0;
+}
+
+/* Landed bytes of a batch: recycled once in the file; kept in the window without one. */
+static void batch_landed(rgm_fetch_t *f)
+{
+    if (f->is_nofile && f->state == RGM_FETCH_RUNNING) {
+        if (f->win_tail)
+            f->win_tail->next = f->batch;
+        else
+            f->win_head = f->batch;
+        for (f->win_tail = f->batch; f->win_tail->next; f->win_tail = f->win_tail->next)
+            ;
+        f->win_len += f->batch_len;
+    } else if (f->state == RGM_FETCH_RUNNING && !f->is_finishing) {
+        chunks_recycle(f, f->batch);
+    } else {
+        chunks_free(&f->batch); /* no more appends: no spares needed */
+        chunks_free(&f->spare);
+    }
+    f->batch = NULL;
+}
+
 static void on_batch_done(uv_work_t *w, int status)
 {
     rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
@@ -489,21 +702,26 @@ static void on_batch_done(uv_work_t *w, int status)
     int err;
 
     f->is_writing = 0;
+    if (!f->is_nofile && RGM_FAULT("store.write"))
+        result = UV_EIO;
+    if (f->state == RGM_FETCH_RUNNING && result < 0 && f->batch_is_hashed && status == 0 &&
+        batch_failed(f, (int)result)) {
+        fetch_unref(f); /* the retry holds its own reference */
+        return;
+    }
+    if (f->state == RGM_FETCH_RUNNING && f->is_nofile)
+        result = (ssize_t)f->batch_len;
     f->queued -= f->batch_len;
     f->t->queued -= f->batch_len;
-    if (RGM_FAULT("store.write"))
-        result = UV_EIO;
-    if (f->state == RGM_FETCH_RUNNING && result >= 0)
+    if (f->state == RGM_FETCH_RUNNING && result >= 0) {
         f->written += (uint64_t)result;
-    if (f->state == RGM_FETCH_RUNNING && !f->is_finishing) {
-        chunks_recycle(f, f->batch);
-    } else {
-        chunks_free(&f->batch); /* no more appends: no spares needed */
-        chunks_free(&f->spare);
+        if (!f->is_nofile)
+            f->file_end = f->written;
     }
-    f->batch = NULL;
+    batch_landed(f);
     f->batch_len = 0;
     if (f->state != RGM_FETCH_RUNNING) {
+        release_file(f);
         queue(f); /* failed meanwhile: let the append cb and done run */
     } else if (result < 0) {
         rgm_log(RGM_LOG_ERROR, "fetch", "write %s: %s", f->digest, uv_strerror((int)result));
@@ -522,11 +740,73 @@ static void on_batch_done(uv_work_t *w, int status)
 
 /* ---- producer side ---- */
 
+static const EVP_MD *digest_md(const char *digest)
+{
+    return strncmp(digest, "sha512:", 7) == 0 ? EVP_sha512() : EVP_sha256();
+}
+
+/* A new fetch, not in the table yet, with its md ready. */
+static rgm_fetch_t *fetch_new(rgm_fetches_t *t, const char *digest)
+{
+    rgm_fetch_t *f = rgm_calloc(1, sizeof(*f));
+
+    f->t = t;
+    f->wfd = -1;
+    f->rfd = -1;
+    f->size = UINT64_MAX;
+    snprintf(f->digest, sizeof(f->digest), "%s", digest);
+    snprintf(f->sc.digest, sizeof(f->sc.digest), "%s", digest);
+    t->live++;
+    f->md = EVP_MD_CTX_new();
+    if (!f->md || EVP_DigestInit_ex(f->md, digest_md(digest), NULL) != 1) {
+        fetch_dispose(f);
+        return NULL;
+    }
+    return f;
+}
+
+/* Open the fds on f->tmp_path and name its sidecar. 0 or a negative errno. */
+static int fetch_open_file(rgm_fetch_t *f, int wflags)
+{
+    size_t n = strlen(f->tmp_path);
+
+    f->sc_path = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX));
+    memcpy(f->sc_path, f->tmp_path, n);
+    memcpy(f->sc_path + n, RGM_STORE_KEEP_SUFFIX, sizeof(RGM_STORE_KEEP_SUFFIX));
+    f->sc_new = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX ".new"));
+    memcpy(f->sc_new, f->sc_path, n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1);
+    memcpy(f->sc_new + n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1, ".new", sizeof(".new"));
+    if (f->wfd < 0) {
+        f->wfd = open(f->tmp_path, O_RDWR | O_CLOEXEC | wflags);
+        if (f->wfd < 0)
+            return -errno;
+    }
+    f->rfd = open(f->tmp_path, O_RDONLY | O_CLOEXEC);
+    if (f->rfd < 0)
+        return -errno;
+    return 0;
+}
+
+static void fetch_enter(rgm_fetch_t *f, rgm_fetch_done_fn done, void *ud, int is_in_table)
+{
+    size_t b = bucket_of(f->digest);
+
+    f->refs = 1; /* the producer's, until done has run */
+    f->has_producer = 1;
+    f->done = done;
+    f->done_ud = ud;
+    if (!is_in_table)
+        return;
+    f->next = f->t->buckets[b];
+    f->t->buckets[b] = f;
+    f->is_in_table = 1;
+    f->t->count++;
+}
+
 int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done, void *ud,
                     rgm_fetch_t **out)
 {
     rgm_fetch_t *f;
-    size_t b;
     int err;
 
     *out = NULL;
@@ -534,43 +814,172 @@ int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done
         return UV_EINVAL;
     if (rgm_fetches_find(t, digest))
         return UV_EEXIST;
-    f = rgm_calloc(1, sizeof(*f));
-    f->t = t;
-    f->wfd = -1;
-    f->rfd = -1;
-    f->size = UINT64_MAX;
-    snprintf(f->digest, sizeof(f->digest), "%s", digest);
-    t->live++;
+    f = fetch_new(t, digest);
+    if (!f)
+        return UV_ENOMEM;
     err = rgm_store_tmp_open(t->store, digest, &f->wfd, &f->tmp_path);
-    if (err < 0)
-        goto fail;
-    f->rfd = open(f->tmp_path, O_RDONLY | O_CLOEXEC);
-    if (f->rfd < 0) {
-        err = -errno;
-        goto fail;
+    if (err == 0)
+        err = fetch_open_file(f, 0);
+    if (err < 0 && rgm_store_is_disk_error(err)) {
+        /* No room even for an empty file: the same fallback as a failed write, from byte 0. */
+        store_error(f, RGM_STORE_OP_WRITE, err, "serving it uncached from memory");
+        release_file(f);
+        if (f->wfd >= 0)
+            close(f->wfd);
+        f->wfd = -1;
+        f->is_nofile = 1;
+        fetch_enter(f, done, ud, 0);
+        *out = f;
+        return 0;
     }
-    f->md = EVP_MD_CTX_new();
-    if (!f->md ||
-        EVP_DigestInit_ex(f->md, strncmp(digest, "sha512:", 7) == 0 ? EVP_sha512() : EVP_sha256(),
-                          NULL) != 1) {
-        err = UV_ENOMEM;
-        goto fail;
+    if (err < 0) {
+        fetch_dispose(f); /* unlinks the temp file */
+        return err;
     }
-    f->refs = 1; /* the producer's, until done has run */
-    f->has_producer = 1;
-    f->done = done;
-    f->done_ud = ud;
-    b = bucket_of(digest);
-    f->next = t->buckets[b];
-    t->buckets[b] = f;
-    f->is_in_table = 1;
-    t->count++;
+    fetch_enter(f, done, ud, 1);
     *out = f;
     return 0;
+}
 
-fail:
-    fetch_dispose(f); /* unlinks the temp file */
-    return err;
+void rgm_fetches_set_evict(rgm_fetches_t *t, rgm_fetch_evict_fn fn, void *ud)
+{
+    t->evict = fn;
+    t->evict_ud = ud;
+}
+
+void rgm_fetch_set_origin(rgm_fetch_t *f, const char *registry, const char *repo)
+{
+    if (f->has_origin || f->appended > 0 || f->is_writing)
+        return; /* the pool may read sc from the first batch on */
+    snprintf(f->sc.registry, sizeof(f->sc.registry), "%s", registry);
+    snprintf(f->sc.repo, sizeof(f->sc.repo), "%s", repo);
+    f->has_origin = 1;
+}
+
+/* ---- resuming a partial kept across a restart ---- */
+
+/* Pool thread: hash the first rehash_want bytes of the file; compare with the sidecar. On a
+ * mismatch (or a short file), start over: md fresh and the file empty. Either way the file is
+ * cut where the download goes on. */
+static void on_rehash_work(uv_work_t *w)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    char hex[2 * EVP_MAX_MD_SIZE + 1];
+    unsigned int md_len = 0;
+    unsigned int i;
+    char *buf = rgm_malloc(REHASH_BLOCK);
+    EVP_MD_CTX *c = NULL;
+    uint64_t off = 0;
+    ssize_t n;
+
+    f->rehash_ok = 0;
+    while (off < f->rehash_want) {
+        n = pread(f->wfd, buf,
+                  f->rehash_want - off < REHASH_BLOCK ? (size_t)(f->rehash_want - off)
+                                                      : REHASH_BLOCK,
+                  (off_t)off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0 || EVP_DigestUpdate(f->md, buf, (size_t)n) != 1)
+            break;
+        off += (uint64_t)n;
+    }
+    free(buf);
+    c = EVP_MD_CTX_new();
+    if (off == f->rehash_want && c && EVP_MD_CTX_copy_ex(c, f->md) == 1 &&
+        EVP_DigestFinal_ex(c, md, &md_len) == 1) {
+        for (i = 0; i < md_len; i++) {
+            hex[2 * i] = "0123456789abcdef"[md[i] >> 4];
+            hex[2 * i + 1] = "0123456789abcdef"[md[i] & 15];
+        }
+        hex[2 * md_len] = '\0';
+        f->rehash_ok = strcmp(hex, f->sc.prefix + 7) == 0;
+    }
+    EVP_MD_CTX_free(c);
+    if (!f->rehash_ok) {
+        f->rehash_want = 0;
+        (void)EVP_DigestInit_ex(f->md, digest_md(f->digest), NULL);
+    }
+    if (ftruncate(f->wfd, (off_t)f->rehash_want) < 0)
+        f->rehash_ok = -1; /* cannot cut it: the bytes past the prefix would stay */
+}
+
+static void on_rehash_done(uv_work_t *w, int status)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+
+    f->is_writing = 0;
+    if (f->state == RGM_FETCH_RUNNING && (status < 0 || f->rehash_ok < 0)) {
+        fail_internal(f, status < 0 ? status : UV_EIO);
+    } else if (f->state == RGM_FETCH_RUNNING) {
+        f->appended = f->written = f->file_end = f->rehash_want;
+        f->sc_at = f->written;
+        if (f->rehash_ok)
+            rgm_log(RGM_LOG_INFO, "fetch",
+                    "resuming %s at %" PRIu64 " of %" PRIu64 " bytes (prefix re-hashed, matches)",
+                    f->digest, f->written, f->size);
+        else
+            rgm_log(RGM_LOG_WARN, "fetch",
+                    "partial of %s does not match its sidecar (re-hash): fetching it from zero",
+                    f->digest);
+        f->is_append_due = 1;
+        queue(f);
+    } else {
+        release_file(f);
+        queue(f);
+    }
+    fetch_unref(f);
+}
+
+int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done, void *ud,
+                     void (*ready)(rgm_fetch_t *f, int status, void *ud), void *ready_ud,
+                     rgm_fetch_t **out)
+{
+    rgm_store_partial_t p;
+    rgm_fetch_t *f;
+    char *path = NULL;
+    int err;
+
+    *out = NULL;
+    if (rgm_digest_check(digest) < 0)
+        return UV_EINVAL;
+    if (rgm_fetches_find(t, digest))
+        return UV_EEXIST;
+    if (rgm_store_take_partial(t->store, digest, &path, &p) != 1)
+        return UV_ENOENT;
+    f = fetch_new(t, digest);
+    if (!f) {
+        free(path);
+        return UV_ENOMEM;
+    }
+    f->tmp_path = path;
+    err = fetch_open_file(f, 0);
+    if (err < 0) {
+        fetch_dispose(f); /* deletes both files */
+        return err;
+    }
+    f->sc = p;
+    f->has_origin = 1;
+    f->size = p.size;
+    f->rehash_want = p.written;
+    fetch_enter(f, done, ud, 1);
+    f->append_cb = ready;
+    f->append_ud = ready_ud;
+    f->is_writing = 1;
+    fetch_ref(f);
+    err = uv_queue_work(t->loop, &f->work, on_rehash_work, on_rehash_done);
+    if (err < 0) {
+        f->is_writing = 0;
+        f->append_cb = NULL;
+        fetch_unref(f);
+        fail_internal(f, err);
+        f->has_producer = 0;
+        fetch_unref(f); /* done never runs: this call fails */
+        return err;
+    }
+    *out = f;
+    return 0;
 }
 
 void rgm_fetch_set_size(rgm_fetch_t *f, uint64_t size)
@@ -680,6 +1089,18 @@ void rgm_fetch_fail(rgm_fetch_t *f, int err)
     fail_internal(f, err < 0 ? err : UV_EIO);
 }
 
+void rgm_fetch_suspend(rgm_fetch_t *f)
+{
+    if (f->state == RGM_FETCH_RUNNING && !f->is_nofile)
+        f->is_keep = 1;
+    rgm_fetch_fail(f, UV_ECANCELED);
+}
+
+int rgm_fetch_is_stored(const rgm_fetch_t *f)
+{
+    return f->is_stored;
+}
+
 uint64_t rgm_fetch_written(const rgm_fetch_t *f)
 {
     return f->appended;
@@ -712,6 +1133,73 @@ rgm_fetch_reader_t *rgm_fetch_join(rgm_fetch_t *f,
     return rd;
 }
 
+/* No file: drop the window's chunks that every reader has sent, and let the producer go on.
+ * A reader that already stands before the window (it joined late) pins nothing: it is cut. */
+static void window_trim(rgm_fetch_t *f)
+{
+    const rgm_fetch_reader_t *rd;
+    uint64_t low = f->written;
+    struct chunk *c;
+
+    if (!f->is_nofile)
+        return;
+    for (rd = f->readers_head; rd; rd = rd->next)
+        if (!rd->is_gone && rd->pos < low && (rd->pos >= f->win_off || f->win_off == f->file_end))
+            low = rd->pos;
+    while ((c = f->win_head) != NULL && f->win_off + c->len <= low) {
+        f->win_head = c->next;
+        if (!f->win_head)
+            f->win_tail = NULL;
+        f->win_off += c->len;
+        f->win_len -= c->len;
+        c->next = NULL;
+        if (f->state == RGM_FETCH_RUNNING && !f->is_finishing)
+            chunks_recycle(f, c);
+        else
+            free(c);
+    }
+    append_settle(f);
+}
+
+void rgm_fetch_reader_at(rgm_fetch_reader_t *rd, uint64_t off)
+{
+    rd->pos = off;
+    window_trim(rd->f);
+}
+
+int rgm_fetch_peek(const rgm_fetch_reader_t *rd, uint64_t off, const char **data, size_t *len)
+{
+    const rgm_fetch_t *f = rd->f;
+    uint64_t readable = rgm_fetch_readable(f);
+    uint64_t at;
+    const struct chunk *c;
+
+    *data = NULL;
+    *len = 0;
+    if (off < f->file_end && (!f->is_nofile || f->win_off == f->file_end)) {
+        at = readable < f->file_end ? readable : f->file_end;
+        *len = at > off ? (size_t)(at - off < SIZE_MAX ? at - off : SIZE_MAX) : 0;
+        return 1;
+    }
+    if (!f->is_nofile) {
+        return 1; /* nothing more yet */
+    }
+    if (off < f->win_off || (f->state == RGM_FETCH_FAILED && off < readable))
+        return UV_ENOBUFS;
+    for (at = f->win_off, c = f->win_head; c; at += c->len, c = c->next) {
+        if (off < at + c->len) {
+            *data = c->data + (off - at);
+            *len = (size_t)(at + c->len - off);
+            if (*len > readable - off)
+                *len = off < readable ? (size_t)(readable - off) : 0;
+            if (*len > PEEK_MAX)
+                *len = PEEK_MAX;
+            break;
+        }
+    }
+    return 0;
+}
+
 static void reader_free(rgm_fetch_reader_t *rd)
 {
     rgm_fetch_t *f = rd->f;
@@ -725,6 +1213,9 @@ static void reader_free(rgm_fetch_reader_t *rd)
     else
         f->readers_tail = rd->prev;
     free(rd);
+    if (f->is_nofile && !f->readers_head && f->state == RGM_FETCH_RUNNING)
+        fail_internal(f, UV_ECANCELED); /* no file and no one to serve: stop the upstream */
+    window_trim(f);
     fetch_unref(f);
 }
 
@@ -854,4 +1345,9 @@ uint64_t rgm_fetch_size(const rgm_fetch_t *f)
 int rgm_fetch_fd(const rgm_fetch_t *f)
 {
     return f->rfd;
+}
+
+int rgm_fetch_is_nofile(const rgm_fetch_t *f)
+{
+    return f->is_nofile;
 }

@@ -2,7 +2,9 @@
  * one producer (the upstream download, driven by the registry layer) appends bytes, which are
  * hashed and written to store/tmp; any number of readers send from the same file up to the
  * bytes written so far and are woken when more land. Verified bytes are renamed into the
- * store. It knows digests, files and readers, not HTTP or registries. */
+ * store. A sidecar lets a fetch cut by a restart resume; a store that cannot take the bytes
+ * (full disk) makes the fetch go on from a bounded window in memory, caching nothing. It
+ * knows digests, files and readers, not HTTP or registries. */
 #ifndef RGM_CACHE_FETCH_H
 #define RGM_CACHE_FETCH_H
 
@@ -25,6 +27,10 @@ void rgm_fetches_free(rgm_fetches_t *t);
 /* The fetch in flight for this digest, or NULL. Borrowed: take a reader to keep it. */
 rgm_fetch_t *rgm_fetches_find(rgm_fetches_t *t, const char *digest);
 size_t rgm_fetches_count(const rgm_fetches_t *t);
+/* Called (synchronously, on the loop) when a write to the store failed, before the one retry:
+ * the registry layer runs an eviction round there when max_cache_bytes is set. NULL: none. */
+typedef void (*rgm_fetch_evict_fn)(void *ud);
+void rgm_fetches_set_evict(rgm_fetches_t *t, rgm_fetch_evict_fn fn, void *ud);
 
 /* ---- producer side ---- */
 
@@ -40,9 +46,30 @@ typedef void (*rgm_fetch_done_fn)(rgm_fetch_t *f, int status, void *ud);
  * enters the table. Fails with UV_EINVAL (bad digest), UV_EEXIST when one is in flight, or a
  * file error; done is then never called. On success *out is held by the producer until done
  * has run. Ended fetches (DONE/FAILED) leave the table at once, so that a later request goes
- * to the store or starts anew. */
+ * to the store or starts anew.
+ * Store errors (rgm_store_is_disk_error: ENOSPC, EDQUOT, EIO, ...) never fail a fetch. A
+ * failed batch write gets an eviction round (rgm_fetches_set_evict) and one retry; then, as
+ * when the temp file cannot even be created, the fetch goes on without the file
+ * (rgm_fetch_is_nofile): readers are served from a window of at most 4 MiB in memory at the
+ * pace of the slowest of them (rgm_fetch_reader_at, rgm_fetch_peek), the fetch leaves the
+ * table (a new request gets a fetch of its own), and done reports 0 with nothing stored
+ * (rgm_fetch_is_stored). An fsync or rename error after the verification does the same with
+ * the verified file. Each is counted (rgm_store_count_error) and logged once (WARN). */
 RGM_MUST_CHECK int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
                                    void *ud, rgm_fetch_t **out);
+/* Resume the partial kept for digest (rgm_store_take_partial): the fetch enters the table
+ * with its size from the sidecar, and libuv's pool re-hashes the prefix the sidecar vouches
+ * for. Then ready runs (like an append cb: from the idle pass, status 0, or the fetch's error
+ * when it failed meanwhile); rgm_fetch_written says where the download goes on: the prefix,
+ * or 0 when the re-hash did not match (the file was emptied; logged). No append before ready.
+ * UV_ENOENT when no partial is kept (start one with rgm_fetch_start), else rgm_fetch_start's
+ * errors; done and ready are then never called. */
+RGM_MUST_CHECK int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
+                                    void *ud, void (*ready)(rgm_fetch_t *f, int status, void *ud),
+                                    void *ready_ud, rgm_fetch_t **out);
+/* Where the bytes come from, for the sidecar (copied; at most 255 bytes each). Only before the
+ * first append; with a known size, the sidecar is then rewritten every 4 MiB. */
+void rgm_fetch_set_origin(rgm_fetch_t *f, const char *registry, const char *repo);
 /* Expected total size, when known (Content-Length); a longer body fails the fetch with
  * UV_E2BIG (also at once when more was already appended), a shorter one at finish with
  * UV_EINVAL. */
@@ -74,6 +101,13 @@ void rgm_fetch_finish(rgm_fetch_t *f);
  * removed. Allowed while an append or the finish is pending (nothing enters the store); a
  * no-op once the fetch has ended. done still runs once, later. */
 void rgm_fetch_fail(rgm_fetch_t *f, int err);
+/* Like rgm_fetch_fail(f, UV_ECANCELED), but the temp file and its last sidecar are handed back
+ * to the store (rgm_store_keep_partial) for a later rgm_fetch_resume: for shutdown. */
+void rgm_fetch_suspend(rgm_fetch_t *f);
+/* 1 once DONE with the blob renamed into the store; 0 otherwise (also DONE without a file). */
+int rgm_fetch_is_stored(const rgm_fetch_t *f);
+/* 1 when the fetch goes on without its file (see rgm_fetch_start), else 0. */
+int rgm_fetch_is_nofile(const rgm_fetch_t *f);
 /* Bytes appended so far (where a resume with Range should start). */
 uint64_t rgm_fetch_written(const rgm_fetch_t *f);
 const char *rgm_fetch_digest(const rgm_fetch_t *f);
@@ -98,7 +132,19 @@ int rgm_fetch_error(const rgm_fetch_t *f);
 uint64_t rgm_fetch_readable(const rgm_fetch_t *f);
 /* Expected total size, or UINT64_MAX when not known yet. */
 uint64_t rgm_fetch_size(const rgm_fetch_t *f);
-/* A read-only fd on the file, valid while the reader is joined (across the rename). */
+/* A read-only fd on the file, valid while the reader is joined (across the rename); -1 when
+ * the fetch never had a file. */
 int rgm_fetch_fd(const rgm_fetch_t *f);
+/* What a reader at off may send now: 1 with *len bytes of the fd at off (sendfile them), 0
+ * with *len bytes at *data (memory of the window, valid until the next call into this module;
+ * copy them), *len 0 when nothing is there yet; or UV_ENOBUFS when off fell out of the window
+ * (or the fetch failed and freed it): cut the client. *len is 0 or more, never past
+ * rgm_fetch_readable. */
+RGM_MUST_CHECK int rgm_fetch_peek(const rgm_fetch_reader_t *rd, uint64_t off, const char **data,
+                                  size_t *len);
+/* The reader has sent everything before off: without a file, the window drops bytes that every
+ * reader has sent, and the producer goes on. A reader should say so at join (its start) and
+ * whenever a send completes. */
+void rgm_fetch_reader_at(rgm_fetch_reader_t *rd, uint64_t off);
 
 #endif

@@ -149,14 +149,18 @@ struct rgm_index {
     char check_after[RGM_DIGEST_MAX];
     char *path;
     struct ckpt *ckpt; /* rgm_index_use_loop: checkpoints on the pool */
+    sqlite3_stmt *ref_st[6]; /* the referrers section's statements (REF_ST_*) */
 };
+
+static int referrers_open(rgm_index_t *idx);
+static void referrers_close(rgm_index_t *idx);
 
 /* ---- helpers ---- */
 
 static int db_fail(rgm_index_t *idx, const char *what)
 {
     rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, sqlite3_errmsg(idx->db));
-    return UV_EIO;
+    return sqlite3_errcode(idx->db) == SQLITE_FULL ? UV_ENOSPC : UV_EIO; /* full disk */
 }
 
 /* Reset a statement for reuse; its error was already reported by step. */
@@ -197,9 +201,8 @@ static int col_kind(sqlite3_stmt *st, int i)
 }
 
 /* Run a statement that returns no rows (or whose rows are ignored). */
-static int exec_st(rgm_index_t *idx, int which, const char *what)
+static int exec_stmt(rgm_index_t *idx, sqlite3_stmt *st, const char *what)
 {
-    sqlite3_stmt *st = idx->st[which];
     int rc;
 
     do {
@@ -209,6 +212,11 @@ static int exec_st(rgm_index_t *idx, int which, const char *what)
     if (rc != SQLITE_DONE)
         return db_fail(idx, what);
     return 0;
+}
+
+static int exec_st(rgm_index_t *idx, int which, const char *what)
+{
+    return exec_stmt(idx, idx->st[which], what);
 }
 
 /* Read batches: every SQLite transaction takes and drops POSIX locks (fcntl) on the database
@@ -348,6 +356,8 @@ int rgm_index_open(const char *path, rgm_index_t **out)
             goto fail;
         }
     }
+    if (referrers_open(idx) < 0)
+        goto fail;
     *out = idx;
     return 0;
 
@@ -498,6 +508,7 @@ void rgm_index_close(rgm_index_t *idx)
     touches_clear(idx);
     for (i = 0; i < ST_COUNT; i++)
         sqlite3_finalize(idx->st[i]);
+    referrers_close(idx);
     if (idx->db && sqlite3_close(idx->db) != SQLITE_OK)
         rgm_log(RGM_LOG_ERROR, "index", "close: %s", sqlite3_errmsg(idx->db));
     free(idx->path);
@@ -1039,4 +1050,177 @@ int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
             "without row deleted",
             n, r.files_deleted);
     return 0;
+}
+
+/* ---- the shared connection (cache/refs, cache/pins) ----
+ * Those modules keep their own tables and statements in this database; they go through here
+ * so that the read batch is respected: a read joins it, a write ends it first. */
+
+struct sqlite3 *rgm_index_db_read(rgm_index_t *idx)
+{
+    read_begin(idx);
+    return idx->db;
+}
+
+struct sqlite3 *rgm_index_db_write(rgm_index_t *idx)
+{
+    read_end(idx);
+    return idx->db;
+}
+
+/* ---- referrers answers (registry/referrers.c) ----
+ * Their own tables, created on every open (IF NOT EXISTS: a database of schema version 1
+ * written before them gains them; a build without them ignores them). Not objects: no file,
+ * no origins, no LRU; rows older than REF_KEEP_MS are pruned in batches when one is written. */
+
+#define REF_KEEP_MS (7ull * 24 * 3600 * 1000)
+
+enum { REF_ST_GET, REF_ST_PUT, REF_ST_PRUNE, REF_ST_NOAPI_GET, REF_ST_NOAPI_PUT, REF_ST_NOAPI_DEL };
+
+static const char referrers_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS referrers("
+    " registry TEXT NOT NULL,"
+    " repository TEXT NOT NULL,"
+    " digest TEXT NOT NULL,"
+    " query TEXT NOT NULL,"
+    " body BLOB NOT NULL,"
+    " link TEXT NOT NULL DEFAULT '',"
+    " filters TEXT NOT NULL DEFAULT '',"
+    " is_public INTEGER NOT NULL,"
+    " checked INTEGER NOT NULL,"
+    " UNIQUE (registry, repository, digest, query)"
+    ");"
+    "CREATE INDEX IF NOT EXISTS referrers_checked ON referrers(checked);"
+    "CREATE TABLE IF NOT EXISTS referrers_noapi("
+    " registry TEXT PRIMARY KEY NOT NULL,"
+    " checked INTEGER NOT NULL"
+    ") WITHOUT ROWID;";
+
+static const char *const ref_sql[] = {
+    [REF_ST_GET] = "SELECT body, link, filters, is_public, checked FROM referrers WHERE "
+                   "registry = ?1 AND repository = ?2 AND digest = ?3 AND query = ?4",
+    [REF_ST_PUT] = "INSERT OR REPLACE INTO referrers(registry, repository, digest, query, body, "
+                   "link, filters, is_public, checked) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+    [REF_ST_PRUNE] = "DELETE FROM referrers WHERE rowid IN (SELECT rowid FROM referrers WHERE "
+                     "checked < ?1 LIMIT 100)",
+    [REF_ST_NOAPI_GET] = "SELECT checked FROM referrers_noapi WHERE registry = ?1",
+    [REF_ST_NOAPI_PUT] =
+        "INSERT OR REPLACE INTO referrers_noapi(registry, checked) VALUES (?1, ?2)",
+    [REF_ST_NOAPI_DEL] = "DELETE FROM referrers_noapi WHERE registry = ?1",
+};
+
+static int referrers_open(rgm_index_t *idx)
+{
+    char *errmsg = NULL;
+    size_t i;
+
+    RGM_BUG_ON(RGM_ARRAY_SIZE(ref_sql) != RGM_ARRAY_SIZE(idx->ref_st));
+    if (sqlite3_exec(idx->db, referrers_schema_sql, NULL, NULL, &errmsg) != SQLITE_OK) {
+        rgm_log(RGM_LOG_ERROR, "index", "create referrers tables: %s", errmsg ? errmsg : "?");
+        sqlite3_free(errmsg);
+        return UV_EIO;
+    }
+    for (i = 0; i < RGM_ARRAY_SIZE(ref_sql); i++)
+        if (sqlite3_prepare_v3(idx->db, ref_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &idx->ref_st[i],
+                               NULL) != SQLITE_OK)
+            return db_fail(idx, ref_sql[i]);
+    return 0;
+}
+
+static void referrers_close(rgm_index_t *idx)
+{
+    size_t i;
+
+    for (i = 0; i < RGM_ARRAY_SIZE(idx->ref_st); i++)
+        sqlite3_finalize(idx->ref_st[i]);
+}
+
+static void ref_bind_key(sqlite3_stmt *st, const char *registry, const char *repo,
+                         const char *digest, const char *query)
+{
+    (void)bind_text(st, 1, registry);
+    (void)bind_text(st, 2, repo);
+    (void)bind_text(st, 3, digest);
+    (void)bind_text(st, 4, query);
+}
+
+int rgm_index_get_referrers(rgm_index_t *idx, const char *registry, const char *repo,
+                            const char *digest, const char *query, rgm_index_referrers_t *out)
+{
+    sqlite3_stmt *st = idx->ref_st[REF_ST_GET];
+    const void *body;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    read_begin(idx);
+    ref_bind_key(st, registry, repo, digest, query);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW) {
+        out->body_len = (size_t)sqlite3_column_bytes(st, 0);
+        body = sqlite3_column_blob(st, 0);
+        out->body = rgm_malloc(out->body_len + 1);
+        if (out->body_len > 0)
+            memcpy(out->body, body, out->body_len);
+        out->body[out->body_len] = '\0';
+        col_text(st, 1, out->link, sizeof(out->link));
+        col_text(st, 2, out->filters, sizeof(out->filters));
+        out->is_public = sqlite3_column_int(st, 3) != 0;
+        out->checked_ms = col_u64(st, 4);
+    }
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    return rc == SQLITE_DONE ? UV_ENOENT : db_fail(idx, "get referrers");
+}
+
+int rgm_index_put_referrers(rgm_index_t *idx, const char *registry, const char *repo,
+                            const char *digest, const char *query, const rgm_index_referrers_t *in)
+{
+    sqlite3_stmt *st = idx->ref_st[REF_ST_PUT];
+    int rc;
+
+    read_end(idx);
+    ref_bind_key(st, registry, repo, digest, query);
+    (void)sqlite3_bind_blob64(st, 5, in->body_len > 0 ? in->body : "", in->body_len,
+                              SQLITE_TRANSIENT);
+    (void)bind_text(st, 6, in->link);
+    (void)bind_text(st, 7, in->filters);
+    (void)sqlite3_bind_int(st, 8, in->is_public ? 1 : 0);
+    (void)sqlite3_bind_int64(st, 9, to_i64(in->checked_ms));
+    rc = sqlite3_step(st);
+    st_done(st);
+    if (rc != SQLITE_DONE)
+        return db_fail(idx, "put referrers");
+    st = idx->ref_st[REF_ST_PRUNE];
+    (void)sqlite3_bind_int64(
+        st, 1, to_i64(in->checked_ms > REF_KEEP_MS ? in->checked_ms - REF_KEEP_MS : 0));
+    return exec_stmt(idx, st, "prune referrers");
+}
+
+int rgm_index_get_referrers_api(rgm_index_t *idx, const char *registry, uint64_t *checked_ms)
+{
+    sqlite3_stmt *st = idx->ref_st[REF_ST_NOAPI_GET];
+    int rc;
+
+    read_begin(idx);
+    (void)bind_text(st, 1, registry);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        *checked_ms = col_u64(st, 0);
+    st_done(st);
+    if (rc == SQLITE_ROW)
+        return 0;
+    return rc == SQLITE_DONE ? 1 : db_fail(idx, "get referrers api");
+}
+
+int rgm_index_put_referrers_api(rgm_index_t *idx, const char *registry, int has_api,
+                                uint64_t checked_ms)
+{
+    sqlite3_stmt *st = idx->ref_st[has_api ? REF_ST_NOAPI_DEL : REF_ST_NOAPI_PUT];
+
+    read_end(idx);
+    (void)bind_text(st, 1, registry);
+    if (!has_api)
+        (void)sqlite3_bind_int64(st, 2, to_i64(checked_ms));
+    return exec_stmt(idx, st, "put referrers api");
 }

@@ -132,4 +132,42 @@ RGM_MUST_CHECK int rgm_index_reconcile_file(rgm_index_t *idx, rgm_store_t *store
  * copied). */
 void rgm_index_check_files(rgm_index_t *idx, rgm_store_t *store, const char *after);
 
+/* ---- the shared connection ----
+ * For modules with their own tables in index.db (cache/refs, cache/pins): the connection,
+ * borrowed, valid until rgm_index_close. _read joins the current read batch; _write ends it
+ * first, so that the caller's writes run in their own transactions. */
+struct sqlite3;
+struct sqlite3 *rgm_index_db_read(rgm_index_t *idx);
+struct sqlite3 *rgm_index_db_write(rgm_index_t *idx);
+
+/* ---- referrers answers (registry/referrers.c) ---- */
+
+/* One cached answer of an upstream's referrers API (one page, one query). */
+typedef struct rgm_index_referrers {
+    char *body; /* get: malloc'd (the caller frees), NUL-terminated; put: borrowed */
+    size_t body_len;
+    char link[2048];   /* the upstream's Link header as it sent it, "" when none */
+    char filters[256]; /* its OCI-Filters-Applied, "" when none */
+    int is_public;     /* fetched with the mirror's own identity */
+    uint64_t checked_ms;
+} rgm_index_referrers_t;
+
+/* The answer cached for (registry, repo, digest, query); query is the upstream query string
+ * ("" for none). 0 (out->body is the caller's), UV_ENOENT (out->body NULL) or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_get_referrers(rgm_index_t *idx, const char *registry, const char *repo,
+                                           const char *digest, const char *query,
+                                           rgm_index_referrers_t *out);
+/* Insert or replace; in is borrowed. Also drops up to 100 rows checked over 7 days before
+ * in->checked_ms. 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_put_referrers(rgm_index_t *idx, const char *registry, const char *repo,
+                                           const char *digest, const char *query,
+                                           const rgm_index_referrers_t *in);
+/* "registry has no referrers API", recorded at *checked_ms: 0 (recorded), 1 (nothing
+ * recorded: it has one, or nobody asked) or UV_EIO. */
+int rgm_index_get_referrers_api(rgm_index_t *idx, const char *registry, uint64_t *checked_ms);
+/* Record that registry has no referrers API (has_api 0, at checked_ms), or forget that
+ * (has_api 1). 0 or UV_EIO. */
+RGM_MUST_CHECK int rgm_index_put_referrers_api(rgm_index_t *idx, const char *registry, int has_api,
+                                               uint64_t checked_ms);
+
 #endif

@@ -4,7 +4,7 @@
  * broken hit). Then the files: one without a row is deleted, unless it changed after the
  * reconcile began (a fetch committed it; its row follows). A file without a row is never
  * served meanwhile: serving needs the row's origins. No libuv handle: the caller's timer
- * calls rgm_reconcile_step. Not here: tmp/ (the store empties it at open). */
+ * calls rgm_reconcile_step. Not here: tmp/ (the store cleans it at open, keeping partials). */
 #ifndef RGM_CACHE_RECONCILE_H
 #define RGM_CACHE_RECONCILE_H
 

@@ -1,5 +1,7 @@
 /* Content-addressed blob files on disk (DESIGN "On disk"). Paths are built only from
- * validated digests. Synchronous small file-system calls; no rows, no readers, no HTTP. */
+ * validated digests. Synchronous small file-system calls; no rows, no readers, no HTTP. Also
+ * the partial fetches kept across restarts (their sidecar format and the list of them) and
+ * the count of store write errors. */
 #include "cache/store.h"
 
 #include <dirent.h>
@@ -10,6 +12,7 @@
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -20,11 +23,33 @@
 
 #define STORE_PATH_MAX 4096
 
+/* A partial fetch kept for resuming (see store.h). */
+struct kept {
+    struct kept *next;
+    char *path;
+    rgm_store_partial_t p;
+};
+
+/* errno names counted in regmirror_store_errors_total; the last slot is "other". */
+static const struct {
+    int err;
+    const char *name;
+} errno_names[] = {
+    {UV_ENOSPC, "ENOSPC"}, {-EDQUOT, "EDQUOT"},   {UV_EIO, "EIO"},       {UV_EROFS, "EROFS"},
+    {UV_EFBIG, "EFBIG"},   {UV_ENOMEM, "ENOMEM"}, {UV_EACCES, "EACCES"}, {UV_EPERM, "EPERM"},
+    {UV_EBADF, "EBADF"},   {UV_ENOENT, "ENOENT"}, {UV_EEXIST, "EEXIST"}, {UV_EMFILE, "EMFILE"},
+    {UV_EINVAL, "EINVAL"},
+};
+#define ERRNO_SLOTS (RGM_ARRAY_SIZE(errno_names) + 1)
+
 struct rgm_store {
     char *dir;
     uint64_t tmp_counter;
     int lock_fd;  /* <dir>/.lock, flock'ed when is_owner */
     int is_owner; /* no other process holds the storage */
+    struct kept *kept;
+    size_t kept_count;
+    uint64_t errors[RGM_STORE_OP_COUNT][ERRNO_SLOTS];
 };
 
 static const char *const algos[] = {"sha256", "sha512"};
@@ -112,64 +137,315 @@ static int mkdir_one(const char *path)
     return 0;
 }
 
-/* 1 when name is a partial fetch kept across restarts: "<x>.partial" with a sidecar
- * "<x>.partial" RGM_STORE_KEEP_SUFFIX beside it, or that sidecar itself while its partial
- * exists. */
-static int is_kept(int dfd, const char *name)
+/* ---- partials kept across restarts ---- */
+
+/* One "key value" line of a sidecar into out (NUL-terminated). 0, or UV_EINVAL when the next
+ * line is not key or its value does not fit. *pos moves past the line. */
+static int sidecar_line(const char *text, size_t len, size_t *pos, const char *key, char *out,
+                        size_t out_len)
+{
+    size_t klen = strlen(key);
+    const char *line = text + *pos;
+    const char *nl;
+    size_t n;
+
+    if (*pos >= len)
+        return UV_EINVAL;
+    nl = memchr(line, '\n', len - *pos);
+    if (!nl)
+        return UV_EINVAL;
+    n = (size_t)(nl - line);
+    if (n <= klen + 1 || memcmp(line, key, klen) != 0 || line[klen] != ' ' ||
+        n - klen - 1 >= out_len)
+        return UV_EINVAL;
+    memcpy(out, line + klen + 1, n - klen - 1);
+    out[n - klen - 1] = '\0';
+    if (memchr(out, '\0', n - klen - 1) || strchr(out, '\r'))
+        return UV_EINVAL;
+    *pos += n + 1;
+    return 0;
+}
+
+#define SIDECAR_MAGIC "regmirror-partial 1\n"
+
+int rgm_store_partial_parse(const char *text, size_t len, rgm_store_partial_t *p)
+{
+    char num[32];
+    size_t pos = sizeof(SIDECAR_MAGIC) - 1;
+    int err = 0;
+
+    memset(p, 0, sizeof(*p));
+    if (len < pos || memcmp(text, SIDECAR_MAGIC, pos) != 0)
+        return UV_EINVAL;
+    err |= sidecar_line(text, len, &pos, "digest", p->digest, sizeof(p->digest));
+    err |= sidecar_line(text, len, &pos, "size", num, sizeof(num));
+    if (err == 0)
+        err |= rgm_parse_uint(num, UINT64_MAX - 1, &p->size);
+    err |= sidecar_line(text, len, &pos, "written", num, sizeof(num));
+    if (err == 0)
+        err |= rgm_parse_uint(num, UINT64_MAX - 1, &p->written);
+    err |= sidecar_line(text, len, &pos, "prefix", p->prefix, sizeof(p->prefix));
+    err |= sidecar_line(text, len, &pos, "registry", p->registry, sizeof(p->registry));
+    err |= sidecar_line(text, len, &pos, "repo", p->repo, sizeof(p->repo));
+    if (err != 0 || pos != len || rgm_digest_check(p->digest) < 0 ||
+        rgm_digest_check(p->prefix) < 0 || strncmp(p->digest, p->prefix, 7) != 0 ||
+        p->written >= p->size)
+        return UV_EINVAL;
+    return 0;
+}
+
+int rgm_store_partial_format(const rgm_store_partial_t *p, char *buf, size_t len)
+{
+    int n;
+
+    if (rgm_digest_check(p->digest) < 0 || rgm_digest_check(p->prefix) < 0 ||
+        p->written >= p->size || strpbrk(p->registry, "\r\n") || strpbrk(p->repo, "\r\n") ||
+        !p->registry[0] || !p->repo[0])
+        return UV_EINVAL;
+    n = snprintf(buf, len,
+                 SIDECAR_MAGIC "digest %s\nsize %" PRIu64 "\nwritten %" PRIu64
+                               "\nprefix %s\nregistry %s\nrepo %s\n",
+                 p->digest, p->size, p->written, p->prefix, p->registry, p->repo);
+    if (n < 0 || (size_t)n >= len)
+        return UV_ENAMETOOLONG;
+    return n;
+}
+
+/* Read and check the sidecar of the partial dir/name: 0 with *p, or <0. The partial's name
+ * must start with the digest's hex, and the sidecar must be younger than max_age_s. */
+static int sidecar_read(int dfd, const char *name, uint64_t max_age_s, rgm_store_partial_t *p)
+{
+    char sidecar[NAME_MAX + 1];
+    char text[2048];
+    struct stat st;
+    ssize_t n;
+    size_t hex_len;
+    int fd;
+    int err;
+
+    err = path_fmt(sidecar, sizeof(sidecar), "%s%s", name, RGM_STORE_KEEP_SUFFIX);
+    if (err < 0)
+        return err;
+    fd = openat(dfd, sidecar, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0)
+        return -errno;
+    if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return UV_EINVAL;
+    }
+    n = read(fd, text, sizeof(text));
+    close(fd);
+    if (n < 0)
+        return UV_EIO;
+    if ((uint64_t)st.st_mtim.tv_sec + max_age_s < (uint64_t)time(NULL))
+        return UV_ETIMEDOUT;
+    if ((size_t)n >= sizeof(text) || rgm_store_partial_parse(text, (size_t)n, p) < 0)
+        return UV_EINVAL;
+    hex_len = strlen(p->digest + 7);
+    if (strncmp(name, p->digest + 7, hex_len) != 0 || name[hex_len] != '.')
+        return UV_EINVAL;
+    if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+        return UV_ENOENT;
+    return 0;
+}
+
+/* Remember a partial; a second one of the same digest keeps the longer prefix, and the other
+ * one's files are deleted. */
+static void kept_add(rgm_store_t *s, const char *path, const rgm_store_partial_t *p)
+{
+    struct kept *k;
+    char sc[STORE_PATH_MAX];
+    const char *loser = path;
+
+    for (k = s->kept; k; k = k->next) {
+        if (strcmp(k->p.digest, p->digest) != 0)
+            continue;
+        if (p->written > k->p.written) {
+            loser = k->path;
+            k->path = rgm_strdup(path);
+            k->p = *p;
+        }
+        if (path_fmt(sc, sizeof(sc), "%s%s", loser, RGM_STORE_KEEP_SUFFIX) == 0)
+            (void)unlink(sc);
+        (void)unlink(loser);
+        if (loser != path)
+            free((char *)loser);
+        return;
+    }
+    k = rgm_calloc(1, sizeof(*k));
+    k->path = rgm_strdup(path);
+    k->p = *p;
+    k->next = s->kept;
+    s->kept = k;
+    s->kept_count++;
+}
+
+/* 1 when name is the sidecar of a partial in dir (the partial decides for both). */
+static int is_sidecar_of_partial(int dfd, const char *name)
 {
     char partial[NAME_MAX + 1];
-    char sidecar[NAME_MAX + 1];
     size_t len = strlen(name);
     size_t ks = sizeof(RGM_STORE_KEEP_SUFFIX) - 1;
     struct stat st;
 
-    if (len > ks && strcmp(name + len - ks, RGM_STORE_KEEP_SUFFIX) == 0) {
-        if (len - ks >= sizeof(partial))
-            return 0;
-        memcpy(partial, name, len - ks);
-        partial[len - ks] = '\0';
-    } else if (path_fmt(partial, sizeof(partial), "%s", name) < 0) {
+    if (len <= ks + 8 || strcmp(name + len - ks, RGM_STORE_KEEP_SUFFIX) != 0 ||
+        len - ks >= sizeof(partial))
         return 0;
-    }
-    len = strlen(partial);
-    if (len <= 8 || strcmp(partial + len - 8, ".partial") != 0 ||
-        path_fmt(sidecar, sizeof(sidecar), "%s%s", partial, RGM_STORE_KEEP_SUFFIX) < 0)
-        return 0;
-    /* both must exist: a sidecar without its partial (or the reverse) is litter */
-    return fstatat(dfd, partial, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
-           fstatat(dfd, sidecar, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
+    memcpy(partial, name, len - ks);
+    partial[len - ks] = '\0';
+    return strcmp(partial + len - ks - 8, ".partial") == 0 &&
+           fstatat(dfd, partial, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode);
 }
 
-/* Delete every entry of dir/tmp (files only: we never create directories there), except the
- * partial fetches that a sidecar keeps (is_kept). */
-static int empty_tmp(const char *tmp_dir)
+/* Clean dir/tmp (files only: we never create directories there): keep each partial with a
+ * valid, young sidecar (and that sidecar); delete the rest, including kept partials' sidecars
+ * whose partial goes. Two passes: partials decide, then the sidecars left are litter. */
+static int clean_tmp(rgm_store_t *s, const char *tmp_dir)
 {
+    char path[STORE_PATH_MAX];
+    rgm_store_partial_t p;
     DIR *d;
     struct dirent *de;
     unsigned long n = 0;
-    unsigned long kept = 0;
+    size_t len;
+    int pass;
 
-    d = opendir(tmp_dir);
-    if (!d)
-        return -errno;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
-            continue;
-        if (is_kept(dirfd(d), de->d_name)) {
-            kept++;
-            continue;
+    for (pass = 0; pass < 2; pass++) {
+        d = opendir(tmp_dir);
+        if (!d)
+            return -errno;
+        while ((de = readdir(d)) != NULL) {
+            if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+                continue;
+            len = strlen(de->d_name);
+            if (pass == 0 && len > 8 && strcmp(de->d_name + len - 8, ".partial") == 0 &&
+                sidecar_read(dirfd(d), de->d_name, RGM_STORE_PARTIAL_MAX_AGE_S, &p) == 0 &&
+                path_fmt(path, sizeof(path), "%s/%s", tmp_dir, de->d_name) == 0) {
+                kept_add(s, path, &p);
+                continue;
+            }
+            if (is_sidecar_of_partial(dirfd(d), de->d_name))
+                continue; /* its partial decides (pass 0) and stays with it (pass 1) */
+            if (pass == 1 && !(len > sizeof(RGM_STORE_KEEP_SUFFIX) &&
+                               strcmp(de->d_name + len - sizeof(RGM_STORE_KEEP_SUFFIX) + 1,
+                                      RGM_STORE_KEEP_SUFFIX) == 0))
+                continue; /* pass 1 only deletes sidecars whose partial went in pass 0 */
+            if (unlinkat(dirfd(d), de->d_name, 0) < 0)
+                rgm_log(RGM_LOG_WARN, "store", "cannot delete tmp/%s: %s", de->d_name,
+                        strerror(errno));
+            else
+                n++;
         }
-        if (unlinkat(dirfd(d), de->d_name, 0) < 0)
-            rgm_log(RGM_LOG_WARN, "store", "cannot delete tmp/%s: %s", de->d_name, strerror(errno));
-        else
-            n++;
+        closedir(d);
     }
-    closedir(d);
     if (n > 0)
         rgm_log(RGM_LOG_INFO, "store", "deleted %lu leftover temp files", n);
-    if (kept > 0)
-        rgm_log(RGM_LOG_INFO, "store", "kept %lu partial fetch files with sidecars", kept);
+    if (s->kept_count > 0)
+        rgm_log(RGM_LOG_INFO, "store", "kept %zu partial fetches for resuming", s->kept_count);
     return 0;
+}
+
+int rgm_store_take_partial(rgm_store_t *s, const char *digest, char **path, rgm_store_partial_t *p)
+{
+    struct kept **pp;
+    struct kept *k;
+
+    *path = NULL;
+    for (pp = &s->kept; (k = *pp) != NULL; pp = &k->next) {
+        if (strcmp(k->p.digest, digest) != 0)
+            continue;
+        *pp = k->next;
+        s->kept_count--;
+        *path = k->path;
+        *p = k->p;
+        free(k);
+        return 1;
+    }
+    return 0;
+}
+
+int rgm_store_keep_partial(rgm_store_t *s, const char *path)
+{
+    char dir[STORE_PATH_MAX];
+    char sc[STORE_PATH_MAX];
+    rgm_store_partial_t p;
+    const char *slash = strrchr(path, '/');
+    int dfd;
+    int err;
+
+    if (!slash || (size_t)(slash - path) >= sizeof(dir))
+        return UV_EINVAL;
+    memcpy(dir, path, (size_t)(slash - path));
+    dir[slash - path] = '\0';
+    dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    err = sidecar_read(dfd, slash + 1, RGM_STORE_PARTIAL_MAX_AGE_S, &p);
+    close(dfd);
+    if (err == 0) {
+        kept_add(s, path, &p);
+        return 0;
+    }
+    if (path_fmt(sc, sizeof(sc), "%s%s", path, RGM_STORE_KEEP_SUFFIX) == 0)
+        (void)unlink(sc);
+    (void)unlink(path);
+    return err;
+}
+
+size_t rgm_store_partial_count(const rgm_store_t *s)
+{
+    return s->kept_count;
+}
+
+/* ---- store write errors ---- */
+
+const char *rgm_store_op_name(enum rgm_store_op op)
+{
+    static const char *const names[RGM_STORE_OP_COUNT] = {"write", "fsync", "rename", "index"};
+
+    return (unsigned)op < RGM_STORE_OP_COUNT ? names[op] : "other";
+}
+
+static size_t errno_slot(int err)
+{
+    size_t i;
+
+    for (i = 0; i < RGM_ARRAY_SIZE(errno_names); i++)
+        if (errno_names[i].err == err)
+            return i;
+    return RGM_ARRAY_SIZE(errno_names);
+}
+
+const char *rgm_store_errno_name(int err)
+{
+    size_t i = errno_slot(err);
+
+    return i < RGM_ARRAY_SIZE(errno_names) ? errno_names[i].name : "other";
+}
+
+int rgm_store_is_disk_error(int err)
+{
+    return err == UV_ENOSPC || err == -EDQUOT || err == UV_EIO || err == UV_EROFS ||
+           err == UV_EFBIG;
+}
+
+void rgm_store_count_error(rgm_store_t *s, enum rgm_store_op op, int err)
+{
+    if ((unsigned)op < RGM_STORE_OP_COUNT)
+        s->errors[op][errno_slot(err)]++;
+}
+
+void rgm_store_errors_each(const rgm_store_t *s, rgm_store_error_fn cb, void *ud)
+{
+    size_t op;
+    size_t i;
+
+    for (op = 0; op < RGM_STORE_OP_COUNT; op++)
+        for (i = 0; i < ERRNO_SLOTS; i++)
+            if (s->errors[op][i] > 0)
+                cb(rgm_store_op_name((enum rgm_store_op)op),
+                   i < RGM_ARRAY_SIZE(errno_names) ? errno_names[i].name : "other",
+                   s->errors[op][i], ud);
 }
 
 int rgm_store_open(const char *dir, rgm_store_t **out)
@@ -215,7 +491,7 @@ int rgm_store_open(const char *dir, rgm_store_t **out)
     if (err == 0)
         err = mkdir_one(path);
     if (err == 0 && s->is_owner)
-        err = empty_tmp(path);
+        err = clean_tmp(s, path);
     if (err < 0)
         goto fail;
     *out = s;
@@ -234,10 +510,17 @@ int rgm_store_is_owner(const rgm_store_t *s)
 
 void rgm_store_close(rgm_store_t *s)
 {
+    struct kept *k;
+
     if (!s)
         return;
     if (s->lock_fd >= 0)
         close(s->lock_fd); /* releases the flock */
+    while ((k = s->kept) != NULL) {
+        s->kept = k->next;
+        free(k->path);
+        free(k);
+    }
     free(s->dir);
     free(s);
 }

@@ -1,5 +1,6 @@
 /* Content-addressed blob files: <storage>/blobs/<algo>/<aa>/<hex>, fetches in progress in
- * <storage>/tmp/ (emptied at open), the index at <storage>/index.db (DESIGN "On disk").
+ * <storage>/tmp/ (cleaned at open: only partials with a valid sidecar stay, for resuming), the
+ * index at <storage>/index.db (DESIGN "On disk"), and the count of store write errors.
  * Every digest is validated before it touches a path. The calls here are small synchronous
  * file-system calls (open, rename, mkdir, unlink); bulk I/O is the caller's (uv_fs_*).
  * It knows digests and files, not rows (index) or readers (fetch). */
@@ -19,10 +20,10 @@ RGM_MUST_CHECK int rgm_digest_check(const char *digest);
 
 /* Open (creating with mode 0755 when missing) dir, dir/blobs/sha256, dir/blobs/sha512 and
  * dir/tmp. The store takes an exclusive flock on dir/.lock for its lifetime when it can; then
- * (only then) it deletes everything left in dir/tmp (the leftovers of a crash are never
- * served). When another process holds the lock, the store opens without it: see
- * rgm_store_is_owner.
- * dir is copied. *out is owned by the caller (rgm_store_close). 0 or a negative errno. */
+ * (only then) it cleans dir/tmp: partials with a valid sidecar are kept for resuming, every
+ * other file is deleted (the leftovers of a crash are never served). When another process holds the
+ * lock, the store opens without it: see rgm_store_is_owner. dir is copied. *out is owned by the
+ * caller (rgm_store_close). 0 or a negative errno. */
 RGM_MUST_CHECK int rgm_store_open(const char *dir, rgm_store_t **out);
 void rgm_store_close(rgm_store_t *s);
 /* 1 when this store holds dir/.lock (no other regmirror process uses dir), else 0. */
@@ -42,12 +43,63 @@ RGM_MUST_CHECK int rgm_store_open_blob(const rgm_store_t *s, const char *digest,
 /* 1 (present, *size set when size is not NULL), 0 (absent) or <0 (UV_EINVAL, I/O error). */
 int rgm_store_has(const rgm_store_t *s, const char *digest, uint64_t *size);
 
-/* A partial fetch in tmp/ survives rgm_store_open when a sidecar file of this suffix sits
- * next to it: "tmp/<x>.partial" is kept while "tmp/<x>.partial.keep" exists (and the sidecar
- * while its partial exists); everything else in tmp/ is deleted. This is the hook for fetches
- * that resume across restarts: the sidecar holds what a resume needs (written by that
- * feature, not by the store), and whoever owns it removes both. */
-#define RGM_STORE_KEEP_SUFFIX ".keep"
+/* ---- partial fetches kept across restarts ----
+ * A fetch in tmp/ ("<hex>.<n>.partial") keeps a sidecar "<hex>.<n>.partial" RGM_STORE_KEEP_SUFFIX
+ * that says what its prefix is: the digest, the expected size, how many bytes of the file the
+ * prefix hash covers, that hash, and where it came from. At open, the store keeps each partial
+ * whose sidecar parses, names the partial's digest and is younger than
+ * RGM_STORE_PARTIAL_MAX_AGE_S; every other file of tmp/ is deleted. A fetch of that digest then
+ * takes it (rgm_store_take_partial), re-hashes the prefix and resumes with a Range request. */
+#define RGM_STORE_KEEP_SUFFIX        ".keep"
+#define RGM_STORE_PARTIAL_MAX_AGE_S  (24 * 3600)
+#define RGM_STORE_PARTIAL_ORIGIN_MAX 256
+
+typedef struct rgm_store_partial {
+    char digest[RGM_DIGEST_MAX]; /* of the whole blob */
+    uint64_t size;               /* the blob's expected size; written < size */
+    uint64_t written;            /* bytes of the file that prefix covers */
+    char prefix[RGM_DIGEST_MAX]; /* "<algo>:<hex>": the digest's algorithm over those bytes */
+    char registry[RGM_STORE_PARTIAL_ORIGIN_MAX];
+    char repo[RGM_STORE_PARTIAL_ORIGIN_MAX];
+} rgm_store_partial_t;
+
+/* The sidecar's text for p into buf (pure: safe from libuv's pool). Its length, or
+ * UV_ENAMETOOLONG when buf is too small, UV_EINVAL when a field is not valid. */
+RGM_MUST_CHECK int rgm_store_partial_format(const rgm_store_partial_t *p, char *buf, size_t len);
+/* Parse a sidecar's text (len bytes, need not be NUL-terminated): 0, or UV_EINVAL when a line
+ * is missing, unknown, malformed or inconsistent (bad digest, written >= size). */
+RGM_MUST_CHECK int rgm_store_partial_parse(const char *text, size_t len, rgm_store_partial_t *p);
+/* Take the kept partial of digest, if any: 1 (*path malloc'd, the caller's to free, and the
+ * caller now owns the file and its sidecar path "<*path>" RGM_STORE_KEEP_SUFFIX), or 0. */
+int rgm_store_take_partial(rgm_store_t *s, const char *digest, char **path, rgm_store_partial_t *p);
+/* Give a partial back (a fetch stopped by shutdown or suspended): its sidecar is read again and
+ * it is kept for a later take. 0; or UV_EINVAL/UV_ENOENT/another errno when the sidecar is
+ * missing or does not parse, and then both files are deleted. path is borrowed. */
+RGM_MUST_CHECK int rgm_store_keep_partial(rgm_store_t *s, const char *path);
+/* Partials kept now (not taken). */
+size_t rgm_store_partial_count(const rgm_store_t *s);
+
+/* ---- store write errors ----
+ * Counted where they are handled (fetch, blobs), by operation and errno name, for /metrics:
+ * regmirror_store_errors_total{op,error}. */
+enum rgm_store_op {
+    RGM_STORE_OP_WRITE = 0,
+    RGM_STORE_OP_FSYNC,
+    RGM_STORE_OP_RENAME,
+    RGM_STORE_OP_INDEX,
+    RGM_STORE_OP_COUNT
+};
+/* "write", "fsync", "rename", "index". */
+const char *rgm_store_op_name(enum rgm_store_op op);
+/* The errno name of err (<0, a UV_E* or -errno): "ENOSPC", "EDQUOT", "EIO", ...; "other" for
+ * one outside the table. Static strings. */
+const char *rgm_store_errno_name(int err);
+/* 1 when err means the disk cannot take bytes now (ENOSPC, EDQUOT, EIO, EROFS, EFBIG), else 0. */
+int rgm_store_is_disk_error(int err);
+void rgm_store_count_error(rgm_store_t *s, enum rgm_store_op op, int err);
+/* cb for every non-zero count (op and error are static strings). */
+typedef void (*rgm_store_error_fn)(const char *op, const char *error, uint64_t count, void *ud);
+void rgm_store_errors_each(const rgm_store_t *s, rgm_store_error_fn cb, void *ud);
 
 /* Create a new temp file for digest: tmp/<hex>.<counter>.partial, O_RDWR|O_CREAT|O_EXCL|
  * O_CLOEXEC, mode 0644. *fd is the caller's to close; *path is malloc'd, the caller's to free.

@@ -33,6 +33,8 @@ struct hosts_opts {
     char out_buf[4096]; /* out without trailing slashes */
     int cap_pull;
     int cap_resolve;
+    int cap_referrers;      /* containerd 2.2+; older ones refuse unknown capabilities */
+    int has_referrers_flag; /* --referrers, whatever --capabilities says */
     int skip_verify;
     const char *ca;
     const char *server_override;
@@ -41,8 +43,8 @@ struct hosts_opts {
 static void usage(FILE *out)
 {
     fprintf(out, "usage: regmirror hosts --mirror URL [--registry NAME]... [--all] [--default]\n"
-                 "                       --out DIR [--capabilities pull,resolve] [--skip-verify]\n"
-                 "                       [--ca FILE] [--server-override URL]\n"
+                 "                       --out DIR [--capabilities pull,resolve] [--referrers]\n"
+                 "                       [--skip-verify] [--ca FILE] [--server-override URL]\n"
                  "\n"
                  "Write containerd hosts.toml files that send pulls through the mirror first and\n"
                  "fall back to the real registry (DIR/<NAME>/hosts.toml; point containerd's\n"
@@ -55,7 +57,10 @@ static void usage(FILE *out)
                  "  --default               also write DIR/_default/hosts.toml: every other\n"
                  "                          registry goes through the mirror too\n"
                  "  --out DIR               the containerd hosts directory (required)\n"
-                 "  --capabilities LIST     of pull,resolve (default: pull,resolve)\n"
+                 "  --capabilities LIST     of pull,resolve,referrers (default: pull,resolve)\n"
+                 "  --referrers             add the referrers capability (OCI 1.1 referrers API\n"
+                 "                          through the mirror); needs containerd 2.2 or later,\n"
+                 "                          older ones reject the file\n"
                  "  --skip-verify           https mirror: do not verify its certificate\n"
                  "  --ca FILE               https mirror: CA file (absolute path on the node)\n"
                  "  --server-override URL   fallback server instead of the real registry\n"
@@ -146,16 +151,20 @@ static int parse_capabilities(struct hosts_opts *o, const char *list)
 
     o->cap_pull = 0;
     o->cap_resolve = 0;
+    o->cap_referrers = 0;
     for (;;) {
         len = strcspn(p, ",");
         if (len == 4 && memcmp(p, "pull", 4) == 0 && !o->cap_pull) {
             o->cap_pull = 1;
         } else if (len == 7 && memcmp(p, "resolve", 7) == 0 && !o->cap_resolve) {
             o->cap_resolve = 1;
+        } else if (len == 9 && memcmp(p, "referrers", 9) == 0 && !o->cap_referrers) {
+            o->cap_referrers = 1;
         } else {
             /* push is refused on purpose: the mirror is read-only (405 on writes). */
             fprintf(stderr,
-                    "regmirror hosts: --capabilities: '%.*s': expected a list of pull,resolve\n",
+                    "regmirror hosts: --capabilities: '%.*s': expected a list of "
+                    "pull,resolve,referrers\n",
                     (int)len, p);
             return UV_EINVAL;
         }
@@ -273,8 +282,10 @@ static int render(const struct hosts_opts *o, const char *name, char *out, size_
         APPEND("server = %s\n", qserver);
     }
     APPEND("\n[host.\"%s\"]\n", o->mirror_url);
-    APPEND("  capabilities = [%s%s%s]\n", o->cap_pull ? "\"pull\"" : "",
-           o->cap_pull && o->cap_resolve ? ", " : "", o->cap_resolve ? "\"resolve\"" : "");
+    APPEND("  capabilities = [%s%s%s%s%s]\n", o->cap_pull ? "\"pull\"" : "",
+           o->cap_pull && o->cap_resolve ? ", " : "", o->cap_resolve ? "\"resolve\"" : "",
+           o->cap_referrers && (o->cap_pull || o->cap_resolve) ? ", " : "",
+           o->cap_referrers ? "\"referrers\"" : "");
     if (o->ca) {
         r = toml_quote(o->ca, ca, sizeof(ca));
         if (r < 0)
@@ -374,6 +385,7 @@ enum {
     OPT_SKIP_VERIFY,
     OPT_CA,
     OPT_SERVER_OVERRIDE,
+    OPT_REFERRERS,
 };
 
 static const struct option long_opts[] = {
@@ -386,6 +398,7 @@ static const struct option long_opts[] = {
     {"skip-verify", no_argument, NULL, OPT_SKIP_VERIFY},
     {"ca", required_argument, NULL, OPT_CA},
     {"server-override", required_argument, NULL, OPT_SERVER_OVERRIDE},
+    {"referrers", no_argument, NULL, OPT_REFERRERS},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -431,6 +444,9 @@ static int parse_args(int argc, char **argv, struct hosts_opts *o)
         case OPT_SERVER_OVERRIDE:
             o->server_override = optarg;
             break;
+        case OPT_REFERRERS:
+            o->has_referrers_flag = 1;
+            break;
         case OPT_HELP:
             usage(stdout);
             return 1;
@@ -456,6 +472,8 @@ static int check_opts(struct hosts_opts *o)
         fprintf(stderr, "regmirror hosts: --mirror and --out are required\n");
         return 2;
     }
+    if (o->has_referrers_flag)
+        o->cap_referrers = 1;
     len = strlen(o->out);
     while (len > 1 && o->out[len - 1] == '/')
         len--;

@@ -506,6 +506,34 @@ int rgm_auth_docker_config_lookup(const char *path, const char *registry, char *
     return err;
 }
 
+const char *rgm_auth_helper_server_url(const char *registry)
+{
+    const char *n = rgm_ref_normalize_registry(registry);
+
+    return strcmp(n, "docker.io") == 0 ? "https://index.docker.io/v1/" : registry;
+}
+
+int rgm_auth_docker_config_helper(const char *path, const char *registry, char **helper)
+{
+    json_error_t jerr;
+    json_t *root;
+    const char *h;
+    const char *key = rgm_auth_helper_server_url(registry);
+
+    *helper = NULL;
+    root = json_load_file(path, 0, &jerr);
+    if (!root)
+        return json_error_code(&jerr) == json_error_cannot_open_file ? UV_EIO : UV_EINVAL;
+    /* docker/cli: credHelpers by the exact key, else credsStore for every registry. */
+    h = json_string_value(json_object_get(json_object_get(root, "credHelpers"), key));
+    if (!h || !h[0])
+        h = json_string_value(json_object_get(root, "credsStore"));
+    if (h && h[0] && !strchr(h, '/'))
+        *helper = rgm_strdup(h);
+    json_decref(root);
+    return *helper ? 1 : 0;
+}
+
 /* ---- headers, hashes, scopes ---- */
 
 static int has_ctl(const char *s)
@@ -621,6 +649,50 @@ int rgm_auth_token_url(const rgm_auth_challenge_t *ch, const char *scope, char *
         err = append_param(out, outlen, &off, sep, "scope", scope);
     if (err < 0)
         out[0] = '\0';
+    return err;
+}
+
+/* "&name=<val percent-encoded>" ("name=..." first) onto out. */
+static int form_param(rgm_buf_t *out, const char *name, const char *val)
+{
+    size_t cap = strlen(val) * 3 + 1;
+    char *enc = rgm_malloc(cap);
+    int err;
+
+    err = rgm_url_encode(val, enc, cap);
+    if (err == 0)
+        err = rgm_buf_appendf(out, "%s%s=%s", out->len > 0 ? "&" : "", name, enc);
+    OPENSSL_cleanse(enc, cap); /* the refresh token passes through here */
+    free(enc);
+    return err;
+}
+
+int rgm_auth_token_form(const rgm_auth_challenge_t *ch, const char *scope,
+                        const char *refresh_token, rgm_buf_t *out)
+{
+    int err;
+
+    if (out->data)
+        OPENSSL_cleanse(out->data, out->len);
+    rgm_buf_reset(out);
+    if (refresh_token[0] == '\0')
+        return UV_EINVAL;
+    if (!scope)
+        scope = ch->scope;
+    err = form_param(out, "grant_type", "refresh_token");
+    if (err == 0)
+        err = form_param(out, "refresh_token", refresh_token);
+    if (err == 0 && ch->service[0] != '\0')
+        err = form_param(out, "service", ch->service);
+    if (err == 0 && scope[0] != '\0')
+        err = form_param(out, "scope", scope);
+    if (err == 0)
+        err = form_param(out, "client_id", RGM_AUTH_CLIENT_ID);
+    if (err < 0) {
+        if (out->data)
+            OPENSSL_cleanse(out->data, out->len);
+        rgm_buf_reset(out);
+    }
     return err;
 }
 

@@ -5,6 +5,7 @@
 #ifndef RGM_REGISTRY_AUTH_H
 #define RGM_REGISTRY_AUTH_H
 
+#include "core/buf.h"
 #include "core/common.h"
 
 /* ---- WWW-Authenticate ---- */
@@ -78,6 +79,18 @@ RGM_MUST_CHECK int rgm_auth_docker_config_lookup_json(const char *json, size_t l
                                                       const char *registry, char **user,
                                                       char **pass);
 
+/* What a credential helper gets on stdin for registry, as docker sends it: the host[:port],
+ * or "https://index.docker.io/v1/" for docker.io (and its aliases). Borrowed (registry, or a
+ * constant). */
+const char *rgm_auth_helper_server_url(const char *registry);
+/* The credential helper docker would run for registry from a docker config.json: its
+ * credHelpers entry for rgm_auth_helper_server_url(registry) (the exact key), else its
+ * credsStore. 1 with *helper a malloc'd name (docker-credential-<name>), 0 when neither
+ * applies (then "auths" does), UV_EIO (unreadable), UV_EINVAL (bad JSON). Reads the file
+ * synchronously: call it at configuration time. */
+RGM_MUST_CHECK int rgm_auth_docker_config_helper(const char *path, const char *registry,
+                                                 char **helper);
+
 /* ---- headers, hashes, scopes ---- */
 
 /* "Basic " + base64(user ":" pass) into out (outlen bytes). 0, UV_ENOBUFS, UV_EINVAL (':' or a
@@ -99,6 +112,17 @@ RGM_MUST_CHECK int rgm_auth_pull_scope(const char *repo, char *out, size_t outle
  * 0, UV_EINVAL (realm is not an http(s) URL), UV_ENOBUFS. */
 RGM_MUST_CHECK int rgm_auth_token_url(const rgm_auth_challenge_t *ch, const char *scope, char *out,
                                       size_t outlen);
+
+#define RGM_AUTH_CLIENT_ID "regmirror" /* OAuth2 client_id (required by the grant) */
+
+/* The OAuth2 refresh_token grant for a Bearer challenge (RFC 6749 §6), as docker POSTs it to
+ * the realm when a credential helper gives an identity token: "grant_type=refresh_token&
+ * refresh_token=...&service=...&scope=...&client_id=regmirror", the form body
+ * (application/x-www-form-urlencoded), values percent-encoded, service and scope left out when
+ * "". scope NULL means the challenge's own. out is emptied first; the caller wipes it (it holds
+ * the token). 0, UV_EINVAL (refresh_token ""), UV_ENOBUFS (past out's max; out then empty). */
+RGM_MUST_CHECK int rgm_auth_token_form(const rgm_auth_challenge_t *ch, const char *scope,
+                                       const char *refresh_token, rgm_buf_t *out);
 
 /* ---- TTL cache ---- */
 

@@ -1,7 +1,8 @@
 /* GET/HEAD /v2/<name>/blobs/<digest>: cached blobs from the store (Range, sendfile); misses
  * become one job per digest that fetches from upstream into a cache fetch (the temp file is
  * the buffer) while every client streams from that file at its own pace. Lost upstream
- * connections resume with Range. */
+ * connections resume with Range, and so does a partial kept across a restart. When the store
+ * cannot take the bytes, clients are served from the fetch's memory window, uncached. */
 #include "registry/blobs.h"
 
 #include <uv.h>
@@ -11,11 +12,14 @@
 #include "core/common.h"
 #include "core/log.h"
 #include "core/util.h"
+#include "cache/gc.h"
 
 #define RESUME_MAX     4
 #define RESUME_BASE_MS 200
 
-enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_BODY, JOB_ENDED };
+/* JOB_RESUME: a partial kept across a restart is being re-hashed, then asked for with Range;
+ * like JOB_HEAD, clients wait for the upstream's first answer (the access rule). */
+enum job_state { JOB_WAIT_SLOT = 0, JOB_HEAD, JOB_RESUME, JOB_BODY, JOB_ENDED };
 
 struct bjob {
     struct rq_env *r;
@@ -37,6 +41,8 @@ struct bjob {
     int upstream_done;
     int attempts;
     uint64_t skip;
+    char fill_url[RGM_PEER_URL_MAX]; /* the cluster peer asked first, "" when none */
+    int is_filled;                   /* the bytes come from that peer */
     uv_timer_t timer;
     int timer_state;    /* 0 none, 1 open, 2 closing */
     struct rq *waiters; /* wait for the upstream's answer */
@@ -156,6 +162,7 @@ static void serve_cached(struct rq *q)
     } else {
         size = q->end;
     }
+    rq_hold_file(q);
     rq_set_cache(q, "HIT");
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
     if (start_body(q, size) < 0)
@@ -199,29 +206,42 @@ static void on_reader_sent(rgm_req_t *req, int status, void *ud)
         reader_end(q, 0, "file read error");
         return;
     }
+    if (q->rd)
+        rgm_fetch_reader_at(q->rd, q->off);
     pump(q);
 }
 
+/* Send what the fetch has for q now: from its file (sendfile), or from its memory window when
+ * the store could not take the bytes (copied). */
 static void pump(struct rq *q)
 {
     rgm_fetch_t *f;
     enum rgm_fetch_state st;
-    uint64_t lim;
+    const char *data = NULL;
+    size_t n = 0;
+    int rc;
     int err;
 
     if (q->is_sending || !q->rd || !q->req)
         return;
     f = rgm_fetch_reader_fetch(q->rd);
     st = rgm_fetch_state(f);
-    lim = rgm_fetch_readable(f);
-    if (lim > q->end)
-        lim = q->end;
-    if (q->off < lim) {
-        uint64_t n = lim - q->off;
-
+    rc = q->off < q->end ? rgm_fetch_peek(q->rd, q->off, &data, &n) : 1;
+    if (rc < 0) {
+        reader_end(q, 0,
+                   st == RGM_FETCH_FAILED ? "upstream fetch failed"
+                                          : "fell behind the fetch's memory window");
+        return;
+    }
+    if (n > q->end - q->off)
+        n = (size_t)(q->end - q->off);
+    if (n > 0) {
         q->is_sending = 1;
         rq_count_bytes(q, n);
-        err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
+        if (rc == 1)
+            err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
+        else
+            err = rgm_resp_write(q->req, data, n, on_reader_sent, q);
         if (err < 0) {
             q->is_sending = 0;
             reader_end(q, 0, "sendfile failed");
@@ -257,6 +277,7 @@ static void attach(struct rq *q, struct bjob *job)
         reader_end(q, 1, NULL);
         return;
     }
+    rgm_fetch_reader_at(q->rd, q->off);
     pump(q);
 }
 
@@ -310,8 +331,9 @@ static struct bjob *find_job(struct rq_env *r, const char *digest)
     struct bjob *j;
 
     for (j = r->bjobs; j; j = j->next)
-        if (j->is_listed && strcmp(j->digest, digest) == 0)
-            return j;
+        if (j->is_listed && strcmp(j->digest, digest) == 0 &&
+            !(j->fetch && rgm_fetch_is_nofile(j->fetch)))
+            return j; /* a fetch without its file takes no one new: they get their own */
     return NULL;
 }
 
@@ -424,22 +446,32 @@ static void on_fetch_done(rgm_fetch_t *f, int status, void *ud)
     struct bjob *job = ud;
     struct rq_env *r = job->r;
     rgm_index_object_t obj;
+    int err;
 
-    (void)f;
     job->fetch_live = 0;
     job->state = JOB_ENDED;
     unlist(job);
-    if (status == 0) {
+    if (status == 0 && !rgm_fetch_is_stored(f)) {
+        rgm_log(RGM_LOG_INFO, "blobs",
+                "served %s (%" PRIu64 " bytes) from %s/%s without caching it (store error)",
+                job->digest, rgm_fetch_written(f), job->reg->name, job->repo);
+    } else if (status == 0) {
         r->m.fetches_done++;
         memset(&obj, 0, sizeof(obj));
         snprintf(obj.digest, sizeof(obj.digest), "%s", job->digest);
         obj.size = rgm_fetch_written(job->fetch);
         obj.kind = RGM_OBJ_BLOB;
         snprintf(obj.media_type, sizeof(obj.media_type), "application/octet-stream");
-        if (rgm_index_put_object(r->index, &obj) < 0 ||
-            rgm_index_add_origin(r->index, job->digest, job->reg->name, job->repo,
-                                 !job->is_private) < 0)
-            rgm_log(RGM_LOG_ERROR, "blobs", "cannot index %s", job->digest);
+        err = rgm_index_put_object(r->index, &obj);
+        if (err == 0)
+            err = rgm_index_add_origin(r->index, job->digest, job->reg->name, job->repo,
+                                       !job->is_private);
+        if (err < 0) {
+            /* Only this row is lost: the file is re-indexed or re-fetched later. */
+            rgm_store_count_error(r->store, RGM_STORE_OP_INDEX, err);
+            rgm_log(RGM_LOG_WARN, "blobs", "cannot index %s: %s (%s)", job->digest,
+                    uv_strerror(err), rgm_store_errno_name(err));
+        }
         rgm_log(RGM_LOG_INFO, "blobs", "cached %s (%" PRIu64 " bytes) from %s/%s", job->digest,
                 obj.size, job->reg->name, job->repo);
     } else if (status == UV_EINVAL) {
@@ -477,6 +509,51 @@ static void on_appended(rgm_fetch_t *f, int status, void *ud)
     maybe_free(job);
 }
 
+/* "bytes <from>-<last>/<total>" with from and total as expected. */
+static int is_content_range(const char *cr, uint64_t from, uint64_t total)
+{
+    char want[64];
+    const char *slash;
+    uint64_t t = 0;
+
+    snprintf(want, sizeof(want), "bytes %" PRIu64 "-", from);
+    if (!cr || strncmp(cr, want, strlen(want)) != 0)
+        return 0;
+    slash = strchr(cr, '/');
+    return slash && rgm_parse_uint(slash + 1, UINT64_MAX, &t) == 0 && t == total;
+}
+
+/* The first answer for a partial kept across a restart: 206 from where its prefix ends (or
+ * 200, whose first bytes are skipped) for a blob of the sidecar's size. Then the waiters join
+ * as after a first 200. Another status goes to the waiters, and the partial is kept for a
+ * later try. */
+static int on_resumed_head(struct bjob *job, rgm_upcall_t *c, int status)
+{
+    uint64_t w = rgm_fetch_written(job->fetch);
+    uint64_t size = rgm_fetch_size(job->fetch);
+    int64_t len = rgm_upcall_content_length(c);
+    struct rq *q;
+
+    if (status != 200 && status != 206) {
+        job->state = JOB_ENDED;
+        fail_waiters(job, status, c, 0);
+        rgm_fetch_suspend(job->fetch);
+        return 0; /* the (small) error body is read and dropped: the connection is reused */
+    }
+    if (status == 206 && !is_content_range(rgm_upcall_header(c, "Content-Range"), w, size))
+        return UV_EPROTO;
+    if (status == 200 && len >= 0 && (uint64_t)len != size)
+        return UV_EPROTO;
+    job->skip = status == 200 ? w : 0;
+    job->state = JOB_BODY;
+    job->is_private = rgm_upcall_used_client_auth(c);
+    rgm_log(RGM_LOG_INFO, "blobs", "resumed %s from %s/%s at %" PRIu64 " bytes (%d)", job->digest,
+            job->reg->name, job->repo, w, status);
+    while ((q = take_waiter(job)) != NULL)
+        attach_checked(q, job);
+    return 0;
+}
+
 static int on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct bjob *job = ud;
@@ -487,6 +564,8 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     struct rq *q;
     int err;
 
+    if (job->state == JOB_RESUME)
+        return on_resumed_head(job, c, status);
     if (job->state == JOB_BODY) {
         /* A resume. 206 must start where we are; 200 restarts: skip what we have. */
         uint64_t w = rgm_fetch_written(job->fetch);
@@ -518,8 +597,14 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     job->fetch_live = 1;
     job->state = JOB_BODY;
     job->is_private = rgm_upcall_used_client_auth(c);
+    job->is_filled = rgm_upcall_was_filled(c);
+    if (job->is_filled) {
+        r->m.cluster_filled++;
+        rgm_log(RGM_LOG_INFO, "blobs", "%s filled from peer %s", job->digest, job->fill_url);
+    }
     if (len >= 0)
         rgm_fetch_set_size(job->fetch, (uint64_t)len);
+    rgm_fetch_set_origin(job->fetch, job->reg->name, job->repo);
     while ((q = take_waiter(job)) != NULL)
         attach_checked(q, job);
     return 0;
@@ -541,7 +626,8 @@ static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
         if (len == 0)
             return 0;
     }
-    job->r->m.upstream_bytes += len;
+    if (!job->is_filled)
+        job->r->m.upstream_bytes += len;
     err = rgm_fetch_write(job->fetch, data, len);
     if (err != UV_EAGAIN)
         return err;
@@ -564,7 +650,7 @@ static void on_resume_timer(uv_timer_t *t)
     close_timer(job);
     if (job->r->is_stopping || !job->fetch) {
         if (job->fetch)
-            rgm_fetch_fail(job->fetch, UV_ECANCELED);
+            rgm_fetch_suspend(job->fetch);
         return;
     }
     start_call(job);
@@ -578,6 +664,18 @@ static void on_done(rgm_upcall_t *c, int err, void *ud)
 
     (void)c;
     job->call = NULL;
+    if (job->state == JOB_RESUME && job->fetch) {
+        /* No usable first answer for a kept partial: keep it for a later try, unless the
+         * upstream disagreed about the blob. */
+        fail_waiters(job, 0, NULL, err ? err : UV_EPROTO);
+        release_slot(job);
+        if (err == UV_EPROTO)
+            rgm_fetch_fail(job->fetch, err);
+        else
+            rgm_fetch_suspend(job->fetch);
+        maybe_free(job);
+        return;
+    }
     if (job->state != JOB_BODY || !job->fetch) {
         job->state = JOB_ENDED;
         fail_waiters(job, 0, NULL, err ? err : UV_EPROTO);
@@ -615,7 +713,9 @@ static void on_done(rgm_upcall_t *c, int err, void *ud)
     }
     job->r->m.upstream_errors++;
     release_slot(job);
-    if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
+    if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING && job->r->is_stopping)
+        rgm_fetch_suspend(job->fetch); /* a restart resumes it */
+    else if (rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
         rgm_fetch_fail(job->fetch, err);
     maybe_free(job);
 }
@@ -636,7 +736,9 @@ static void start_call(struct bjob *job)
     o.suffix = suffix;
     o.client_auth = job->auth;
     o.client_auth_first = job->reg->is_mirror;
-    if (job->state == JOB_BODY) {
+    if (job->state == JOB_HEAD && job->fill_url[0])
+        o.fill_url = job->fill_url; /* a resume goes to the registry */
+    if (job->state == JOB_BODY || job->state == JOB_RESUME) {
         o.range_from = rgm_fetch_written(job->fetch);
         /* A private fetch resumes with the credentials that started it. */
         o.client_auth_first = o.client_auth_first || job->is_private;
@@ -645,7 +747,9 @@ static void start_call(struct bjob *job)
     err = rgm_upcall_start(job->r->up, &o, &job_cbs, job, &job->call);
     if (err < 0) {
         job->call = NULL;
-        if (job->state == JOB_BODY) {
+        if (job->state == JOB_BODY || job->state == JOB_RESUME) {
+            if (job->state == JOB_RESUME)
+                fail_waiters(job, 0, NULL, err);
             release_slot(job);
             rgm_fetch_fail(job->fetch, err);
         } else {
@@ -659,13 +763,64 @@ static void start_call(struct bjob *job)
     job->r->m.upstream_requests++;
 }
 
+/* The kept partial's prefix was re-hashed (rgm_fetch_resume's ready): ask for the rest. */
+static void on_resume_ready(rgm_fetch_t *f, int status, void *ud)
+{
+    struct bjob *job = ud;
+
+    (void)f;
+    job->append_pending = 0;
+    if (status < 0 || job->r->is_stopping) {
+        fail_waiters(job, 0, NULL, status < 0 ? status : UV_ECANCELED);
+        release_slot(job);
+        if (status == 0)
+            rgm_fetch_suspend(job->fetch);
+        maybe_free(job);
+        return;
+    }
+    start_call(job);
+}
+
 static void on_slot(rgm_slot_wait_t *w)
 {
     struct bjob *job = rgm_container_of(w, struct bjob, slot);
+    struct rq_env *r = job->r;
 
     job->has_slot = 1;
+    if (rgm_fetch_resume(r->fetches, job->digest, on_fetch_done, job, on_resume_ready, job,
+                         &job->fetch) == 0) {
+        r->m.fetches_started++;
+        job->state = JOB_RESUME;
+        job->fetch_live = 1;
+        job->append_pending = 1; /* until on_resume_ready */
+        return;
+    }
+    job->fetch = NULL;
     job->state = JOB_HEAD;
     start_call(job);
+}
+
+/* A store write failed: before its one retry, an eviction round at once. The disk filled up
+ * before max_cache_bytes did, so evict as if the cache were over a limit 10 % below its size
+ * (one batch: at most RGM_GC_BATCH objects). Nothing without max_cache_bytes. */
+static void evict_now(void *ud)
+{
+    struct rq_env *r = ud;
+    uint64_t objects = 0;
+    uint64_t bytes = 0;
+    uint64_t freed = 0;
+    uint64_t max;
+    int rc;
+
+    if (r->cfg->max_cache_bytes == 0 || rgm_index_stats(r->index, &objects, &bytes) < 0 ||
+        bytes == 0)
+        return;
+    max = bytes - 1 < r->cfg->max_cache_bytes ? bytes - 1 : r->cfg->max_cache_bytes;
+    objects = 0;
+    rc = rgm_gc_step(r->index, r->store, max, max / 10 * 9, &freed, &objects);
+    rgm_log(RGM_LOG_INFO, "blobs",
+            "store write failed: evicted %" PRIu64 " objects (%" PRIu64 " bytes) at once%s",
+            objects, freed, rc < 0 ? " (index error)" : "");
 }
 
 static void start_job(struct rq *q)
@@ -679,6 +834,8 @@ static void start_job(struct rq *q)
     job->reg = q->reg;
     job->auth = q->auth ? rgm_strdup(q->auth) : NULL;
     memcpy(job->credhash, q->credhash, sizeof(job->credhash));
+    if (!rq_fill_source(q, job->fill_url, sizeof(job->fill_url)))
+        job->fill_url[0] = '\0';
     job->next = r->bjobs;
     job->is_listed = 1;
     r->bjobs = job;
@@ -686,6 +843,7 @@ static void start_job(struct rq *q)
     q->job = job;
     job->slot.reg = q->reg;
     job->slot.on_slot = on_slot;
+    rgm_fetches_set_evict(r->fetches, evict_now, r); /* the same r every time: idempotent */
     rgm_upstream_slot_acquire(r->up, &job->slot);
 }
 
@@ -728,6 +886,23 @@ static void head_upstream(struct rq *q)
     err = rq_head(q, suffix, NULL, &head_cbs);
     if (err < 0)
         rq_relay_error(q, 0, NULL, err, 1);
+}
+
+/* ---- remembered 404s (negative_ttl) ---- */
+
+/* Did the upstream answer 404 to the mirror's own identity for this blob, within
+ * negative_ttl? Only a request without a client's credentials may take that answer: the
+ * mirror would send it with the same identity. */
+static int known_missing(struct rq *q)
+{
+    rgm_upcall_opts_t o;
+    char suffix[256];
+
+    if (q->auth)
+        return 0;
+    snprintf(suffix, sizeof(suffix), "blobs/%s", q->digest);
+    rq_upcall_opts(q, &o, "GET", suffix);
+    return rgm_upstream_known_missing(q->r->up, &o);
 }
 
 /* ---- entry points ---- */
@@ -784,6 +959,10 @@ void blobs_handle(struct rq *q)
             return;
         }
     }
+    if (q->is_only_cached) {
+        rq_only_cached_miss(q, 1); /* a peer's fill: never fetch for it */
+        return;
+    }
     job = find_job(q->r, q->digest);
     if (job) {
         rq_set_cache(q, "JOIN");
@@ -800,6 +979,11 @@ void blobs_handle(struct rq *q)
     rq_set_cache(q, "MISS");
     if (q->r->is_stopping) {
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
+        return;
+    }
+    if (known_missing(q)) {
+        rq_set_cache(q, "NEGATIVE");
+        rq_relay_error(q, 404, NULL, 0, 1);
         return;
     }
     if (q->is_head) {
@@ -828,7 +1012,7 @@ void blobs_shutdown(struct rq_env *r)
             uv_timer_stop(&job->timer);
             close_timer(job);
             if (job->fetch && rgm_fetch_state(job->fetch) == RGM_FETCH_RUNNING)
-                rgm_fetch_fail(job->fetch, UV_ECANCELED);
+                rgm_fetch_suspend(job->fetch);
         }
     }
 }

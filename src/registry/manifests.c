@@ -2,7 +2,10 @@
  * small: fetched whole into memory (one upstream GET per registry/repository/reference/Accept
  * in flight, shared by every waiter), verified, stored as blobs and indexed with their tag.
  * Tags are served from the index for tag_ttl, then revalidated with a HEAD; stale tags are
- * served while the upstream fails. */
+ * served while the upstream fails, up to max_stale. A tag not here is resolved with a shared
+ * HEAD first, so that a GET (a pull) is spent only on a digest not cached; upstream 404s to
+ * the mirror's own identity are remembered (negative_ttl). Schema 1 manifests are refused,
+ * never cached. */
 #include "registry/manifests.h"
 
 #include <uv.h>
@@ -22,11 +25,18 @@
     "application/vnd.oci.image.index.v1+json, "                                                    \
     "application/vnd.oci.image.manifest.v1+json, "                                                 \
     "application/vnd.docker.distribution.manifest.list.v2+json, "                                  \
-    "application/vnd.docker.distribution.manifest.v2+json, "                                       \
-    "application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, "                            \
-    "application/vnd.docker.distribution.manifest.v1+json;q=0.5"
+    "application/vnd.docker.distribution.manifest.v2+json"
 
-enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS };
+/* Docker image manifest v2, schema 1. Its digest is that of the JWS payload, not of the bytes
+ * served, so the mirror cannot verify it the way it verifies everything else; containerd 2 and
+ * current Docker refuse it too. It is refused with 404 MANIFEST_UNKNOWN, never cached, and not
+ * asked for (DEFAULT_ACCEPT). */
+#define MT_SCHEMA1_SIGNED "application/vnd.docker.distribution.manifest.v1+prettyjws"
+#define MT_SCHEMA1        "application/vnd.docker.distribution.manifest.v1+json"
+
+enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS, MJ_HEAD };
+
+#define PREWARM_HDR "X-Regmirror-Prewarm" /* sent by `regmirror prewarm` (cmd/prewarm-run.c) */
 
 struct mjob {
     struct rq_env *r;
@@ -45,6 +55,7 @@ struct mjob {
     char *content_type;
     char *link;
     char *digest_hdr;
+    int64_t head_len; /* MJ_HEAD: the upstream's Content-Length, -1 unknown */
     rgm_buf_t body;
     struct rq *waiters;
 };
@@ -107,8 +118,104 @@ static int header_ok(const char *v)
     return v && !strpbrk(v, "\r\n");
 }
 
+/* Predicate: media type ct (parameters ignored; NULL: none) is mt. */
+static int type_is(const char *ct, const char *mt)
+{
+    size_t n = strlen(mt);
+
+    return ct && strncmp(ct, mt, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* Predicate: a schema 1 manifest, by its Content-Type, or by its body when the type says
+ * nothing more than JSON (registries before distribution 2.3 served schema 1 so). */
+static int is_schema1(const char *ct, const rgm_buf_t *body)
+{
+    json_t *doc;
+    int yes;
+
+    if (type_is(ct, MT_SCHEMA1_SIGNED) || type_is(ct, MT_SCHEMA1))
+        return 1;
+    if (!body || body->len == 0 || (ct && ct[0] && !type_is(ct, "application/json")))
+        return 0;
+    doc = json_loadb(body->data, body->len, 0, NULL);
+    yes = json_integer_value(json_object_get(doc, "schemaVersion")) == 1;
+    json_decref(doc);
+    return yes;
+}
+
+static void refuse_schema1(struct rq *q)
+{
+    rq_error(q, 404, "MANIFEST_UNKNOWN",
+             "schema 1 manifests (" MT_SCHEMA1_SIGNED ") are not supported: their digest "
+             "cannot be verified; push the image as Docker schema 2 or OCI",
+             NULL);
+}
+
 static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len,
                           uint64_t expires_ms);
+static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const char *query,
+                      const char *accept);
+
+/* The answer to an upstream call that could not start: 429 with the time left while the
+ * registry's 429 circuit is open, else 502 (or 504). */
+static void answer_not_started(struct rq *q, int err)
+{
+    uint64_t ms = rgm_upstream_limited_ms(q->r->up, q->reg);
+    char h[64];
+
+    if (err != UV_EAGAIN || ms == 0) {
+        rq_relay_error(q, 0, NULL, err, 0);
+        return;
+    }
+    snprintf(h, sizeof(h), "Retry-After: %llu\r\n", (unsigned long long)(ms + 999) / 1000);
+    rq_error(q, 429, "TOOMANYREQUESTS", "the upstream registry asked the mirror to wait (429)", h);
+}
+
+/* Did the upstream answer 404 to the mirror's own identity for this, within negative_ttl?
+ * Only a request the mirror sends with that identity may take the answer: one that carries
+ * a client's credentials gets its own try (a private repository answers 404 to strangers). */
+static int known_missing(struct rq *q, const char *suffix)
+{
+    rgm_upcall_opts_t o;
+
+    if (q->auth)
+        return 0;
+    rq_upcall_opts(q, &o, "GET", suffix);
+    o.accept = accept_of(q);
+    return rgm_upstream_known_missing(q->r->up, &o);
+}
+
+static void answer_negative(struct rq *q)
+{
+    rq_set_cache(q, "NEGATIVE");
+    rq_relay_error(q, 404, NULL, 0, 0);
+}
+
+/* How long past its freshness q's cached tag is, in ms (0 when fresh or unknown). */
+static uint64_t stale_age(struct rq *q)
+{
+    char d[RGM_DIGEST_MAX];
+    uint64_t checked = 0;
+    uint64_t due;
+
+    if (q->path.is_digest ||
+        rgm_index_get_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d, &checked) < 0)
+        return 0;
+    due = checked + q->reg->tag_ttl_ms;
+    return rgm_time_ms() > due ? rgm_time_ms() - due : 0;
+}
+
+/* The cached manifest digest, if it may answer q: indexed as a manifest, deliverable
+ * through q's registry, and of a type q accepts. Fills q->obj. 1 or 0. */
+static int cached_manifest(struct rq *q, const char *digest)
+{
+    if (!rgm_ref_valid_digest(digest) || rgm_index_get_object(q->r->index, digest, &q->obj) < 0 ||
+        q->obj.kind != RGM_OBJ_MANIFEST || !rq_may_vouch(q, digest))
+        return 0;
+    q->has_obj = 1;
+    return rgm_req_header(q->req, "Accept") == NULL ||
+           accept_admits(accept_of(q), q->obj.media_type);
+}
 
 /* ---- serving a cached manifest ---- */
 
@@ -125,6 +232,10 @@ static void serve_cached(struct rq *q)
         return;
     }
     q->has_obj = 1;
+    if (is_schema1(obj->media_type, NULL)) {
+        refuse_schema1(q); /* cached before schema 1 was refused */
+        return;
+    }
     size = obj->size;
     if (!q->is_head) {
         err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
@@ -141,6 +252,7 @@ static void serve_cached(struct rq *q)
             rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
             return;
         }
+        rq_hold_file(q);
     }
     if (!q->cache_status || strcmp(q->cache_status, "STALE") != 0)
         rq_set_cache(q, "HIT");
@@ -234,6 +346,17 @@ static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
     }
 }
 
+static void answer_schema1(struct mjob *j)
+{
+    struct rq *q;
+
+    rgm_log(RGM_LOG_INFO, "manifests", "refused schema 1 manifest %s/%s:%s", j->reg->name, j->repo,
+            j->ref);
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL)
+        refuse_schema1(q);
+}
+
 static void send_body(struct rq *q, int status, const char *hdrs, const rgm_buf_t *body)
 {
     if (rq_start(q, status, hdrs, (int64_t)body->len) < 0) {
@@ -271,6 +394,48 @@ static void answer_manifest(struct mjob *j, const char *digest)
     }
 }
 
+static void serve_cached(struct rq *q);
+static void serve_cached_checked(struct rq *q);
+
+/* A shared HEAD answered 200: HEAD waiters get its head; a GET waiter of a tag gets the
+ * cached manifest when the digest is here (no pull spent), else it joins a GET. */
+static void head_complete(struct mjob *j)
+{
+    struct rq *q;
+    const char *d = j->digest_hdr;
+    const char *ct = j->content_type;
+    char h[1024];
+    char suffix[512];
+
+    snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
+             ct ? ct : "application/vnd.oci.image.manifest.v1+json",
+             d ? "Docker-Content-Digest: " : "", d ? d : "", d ? "\r\n" : "");
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL) {
+        if (j->used_client && strcmp(q->credhash, j->credhash) != 0) {
+            manifests_handle(q); /* someone else's credentials were needed: its own try */
+            continue;
+        }
+        if (q->is_head) {
+            if (!j->used_client && !j->ref_is_digest && d && ct)
+                head_remember(q, d, ct, j->head_len, rgm_time_ms() + j->reg->tag_ttl_ms);
+            if (rq_start(q, 200, h, j->head_len) < 0)
+                rq_abort(q, "cannot start response");
+            else
+                rq_finish(q);
+            continue;
+        }
+        if (d && cached_manifest(q, d)) {
+            rgm_upstream_count_avoided(j->r->up, j->reg);
+            snprintf(q->digest, sizeof(q->digest), "%s", d);
+            serve_cached_checked(q);
+            continue;
+        }
+        snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+        mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+    }
+}
+
 /* Verify, store and index the manifest in j->body; then answer everyone. */
 static void manifest_complete(struct mjob *j)
 {
@@ -279,6 +444,10 @@ static void manifest_complete(struct mjob *j)
     char digest[RGM_DIGEST_MAX];
     const char *want = j->ref_is_digest ? j->ref : j->digest_hdr;
 
+    if (is_schema1(j->content_type, &j->body)) {
+        answer_schema1(j); /* before the digest: a signed one would not match */
+        return;
+    }
     if (digest_of(want, j->body.data, j->body.len, digest, sizeof(digest)) < 0) {
         answer_error(j, 502, NULL, 0);
         return;
@@ -304,6 +473,8 @@ static void manifest_complete(struct mjob *j)
             (!j->ref_is_digest &&
              rgm_index_put_tag(r->index, j->reg->name, j->repo, j->ref, digest, rgm_time_ms()) < 0))
             rgm_log(RGM_LOG_ERROR, "manifests", "cannot index %s", digest);
+        else if (r->refs && rgm_refs_record(r->refs, digest, j->body.data, j->body.len) < 0)
+            rgm_log(RGM_LOG_ERROR, "manifests", "cannot record the references of %s", digest);
     }
     answer_manifest(j, digest);
 }
@@ -369,15 +540,30 @@ static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
             answer_error(j, status, c, 0);
         return 0; /* tags: on_done falls back to the index */
     }
+    if (rgm_upcall_was_filled(c))
+        j->r->m.cluster_filled++;
     v = rgm_upcall_header(c, "Content-Type");
     if (header_ok(v))
         j->content_type = rgm_strdup(v);
+    if (j->kind != MJ_TAGS && is_schema1(v, NULL)) {
+        answer_schema1(j); /* no tag recorded, nothing kept; the body is dropped */
+        return 0;
+    }
     v = rgm_upcall_header(c, "Link");
     if (header_ok(v))
         j->link = rgm_strdup(v);
     v = rgm_upcall_header(c, "Docker-Content-Digest");
     if (v && rgm_ref_valid_digest(v))
         j->digest_hdr = rgm_strdup(v);
+    if (j->kind == MJ_HEAD) {
+        j->head_len = rgm_upcall_content_length(c);
+        if (!j->digest_hdr && j->ref_is_digest)
+            j->digest_hdr = rgm_strdup(j->ref);
+        if (j->digest_hdr && !j->ref_is_digest &&
+            rgm_index_put_tag(j->r->index, j->reg->name, j->repo, j->ref, j->digest_hdr,
+                              rgm_time_ms()) < 0)
+            rgm_log(RGM_LOG_WARN, "manifests", "cannot record tag %s", j->ref);
+    }
     return 0;
 }
 
@@ -386,7 +572,7 @@ static int mj_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
     struct mjob *j = ud;
 
     (void)c;
-    if (j->status != 200)
+    if (j->status != 200 || j->is_answered)
         return 0;
     return rgm_buf_append(&j->body, data, len) < 0 ? UV_E2BIG : 0;
 }
@@ -401,6 +587,8 @@ static void mj_on_done(rgm_upcall_t *c, int err, void *ud)
         if (err == 0 && j->status == 200) {
             if (j->kind == MJ_MANIFEST)
                 manifest_complete(j);
+            else if (j->kind == MJ_HEAD)
+                head_complete(j);
             else
                 tags_complete(j);
         } else if (j->kind == MJ_TAGS) {
@@ -421,6 +609,7 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     struct mjob *j;
     rgm_upcall_opts_t o;
     char key[4096];
+    char fill_url[RGM_PEER_URL_MAX];
     int n;
     int err;
 
@@ -446,6 +635,13 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
         return;
     }
+    if (kind == MJ_MANIFEST && rgm_req_header(q->req, PREWARM_HDR) &&
+        rgm_upstream_in_reserve(r->up, q->reg)) {
+        /* A pull from the last of the budget is kept for the nodes that need it. */
+        rq_error(q, 429, "TOOMANYREQUESTS",
+                 "the upstream's pull budget is below ratelimit_reserve: prewarm refused", NULL);
+        return;
+    }
     j = rgm_calloc(1, sizeof(*j));
     j->r = r;
     j->kind = kind;
@@ -456,15 +652,18 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     j->ref_is_digest = q->path.is_digest;
     memcpy(j->credhash, q->credhash, sizeof(j->credhash));
     rgm_buf_init(&j->body, kind == MJ_MANIFEST ? RGM_MANIFEST_MAX : RGM_TAGLIST_MAX);
-    rq_upcall_opts(q, &o, "GET", suffix);
+    j->head_len = -1;
+    rq_upcall_opts(q, &o, kind == MJ_HEAD ? "HEAD" : "GET", suffix);
     o.query = query;
     o.accept = accept;
+    if (kind == MJ_MANIFEST && rq_fill_source(q, fill_url, sizeof(fill_url)))
+        o.fill_url = fill_url;
     err = rgm_upcall_start(r->up, &o, &mj_cbs, j, &j->call);
     if (err < 0) {
         rgm_buf_free(&j->body);
         free(j->key);
         free(j);
-        rq_relay_error(q, 0, NULL, err, 0);
+        answer_not_started(q, err);
         return;
     }
     r->m.upstream_requests++;
@@ -477,10 +676,32 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
 
 /* ---- HEAD of a manifest not here, and tag revalidation ---- */
 
+/* The upstream fails (no answer, 5xx, 429, backing off): the cached tag, up to max_stale
+ * past its freshness. Content by digest cannot be stale. */
 static void serve_stale(struct rq *q)
 {
+    uint64_t bound = rgm_config_max_stale(q->r->cfg, q->reg);
+
+    if (bound != UINT64_MAX && stale_age(q) > bound) {
+        q->r->m.stale_refused++;
+        rq_error(q, 503, "UNAVAILABLE",
+                 "the upstream is failing and the cached copy is older than max_stale", NULL);
+        return;
+    }
     rq_set_cache(q, "STALE");
     serve_cached_checked(q);
+}
+
+/* The upstream says the tag is gone (404 to the mirror's own identity): with
+ * stale_on_not_found, public content only, whatever its age. 1 served, 0 not allowed. */
+static int serve_deleted(struct rq *q)
+{
+    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) ||
+        rgm_index_has_public_origin(q->r->index, q->digest) != 1)
+        return 0;
+    rq_set_cache(q, "STALE");
+    serve_cached_checked(q);
+    return 1;
 }
 
 /* HEAD-only clients (a resolve that never GETs, update checkers) ask for tags whose manifest
@@ -544,59 +765,52 @@ static int head_recall(struct rq *q)
     return 1;
 }
 
+/* The HEAD of a stale tag (q->digest is what we have). */
 static int head_on_head(rgm_upcall_t *c, int status, void *ud)
 {
     struct rq *q = ud;
     const char *d = rgm_upcall_header(c, "Docker-Content-Digest");
-    const char *ct = rgm_upcall_header(c, "Content-Type");
-    int is_revalidation = q->digest[0] != '\0';
-    char h[1024];
 
     q->access_status = status;
     if (!q->req)
         return 0;
+    if (status == 200 && is_schema1(rgm_upcall_header(c, "Content-Type"), NULL)) {
+        q->access_status = 1004; /* the tag moved to a schema 1 manifest: refuse it */
+        return 0;
+    }
     if (status == 200 && d && rgm_ref_valid_digest(d) && !q->path.is_digest) {
         if (rgm_index_put_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d,
                               rgm_time_ms()) < 0)
             rgm_log(RGM_LOG_WARN, "manifests", "cannot record tag %s", q->path.reference);
     }
-    if (is_revalidation) {
-        /* HEAD of a stale tag: the same digest means our copy is current; the upstream accepted
-         * this client for the repository, so no further access check is needed. */
-        if (status == 200 && d && rgm_ref_valid_digest(d)) {
-            if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
-                strcmp(d, q->digest) == 0)
-                rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
-            if (rgm_store_has(q->r->store, d, NULL) == 1) {
-                snprintf(q->digest, sizeof(q->digest), "%s", d);
-                q->access_status = 1000; /* serve in on_done, after this call is over */
-                return 0;
-            }
-            q->access_status = 1001; /* changed and not here: GET it */
+    /* The same digest means our copy is current; the upstream accepted this client for the
+     * repository, so no further access check is needed. */
+    if (status == 200 && d && rgm_ref_valid_digest(d)) {
+        if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
+            strcmp(d, q->digest) == 0)
+            rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
+        if (strcmp(d, q->digest) == 0 || cached_manifest(q, d)) {
+            /* Resolved by digest: a tag that moved to a digest cached (and deliverable
+             * through this registry) costs no pull. */
+            if (strcmp(d, q->digest) != 0 && !q->is_head)
+                rgm_upstream_count_avoided(q->r->up, q->reg);
+            snprintf(q->digest, sizeof(q->digest), "%s", d);
+            q->access_status = 1000; /* serve in on_done, after this call is over */
             return 0;
         }
-        if (status == 401 || status == 403 || status == 404) {
-            rq_relay_error(q, status, c, 0, 0);
-            return 0;
-        }
-        q->access_status = 1002; /* upstream trouble: stale */
+        q->access_status = 1001; /* changed and not here: GET it */
         return 0;
     }
-    if (status != 200) {
+    if (status == 404 && rgm_upcall_own_status(c) == 404 &&
+        rgm_config_stale_on_not_found(q->r->cfg, q->reg)) {
+        q->access_status = 1003; /* deleted upstream: maybe serve it (serve_deleted) */
+        return 0;
+    }
+    if (status == 401 || status == 403 || status == 404) {
         rq_relay_error(q, status, c, 0, 0);
         return 0;
     }
-    if (!q->path.is_digest && !rgm_upcall_used_client_auth(c))
-        head_remember(q, d, ct, rgm_upcall_content_length(c), rgm_time_ms() + q->reg->tag_ttl_ms);
-    snprintf(h, sizeof(h), "Content-Type: %s\r\n%s%s%s",
-             header_ok(ct) ? ct : "application/vnd.oci.image.manifest.v1+json",
-             header_ok(d) ? "Docker-Content-Digest: " : "", header_ok(d) ? d : "",
-             header_ok(d) ? "\r\n" : "");
-    if (rq_start(q, 200, h, rgm_upcall_content_length(c)) < 0) {
-        rq_abort(q, "cannot start response");
-        return 0;
-    }
-    rq_finish(q);
+    q->access_status = 1002; /* upstream trouble: stale */
     return 0;
 }
 
@@ -604,9 +818,8 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
 {
     struct rq *q = ud;
     char suffix[512];
-    int is_revalidation = q->digest[0] != '\0';
 
-    if (!is_revalidation || !q->req) {
+    if (!q->req) {
         rq_head_on_done(c, err, q);
         return;
     }
@@ -622,6 +835,11 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
         q->digest[0] = '\0';
         q->access_status = 0;
         manifests_handle(q);
+    } else if (q->access_status == 1003) {
+        if (!serve_deleted(q))
+            rq_relay_error(q, 404, NULL, 0, 0);
+    } else if (q->access_status == 1004) {
+        refuse_schema1(q);
     } else {
         serve_stale(q);
     }
@@ -629,19 +847,14 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
 
 static const rgm_upcall_cbs_t head_cbs = {head_on_head, rq_ignore_body, head_on_done};
 
-static void head_upstream(struct rq *q)
+/* Revalidate q's cached tag (q->digest) with a HEAD of its own: the answer is this client's. */
+static void revalidate(struct rq *q)
 {
     char suffix[512];
-    int err;
 
     snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-    err = rq_head(q, suffix, accept_of(q), &head_cbs);
-    if (err < 0) {
-        if (q->digest[0])
-            serve_stale(q);
-        else
-            rq_relay_error(q, 0, NULL, err, 0);
-    }
+    if (rq_head(q, suffix, accept_of(q), &head_cbs) < 0)
+        serve_stale(q);
 }
 
 /* A tag's cached manifest suits this client only if its Accept admits the stored media type;
@@ -709,19 +922,36 @@ void manifests_handle(struct rq *q)
             serve_stale(q);
             return;
         }
-        head_upstream(q); /* revalidate: q->digest says what we have */
+        if (q->is_only_cached) {
+            serve_stale(q); /* a peer's question: what we have, never upstream */
+            return;
+        }
+        snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+        if (known_missing(q, suffix)) {
+            if (!serve_deleted(q))
+                answer_negative(q);
+            return;
+        }
+        revalidate(q); /* q->digest says what we have */
+        return;
+    }
+    if (q->is_only_cached) {
+        rq_only_cached_miss(q, 0);
         return;
     }
     if (r->is_stopping) {
         rq_error(q, 503, "UNAVAILABLE", "shutting down", NULL);
         return;
     }
-    if (q->is_head) {
-        head_upstream(q);
+    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
+    if (known_missing(q, suffix)) {
+        answer_negative(q);
         return;
     }
-    snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
-    mjob_join(q, MJ_MANIFEST, suffix, NULL, accept_of(q));
+    /* HEADs, and GETs of a tag (resolve by digest first: the HEAD is free, the GET a pull),
+     * share one upstream HEAD; a GET by digest is fetched at once. */
+    mjob_join(q, q->is_head || !q->path.is_digest ? MJ_HEAD : MJ_MANIFEST, suffix, NULL,
+              accept_of(q));
 }
 
 /* ---- tags/list ---- */
@@ -804,7 +1034,7 @@ void tags_handle(struct rq *q)
     has_last = rgm_query_get(rgm_req_query(q->req), "last", last, sizeof(last));
     if (has_n < 0 || has_last < 0 || (has_n == 1 && rgm_parse_uint(n, 100000, &nv) < 0) ||
         (has_last == 1 && rgm_url_encode(last, enc, sizeof(enc)) < 0)) {
-        rq_error(q, 400, "PAGINATION_NUMBER_INVALID", "invalid n or last", NULL);
+        rq_error(q, 400, "UNSUPPORTED", "invalid n or last", NULL);
         return;
     }
     snprintf(query, sizeof(query), "%s%s%s%s%s", has_n == 1 ? "n=" : "", has_n == 1 ? n : "",

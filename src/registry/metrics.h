@@ -10,9 +10,9 @@
 
 struct metrics {
     uint64_t req_by_route_status[5][6]; /* route kind x status class (1xx..5xx, other) */
-    uint64_t req_by_cache[5];           /* HIT MISS JOIN STALE none */
-    uint64_t req_full[5][6][5];         /* route x status class x cache */
-    uint64_t bytes_by_cache[5];
+    uint64_t req_by_cache[6];           /* HIT MISS JOIN STALE none NEGATIVE */
+    uint64_t req_full[5][6][6];         /* route x status class x cache */
+    uint64_t bytes_by_cache[6];
     uint64_t upstream_requests;
     uint64_t upstream_errors;
     uint64_t upstream_bytes;
@@ -24,6 +24,17 @@ struct metrics {
     uint64_t resumes;
     uint64_t access_checks;
     uint64_t access_denied;
+    /* cluster (docs/cluster.md) */
+    uint64_t cluster_owned;              /* requests for keys this replica owns, served here */
+    uint64_t cluster_hop;                /* requests with the hop header, served here */
+    uint64_t cluster_fill_asks;          /* only-if-cached requests from peers, served here */
+    uint64_t cluster_forwarded;          /* requests handed to their owner */
+    uint64_t cluster_unreachable;        /* owners that did not answer a forward */
+    uint64_t cluster_local;              /* not owned, but served here: no owner answered */
+    uint64_t cluster_fills;              /* misses asked of the previous owner */
+    uint64_t cluster_filled;             /* ... that it answered */
+    uint64_t cluster_only_cached_misses; /* only-if-cached requests answered 404 */
+    uint64_t stale_refused;              /* cached tags not served: older than max_stale (503) */
 };
 
 /* 0..4 for 1xx..5xx, 5 for anything else. */
@@ -42,7 +53,7 @@ static inline void metrics_count(struct metrics *m, int route, int status, int c
 }
 
 /* The counters' index of an X-Cache value: 0 "HIT", 1 "MISS", 2 "JOIN", 3 "STALE",
- * 4 "NONE"; -1 for anything else. */
+ * 4 "NONE", 5 "NEGATIVE" (a remembered upstream 404); -1 for anything else. */
 int metrics_cache_idx(const char *status);
 
 struct rq_env;

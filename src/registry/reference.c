@@ -231,7 +231,8 @@ static int path_set_name(const char *s, size_t len, rgm_ref_is_registry_fn is_re
 
 static int path_set_reference(const char *s, size_t len, rgm_ref_path_t *out)
 {
-    int is_digest = out->kind == RGM_REF_ROUTE_BLOB || memchr(s, ':', len) != NULL;
+    int is_digest = out->kind == RGM_REF_ROUTE_BLOB || out->kind == RGM_REF_ROUTE_REFERRERS ||
+                    memchr(s, ':', len) != NULL;
     int err = is_digest ? RGM_REF_EDIGEST : RGM_REF_ETAG;
 
     if (copy_n(out->reference, sizeof(out->reference), s, len) < 0)
@@ -282,6 +283,9 @@ int rgm_ref_parse_path_ex(const char *path, rgm_ref_is_registry_fn is_registry, 
     } else if (ends_with(body, pre_len, "/blobs")) {
         out->kind = RGM_REF_ROUTE_BLOB;
         pre_len -= 6;
+    } else if (ends_with(body, pre_len, "/referrers")) {
+        out->kind = RGM_REF_ROUTE_REFERRERS;
+        pre_len -= 10;
     } else {
         return RGM_REF_EROUTE;
     }
@@ -312,9 +316,9 @@ const char *rgm_ref_err_code(int err)
     case RGM_REF_EDIGEST:
         return "DIGEST_INVALID";
     case RGM_REF_ETAG:
-        return "TAG_INVALID";
+        return "MANIFEST_UNKNOWN";
     default:
-        return "NOT_FOUND";
+        return "UNSUPPORTED"; /* no such route: distribution answers a bare 404 */
     }
 }
 
@@ -323,7 +327,6 @@ int rgm_ref_err_status(int err)
     switch (err) {
     case RGM_REF_ENAME:
     case RGM_REF_EDIGEST:
-    case RGM_REF_ETAG:
         return 400;
     default:
         return 404;

@@ -33,26 +33,30 @@ int rgm_ref_valid_host(const char *s);
 
 typedef enum rgm_ref_route {
     RGM_REF_ROUTE_UNKNOWN = 0,
-    RGM_REF_ROUTE_ROOT,     /* /v2 or /v2/ */
-    RGM_REF_ROUTE_MANIFEST, /* /v2/<name>/manifests/<tag or digest> */
-    RGM_REF_ROUTE_BLOB,     /* /v2/<name>/blobs/<digest> */
-    RGM_REF_ROUTE_TAGS,     /* /v2/<name>/tags/list */
+    RGM_REF_ROUTE_ROOT,      /* /v2 or /v2/ */
+    RGM_REF_ROUTE_MANIFEST,  /* /v2/<name>/manifests/<tag or digest> */
+    RGM_REF_ROUTE_BLOB,      /* /v2/<name>/blobs/<digest> */
+    RGM_REF_ROUTE_TAGS,      /* /v2/<name>/tags/list */
+    RGM_REF_ROUTE_REFERRERS, /* /v2/<name>/referrers/<digest> (OCI 1.1) */
 } rgm_ref_route_t;
 
 /* Parse errors of rgm_ref_parse_path. Not UV_E* codes (rule zero): the router needs four
  * different answers, so each error names the OCI error it maps to. */
 enum {
-    RGM_REF_EROUTE = -1,  /* unknown route: 404 NOT_FOUND */
+    RGM_REF_EROUTE = -1,  /* unknown route: 404 UNSUPPORTED */
     RGM_REF_ENAME = -2,   /* 400 NAME_INVALID */
     RGM_REF_EDIGEST = -3, /* 400 DIGEST_INVALID */
-    RGM_REF_ETAG = -4,    /* 400 TAG_INVALID */
+    /* 404 MANIFEST_UNKNOWN: no manifest can have that tag, and the OCI conformance suite
+     * (01_pull_test.go, ".INVALID_MANIFEST_NAME") wants 404; TAG_INVALID is not in the
+     * spec's error table. */
+    RGM_REF_ETAG = -4,
 };
 
 typedef struct rgm_ref_path {
     rgm_ref_route_t kind;
     char registry[RGM_REF_HOST_MAX + 1];    /* path-prefix registry, "" when none */
     char name[RGM_REF_NAME_MAX + 1];        /* repository, prefix removed; "" for ROOT */
-    char reference[RGM_REF_DIGEST_MAX + 1]; /* tag or digest (MANIFEST, BLOB); else "" */
+    char reference[RGM_REF_DIGEST_MAX + 1]; /* tag or digest (MANIFEST, BLOB, REFERRERS) */
     int is_digest;                          /* reference is a digest */
 } rgm_ref_path_t;
 
@@ -60,8 +64,9 @@ typedef struct rgm_ref_path {
 typedef int (*rgm_ref_is_registry_fn)(void *ud, const char *host);
 
 /* Parse a request path (no query string: parsing stops at the first '?'). The name may
- * contain '/'; the last "/manifests/<ref>", "/blobs/<digest>" or trailing "/tags/list"
- * splits it. A manifest reference containing ':' is a digest, else a tag. Nothing is
+ * contain '/'; the last "/manifests/<ref>", "/blobs/<digest>", "/referrers/<digest>" or
+ * trailing "/tags/list" splits it. A manifest reference containing ':' is a digest, else a
+ * tag; blobs and referrers take only a digest. Nothing is
  * percent-decoded: '%' in a name or reference is invalid. out is always written: on
  * RGM_REF_EROUTE kind is UNKNOWN; on the other errors kind is the recognised route, and name
  * and reference are "" (never unvalidated bytes). Returns 0 or RGM_REF_EROUTE / _ENAME /

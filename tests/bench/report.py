@@ -6,7 +6,7 @@ import glob, json, os, statistics, sys
 
 H = os.path.dirname(os.path.abspath(__file__))
 RD = os.environ.get("RESULTS_DIR", "/tmp/regmirror-bench/results")
-ORDER = ["direct", "regmirror", "regmirror-sf", "distribution", "nginx", "custom"]
+ORDER = ["direct", "regmirror", "regmirror-base", "regmirror-sf", "distribution", "nginx", "custom"]
 RM, SF, DIST, NGX = "regmirror", "regmirror-sf", "distribution", "nginx"
 
 

@@ -36,8 +36,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (rc == 0 && p.is_digest && !rgm_ref_valid_digest(p.reference))
         abort();
     rc = rgm_ref_parse_path_ex(s, any_registry, NULL, &p);
-    if (rc == 0 && p.kind == RGM_REF_ROUTE_BLOB && !rgm_ref_valid_digest(p.reference))
-        abort();
+    if (rc == 0 && (p.kind == RGM_REF_ROUTE_BLOB || p.kind == RGM_REF_ROUTE_REFERRERS) &&
+        (!p.is_digest || !rgm_ref_valid_digest(p.reference)))
+        abort(); /* blobs and referrers take a valid digest only */
     if (rgm_ref_parse_image(s, &img, err, sizeof(err)) == 0) {
         if (rgm_ref_image_format(&img, buf, sizeof(buf)) < 0)
             abort();

@@ -127,6 +127,8 @@ m = rgmtest.Mirror(ws, config={
         "docker.io": {"endpoint": up.url},
         "auth.test": {"endpoint": upauth.url},
         "err.test": {"endpoint": uperr.url},
+        # the same upstream under a second name: err.test's 429 closes its manifests (issue 12)
+        "err2.test": {"endpoint": uperr.url},
         "slow.test": {"endpoint": upslow.url},
         "junk.test": {"endpoint": "http://127.0.0.1:%d" % junk.port},
         "down.test": {"endpoint": "http://127.0.0.1:%d" % ws.closed_port()},
@@ -229,11 +231,11 @@ missing = "sha256:" + "ab" * 32
 st, h, b = m.get("/v2/library/e/blobs/%s?ns=err.test" % missing)
 t.ok(st == 404 and err_code(b) == "BLOB_UNKNOWN", "blob: upstream 404 → 404 BLOB_UNKNOWN",
      diag=(st, b[:200]))
-st, h, b = m.get("/v2/library/e/manifests/nope?ns=err.test",
+st, h, b = m.get("/v2/library/e/manifests/nope?ns=err2.test",
                  headers={"Accept": MANIFEST_ACCEPT})
 t.ok(st == 404 and err_code(b) == "MANIFEST_UNKNOWN",
      "manifest: upstream 404 → 404 MANIFEST_UNKNOWN", diag=(st, b[:200]))
-st, h, b = m.get("/v2/library/e/manifests/%s?ns=err.test" % missing,
+st, h, b = m.get("/v2/library/e/manifests/%s?ns=err2.test" % missing,
                  headers={"Accept": MANIFEST_ACCEPT})
 t.ok(st == 404 and err_code(b) == "MANIFEST_UNKNOWN",
      "manifest by digest: upstream 404 → 404 MANIFEST_UNKNOWN", diag=(st, b[:200]))

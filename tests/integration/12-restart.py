@@ -4,8 +4,8 @@ background (slowed down with RGM_RECONCILE_BATCH=1 and RGM_RECONCILE_INTERVAL_MS
 is still running while we pull): /v2/ answers at once; rows whose files were deleted are
 misses (fetched again, correct bytes); a file without a row is never served, even under the
 name of a digest the upstream has (its bytes are garbage here); after the reconcile, files
-without rows are gone. Also: partial fetches with a .keep sidecar survive the restart, other
-tmp/ files do not."""
+without rows are gone. Also: partial fetches with a valid .keep sidecar survive the restart, other
+tmp/ files (no sidecar, a sidecar that does not parse or names another digest) do not."""
 
 import os
 import re
@@ -53,13 +53,24 @@ for d in orphans:
     os.makedirs(os.path.dirname(blob_path(d)), exist_ok=True)
     with open(blob_path(d), "wb") as f:
         f.write(b"not the blob " * 100)
-# tmp/: a partial kept by its sidecar, a partial without one, a sidecar without partial
+# tmp/: a partial kept by its (valid) sidecar; a partial without one, a sidecar without
+# partial, a partial whose sidecar does not parse, one whose sidecar names another digest
 tmp = os.path.join(m.storage, "tmp")
-kept = ["aa.0.partial", "aa.0.partial.keep"]
-gone = ["bb.1.partial", "cc.2.partial.keep", "stray"]
+
+
+def sidecar(hexd):
+    return ("regmirror-partial 1\ndigest sha256:%s\nsize 100\nwritten 1\nprefix sha256:%s\n"
+            "registry docker.io\nrepo library/app\n" % (hexd, "00" * 32)).encode()
+
+
+kept = ["aa" * 32 + ".0.partial", "aa" * 32 + ".0.partial.keep"]
+gone = ["bb.1.partial", "cc.2.partial.keep", "stray", "dd.3.partial", "dd.3.partial.keep",
+        "ee.4.partial", "ee.4.partial.keep"]
+contents = {kept[1]: sidecar("aa" * 32), "dd.3.partial.keep": b"x",
+            "ee.4.partial.keep": sidecar("ff" * 32)}
 for n in kept + gone:
     with open(os.path.join(tmp, n), "wb") as f:
-        f.write(b"x")
+        f.write(contents.get(n, b"x"))
 # the reconcile judges only files older than its start (fetches of the run are newer)
 time.sleep(2.5)
 
@@ -71,7 +82,7 @@ m2.start()
 t.ok(time.monotonic() - t0 < 5, "/v2/ answers at once (%.2f s), reconcile in the background"
      % (time.monotonic() - t0))
 t.ok(sorted(os.listdir(tmp)) == sorted(kept),
-     "tmp/: the partial with a .keep sidecar and its sidecar kept, the rest deleted (%s)"
+     "tmp/: the partial with a valid sidecar and its sidecar kept, the rest deleted (%s)"
      % sorted(os.listdir(tmp)))
 
 

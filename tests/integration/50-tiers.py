@@ -437,6 +437,14 @@ try:
 except OSError:
     mb = b""
 t.is_(sha256_digest(mb), img_sk["manifest"], "skopeo got the manifest (same digest)")
+# The access line is written when the response's last write completes, which can be just
+# after skopeo has its bytes: wait (bounded) for the lines before counting them.
+try:
+    rgmtest.wait_for(lambda: all(mirror_count(node, "GET", "/v2/example.test/app/blobs/" + d)
+                                 for d in blob_digests(img_sk)), timeout=5.0,
+                     what="the node's access lines for skopeo's blob GETs")
+except TimeoutError:
+    pass
 acc = [a for a in mirror_access(node) if a[1].startswith("/v2/example.test/app/")]
 t.ok(any("/manifests/v1" in a[1] and a[2] == 200 for a in acc),
      "node access log: /v2/example.test/app/manifests/v1 answered 200", diag=acc)

@@ -82,7 +82,12 @@ docker = dflt.get("registries", {}).get("docker.io", {})
 t.is_(docker.get("endpoint"), "https://registry-1.docker.io", "default docker.io endpoint")
 t.is_(docker.get("tag_ttl"), "1m", "default tag_ttl filled in")
 t.is_(docker.get("credentials"), {"username": None, "password_file": None,
-                                  "docker_config": None}, "no credentials: every key null")
+                                  "docker_config": None, "helper": None, "lifetime": "5m",
+                                  "timeout": "10s"},
+      "no credentials: every key null, helper lifetime and timeout defaults")
+t.is_(docker.get("private"), False, "default private: false")
+t.is_(dflt.get("credential_providers"), {"config": None, "bin_dir": None, "timeout": "1m"},
+      "default credential_providers: none, the kubelet's 1m timeout")
 for k, want in [("max_cache_bytes", 0), ("default_registry", "docker.io"),
                 ("allow_any_registry", False), ("max_parallel_fetches", 16),
                 ("max_connections", 4096), ("max_header_bytes", "16KiB"), ("max_headers", 64),
@@ -90,9 +95,18 @@ for k, want in [("max_cache_bytes", 0), ("default_registry", "docker.io"),
                 ("send_timeout", "2m"), ("shutdown_timeout", "10s"),
                 ("upstream_connect_timeout", "10s"), ("upstream_timeout", "1m"),
                 ("auth_cache_ttl", "1m"), ("sendfile", False), ("log_level", "info"),
-                ("log_file", None), ("access_log", True)]:
+                ("log_file", None), ("access_log", True), ("max_stale", None),
+                ("stale_on_not_found", False), ("negative_ttl", "10s"),
+                ("ratelimit_reserve", 10), ("orphan_grace", "1h"), ("pin", []),
+                ("admin_socket", None)]:
     t.is_(dflt.get(k, "(absent)"), want, "default %s" % k)
-t.is_(len(dflt), 22, "every top-level key is printed")
+t.is_(dflt.get("tls"), {"cert_file": None, "key_file": None, "client_ca_file": None},
+      "default tls: off")
+for k in ("health_listen", "allow_clients", "allow_upstream_networks"):
+    t.is_(dflt.get(k, "(absent)"), [], "default %s: none" % k)
+t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None},
+      "default cluster: none")
+t.is_(len(dflt), 35, "every top-level key is printed")
 rc, _, out, _ = check(os.path.join(RGM_SRCDIR, "conf", "regmirror.json"))
 t.is_(rc, 0, "conf/regmirror.json: exit 0")
 t.is_(out, dflt_out, "conf/regmirror.json gives exactly the built-in defaults")
@@ -149,7 +163,8 @@ t.is_(reg.get("tag_ttl"), "5m", "file: tag_ttl")
 t.is_(reg.get("ca_file"), ca, "file: ca_file path")
 t.is_(reg.get("insecure_skip_verify"), False, "file: per-registry default filled in")
 t.is_(reg.get("credentials"), {"username": "mirror-user", "password_file": pw,
-                               "password": "<redacted>", "docker_config": None},
+                               "password": "<redacted>", "docker_config": None,
+                               "helper": None, "lifetime": "5m", "timeout": "10s"},
       "file: credentials, the password redacted, its file's path shown")
 gh = doc.get("registries", {}).get("ghcr.io", {})
 t.ok(gh.get("mirror") is True and gh.get("tag_ttl") == "1m" and

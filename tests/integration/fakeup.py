@@ -7,6 +7,11 @@
     ... up.requests, up.count("GET", "/blobs/") ...
     up.stop()
 
+With referrers=True it also implements the OCI 1.1 referrers API (GET
+/v2/<repo>/referrers/<digest>[?artifactType=...]) over the manifests added with a `subject`:
+filtering with OCI-Filters-Applied, and pages of referrers_page_size descriptors linked with
+Link: <...>; rel="next".  Without it that route is a plain 404, as on docker-registry 2.8.
+
 Standard library only.  Every FakeUpstream registers itself for cleanup with rgmtest's
 registry, so a crashing test does not leave threads serving.
 """
@@ -35,6 +40,7 @@ class Behaviour:
     """What to do for requests whose path matches.  Fields (all optional):
 
     status      int: answer this status (with an OCI error body) instead of the content
+    code        str: the OCI error code of that body (default UNKNOWN, TOOMANYREQUESTS for 429)
     retry_after str/int: Retry-After header (use with status=429 or 503)
     www_authenticate  str or list of str: WWW-Authenticate header(s) (use with status=401)
     headers     dict: extra response headers
@@ -55,7 +61,7 @@ class Behaviour:
 
     FIELDS = ("status", "retry_after", "www_authenticate", "headers", "redirect",
               "redirect_status", "chunked", "chunk_size", "corrupt", "body", "truncate",
-              "stall", "stall_after", "throttle", "no_range", "drop", "times")
+              "stall", "stall_after", "throttle", "no_range", "drop", "times", "code")
 
     def __init__(self, **kw):
         for k in kw:
@@ -75,8 +81,12 @@ class FakeUpstream:
     send (string).  Requests are recorded in .requests (Request(method, path, headers
     dict with lower-case names, time)) — the path includes the query string."""
 
-    def __init__(self, tls=None, auth=None, name="fake"):
+    def __init__(self, tls=None, auth=None, name="fake", referrers=False):
         self.name = name
+        self.referrers = referrers         # serve the referrers API
+        self.referrers_page_size = 0       # >0: at most this many descriptors per page
+        self.referrers_content_type = None  # override the index Content-Type (tests)
+        self.referrers_filter = True        # apply artifactType (else ignore it)
         self.blobs = {}
         self.manifests = {}        # (repo, ref) → (bytes, media type); ref = tag or digest
         self.behaviours = []       # [(matcher, Behaviour)]
@@ -113,6 +123,18 @@ class FakeUpstream:
             self.httpd = None
             rgmtest._cleanup.remove(self._cleanup_fn)
 
+    def kill(self):
+        """Stop, and also cut the keep-alive connections already open, so that the next
+        request to this port is refused (stop() alone lets open connections go on)."""
+        httpd = self.httpd
+        self.stop()
+        if httpd:
+            for sock in list(httpd.open_socks):
+                try:
+                    sock.shutdown(2)
+                except OSError:
+                    pass
+
     # -- content
     def add_blob(self, data):
         d = digest_of(data)
@@ -147,6 +169,31 @@ class FakeUpstream:
         mb = json.dumps(m, separators=(",", ":")).encode()
         md = self.add_manifest(repo, tag, mb, rgmtest.MT_OCI_MANIFEST)
         return {"manifest": md, "manifest_bytes": mb, "config": cd, "layers": ls}
+
+    def referrers_of(self, repo, subject, artifact_type=None):
+        """The descriptors of repo's manifests whose subject is `subject` (sorted by
+        digest), as the referrers API lists them."""
+        out = []
+        with self.lock:
+            items = [(d, v) for (rp, d), v in self.manifests.items()
+                     if rp == repo and d.startswith("sha256:")]
+        for d, (data, mt) in sorted(items):
+            try:
+                m = json.loads(data)
+            except ValueError:
+                continue
+            if not isinstance(m, dict) or (m.get("subject") or {}).get("digest") != subject:
+                continue
+            at = m.get("artifactType") or (m.get("config") or {}).get("mediaType")
+            if artifact_type is not None and at != artifact_type:
+                continue
+            desc = {"mediaType": mt, "digest": d, "size": len(data)}
+            if at:
+                desc["artifactType"] = at
+            if m.get("annotations"):
+                desc["annotations"] = m["annotations"]
+            out.append(desc)
+        return out
 
     # -- behaviours
     def behave(self, match, **kw):
@@ -203,10 +250,18 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, addr, handler, ctx):
         self.ctx = ctx
         self.connections = 0  # TCP connections accepted (keep-alive reuse checks)
+        self.open_socks = set()  # accepted sockets not yet closed (kill())
         super().__init__(addr, handler)
 
     def finish_request(self, request, client_address):
         self.connections += 1
+        self.open_socks.add(request)
+        try:
+            self._finish(request, client_address)
+        finally:
+            self.open_socks.discard(request)
+
+    def _finish(self, request, client_address):
         # TLS handshake in the per-connection thread, not in the accept loop
         if self.ctx is not None:
             try:
@@ -224,6 +279,7 @@ class _Server(ThreadingHTTPServer):
 _MANIFEST_RE = re.compile(r"^/v2/(.+)/manifests/([^/]+)$")
 _BLOB_RE = re.compile(r"^/v2/(.+)/blobs/([^/]+)$")
 _TAGS_RE = re.compile(r"^/v2/(.+)/tags/list$")
+_REFERRERS_RE = re.compile(r"^/v2/(.+)/referrers/(sha256:[0-9a-f]{64})$")
 _RANGE_RE = re.compile(r"^bytes=(\d+)-(\d*)$")
 
 
@@ -277,8 +333,8 @@ def _make_handler(up):
                 extra = {}
                 if b.retry_after is not None:
                     extra["Retry-After"] = str(b.retry_after)
-                return self._error(b.status, "UNKNOWN" if b.status != 429 else
-                                   "TOOMANYREQUESTS", "fakeup behaviour", method, extra, b)
+                code = b.code or ("UNKNOWN" if b.status != 429 else "TOOMANYREQUESTS")
+                return self._error(b.status, code, "fakeup behaviour", method, extra, b)
             path = urllib.parse.urlsplit(self.path).path
             if path in ("/v2/", "/v2"):
                 return self._send(method, 200, b"{}", "application/json", None, b)
@@ -292,6 +348,9 @@ def _make_handler(up):
                     return self._error(404, "NAME_UNKNOWN", "repository unknown", method)
                 body = json.dumps({"name": repo, "tags": tags}).encode()
                 return self._send(method, 200, body, "application/json", None, b)
+            m = _REFERRERS_RE.match(path) if up.referrers else None
+            if m:
+                return self._referrers(method, m.group(1), m.group(2), b)
             m = _MANIFEST_RE.match(path)
             if m:
                 with up.lock:
@@ -309,6 +368,33 @@ def _make_handler(up):
                 return self._send(method, 200, data, "application/octet-stream",
                                   m.group(2), b, ranges=True)
             return self._error(404, "NOT_FOUND", "no route", method)
+
+        def _referrers(self, method, repo, subject, b):
+            q = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+            at = q.get("artifactType", [None])[0] if up.referrers_filter else None
+            descs = up.referrers_of(repo, subject, at)
+            page = int(q.get("page", ["1"])[0])
+            size = up.referrers_page_size
+            extra = {}
+            if size > 0:
+                if len(descs) > page * size:
+                    nq = {"page": str(page + 1)}
+                    if at is not None:
+                        nq["artifactType"] = at
+                    extra["Link"] = '<%s/v2/%s/referrers/%s?%s>; rel="next"' % (
+                        up.url, repo, subject, urllib.parse.urlencode(nq))
+                descs = descs[(page - 1) * size:page * size]
+            if at is not None:
+                extra["OCI-Filters-Applied"] = "artifactType"
+            body = json.dumps({"schemaVersion": 2, "mediaType": rgmtest.MT_OCI_INDEX,
+                               "manifests": descs}).encode()
+            ctype = up.referrers_content_type or rgmtest.MT_OCI_INDEX
+            if b is None:
+                b = Behaviour(headers=extra)
+            elif extra:
+                b = Behaviour(**{k: getattr(b, k) for k in Behaviour.FIELDS if k != "headers"},
+                              headers=dict(extra, **(b.headers or {})))
+            return self._send(method, 200, body, ctype, None, b)
 
         def _extra(self, b):
             if b is None:

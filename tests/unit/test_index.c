@@ -2,6 +2,7 @@
  * reconcile with the store, hostile strings stored verbatim. */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include <sqlite3.h>
@@ -371,6 +372,92 @@ static void test_totals(void)
         sqlite3_close(db);
         is_int(v, 9000, "ckpt: every commit is in the database");
     }
+/* The referrers section: answers per (registry, repository, subject, query), the "no
+ * referrers API" mark, pruning of week-old rows, and a version-1 database without the tables. */
+static void test_referrers(rgm_index_t *idx)
+{
+    rgm_index_referrers_t in;
+    rgm_index_referrers_t out;
+    const char body[] = "{\"schemaVersion\":2,\"manifests\":[]}\0tail";
+    uint64_t at = 0;
+
+    memset(&in, 0, sizeof(in));
+    in.body = (char *)body;
+    in.body_len = sizeof(body) - 1; /* a NUL inside: stored as bytes, not text */
+    snprintf(in.link, sizeof(in.link), "</v2/a/referrers/%s?last=x>; rel=\"next\"", D1);
+    snprintf(in.filters, sizeof(in.filters), "artifactType");
+    in.is_public = 0;
+    in.checked_ms = 10 * 24 * 3600 * 1000ull;
+    is_int(rgm_index_get_referrers(idx, "r", "a", D1, "", &out), UV_ENOENT, "referrers: miss");
+    ok(out.body == NULL, "referrers: no body on a miss");
+    is_int(rgm_index_put_referrers(idx, "r", "a", D1, "artifactType=x", &in), 0, "referrers: put");
+    is_int(rgm_index_get_referrers(idx, "r", "a", D1, "", &out), UV_ENOENT,
+           "referrers: another query is another answer");
+    is_int(rgm_index_get_referrers(idx, "r", "b", D1, "artifactType=x", &out), UV_ENOENT,
+           "referrers: another repository is another answer");
+    is_int(rgm_index_get_referrers(idx, "r2", "a", D1, "artifactType=x", &out), UV_ENOENT,
+           "referrers: another registry is another answer");
+    is_int(rgm_index_get_referrers(idx, "r", "a", D1, "artifactType=x", &out), 0, "referrers: hit");
+    ok(out.body_len == in.body_len && out.body && memcmp(out.body, body, in.body_len) == 0,
+       "referrers: body bytes kept");
+    is_str(out.link, in.link, "referrers: link kept");
+    is_str(out.filters, "artifactType", "referrers: filters kept");
+    is_int(out.is_public, 0, "referrers: private kept");
+    ok(out.checked_ms == in.checked_ms, "referrers: checked kept");
+    free(out.body);
+
+    in.is_public = 1;
+    in.body_len = 2;
+    in.checked_ms += 1000;
+    is_int(rgm_index_put_referrers(idx, "r", "a", D1, "artifactType=x", &in), 0,
+           "referrers: replace");
+    is_int(rgm_index_get_referrers(idx, "r", "a", D1, "artifactType=x", &out), 0,
+           "referrers: hit after replace");
+    ok(out.body_len == 2 && out.is_public == 1, "referrers: replaced row");
+    free(out.body);
+    is_int(rgm_index_put_referrers(idx, EVIL, EVIL, D2, EVIL, &in), 0, "referrers: hostile key");
+    is_int(rgm_index_get_referrers(idx, EVIL, EVIL, D2, EVIL, &out), 0,
+           "referrers: hostile key found verbatim");
+    free(out.body);
+
+    /* rows checked over a week before a new row are pruned when it is written */
+    in.checked_ms = 18 * 24 * 3600 * 1000ull;
+    is_int(rgm_index_put_referrers(idx, "r", "a", D3, "", &in), 0, "referrers: a week later");
+    is_int(rgm_index_get_referrers(idx, "r", "a", D1, "artifactType=x", &out), UV_ENOENT,
+           "referrers: week-old row pruned");
+    is_int(rgm_index_get_referrers(idx, "r", "a", D3, "", &out), 0, "referrers: new row kept");
+    free(out.body);
+
+    is_int(rgm_index_get_referrers_api(idx, "r", &at), 1, "no-api: nothing recorded");
+    is_int(rgm_index_put_referrers_api(idx, "r", 0, 1234), 0, "no-api: record");
+    is_int(rgm_index_get_referrers_api(idx, "r", &at), 0, "no-api: recorded");
+    ok(at == 1234, "no-api: when");
+    is_int(rgm_index_get_referrers_api(idx, "r2", &at), 1, "no-api: per registry");
+    is_int(rgm_index_put_referrers_api(idx, "r", 1, 0), 0, "no-api: forget");
+    is_int(rgm_index_get_referrers_api(idx, "r", &at), 1, "no-api: forgotten");
+    is_int(rgm_index_put_referrers_api(idx, "r", 0, 99), 0, "no-api: record again");
+}
+
+/* A version-1 database written before the referrers tables gains them when opened. */
+static void test_referrers_upgrade(void)
+{
+    sqlite3 *db = NULL;
+    rgm_index_t *idx = NULL;
+    char p2[600];
+    uint64_t at = 0;
+
+    snprintf(p2, sizeof(p2), "%s/old.db", root);
+    is_int(rgm_index_open(p2, &idx), 0, "old db: create");
+    rgm_index_close(idx);
+    idx = NULL;
+    ok(sqlite3_open(p2, &db) == SQLITE_OK &&
+           sqlite3_exec(db, "DROP TABLE referrers; DROP TABLE referrers_noapi", NULL, NULL, NULL) ==
+               SQLITE_OK,
+       "old db: drop the referrers tables");
+    sqlite3_close(db);
+    is_int(rgm_index_open(p2, &idx), 0, "old db: opens");
+    is_int(rgm_index_get_referrers_api(idx, "r", &at), 1, "old db: referrers tables back");
+    rgm_index_close(idx);
 }
 
 int main(void)
@@ -392,6 +479,7 @@ int main(void)
     test_tags(idx);
     test_evil(idx);
     test_touch(idx);
+    test_referrers(idx);
 
     /* pending touches are flushed by close, and everything persists */
     rgm_index_touch(idx, D1, 61000);
@@ -436,6 +524,7 @@ int main(void)
 
     test_reconcile();
     test_totals();
+    test_referrers_upgrade();
 
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
     if (system(cmd) != 0)

@@ -133,6 +133,13 @@ static void test_paths(void)
         {"/v2/foo/manifests/bar/manifests/v1", 0, RGM_REF_ROUTE_MANIFEST, "foo/manifests/bar", "v1",
          0},
         {"/v2/foo/blobs/x/manifests/v1", 0, RGM_REF_ROUTE_MANIFEST, "foo/blobs/x", "v1", 0},
+        /* OCI 1.1 referrers: a digest only; the query is not the parser's */
+        {"/v2/a/referrers/" D256, 0, RGM_REF_ROUTE_REFERRERS, "a", D256, 1},
+        {"/v2/a/b/referrers/" D512, 0, RGM_REF_ROUTE_REFERRERS, "a/b", D512, 1},
+        {"/v2/a/referrers/" D256 "?artifactType=application/vnd.x", 0, RGM_REF_ROUTE_REFERRERS, "a",
+         D256, 1},
+        {"/v2/foo/referrers/manifests/v1", 0, RGM_REF_ROUTE_MANIFEST, "foo/referrers", "v1", 0},
+        {"/v2/foo/manifests/referrers/" D256, 0, RGM_REF_ROUTE_REFERRERS, "foo/manifests", D256, 1},
         /* unknown routes */
         {"/", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
         {"/v1/", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
@@ -141,7 +148,8 @@ static void test_paths(void)
         {"/v2/a/b", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
         {"/v2/a/blobs/uploads/", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
         {"/v2/a/tags/list/", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
-        {"/v2/a/referrers/" D256, RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
+        {"/v2/a/referrers", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
+        {"/v2/referrers/" D256, RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
         {"v2/a/manifests/x", RGM_REF_EROUTE, RGM_REF_ROUTE_UNKNOWN, "", "", 0},
         /* bad parts */
         {"/v2/Library/nginx/manifests/latest", RGM_REF_ENAME, RGM_REF_ROUTE_MANIFEST, "", "", 0},
@@ -160,6 +168,14 @@ static void test_paths(void)
         {"/v2/a/manifests/", RGM_REF_ETAG, RGM_REF_ROUTE_MANIFEST, "", "", 0},
         {"/v2/a/manifests/.hidden", RGM_REF_ETAG, RGM_REF_ROUTE_MANIFEST, "", "", 0},
         {"/v2/a/manifests/a%20b", RGM_REF_ETAG, RGM_REF_ROUTE_MANIFEST, "", "", 0},
+        {"/v2/a/manifests/.INVALID_MANIFEST_NAME", RGM_REF_ETAG, RGM_REF_ROUTE_MANIFEST, "", "", 0},
+        {"/v2/a/referrers/latest", RGM_REF_EDIGEST, RGM_REF_ROUTE_REFERRERS, "", "", 0},
+        {"/v2/a/referrers/", RGM_REF_EDIGEST, RGM_REF_ROUTE_REFERRERS, "", "", 0},
+        {"/v2/a/referrers/sha256:" SHA256_HEX "0", RGM_REF_EDIGEST, RGM_REF_ROUTE_REFERRERS, "", "",
+         0},
+        {"/v2/a/referrers/sha256%3A" SHA256_HEX, RGM_REF_EDIGEST, RGM_REF_ROUTE_REFERRERS, "", "",
+         0},
+        {"/v2/A/referrers/" D256, RGM_REF_ENAME, RGM_REF_ROUTE_REFERRERS, "", "", 0},
     };
     rgm_ref_path_t p;
     size_t i;
@@ -192,8 +208,11 @@ static void test_paths(void)
 
     is_str(rgm_ref_err_code(RGM_REF_ENAME), "NAME_INVALID", "code for ENAME");
     is_str(rgm_ref_err_code(RGM_REF_EDIGEST), "DIGEST_INVALID", "code for EDIGEST");
-    is_str(rgm_ref_err_code(RGM_REF_ETAG), "TAG_INVALID", "code for ETAG");
-    is_str(rgm_ref_err_code(RGM_REF_EROUTE), "NOT_FOUND", "code for EROUTE");
+    /* OCI: an impossible tag names no manifest (404), TAG_INVALID is no spec code */
+    is_str(rgm_ref_err_code(RGM_REF_ETAG), "MANIFEST_UNKNOWN", "code for ETAG");
+    is_int(rgm_ref_err_status(RGM_REF_ETAG), 404, "status for ETAG");
+    is_int(rgm_ref_err_status(RGM_REF_EDIGEST), 400, "status for EDIGEST");
+    is_str(rgm_ref_err_code(RGM_REF_EROUTE), "UNSUPPORTED", "code for EROUTE (no NOT_FOUND in the spec)");
     is_int(rgm_ref_err_status(RGM_REF_ENAME), 400, "status for ENAME");
     is_int(rgm_ref_err_status(RGM_REF_EROUTE), 404, "status for EROUTE");
 }
@@ -268,6 +287,13 @@ static void test_prefix(void)
     is_str(p.registry, "localhost:5000", "path prefix registry with port");
     is_str(p.name, "a/b", "path prefix name a/b");
     is_int(p.kind, RGM_REF_ROUTE_BLOB, "path prefix blob");
+    is_int(rgm_ref_parse_path_ex("/v2/ghcr.io/org/app/referrers/" D256 "?artifactType=a%2Fb",
+                                 is_configured, (void *)regs, &p),
+           0, "referrers with ghcr.io prefix");
+    is_int(p.kind, RGM_REF_ROUTE_REFERRERS, "path prefix referrers");
+    is_str(p.registry, "ghcr.io", "referrers: prefix registry");
+    is_str(p.name, "org/app", "referrers: prefix name");
+    is_str(p.reference, D256, "referrers: subject digest");
     is_int(
         rgm_ref_parse_path_ex("/v2/localhost:5000/A/manifests/v1", is_configured, (void *)regs, &p),
         RGM_REF_ENAME, "prefix split, rest invalid");

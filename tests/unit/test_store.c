@@ -96,6 +96,86 @@ static void test_digests(void)
     is_int(rgm_digest_check(NULL), UV_EINVAL, "NULL refused");
 }
 
+static void test_errno_names(void)
+{
+    is_str(rgm_store_errno_name(UV_ENOSPC), "ENOSPC", "errno name: ENOSPC");
+    is_str(rgm_store_errno_name(-EDQUOT), "EDQUOT", "errno name: EDQUOT (quota)");
+    is_str(rgm_store_errno_name(UV_EIO), "EIO", "errno name: EIO");
+    is_str(rgm_store_errno_name(UV_EROFS), "EROFS", "errno name: EROFS");
+    is_str(rgm_store_errno_name(-12345), "other", "errno name: unknown is other");
+    ok(rgm_store_is_disk_error(-EDQUOT) && rgm_store_is_disk_error(UV_ENOSPC) &&
+           rgm_store_is_disk_error(UV_EIO) && !rgm_store_is_disk_error(UV_EINVAL),
+       "disk errors: ENOSPC, EDQUOT, EIO yes; EINVAL no");
+    is_str(rgm_store_op_name(RGM_STORE_OP_INDEX), "index", "op name: index");
+}
+
+static void on_err(const char *op, const char *error, uint64_t count, void *ud)
+{
+    char *out = ud;
+    size_t n = strlen(out);
+
+    snprintf(out + n, 128 - n, "%s/%s=%llu;", op, error, (unsigned long long)count);
+}
+
+static void test_partial_format(const char *dir)
+{
+    rgm_store_partial_t p, q;
+    rgm_store_t *s = NULL;
+    char text[2048];
+    char path[1024];
+    char errs[128] = "";
+    char *taken = NULL;
+    int n;
+    FILE *f;
+
+    memset(&p, 0, sizeof(p));
+    snprintf(p.digest, sizeof(p.digest), "%s", HELLO_SHA);
+    snprintf(p.prefix, sizeof(p.prefix), "sha256:%064d", 0);
+    p.size = 100;
+    p.written = 40;
+    snprintf(p.registry, sizeof(p.registry), "docker.io");
+    snprintf(p.repo, sizeof(p.repo), "library/app");
+    n = rgm_store_partial_format(&p, text, sizeof(text));
+    ok(n > 0, "sidecar: formatted (%d bytes)", n);
+    is_int(rgm_store_partial_parse(text, (size_t)n, &q), 0, "sidecar: parses back");
+    ok(q.size == 100 && q.written == 40 && strcmp(q.prefix, p.prefix) == 0 &&
+           strcmp(q.repo, "library/app") == 0,
+       "sidecar: same fields");
+    is_int(rgm_store_partial_parse(text, (size_t)n - 1, &q), UV_EINVAL, "sidecar: truncated");
+    text[0] = 'X';
+    is_int(rgm_store_partial_parse(text, (size_t)n, &q), UV_EINVAL, "sidecar: bad magic");
+    p.written = 100;
+    is_int(rgm_store_partial_format(&p, text, sizeof(text)), UV_EINVAL,
+           "sidecar: written must be below size");
+    p.written = 40;
+    snprintf(p.repo, sizeof(p.repo), "a\nb");
+    is_int(rgm_store_partial_format(&p, text, sizeof(text)), UV_EINVAL, "sidecar: no newline");
+    snprintf(p.repo, sizeof(p.repo), "library/app");
+
+    /* a kept partial survives open and is taken once */
+    n = rgm_store_partial_format(&p, text, sizeof(text));
+    snprintf(path, sizeof(path), "%s/tmp/%s.9.partial.keep", dir, HELLO_SHA + 7);
+    f = fopen(path, "w");
+    ok(f && fwrite(text, 1, (size_t)n, f) == (size_t)n && fclose(f) == 0, "sidecar written");
+    snprintf(path, sizeof(path), "%s/tmp/%s.9.partial", dir, HELLO_SHA + 7);
+    f = fopen(path, "w");
+    ok(f && fclose(f) == 0, "partial written");
+    is_int(rgm_store_open(dir, &s), 0, "open with a partial");
+    is_int((int)rgm_store_partial_count(s), 1, "partial kept");
+    is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 1, "partial taken");
+    ok(taken && strcmp(taken, path) == 0 && q.written == 40, "taken: its path and prefix");
+    free(taken);
+    is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 0, "taken once");
+    is_int(rgm_store_keep_partial(s, path), 0, "given back");
+    is_int((int)rgm_store_partial_count(s), 1, "kept again");
+    rgm_store_count_error(s, RGM_STORE_OP_WRITE, UV_ENOSPC);
+    rgm_store_count_error(s, RGM_STORE_OP_WRITE, UV_ENOSPC);
+    rgm_store_count_error(s, RGM_STORE_OP_INDEX, -EDQUOT);
+    rgm_store_errors_each(s, on_err, errs);
+    is_str(errs, "write/ENOSPC=2;index/EDQUOT=1;", "store errors by op and errno name");
+    rgm_store_close(s);
+}
+
 int main(void)
 {
     rgm_store_t *s = NULL;
@@ -110,6 +190,7 @@ int main(void)
     FILE *fp;
 
     test_digests();
+    test_errno_names();
 
     snprintf(root, sizeof(root), "/tmp/rgm-test-store.XXXXXX");
     if (!mkdtemp(root)) {
@@ -246,6 +327,7 @@ int main(void)
     }
 
     rgm_store_close(s);
+    test_partial_format(root);
     snprintf(path, sizeof(path), "rm -rf '%s'", root);
     if (system(path) != 0)
         printf("# cleanup failed\n");

@@ -148,7 +148,7 @@ struct rgm_index {
     rgm_store_t *check_store;
     char check_after[RGM_DIGEST_MAX];
     char *path;
-    struct ckpt *ckpt; /* rgm_index_use_loop: checkpoints on the pool */
+    struct ckpt *ckpt;       /* rgm_index_use_loop: checkpoints on the pool */
     sqlite3_stmt *ref_st[6]; /* the referrers section's statements (REF_ST_*) */
 };
 

@@ -372,6 +372,8 @@ static void test_totals(void)
         sqlite3_close(db);
         is_int(v, 9000, "ckpt: every commit is in the database");
     }
+}
+
 /* The referrers section: answers per (registry, repository, subject, query), the "no
  * referrers API" mark, pruning of week-old rows, and a version-1 database without the tables. */
 static void test_referrers(rgm_index_t *idx)

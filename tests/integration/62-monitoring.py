@@ -50,7 +50,10 @@ DASHBOARD = os.path.join(MON, "regmirror-dashboard.json")
 TARGET_LABELS = {"job", "instance"}          # added by Prometheus, not in the scrape
 # labels whose values are paths from the configuration: any value is one they may take
 FREE_VALUES = {("regmirror_credential_errors_total", "source"),
-               ("regmirror_tls_cert_expiry_seconds", "file")}
+               ("regmirror_tls_cert_expiry_seconds", "file"),
+               ("regmirror_cluster_peer_up", "peer"),
+               ("regmirror_cluster_peer_forwarded_bytes_total", "peer"),
+               ("regmirror_cluster_peer_forwarded_total", "peer")}
 MAX_BYTES = 123456789
 
 # ------------------------------------------------------------------------------------
@@ -299,9 +302,20 @@ tls_chain, tls_key, tls_leaf = leaf_chain("tls-leaf", 20, tls_ca)
 mt = TLSMirror(ws, tls_chain, tls_key, name="tls", env={"RGM_FAULT": "store.write"},
                config={"registries": {"docker.io": {"endpoint": fake.url}}})
 
+# a cluster of two: this mirror and a peer that never answers (the cluster families exist
+# only where cluster.peers is set)
+mc = rgmtest.Mirror(ws, name="cluster", start=False)
+mc.port = rgmtest.free_port()
+mc.config = {"registries": {"docker.io": {"endpoint": fake.url}},
+             "cluster": {"peers": ["http://127.0.0.1:%d" % mc.port,
+                                   "http://127.0.0.1:%d" % rgmtest.free_port()],
+                         "self": "http://127.0.0.1:%d" % mc.port}}
+mc.start()
+
 fresh = scrape(m)
 fresh_unlimited = scrape(m_unlimited)
 fresh_tls = scrape(mt)
+fresh_cluster = scrape(mc)
 
 # ------------------------------------------------------------------------------------
 # the scrapes
@@ -335,7 +349,8 @@ t.is_((fresh.value("regmirror_cache_max_bytes"), fresh_unlimited.value("regmirro
 WITH_TRAFFIC = {"regmirror_upstream_ratelimit_remaining", "regmirror_upstream_ratelimit_limit",
                 "regmirror_http_requests_total", "regmirror_credential_errors_total",
                 "regmirror_store_errors_total", "regmirror_tls_handshakes_total",
-                "regmirror_tls_cert_expiry_seconds"}
+                "regmirror_tls_cert_expiry_seconds", "regmirror_cluster_peers",
+         "regmirror_cluster_peer_forwarded_bytes_total"}
 empty = sorted(f for f in fresh.families() if not any(n == f for (n, _) in fresh.samples))
 t.ok(set(empty) <= WITH_TRAFFIC,
      "fresh start: only the families whose series appear with traffic have no sample yet",
@@ -484,8 +499,32 @@ except TimeoutError:
 t.is_(scrape(mt).value("regmirror_tls_cert_expiry_seconds", file=tls_chain), not_after(new_cert),
       "regmirror_tls_cert_expiry_seconds: re-read at SIGHUP (the new 5-day certificate)")
 
-# names, labels and values: what either mirror carries
-pulled = merged(pulled, pulled_tls)
+r = promtool("check", "metrics", input=fresh_cluster.text)
+t.ok(r.rc == 0 and r.out.strip() == "", "cluster mirror: promtool check metrics is clean",
+     diag=r.out[-2000:])
+t.is_(sorted(fresh.families() - fresh_cluster.families()), [],
+      "cluster mirror: every family of a plain one, and the cluster's")
+
+
+def peer_down():
+    """A blob request (a digest the dead peer may own: forwarding to it fails and marks it
+    down), then a scrape."""
+    mc.get("/v2/library/tool/blobs/sha256:%s?ns=docker.io" % os.urandom(32).hex())
+    s = scrape(mc)
+    return s if s.value("regmirror_cluster_peers", state="up") == 1.0 else None
+
+
+try:
+    pulled_cluster = rgmtest.wait_for(peer_down, timeout=20, what="the dead peer marked down")
+except TimeoutError:
+    pulled_cluster = scrape(mc)
+t.is_(sorted(v for (n, ls), v in pulled_cluster.samples.items()
+             if n == "regmirror_cluster_peer_up"), [0.0, 1.0],
+      "cluster mirror: regmirror_cluster_peer_up is 1 for itself, 0 for the dead peer")
+
+# names, labels and values: what any of the mirrors carries
+pulled = merged(pulled, pulled_tls, pulled_cluster)
+fresh = merged(fresh, fresh_cluster)
 # families that may still have no sample after all of the above (none today; a family added
 # later without traffic that gives it samples is listed here, and the dashboard cannot be
 # checked against its labels)
@@ -539,8 +578,8 @@ t.is_(errs, [], "alert rules (%d): metrics, labels and values exist in real scra
 want = {"RegmirrorUpstreamFailing", "RegmirrorRateLimitLow", "RegmirrorCacheNearFull",
         "RegmirrorNoCacheHits", "RegmirrorStoreErrors", "RegmirrorCredentialSourceFailing",
         "RegmirrorRateLimitReserve", "RegmirrorStaleRefused", "RegmirrorTLSHandshakeFailures",
-        "RegmirrorTLSCertExpiring"}
-t.is_(sorted(want - {a["alert"] for a in alerts}), [], "alert rules: the ten asked for exist")
+        "RegmirrorTLSCertExpiring", "RegmirrorClusterPeerDown"}
+t.is_(sorted(want - {a["alert"] for a in alerts}), [], "alert rules: the eleven asked for exist")
 
 with open(RULE_TESTS) as f:
     rtests = yaml.safe_load(f)
@@ -620,11 +659,12 @@ asked = {"regmirror_http_requests_total", "regmirror_served_bytes_total",
          "regmirror_upstream_pulls_avoided_total", "regmirror_upstream_ratelimit_reserve",
          "regmirror_store_errors_total", "regmirror_credential_errors_total",
          "regmirror_tls_handshakes_total", "regmirror_connections_refused_total",
-         "regmirror_tls_cert_expiry_seconds"}
+         "regmirror_tls_cert_expiry_seconds", "regmirror_cluster_peers",
+         "regmirror_cluster_peer_forwarded_bytes_total"}
 t.is_(sorted(asked - used), [], "dashboard: hit ratio, bytes by cache result, bytes saved, joins, "
       "fetches in flight and queued, upstream errors, rate limit, cache limit, stale served "
       "and refused, pulls spent and avoided, rate-limit reserve, store and credential errors, "
-      "TLS handshakes and expiry, connections refused")
+      "TLS handshakes and expiry, connections refused, peers up, bytes forwarded")
 neg = [e for _, e in exprs if 'cache="NEGATIVE"' in e]
 t.ok(neg, "dashboard: negative cache hits")
 rec = {"groups": [{"name": "dashboard", "rules": [

@@ -262,10 +262,26 @@ static uint64_t now_ms(void)
 
 /* ---- open / close ---- */
 
+/* sql, then sql2 (may be NULL), in one IMMEDIATE transaction; rolled back and logged (as what)
+ * on error. 0 or UV_EIO. */
+static int exec_tx(rgm_index_t *idx, const char *sql, const char *sql2, const char *what)
+{
+    char *errmsg = NULL;
+
+    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) == SQLITE_OK &&
+        sqlite3_exec(idx->db, sql, NULL, NULL, &errmsg) == SQLITE_OK &&
+        (!sql2 || sqlite3_exec(idx->db, sql2, NULL, NULL, &errmsg) == SQLITE_OK) &&
+        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) == SQLITE_OK)
+        return 0;
+    rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, errmsg ? errmsg : "?");
+    sqlite3_free(errmsg);
+    (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
+    return UV_EIO;
+}
+
 static int setup_schema(rgm_index_t *idx)
 {
     sqlite3_stmt *st = NULL;
-    char *errmsg = NULL;
     int version = -1;
     char sql[64];
 
@@ -282,16 +298,7 @@ static int setup_schema(rgm_index_t *idx)
         return UV_EIO;
     }
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", RGM_INDEX_SCHEMA_VERSION);
-    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, schema_sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) != SQLITE_OK) {
-        rgm_log(RGM_LOG_ERROR, "index", "create schema: %s", errmsg ? errmsg : "?");
-        sqlite3_free(errmsg);
-        (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
-        return UV_EIO;
-    }
-    return 0;
+    return exec_tx(idx, schema_sql, sql, "create schema");
 }
 
 /* object_totals: nothing to do when it is there (one indexed lookup); else create it with its
@@ -299,7 +306,6 @@ static int setup_schema(rgm_index_t *idx)
 static int setup_totals(rgm_index_t *idx)
 {
     sqlite3_stmt *st = NULL;
-    char *errmsg = NULL;
     int has = 0;
 
     if (sqlite3_prepare_v2(idx->db,
@@ -311,15 +317,7 @@ static int setup_totals(rgm_index_t *idx)
     sqlite3_finalize(st);
     if (has)
         return 0;
-    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, totals_sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) != SQLITE_OK) {
-        rgm_log(RGM_LOG_ERROR, "index", "create object_totals: %s", errmsg ? errmsg : "?");
-        sqlite3_free(errmsg);
-        (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
-        return UV_EIO;
-    }
-    return 0;
+    return exec_tx(idx, totals_sql, NULL, "create object_totals");
 }
 
 int rgm_index_open(const char *path, rgm_index_t **out)

@@ -105,6 +105,8 @@ t.ok(st == 200 and h.get("docker-content-digest") == d,
      "anonymous: public/copy:1, the same manifest in another public repository (%d)" % st)
 st, h, _ = mget(m1, "/v2/public/copy/manifests/1", NS)
 t.ok(st == 200 and h.get("x-cache") == "HIT", "... then from the cache (%s)" % h.get("x-cache"))
+t.is_(reg.count_requests("HEAD", "/public/copy/manifests/sha256:"), 0,
+      "... and its tag's HEAD upstream was the proof: no access HEAD by digest")
 st, h, _ = mget(m1, "/v2/private/base/manifests/%s" % d, NS)
 t.ok(st == 200, "by digest the manifest is public content, through any repository (%d)" % st)
 t.is_(reg.count_requests("GET", "/manifests/"), gets, "no manifest GET (pull) upstream for any of it")

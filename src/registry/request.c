@@ -219,12 +219,13 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
         rq_error(q, 403, "DENIED", "requested access to the resource is denied", NULL);
         return;
     case 404:
+    case 410: /* gone: unknown from now on, said louder */
         if (q->path.kind == RGM_REF_ROUTE_TAGS)
-            rq_error(q, 404, "NAME_UNKNOWN", "repository name not known to registry", NULL);
+            rq_error(q, status, "NAME_UNKNOWN", "repository name not known to registry", NULL);
         else if (is_blob)
-            rq_error(q, 404, "BLOB_UNKNOWN", "blob unknown to registry", NULL);
+            rq_error(q, status, "BLOB_UNKNOWN", "blob unknown to registry", NULL);
         else
-            rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
+            rq_error(q, status, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
         return;
     case 429:
         if (c)
@@ -234,8 +235,14 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
     default:
         q->r->m.upstream_errors++;
         snprintf(msg, sizeof(msg), "upstream answered %d", status);
-        if (status >= 400 && status < 500)
-            rq_error(q, status, "UNKNOWN", msg, NULL);
+        /* A 4XX keeps its status with a code of the spec's table (416: the range does not
+         * fit the size; anything else, 400 405 406 413 ...: the operation is unsupported).
+         * 5xx bodies are not bound to the table: UNAVAILABLE, distribution's 503 code, which
+         * docker and containerd retry (they do not retry UNSUPPORTED or DENIED). */
+        if (status == 416)
+            rq_error(q, status, "SIZE_INVALID", msg, NULL);
+        else if (status >= 400 && status < 500)
+            rq_error(q, status, "UNSUPPORTED", msg, NULL);
         else
             rq_error(q, 502, "UNAVAILABLE", msg, NULL);
     }

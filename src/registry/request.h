@@ -117,9 +117,10 @@ void rq_hold_file(struct rq *q);
  * gone. Counted. */
 void rq_error(struct rq *q, int status, const char *code, const char *msg, const char *hdrs);
 /* The client's answer to an upstream failure: status 0 (err: no answer, 502 or 504), 401
- * (with the upstream's WWW-Authenticate from c, which may be NULL), 403, 404 (blob, manifest
- * or repository unknown; is_blob picks BLOB_UNKNOWN), 429 (with Retry-After), other 4xx, or
- * 502. A no-op when the client is gone. */
+ * (with the upstream's WWW-Authenticate from c, which may be NULL), 403, 404 and 410 (blob,
+ * manifest or repository unknown; is_blob picks BLOB_UNKNOWN), 429 (with Retry-After), 416
+ * (SIZE_INVALID), other 4xx (UNSUPPORTED), or 502 (UNAVAILABLE). Every 4xx code is one of the
+ * distribution-spec's. A no-op when the client is gone. */
 void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_blob);
 /* rgm_resp_start with the mirror's common headers, counted in the metrics. Returns 0, or <0
  * (headers too long, or the server's error): then the caller aborts. */

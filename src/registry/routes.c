@@ -302,14 +302,14 @@ static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards)
         /* a health_listen address: probes and scrapes only, whatever the path */
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "only /healthz, /readyz and /metrics here",
+        rgm_resp_error(req, 404, "UNSUPPORTED", "only /healthz, /readyz and /metrics here",
                        RGM_V2_HDR);
         return;
     }
     if (path[0] != '/' || (strncmp(path, "/v2", 3) != 0 || (path[3] != '\0' && path[3] != '/'))) {
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "no such route", RGM_V2_HDR);
+        rgm_resp_error(req, 404, "UNSUPPORTED", "no such route", RGM_V2_HDR);
         return;
     }
     if (m != RGM_M_GET && m != RGM_M_HEAD) {
@@ -356,6 +356,6 @@ static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards)
         referrers_handle(q);
         break;
     default:
-        rq_error(q, 404, "NOT_FOUND", "no such route", NULL);
+        rq_error(q, 404, "UNSUPPORTED", "no such route", NULL);
     }
 }

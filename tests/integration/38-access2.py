@@ -192,4 +192,14 @@ rng = [r.headers.get("range") for r in up.requests_for("/blobs/" + ds, method="G
 t.ok(rng and all(r and r.startswith("bytes=") and r != "bytes=0-" for r in rng),
      "... resumed from the kept partial with Range (%s)" % rng)
 
+# 3. Without a cluster the hop headers mean nothing: a client cannot use
+# X-Regmirror-Only-If-Cached to skip a tag's revalidation or a fetch.
+cfg_digest = img["config"]
+gets0 = reg.count_requests("GET", "/blobs/" + cfg_digest)
+st, _, body = m1.get("/v2/public/base/blobs/%s" % cfg_digest,
+                     headers={"X-Regmirror-Only-If-Cached": "1", "X-Regmirror-Hop": "1"})
+t.ok(st == 200 and rgmtest.sha256_digest(body) == cfg_digest,
+     "no cluster: only-if-cached from a client is ignored, the blob is fetched (%d)" % st)
+t.is_(reg.count_requests("GET", "/blobs/" + cfg_digest), gets0 + 1, "... from the upstream")
+
 t.done()

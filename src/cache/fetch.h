@@ -1,7 +1,8 @@
 /* Single-flight blob fetches, with the temp file as the buffer. A fetch is keyed by digest;
  * one producer (the upstream download, driven by the registry layer) appends bytes, which are
- * hashed and written to store/tmp; any number of readers send from the same file up to the
- * bytes written so far and are woken when more land. Verified bytes are renamed into the
+ * hashed and written to store/tmp; any number of readers send up to the bytes written so far
+ * (from the latest landed chunks while they keep up, else from the file) and are woken when
+ * more land. Verified bytes are renamed into the
  * store. A sidecar lets a fetch cut by a restart resume; a store that cannot take the bytes
  * (full disk) makes the fetch go on from a bounded window in memory, caching nothing. It
  * knows digests, files and readers, not HTTP or registries. */
@@ -128,18 +129,22 @@ rgm_fetch_t *rgm_fetch_reader_fetch(const rgm_fetch_reader_t *rd);
 enum rgm_fetch_state rgm_fetch_state(const rgm_fetch_t *f);
 int rgm_fetch_error(const rgm_fetch_t *f);
 /* Bytes a reader may send now. While running, the last byte is held back until the digest is
- * verified, so that a client of a corrupt blob is always cut short before its last byte. */
+ * verified, so that a client of a corrupt blob is always cut short before its last byte; it is
+ * readable from the verification on, while the fsync and the rename into the store run. */
 uint64_t rgm_fetch_readable(const rgm_fetch_t *f);
+/* 1 once every byte is in and the digest matched (the fetch may still be RUNNING: fsync and
+ * rename), else 0. */
+int rgm_fetch_is_verified(const rgm_fetch_t *f);
 /* Expected total size, or UINT64_MAX when not known yet. */
 uint64_t rgm_fetch_size(const rgm_fetch_t *f);
 /* A read-only fd on the file, valid while the reader is joined (across the rename); -1 when
  * the fetch never had a file. */
 int rgm_fetch_fd(const rgm_fetch_t *f);
 /* What a reader at off may send now: 1 with *len bytes of the fd at off (sendfile them), 0
- * with *len bytes at *data (memory of the window, valid until the next call into this module;
- * copy them), *len 0 when nothing is there yet; or UV_ENOBUFS when off fell out of the window
- * (or the fetch failed and freed it): cut the client. *len is 0 or more, never past
- * rgm_fetch_readable. */
+ * with *len bytes at *data (memory, valid until the next call into this module; copy them:
+ * the latest landed chunks, kept for readers that keep up, or the no-file window), *len 0 when
+ * nothing is there yet; or UV_ENOBUFS when off fell out of the window (or the fetch failed and
+ * freed it): cut the client. *len is 0 or more, never past rgm_fetch_readable. */
 RGM_MUST_CHECK int rgm_fetch_peek(const rgm_fetch_reader_t *rd, uint64_t off, const char **data,
                                   size_t *len);
 /* The reader has sent everything before off: without a file, the window drops bytes that every

@@ -110,9 +110,8 @@ struct rgm_fetch {
     int wfd;        /* producer's fd */
     int rfd;        /* readers' fd: survives the rename and the unlink; -1 without a file */
     EVP_MD_CTX *md;
-    int is_stored;   /* DONE and renamed into the store */
-    int is_verified; /* the digest matched (fsync and rename may still be running) */
-    int is_keep;     /* suspended: the file and its sidecar go back to the store */
+    int is_stored; /* DONE and renamed into the store */
+    int is_keep;   /* suspended: the file and its sidecar go back to the store */
 
     /* The no-file fallback (is_nofile, after a store error the retry did not cure): bytes
      * [0, file_end) stay readable from rfd; later ones land in the window [win_off, written)
@@ -478,10 +477,6 @@ static void begin_verify(rgm_fetch_t *f)
         done_ok(f); /* nothing to store */
         return;
     }
-    /* Verified: readers may have the last byte now; the fsync (which can take a while for a
-     * big blob on a busy disk) and the rename only decide whether it is cached. */
-    f->is_verified = 1;
-    queue(f);
     fetch_ref(f);
     f->is_syncing = 1;
     err = uv_fs_fsync(f->t->loop, &f->fsync_req, f->wfd, on_fsync);
@@ -1485,8 +1480,6 @@ uint64_t rgm_fetch_readable(const rgm_fetch_t *f)
     case RGM_FETCH_FAILED:
         return f->readable_at_fail;
     default:
-        if (f->is_verified)
-            return f->written;
         return f->written > 0 ? f->written - 1 : 0;
     }
 }
@@ -1499,11 +1492,6 @@ uint64_t rgm_fetch_size(const rgm_fetch_t *f)
 int rgm_fetch_fd(const rgm_fetch_t *f)
 {
     return f->rfd;
-}
-
-int rgm_fetch_is_verified(const rgm_fetch_t *f)
-{
-    return f->is_verified;
 }
 
 int rgm_fetch_is_nofile(const rgm_fetch_t *f)

@@ -129,12 +129,8 @@ rgm_fetch_t *rgm_fetch_reader_fetch(const rgm_fetch_reader_t *rd);
 enum rgm_fetch_state rgm_fetch_state(const rgm_fetch_t *f);
 int rgm_fetch_error(const rgm_fetch_t *f);
 /* Bytes a reader may send now. While running, the last byte is held back until the digest is
- * verified, so that a client of a corrupt blob is always cut short before its last byte; it is
- * readable from the verification on, while the fsync and the rename into the store run. */
+ * verified, so that a client of a corrupt blob is always cut short before its last byte. */
 uint64_t rgm_fetch_readable(const rgm_fetch_t *f);
-/* 1 once every byte is in and the digest matched (the fetch may still be RUNNING: fsync and
- * rename), else 0. */
-int rgm_fetch_is_verified(const rgm_fetch_t *f);
 /* Expected total size, or UINT64_MAX when not known yet. */
 uint64_t rgm_fetch_size(const rgm_fetch_t *f);
 /* A read-only fd on the file, valid while the reader is joined (across the rename); -1 when

@@ -118,7 +118,7 @@ static void on_more(rgm_fetch_reader_t *rd, void *ud)
     r->calls++;
     if (in_join)
         r->violations++; /* never from inside join */
-    if (st == RGM_FETCH_RUNNING && readable >= sc->len && !rgm_fetch_is_verified(f))
+    if (st == RGM_FETCH_RUNNING && readable >= sc->len)
         r->violations++; /* the last byte must be held back */
     if (st == RGM_FETCH_RUNNING && readable == sc->len - 1)
         sc->held_back_ok = 1; /* everything but the last byte was in the file, unverified */
@@ -655,7 +655,7 @@ static void on_fast_more(rgm_fetch_reader_t *rd, void *ud)
     uint64_t readable = rgm_fetch_readable(f);
     ssize_t n;
 
-    if (rgm_fetch_state(f) == RGM_FETCH_RUNNING && readable >= b->len && !rgm_fetch_is_verified(f))
+    if (rgm_fetch_state(f) == RGM_FETCH_RUNNING && readable >= b->len)
         b->violations++;
     while (b->fast_got < readable) {
         n = pread(rgm_fetch_fd(f), b->fast_buf + b->fast_got, (size_t)(readable - b->fast_got),
@@ -755,7 +755,7 @@ static void on_mem_more(rgm_fetch_reader_t *rd, void *ud)
     ssize_t n;
     int rc;
 
-    if (st == RGM_FETCH_RUNNING && readable >= m->b->len && !rgm_fetch_is_verified(f))
+    if (st == RGM_FETCH_RUNNING && readable >= m->b->len)
         m->violations++; /* the last byte is held back, from memory too */
     if (m->is_switcher && m->got >= MEM_STALL_AT && m->file_peeks_after_stall == 0 &&
         st == RGM_FETCH_RUNNING && readable < m->got + MEM_LAG)

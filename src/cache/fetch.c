@@ -126,7 +126,7 @@ struct rgm_fetch {
     /* The sidecar (see store.h). sc is filled on the loop before the first batch
      * (rgm_fetch_set_origin) and only read by the pool after that; sc_at is the pool's. */
     char *sc_path; /* tmp_path + RGM_STORE_KEEP_SUFFIX; kept until dispose */
-    char *sc_new;  /* sc_path + ".new", renamed over it */
+    int sc_fd;     /* the sidecar, opened by the first write job that writes it; else -1 */
     rgm_store_partial_t sc;
     int has_origin;
     uint64_t sc_at; /* written when the sidecar was last written */
@@ -286,7 +286,8 @@ static void fetch_dispose(rgm_fetch_t *f)
         close(f->rfd);
     release_file(f);
     free(f->sc_path);
-    free(f->sc_new);
+    if (f->sc_fd >= 0)
+        close(f->sc_fd);
     RGM_BUG_ON(f->queued != 0); /* queue_drop ran at the end; no batch is in the pool */
     mem_release(f);             /* (before the spares: it may recycle) */
     chunks_free(&f->q_head);
@@ -562,25 +563,35 @@ static void sidecar_prepare(rgm_fetch_t *f)
     f->sc_at = f->written;
 }
 
-/* Pool thread (write job): write the prepared sidecar through a new file renamed over the old
- * one (a crash leaves one or the other). Errors only cost the resume: they are ignored. */
+/* Pool thread (write job): rewrite the prepared sidecar in place: one pwrite of a few hundred
+ * bytes, which a crash of the process cannot tear. (A new file renamed over the old one cost an
+ * inode creation per 4 MiB, a few % of an ingest in perf.) A sidecar torn by a power loss
+ * fails to parse, or its prefix fails the re-hash: the resume then starts from zero, never
+ * from wrong bytes. Errors only cost the resume: they are ignored. */
 static void sidecar_flush(rgm_fetch_t *f)
 {
     char text[2048];
+    size_t done = 0;
+    ssize_t r;
     int n;
-    int fd;
 
     n = rgm_store_partial_format(&f->sc, text, sizeof(text));
     if (n < 0)
         return;
-    fd = open(f->sc_new, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
+    if (f->sc_fd < 0)
+        f->sc_fd = open(f->sc_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (f->sc_fd < 0)
         return;
-    if (rgm_write_all(fd, text, (size_t)n) == 0 && close(fd) == 0) {
-        (void)rename(f->sc_new, f->sc_path);
-        return;
+    while (done < (size_t)n) {
+        r = pwrite(f->sc_fd, text + done, (size_t)n - done, (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;
+        done += (size_t)r;
     }
-    (void)unlink(f->sc_new);
+    if (ftruncate(f->sc_fd, (off_t)n) < 0)
+        return; /* the text only grows (written gains digits): nothing stale is left anyway */
 }
 
 /* Pool thread: hash the batch. Only md and the batch (read-only) are touched; the write job
@@ -890,6 +901,7 @@ static rgm_fetch_t *fetch_new(rgm_fetches_t *t, const char *digest)
     f->t = t;
     f->wfd = -1;
     f->rfd = -1;
+    f->sc_fd = -1;
     f->size = UINT64_MAX;
     snprintf(f->digest, sizeof(f->digest), "%s", digest);
     snprintf(f->sc.digest, sizeof(f->sc.digest), "%s", digest);
@@ -910,9 +922,6 @@ static int fetch_open_file(rgm_fetch_t *f, int wflags)
     f->sc_path = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX));
     memcpy(f->sc_path, f->tmp_path, n);
     memcpy(f->sc_path + n, RGM_STORE_KEEP_SUFFIX, sizeof(RGM_STORE_KEEP_SUFFIX));
-    f->sc_new = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX ".new"));
-    memcpy(f->sc_new, f->sc_path, n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1);
-    memcpy(f->sc_new + n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1, ".new", sizeof(".new"));
     if (f->wfd < 0) {
         f->wfd = open(f->tmp_path, O_RDWR | O_CLOEXEC | wflags);
         if (f->wfd < 0)

@@ -16,8 +16,11 @@ static const struct {
     {"serve", rgm_cmd_serve, "run the mirror"},
     {"prewarm", rgm_cmd_prewarm, "pull a list of images into a mirror's cache"},
     {"hosts", rgm_cmd_hosts, "write containerd hosts.toml files for a mirror"},
-    {"gc", rgm_cmd_gc, "evict least recently used content over max_cache_bytes"},
-    {"ls", rgm_cmd_ls, "list cached tags and objects"},
+    {"gc", rgm_cmd_gc, "evict least recently used images over max_cache_bytes"},
+    {"ls", rgm_cmd_ls, "list cached tags and objects (--images: by image)"},
+    {"purge", rgm_cmd_purge, "remove cached images (by reference, registry, repository, age)"},
+    {"pin", rgm_cmd_pin, "pin images: never evicted"},
+    {"unpin", rgm_cmd_unpin, "remove pins made by regmirror pin"},
     {"verify", rgm_cmd_verify, "re-hash every cached object"},
     {"config", rgm_cmd_config, "check a configuration and print it with defaults filled in"},
 };

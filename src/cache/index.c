@@ -859,6 +859,22 @@ int rgm_index_reconcile(rgm_index_t *idx, rgm_store_t *store)
     return 0;
 }
 
+/* ---- the shared connection (cache/refs, cache/pins) ----
+ * Those modules keep their own tables and statements in this database; they go through here
+ * so that the read batch is respected: a read joins it, a write ends it first. */
+
+struct sqlite3 *rgm_index_db_read(rgm_index_t *idx)
+{
+    read_begin(idx);
+    return idx->db;
+}
+
+struct sqlite3 *rgm_index_db_write(rgm_index_t *idx)
+{
+    read_end(idx);
+    return idx->db;
+}
+
 /* ---- referrers answers (registry/referrers.c) ----
  * Their own tables, created on every open (IF NOT EXISTS: a database of schema version 1
  * written before them gains them; a build without them ignores them). Not objects: no file,

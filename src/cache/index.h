@@ -119,6 +119,14 @@ RGM_MUST_CHECK int rgm_index_reconcile_file(rgm_index_t *idx, rgm_store_t *store
  * copied). */
 void rgm_index_check_files(rgm_index_t *idx, rgm_store_t *store, const char *after);
 
+/* ---- the shared connection ----
+ * For modules with their own tables in index.db (cache/refs, cache/pins): the connection,
+ * borrowed, valid until rgm_index_close. _read joins the current read batch; _write ends it
+ * first, so that the caller's writes run in their own transactions. */
+struct sqlite3;
+struct sqlite3 *rgm_index_db_read(rgm_index_t *idx);
+struct sqlite3 *rgm_index_db_write(rgm_index_t *idx);
+
 /* ---- referrers answers (registry/referrers.c) ---- */
 
 /* One cached answer of an upstream's referrers API (one page, one query). */

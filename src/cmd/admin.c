@@ -13,7 +13,7 @@
 #include "core/util.h"
 #include "cache/store.h"
 #include "cache/index.h"
-#include "cache/gc.h"
+#include "cmd/cachemgmt.h"
 #include "cmd/cmd.h"
 
 struct admin {
@@ -21,6 +21,7 @@ struct admin {
     rgm_store_t *store;
     rgm_index_t *index;
     int is_json;
+    int is_images;
 };
 
 static void admin_usage(FILE *out, const char *cmd)
@@ -31,7 +32,7 @@ static void admin_usage(FILE *out, const char *cmd)
         fprintf(out,
                 "Evicts least recently used objects until the cache is under max_cache_bytes.\n");
     else if (strcmp(cmd, "ls") == 0)
-        fprintf(out, "Lists cached tags and objects.\n");
+        fprintf(out, "Lists cached tags and objects; --images [--json]: one line per image.\n");
     else
         fprintf(out, "Re-hashes every cached object; corrupt ones are removed (exit 1).\n");
 }
@@ -40,9 +41,13 @@ static void admin_usage(FILE *out, const char *cmd)
 static int admin_args(struct admin *a, const char *cmd, int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},   {"storage", required_argument, NULL, 's'},
-        {"max-size", required_argument, NULL, 'm'}, {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},           {NULL, 0, NULL, 0},
+        {"config", required_argument, NULL, 'c'},
+        {"storage", required_argument, NULL, 's'},
+        {"max-size", required_argument, NULL, 'm'},
+        {"json", no_argument, NULL, 'j'},
+        {"images", no_argument, NULL, 'i'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     char err[512];
     int c;
@@ -69,6 +74,9 @@ static int admin_args(struct admin *a, const char *cmd, int argc, char **argv)
             break;
         case 'j':
             a->is_json = 1;
+            break;
+        case 'i':
+            a->is_images = 1;
             break;
         case 'h':
             admin_usage(stdout, cmd);
@@ -139,10 +147,13 @@ static int admin_start(struct admin *a, const char *cmd, int argc, char **argv)
 int rgm_cmd_gc(int argc, char **argv)
 {
     struct admin a;
+    struct rgm_cachemgmt cm;
+    const rgm_evict_counters_t *c;
     uint64_t freed = 0;
     uint64_t nobj = 0;
     uint64_t objects = 0;
     uint64_t bytes = 0;
+    char err[600];
     int rc = admin_start(&a, "gc", argc, argv);
     int step;
 
@@ -152,10 +163,20 @@ int rgm_cmd_gc(int argc, char **argv)
         fprintf(stderr, "regmirror gc: no limit (set max_cache_bytes or --max-size)\n");
         return admin_close(&a, 2);
     }
+    /* By image, as serve evicts; the references of an older cache are back-filled first. */
+    if (rgm_cachemgmt_open(&cm, &a.cfg, a.index, a.store, NULL, NULL, err, sizeof(err)) < 0 ||
+        rgm_refs_backfill(cm.refs) < 0) {
+        fprintf(stderr, "regmirror gc: %s\n", err[0] ? err : "cannot back-fill references");
+        rgm_cachemgmt_close(&cm);
+        return admin_close(&a, 1);
+    }
     do {
-        step = rgm_gc_step(a.index, a.store, a.cfg.max_cache_bytes, a.cfg.max_cache_bytes / 10 * 9,
-                           &freed, &nobj);
+        step = rgm_evict_step(cm.evict, &cm.opts);
     } while (step == 1);
+    c = rgm_evict_counters(cm.evict);
+    nobj = c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN];
+    freed = c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN];
+    rgm_cachemgmt_close(&cm);
     if (rgm_index_stats(a.index, &objects, &bytes) < 0 || step < 0)
         return admin_close(&a, 1);
     printf("evicted %" PRIu64 " objects (%" PRIu64 " bytes); cache now %" PRIu64
@@ -189,6 +210,8 @@ int rgm_cmd_ls(int argc, char **argv)
 
     if (rc >= 0)
         return rc;
+    if (a.is_images)
+        return admin_close(&a, rgm_images_list(&a.cfg, a.store, a.index, a.is_json));
     if (rgm_index_walk_tags(a.index, print_tag, NULL) < 0 ||
         rgm_index_walk_lru(a.index, 0, print_obj, NULL) < 0)
         return admin_close(&a, 1);

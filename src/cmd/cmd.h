@@ -10,5 +10,15 @@ int rgm_cmd_gc(int argc, char **argv);
 int rgm_cmd_ls(int argc, char **argv);
 int rgm_cmd_verify(int argc, char **argv);
 int rgm_cmd_config(int argc, char **argv);
+int rgm_cmd_purge(int argc, char **argv);
+int rgm_cmd_pin(int argc, char **argv);
+int rgm_cmd_unpin(int argc, char **argv);
+
+struct rgm_config;
+struct rgm_store;
+struct rgm_index;
+/* ls --images: one line (or JSON object) per cached image. 0 or 1 (printed). */
+int rgm_images_list(struct rgm_config *cfg, struct rgm_store *store, struct rgm_index *idx,
+                    int is_json);
 
 #endif

@@ -1,7 +1,8 @@
 /* regmirror serve: parse the command line over the config, open the store and index, wire
  * server, routes, upstream and client on one loop, and handle signals (TERM/INT: graceful
- * stop; HUP: reopen the log). */
+ * stop; HUP: reopen the log and re-read the TLS files, which a timer also watches). */
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <uv.h>
 
@@ -11,14 +12,16 @@
 #include "core/util.h"
 #include "http/server.h"
 #include "http/client.h"
+#include "http/tls.h"
 #include "cache/store.h"
 #include "cache/index.h"
 #include "cache/fetch.h"
-#include "cache/gc.h"
 #include "cache/reconcile.h"
+#include "cmd/cachemgmt.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
+#include "cluster/peers.h"
 #include "cmd/cmd.h"
 
 #define FLUSH_INTERVAL_MS     2000
@@ -30,6 +33,9 @@
  * to watch it run). */
 #define RECONCILE_BATCH       256
 #define RECONCILE_INTERVAL_MS 0
+/* How often the TLS files are stat'ed for a change (cert-manager swaps a Secret volume's
+ * symlink); RGM_TLS_CHECK_INTERVAL_MS overrides it. */
+#define TLS_CHECK_INTERVAL_MS 30000
 
 struct serve {
     uv_loop_t loop;
@@ -41,6 +47,8 @@ struct serve {
     rgm_upstream_t *up;
     rgm_routes_t *routes;
     rgm_server_t *server;
+    rgm_peers_t *peers;           /* NULL without a cluster */
+    rgm_client_t *cluster_client; /* forwards and probes to peers */
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
@@ -48,9 +56,14 @@ struct serve {
     uv_timer_t gc_timer;
     uv_timer_t reconcile_timer;
     rgm_reconcile_t *reconcile; /* NULL once over */
+    struct rgm_cachemgmt cm;    /* references, pins, eviction by image */
+    uv_timer_t backfill_timer;
     size_t reconcile_batch;
     uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
+    uv_timer_t tls_timer;   /* stat the TLS files */
+    rgm_cidr_t *allow_nets; /* allow_upstream_networks, parsed (the client borrows it) */
+    uint64_t tls_sig;       /* what they looked like at the last (re)load */
     int is_stopping;
 };
 
@@ -60,6 +73,9 @@ static void usage(FILE *out)
                  "                       [--registry NAME=URL]... [--default-registry NAME]\n"
                  "                       [--max-size SIZE] [--allow-any-registry]\n"
                  "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
+                 "                       [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
+                 "                       [--health-listen ADDR:PORT]...\n"
+                 "                       [--peer URL]... [--peers-dns URL] [--self URL]\n"
                  "\n"
                  "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
                  "./regmirror-data, docker.io and the well-known public registries.\n"
@@ -85,16 +101,37 @@ static void log_handle(uv_handle_t *h, void *ud)
             uv_handle_type_name(h->type), uv_is_active(h), uv_is_closing(h));
 }
 
-static void on_routes_stopped(void *ud)
+static void on_peers_closed(void *ud)
+{
+    struct serve *s = ud;
+
+    rgm_client_close(s->cluster_client, on_client_closed, s);
+    s->cluster_client = NULL;
+}
+
+static void on_upstream_stopped(void *ud)
 {
     struct serve *s = ud;
 
     rgm_client_close(s->client, on_client_closed, s);
     s->client = NULL;
+}
+
+static void on_routes_stopped(void *ud)
+{
+    struct serve *s = ud;
+
+    if (s->peers) {
+        rgm_peers_close(s->peers, on_peers_closed, s);
+        s->peers = NULL;
+    }
+    rgm_upstream_stop(s->up, on_upstream_stopped, s);
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
+    uv_close((uv_handle_t *)&s->backfill_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
+    uv_close((uv_handle_t *)&s->tls_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     uv_close((uv_handle_t *)&s->sig_hup, NULL);
@@ -109,6 +146,117 @@ static void on_server_stopped(rgm_server_t *srv, void *ud)
     rgm_routes_shutdown(s->routes, on_routes_stopped, s);
 }
 
+/* ---- TLS files: load, re-read, watch ---- */
+
+static void sig_add(uint64_t *sig, const char *path)
+{
+    struct stat st;
+    uint64_t v[4] = {0, 0, 0, 0};
+    size_t i;
+
+    if (!path)
+        return;
+    /* stat(2) of a few small files every 30 s, from the page cache: on the loop. */
+    if (stat(path, &st) == 0) {
+        v[0] = (uint64_t)st.st_ino;
+        v[1] = (uint64_t)st.st_size;
+        v[2] = (uint64_t)st.st_mtim.tv_sec * 1000000000u + (uint64_t)st.st_mtim.tv_nsec;
+        v[3] = (uint64_t)st.st_ctim.tv_sec * 1000000000u + (uint64_t)st.st_ctim.tv_nsec;
+    }
+    for (i = 0; i < RGM_ARRAY_SIZE(v); i++)
+        *sig = (*sig ^ v[i]) * 0x100000001b3ull; /* FNV-style mix: a change, not a secret */
+}
+
+/* A fingerprint of every TLS file's inode, size and times. */
+static uint64_t tls_signature(const rgm_config_t *cfg)
+{
+    uint64_t sig = 0xcbf29ce484222325ull;
+    size_t i;
+
+    sig_add(&sig, cfg->tls_cert_file);
+    sig_add(&sig, cfg->tls_key_file);
+    sig_add(&sig, cfg->tls_client_ca_file);
+    for (i = 0; i < cfg->registries_len; i++) {
+        sig_add(&sig, cfg->registries[i].ca_file);
+        sig_add(&sig, cfg->registries[i].client_cert_file);
+        sig_add(&sig, cfg->registries[i].client_key_file);
+    }
+    return sig;
+}
+
+/* The server's TLS context from the config, or NULL with the reason in msg. */
+static rgm_tls_server_t *tls_load(const rgm_config_t *cfg, char *msg, size_t msglen)
+{
+    return rgm_tls_server_new(cfg->tls_cert_file, cfg->tls_key_file, cfg->tls_client_ca_file, msg,
+                              msglen);
+}
+
+/* At start: every pair must load, or serve exits 2 with the file and OpenSSL's reason. */
+static int tls_start(struct serve *s)
+{
+    const rgm_config_t *cfg = &s->cfg;
+    rgm_tls_server_t *tls;
+    char msg[600];
+    size_t i;
+
+    for (i = 0; i < cfg->registries_len; i++) {
+        const rgm_registry_cfg_t *r = &cfg->registries[i];
+        const rgm_tls_client_cfg_t tc = {r->ca_file, r->insecure_skip_verify, r->client_cert_file,
+                                         r->client_key_file};
+
+        if (!r->client_cert_file || strncmp(r->endpoint, "https://", 8) != 0)
+            continue;
+        if (rgm_tls_client_check(&tc, msg, sizeof(msg)) < 0) {
+            rgm_log(RGM_LOG_ERROR, "serve", "registries.%s: TLS client files: %s", r->name, msg);
+            fprintf(stderr, "regmirror: registries.%s: TLS client files: %s\n", r->name, msg);
+            return UV_EINVAL;
+        }
+    }
+    s->tls_sig = tls_signature(cfg);
+    if (!cfg->tls_cert_file)
+        return 0;
+    tls = tls_load(cfg, msg, sizeof(msg));
+    if (!tls) {
+        rgm_log(RGM_LOG_ERROR, "serve", "tls: %s", msg);
+        fprintf(stderr, "regmirror: tls: %s\n", msg);
+        return UV_EINVAL;
+    }
+    rgm_server_set_tls(s->server, tls);
+    rgm_log(RGM_LOG_INFO, "serve", "TLS on every listener (%s)%s", cfg->tls_cert_file,
+            cfg->tls_client_ca_file ? ", client certificates required" : "");
+    return 0;
+}
+
+/* SIGHUP or a changed file: new handshakes get the new files; a bad pair keeps the old. */
+static void tls_reload(struct serve *s, const char *why)
+{
+    rgm_tls_server_t *tls;
+    char msg[600];
+    int failures;
+
+    s->tls_sig = tls_signature(&s->cfg);
+    failures = rgm_tls_client_reload();
+    if (s->cfg.tls_cert_file) {
+        tls = tls_load(&s->cfg, msg, sizeof(msg));
+        if (!tls) {
+            rgm_log(RGM_LOG_ERROR, "serve", "%s: tls: %s; keeping the certificate in use", why,
+                    msg);
+            return;
+        }
+        rgm_server_set_tls(s->server, tls);
+    }
+    rgm_log(RGM_LOG_INFO, "serve", "%s: TLS files re-read%s", why,
+            failures ? " (some client files failed, see above)" : "");
+}
+
+static void on_tls_timer(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, tls_timer);
+
+    if (tls_signature(&s->cfg) != s->tls_sig)
+        tls_reload(s, "TLS files changed");
+}
+
 static void on_signal(uv_signal_t *h, int signum)
 {
     struct serve *s = h->data;
@@ -118,6 +266,7 @@ static void on_signal(uv_signal_t *h, int signum)
             rgm_log(RGM_LOG_ERROR, "serve", "cannot reopen the log file");
         else
             rgm_log(RGM_LOG_INFO, "serve", "log reopened");
+        tls_reload(s, "SIGHUP");
         return;
     }
     if (s->is_stopping) {
@@ -130,6 +279,57 @@ static void on_signal(uv_signal_t *h, int signum)
     rgm_server_shutdown(s->server, on_server_stopped, s);
 }
 
+/* The cluster of cfg.cluster, if any, over the ports actually bound. 0 or <0 (logged). */
+static int start_cluster(struct serve *s)
+{
+    rgm_peers_opts_t o;
+    rgm_client_opts_t copts;
+    struct sockaddr_storage listen[16];
+    char host[256];
+    size_t i;
+    int port, err = 0;
+
+    if (s->cfg.cluster_peers_len == 0 && !s->cfg.cluster_peers_dns)
+        return 0;
+    memset(&copts, 0, sizeof(copts));
+    /* A dead peer must cost little: its keys go to the next owner after this. */
+    copts.connect_timeout_ms = 2000;
+    copts.read_timeout_ms = s->cfg.upstream_read_timeout_ms;
+    s->cluster_client = rgm_client_new(&s->loop, &copts);
+    memset(&o, 0, sizeof(o));
+    o.urls = (const char *const *)s->cfg.cluster_peers;
+    o.n_urls = s->cfg.cluster_peers_len;
+    o.dns_url = s->cfg.cluster_peers_dns;
+    o.self_url = s->cfg.cluster_self;
+    o.find_self = 1;
+    /* The bound addresses: a name (not an address) counts as the wildcard. */
+    memset(listen, 0, sizeof(listen));
+    for (i = 0; i < s->cfg.listen_len && i < RGM_ARRAY_SIZE(listen); i++) {
+        port = rgm_server_port(s->server, i);
+        if (rgm_parse_hostport(s->cfg.listen[i], host, sizeof(host), &err) < 0 ||
+            (uv_ip4_addr(host, port, (struct sockaddr_in *)&listen[i]) < 0 &&
+             uv_ip6_addr(host, port, (struct sockaddr_in6 *)&listen[i]) < 0))
+            (void)uv_ip4_addr("0.0.0.0", port, (struct sockaddr_in *)&listen[i]);
+    }
+    err = 0;
+    o.listen = listen;
+    o.n_listen = i;
+    o.client = s->cluster_client;
+    s->peers = rgm_peers_new(&s->loop, &o, &err);
+    if (!s->peers)
+        return err;
+    err = rgm_peers_start(s->peers);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cluster: %s", uv_strerror(err));
+        return err;
+    }
+    rgm_routes_set_cluster(s->routes, s->peers, s->cluster_client);
+    rgm_log(RGM_LOG_INFO, "serve", "cluster: %zu static peers%s%s", s->cfg.cluster_peers_len,
+            s->cfg.cluster_peers_dns ? ", peers_dns " : "",
+            s->cfg.cluster_peers_dns ? s->cfg.cluster_peers_dns : "");
+    return 0;
+}
+
 static void on_flush(uv_timer_t *t)
 {
     struct serve *s = rgm_container_of(t, struct serve, flush_timer);
@@ -139,20 +339,24 @@ static void on_flush(uv_timer_t *t)
     rgm_upstream_prune(s->up);
 }
 
-/* Keep the cache under max_cache_bytes: one batch per tick (at most RGM_GC_BATCH rows), soon
- * again while more is needed, down to 90 % so that eviction does not run on every fetch. */
+/* Keep the cache under max_cache_bytes: one batch per tick (cache/evict: orphans, then whole
+ * images, about RGM_EVICT_BATCH objects), soon again while more is needed, down to 90 % so
+ * that eviction does not run on every fetch. */
 static void on_gc(uv_timer_t *t)
 {
     struct serve *s = rgm_container_of(t, struct serve, gc_timer);
-    uint64_t freed = 0;
-    uint64_t n = 0;
+    const rgm_evict_counters_t *c = rgm_evict_counters(s->cm.evict);
+    uint64_t before = c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN];
+    uint64_t bytes = c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN];
     int step;
 
-    step = rgm_gc_step(s->index, s->store, s->cfg.max_cache_bytes, s->cfg.max_cache_bytes / 10 * 9,
-                       &freed, &n);
-    if (n > 0)
-        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)", (unsigned long long)n,
-                (unsigned long long)freed);
+    step = rgm_evict_step(s->cm.evict, &s->cm.opts);
+    if (c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN] > before)
+        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)",
+                (unsigned long long)(c->objects[RGM_EVICT_LRU_IMAGE] +
+                                     c->objects[RGM_EVICT_ORPHAN] - before),
+                (unsigned long long)(c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN] -
+                                     bytes));
     if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
         rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
 }
@@ -240,6 +444,36 @@ static int open_cache(struct serve *s)
     return 0;
 }
 
+/* The references of a cache written before them (or by an older build), in steps: until it
+ * is over, eviction waits (cache/evict). */
+static void on_backfill(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, backfill_timer);
+    int rc = rgm_refs_backfill_step(s->cm.refs, RECONCILE_BATCH);
+
+    if (rc > 0 && !s->is_stopping && uv_timer_start(t, on_backfill, 0, 0) == 0)
+        return;
+    if (rc == 0)
+        rgm_log(RGM_LOG_INFO, "refs", "references back-filled");
+    else if (rc < 0)
+        rgm_log(RGM_LOG_ERROR, "refs", "back-fill failed: eviction stays off");
+}
+
+static int open_cachemgmt(struct serve *s)
+{
+    char err[600];
+
+    if (rgm_cachemgmt_open(&s->cm, &s->cfg, s->index, s->store, s->fetches,
+                           rgm_routes_inuse(s->routes), err, sizeof(err)) < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "%s", err);
+        return UV_EINVAL;
+    }
+    s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
+    rgm_routes_set_refs(s->routes, s->cm.refs);
+    uv_timer_init(&s->loop, &s->backfill_timer);
+    return uv_timer_start(&s->backfill_timer, on_backfill, 0, 0);
+}
+
 static uint64_t env_knob(const char *name, uint64_t def, uint64_t max)
 {
     const char *v = getenv(name);
@@ -270,6 +504,29 @@ static int start_reconcile(struct serve *s)
         s->reconcile_batch = 1;
     uv_timer_init(&s->loop, &s->reconcile_timer);
     return uv_timer_start(&s->reconcile_timer, on_reconcile, 0, 0);
+}
+
+/* Listen on each of addrs: the main listeners (TLS when set) or the health ones (plain). */
+static int listen_all(struct serve *s, char **addrs, size_t n, int is_health)
+{
+    size_t i;
+    int err;
+
+    for (i = 0; i < n; i++) {
+        err = is_health ? rgm_server_listen_health(s->server, addrs[i])
+                        : rgm_server_listen(s->server, addrs[i]);
+        if (err < 0) {
+            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", addrs[i], uv_strerror(err));
+            return err;
+        }
+        if (is_health)
+            rgm_log(RGM_LOG_INFO, "serve",
+                    "health listener on %s (plain HTTP: /healthz, /readyz, /metrics)", addrs[i]);
+        else
+            rgm_log(RGM_LOG_INFO, "serve", "listening on %s%s (storage %s)", addrs[i],
+                    s->cfg.tls_cert_file ? " (https)" : "", s->cfg.storage);
+    }
+    return 0;
 }
 
 int rgm_cmd_serve(int argc, char **argv)
@@ -306,23 +563,32 @@ int rgm_cmd_serve(int argc, char **argv)
     memset(&copts, 0, sizeof(copts));
     copts.connect_timeout_ms = s.cfg.upstream_connect_timeout_ms;
     copts.read_timeout_ms = s.cfg.upstream_read_timeout_ms;
+    {
+        const char *bad = NULL;
+
+        /* validated at load: a failure here is a bug */
+        RGM_BUG_ON(rgm_cidr_parse_list(s.cfg.allow_upstream_networks,
+                                       s.cfg.allow_upstream_networks_len, &s.allow_nets, &bad) < 0);
+        copts.allow_nets = s.allow_nets;
+        copts.allow_nets_len = s.cfg.allow_upstream_networks_len;
+    }
     s.fetches = rgm_fetches_new(&s.loop, s.store);
     s.client = rgm_client_new(&s.loop, &copts);
     s.up = rgm_upstream_new(&s.loop, &s.cfg, s.client);
     s.routes = rgm_routes_new(&s.loop, &s.cfg, s.store, s.index, s.fetches, s.up);
     s.server = rgm_server_new(&s.loop, &s.cfg, rgm_routes_handle, s.routes);
     rgm_routes_set_server(s.routes, s.server);
-
-    for (i = 0; i < s.cfg.listen_len; i++) {
-        err = rgm_server_listen(s.server, s.cfg.listen[i]);
-        if (err < 0) {
-            rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on %s: %s", s.cfg.listen[i],
-                    uv_strerror(err));
-            goto out_stop;
-        }
-        rgm_log(RGM_LOG_INFO, "serve", "listening on %s (storage %s)", s.cfg.listen[i],
-                s.cfg.storage);
+    if (tls_start(&s) < 0) {
+        rc = 2;
+        goto out_stop;
     }
+    if (open_cachemgmt(&s) < 0)
+        goto out_stop;
+    if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
+        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
+        goto out_stop;
+    if (start_cluster(&s) < 0)
+        goto out_stop;
     if (start_signals(&s) < 0)
         goto out_stop;
     uv_timer_init(&s.loop, &s.flush_timer);
@@ -341,6 +607,11 @@ int rgm_cmd_serve(int argc, char **argv)
     uv_unref((uv_handle_t *)&s.gc_timer);
     if (start_reconcile(&s) < 0)
         goto out_stop;
+    uv_timer_init(&s.loop, &s.tls_timer);
+    i = (size_t)env_knob("RGM_TLS_CHECK_INTERVAL_MS", TLS_CHECK_INTERVAL_MS, 3600000);
+    if (uv_timer_start(&s.tls_timer, on_tls_timer, i ? i : 1, i ? i : 1) < 0)
+        goto out_stop;
+    uv_unref((uv_handle_t *)&s.tls_timer);
 
     uv_run(&s.loop, UV_RUN_DEFAULT);
     rc = 0;
@@ -350,17 +621,22 @@ out_stop:
     /* Start-up failed after handles were made: close them all and drain the loop. */
     s.is_stopping = 1;
     rgm_server_shutdown(s.server, NULL, NULL);
-    if (s.client)
-        rgm_client_close(s.client, on_client_closed, &s);
-    s.client = NULL;
+    rgm_upstream_stop(s.up, on_upstream_stopped, &s);
+    if (s.peers)
+        rgm_peers_close(s.peers, on_peers_closed, &s);
+    else if (s.cluster_client)
+        rgm_client_close(s.cluster_client, on_client_closed, &s);
+    s.peers = NULL;
     uv_walk(&s.loop, close_walk, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
 out_free:
     rgm_reconcile_free(s.reconcile); /* stopped before it was over */
     rgm_server_free(s.server);
     rgm_routes_free(s.routes);
+    rgm_cachemgmt_close(&s.cm);
     rgm_upstream_free(s.up);
     rgm_fetches_free(s.fetches);
+    free(s.allow_nets);
 out_cache:
     if (s.index)
         rgm_index_close(s.index);

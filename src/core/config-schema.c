@@ -6,6 +6,7 @@
 
 #include <uv.h>
 
+#include "core/cidr.h"
 #include "core/config.h"
 
 #define KEY_MAX 512
@@ -18,11 +19,17 @@
         k, RGM_CFG_##type, offsetof(st, m), sizeof(((st *)0)->m), 0, lo, hi, def, flags, NULL,     \
             desc                                                                                   \
     }
-/* A key with a count member n (ADDRS, REGISTRIES) or a sub-table. */
+/* A key with a count member n (ADDRS, CIDRS, REGISTRIES) or a sub-table. */
 #define LIST_(st, k, type, m, n, def, sub, desc)                                                   \
     {                                                                                              \
         k, RGM_CFG_##type, offsetof(st, m), sizeof(((st *)0)->m), offsetof(st, n), 0, 0, def, 0,   \
             sub, desc                                                                              \
+    }
+/* A list that may be empty, and is by default. */
+#define OPTLIST_(st, k, type, m, n, desc)                                                          \
+    {                                                                                              \
+        k, RGM_CFG_##type, offsetof(st, m), sizeof(((st *)0)->m), offsetof(st, n), 0, 0, NULL,     \
+            RGM_CFGKEY_EMPTY_OK, NULL, desc                                                        \
     }
 #define OBJ_(k, sub, desc)                                                                         \
     {                                                                                              \
@@ -45,6 +52,8 @@
     " \"mcr.microsoft.com\": {\"endpoint\": \"https://mcr.microsoft.com\"}}"
 
 static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *base);
+static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base);
+static int finish_tls(const rgm_cfgval_ctx_t *c, const char *key, void *base);
 
 /* The tables stay one line a key, wider than clang-format's 100 columns, so that adding a key
  * is one line: name, type, member, min, max, default, flags, description. Keys are in the
@@ -60,17 +69,32 @@ static const rgm_cfgkey_t credentials_keys[] = {
     REG("timeout", DURATION, cred_timeout_ms, 1, 0, "10s", 0, "a credential helper run that takes longer is killed; the request goes on anonymously"),
 };
 
+
 static const rgm_cfgtable_t credentials_table = {
     .path = "registries.NAME.credentials.", .keys = credentials_keys,
     .len = RGM_ARRAY_SIZE(credentials_keys), .size = sizeof(rgm_registry_cfg_t),
     .is_hinted = 1, .finish = finish_credentials,
 };
 
+static const rgm_cfgkey_t repositories_keys[] = {
+    LIST_(rgm_registry_cfg_t, "allow", STRINGS, repo_allow, repo_allow_len, NULL, NULL, "repositories served (globs over the normalised name: * one segment, ** any depth); empty: all"),
+    LIST_(rgm_registry_cfg_t, "deny", STRINGS, repo_deny, repo_deny_len, NULL, NULL, "repositories refused with 403 DENIED, cached or not; deny beats allow"),
+};
+
+static const rgm_cfgtable_t repositories_table = {
+    .path = "registries.NAME.repositories.", .keys = repositories_keys,
+    .len = RGM_ARRAY_SIZE(repositories_keys), .size = sizeof(rgm_registry_cfg_t),
+    .is_hinted = 1,
+};
+
 static const rgm_cfgkey_t registry_keys[] = {
-    REG("endpoint", URL, endpoint, 0, 0, NULL, RGM_CFGKEY_REQUIRED, "base URL of the registry API (http:// or https://, no query), without /v2/"),
+    {"endpoint", RGM_CFG_URL, offsetof(rgm_registry_cfg_t, endpoint), sizeof(char *), offsetof(rgm_registry_cfg_t, endpoints), 0, 0, NULL, RGM_CFGKEY_LIST, NULL, "base URL of the registry API (http:// or https://, no query), without /v2/; required unless endpoint_dns; a mirror's may be an array of a cluster's replicas"},
+    REG("endpoint_dns", URL, endpoint_dns, 0, 0, NULL, 0, "mirror registries: http://NAME:PORT, every A record of NAME a replica of the cluster tier (docs/cluster.md)"),
     REG("tag_ttl", DURATION, tag_ttl_ms, 0, 0, "60s", 0, "a tag is served from cache this long, then revalidated upstream with a HEAD"),
     REG("ca_file", FILE, ca_file, 0, 0, NULL, 0, "PEM CA certificates to verify this registry's TLS with instead of the system's"),
     REG("insecure_skip_verify", BOOL, insecure_skip_verify, 0, 0, "false", 0, "do not verify the upstream's TLS certificate (tests only)"),
+    REG("client_cert_file", FILE, client_cert_file, 0, 0, NULL, 0, "PEM certificate chain presented to an https endpoint (mutual TLS); needs client_key_file"),
+    REG("client_key_file", FILE, client_key_file, 0, 0, NULL, 0, "PEM private key of client_cert_file"),
     REG("mirror", BOOL, is_mirror, 0, 0, "false", 0, "the endpoint is another regmirror (tiering): send ?ns= and the client's Authorization"),
     REG("max_parallel_fetches", UINT, max_parallel_fetches, 0, 1024, "0", 0, "upstream fetches in flight for this registry; 0: only the global limit"),
     REG("max_stale", DURATION, max_stale_opt, 0, 0, NULL, RGM_CFGKEY_OPTIONAL, "how long past tag_ttl a cached tag is served while the upstream fails; null: the top level's"),
@@ -79,6 +103,7 @@ static const rgm_cfgkey_t registry_keys[] = {
     REG("ratelimit_reserve", UINT, ratelimit_reserve_opt, 0, 1000000, NULL, RGM_CFGKEY_OPTIONAL, "RateLimit-Remaining below this warns and refuses prewarm; null: the top level's"),
     OBJ_("credentials", &credentials_table, "upstream credentials: username with password_file, docker_config, or helper"),
     REG("private", BOOL, is_private, 0, 0, "false", 0, "content fetched with the mirror's own identity is still served only to clients the registry accepts"),
+    OBJ_("repositories", &repositories_table, "repository filters: allow and deny lists of globs"),
 };
 
 static const rgm_cfgkey_t providers_keys[] = {
@@ -93,12 +118,41 @@ static const rgm_cfgtable_t providers_table = {
     .is_hinted = 1,
 };
 
+static const rgm_cfgkey_t tls_keys[] = {
+    TOP("cert_file", FILE, tls_cert_file, 0, 0, NULL, 0, "PEM server certificate, leaf first then the chain; every listener serves HTTPS"),
+    TOP("key_file", FILE, tls_key_file, 0, 0, NULL, 0, "PEM private key of cert_file"),
+    TOP("client_ca_file", FILE, tls_client_ca_file, 0, 0, NULL, 0, "PEM CAs of acceptable client certificates; clients without one are refused in the handshake"),
+};
+
+static const rgm_cfgtable_t tls_table = {
+    .path = "tls.", .keys = tls_keys, .len = RGM_ARRAY_SIZE(tls_keys),
+    .size = sizeof(rgm_config_t), .is_hinted = 1, .finish = finish_tls,
+};
+
+static const rgm_cfgkey_t cluster_keys[] = {
+    LIST_(rgm_config_t, "peers", URLS, cluster_peers, cluster_peers_len, NULL, NULL, "base URLs of every replica of this cluster, this one included (docs/cluster.md)"),
+    TOP("peers_dns", URL, cluster_peers_dns, 0, 0, NULL, 0, "http://NAME:PORT of a headless Service: every A record of NAME is a replica, re-resolved every 15 s"),
+    TOP("self", URL, cluster_self, 0, 0, NULL, 0, "this replica's base URL; null: the peer with a local address and a listen port"),
+};
+
+static const rgm_cfgtable_t cluster_table = {
+    .path = "cluster.", .keys = cluster_keys, .len = RGM_ARRAY_SIZE(cluster_keys),
+    .size = sizeof(rgm_config_t), .is_hinted = 1,
+};
+
 static const rgm_cfgkey_t top_keys[] = {
     LIST_(rgm_config_t, "listen", ADDRS, listen, listen_len, "127.0.0.1:5000", NULL, "addresses to listen on, HOST:PORT or [IPV6]:PORT (port 0: any free port)"),
+    OPTLIST_(rgm_config_t, "health_listen", ADDRS, health_listen, health_listen_len, "extra plain-HTTP addresses that serve only /healthz, /readyz and /metrics (probes, scrapes)"),
+    OBJ_("tls", &tls_table, "HTTPS on every listener: cert_file, key_file, optional client_ca_file (re-read on SIGHUP and when they change)"),
+    OPTLIST_(rgm_config_t, "allow_clients", CIDRS, allow_clients, allow_clients_len, "CIDRs clients may connect from; others are closed at accept; empty: everyone"),
     TOP("storage", STRING, storage, 0, 0, "./regmirror-data", 0, "cache directory (blobs/, tmp/, index.db), created if missing"),
-    TOP("max_cache_bytes", SIZE, max_cache_bytes, 0, UINT64_MAX, "0", 0, "least recently used content is evicted above this size; 0: unlimited"),
+    TOP("max_cache_bytes", SIZE, max_cache_bytes, 0, UINT64_MAX, "0", 0, "least recently used images are evicted above this size; 0: unlimited"),
+    TOP("orphan_grace", DURATION, orphan_grace_ms, 0, 0, "1h", 0, "a blob that no cached manifest references is evicted first, once unrequested this long"),
+    LIST_(rgm_config_t, "pin", STRINGS, pins, pins_len, NULL, NULL, "images never evicted: references or globs (registry.k8s.io/pause:*, ghcr.io/org/**)"),
+    TOP("admin_socket", STRING, admin_socket, 0, 0, NULL, 0, "the admin API's unix socket; null: <storage>/admin.sock"),
     TOP("default_registry", REGNAME, default_registry, 0, 0, "docker.io", 0, "registry of requests that name none; one of registries"),
     TOP("allow_any_registry", BOOL, allow_any_registry, 0, 0, "false", 0, "fetch any registry named by ?ns= from https://NAME (false: 403 DENIED)"),
+    OPTLIST_(rgm_config_t, "allow_upstream_networks", CIDRS, allow_upstream_networks, allow_upstream_networks_len, "CIDRs an unconfigured registry may be reached at although loopback, private or link-local"),
     TOP("max_parallel_fetches", UINT, max_parallel_fetches, 1, 1024, "16", 0, "upstream fetches in flight, all registries together"),
     LIST_(rgm_config_t, "registries", REGISTRIES, registries, registries_len, EMBEDDED_REGISTRIES, &rgm_cfgschema_registry, "upstream registries by name; replaces the embedded docker.io, ghcr.io, quay.io, registry.k8s.io, gcr.io, public.ecr.aws, mcr.microsoft.com"),
     TOP("max_connections", UINT, max_connections, 1, 1000000, "4096", 0, "client connections open at once; more are accepted and closed"),
@@ -121,6 +175,7 @@ static const rgm_cfgkey_t top_keys[] = {
     TOP("log_level", LEVEL, log_level, 0, 0, "info", 0, "error, warn, info or debug"),
     TOP("log_file", STRING, log_file, 0, 0, NULL, 0, "log file, appended, reopened on SIGHUP; null: stderr"),
     TOP("access_log", BOOL, access_log, 0, 0, "true", 0, "one log line per request (Authorization is never logged)"),
+    OBJ_("cluster", &cluster_table, "replicas that shard the cache by rendezvous hashing: peers or peers_dns, and self"),
 };
 // clang-format on
 
@@ -129,7 +184,12 @@ const rgm_cfgtable_t rgm_cfgschema_registry = {
     .keys = registry_keys,
     .len = RGM_ARRAY_SIZE(registry_keys),
     .size = sizeof(rgm_registry_cfg_t),
+    .finish = finish_registry,
 };
+
+_Static_assert(offsetof(rgm_registry_cfg_t, endpoints_len) ==
+                   offsetof(rgm_registry_cfg_t, endpoints) + sizeof(char **),
+               "RGM_CFGKEY_LIST: the count follows the list");
 
 const rgm_cfgtable_t rgm_cfgschema_top = {
     .path = "",
@@ -139,6 +199,45 @@ const rgm_cfgtable_t rgm_cfgschema_top = {
 };
 
 /* ---- rules between keys ---- */
+
+/* 0 when url is a base URL (no path), else UV_EINVAL naming key.name. */
+static int check_base(const rgm_cfgval_ctx_t *c, const char *key, const char *name, const char *url)
+{
+    char kpath[KEY_MAX];
+    json_t *v = json_string(url);
+    int rc;
+
+    if (snprintf(kpath, sizeof(kpath), "%s.%s", key, name) < 0)
+        kpath[0] = '\0';
+    rc = v ? rgm_cfgval_base_url(c, kpath, v) : UV_EINVAL;
+    json_decref(v);
+    return rc;
+}
+
+/* An endpoint or endpoint_dns; a list of endpoints and endpoint_dns only for a mirror. */
+static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base)
+{
+    const rgm_registry_cfg_t *r = base;
+    size_t i;
+
+    if (!r->endpoint && !r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "endpoint is required");
+    if (r->endpoint && r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "use either endpoint or endpoint_dns");
+    if (!r->is_mirror && (r->endpoint_dns || r->endpoints_len > 1))
+        return rgm_cfgval_fail(c, key, "%s needs \"mirror\": true (a cluster of regmirrors)",
+                               r->endpoint_dns ? "endpoint_dns" : "an endpoint array");
+    /* Replicas are named by base URLs: the hashing contract has no paths. */
+    for (i = 0; r->endpoints_len > 1 && i < r->endpoints_len; i++) {
+        if (check_base(c, key, "endpoint", r->endpoints[i]) < 0)
+            return UV_EINVAL;
+    }
+    if (r->endpoint_dns && check_base(c, key, "endpoint_dns", r->endpoint_dns) < 0)
+        return UV_EINVAL;
+    if (!r->client_cert_file != !r->client_key_file)
+        return rgm_cfgval_fail(c, key, "client_cert_file and client_key_file go together");
+    return 0;
+}
 
 /* username goes with password_file, docker_config alone; then the files are read, so that a
  * wrong combination is reported before a missing file. */
@@ -172,11 +271,28 @@ static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *
     return 0;
 }
 
+static int finish_tls(const rgm_cfgval_ctx_t *c, const char *key, void *base)
+{
+    const rgm_config_t *cfg = base;
+
+    if (!cfg->tls_cert_file != !cfg->tls_key_file)
+        return rgm_cfgval_fail(c, key, "cert_file and key_file go together");
+    if (cfg->tls_client_ca_file && !cfg->tls_cert_file)
+        return rgm_cfgval_fail(c, key, "client_ca_file needs cert_file and key_file");
+    return 0;
+}
+
 /* ---- member access ---- */
 
 static int is_string_type(enum rgm_cfgtype t)
 {
     return t == RGM_CFG_STRING || t == RGM_CFG_FILE || t == RGM_CFG_REGNAME || t == RGM_CFG_URL;
+}
+
+/* The types stored as a char ** with its size_t count at off2. */
+static int is_list_type(enum rgm_cfgtype t)
+{
+    return t == RGM_CFG_ADDRS || t == RGM_CFG_CIDRS || t == RGM_CFG_STRINGS || t == RGM_CFG_URLS;
 }
 
 static char **string_at(const rgm_cfgkey_t *k, void *base)
@@ -328,12 +444,68 @@ static int fail_unknown(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, cons
     return rgm_cfgval_fail(c, key, "unknown key (expected %s)", hint);
 }
 
+static char ***list_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (char ***)(void *)((char *)base + k->off2);
+}
+
+static size_t *list_len_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (size_t *)(void *)((char *)base + k->off2 + sizeof(char **));
+}
+
+static int check_endpoint(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    char *out = NULL;
+    int rc;
+
+    if (!json_is_string(v))
+        return rgm_cfgval_fail(c, key, "expected a URL string, got %s", rgm_cfgval_type_name(v));
+    rc = rgm_cfgval_endpoint(c, key, json_string_value(v), &out);
+    free(out);
+    return rc;
+}
+
+/* A LIST key given an array: every URL (trailing slashes dropped) to the list, the first to
+ * the member. */
+static int set_url_list(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base,
+                        const char *key, const json_t *v)
+{
+    char **list = NULL;
+    char *val = NULL;
+    size_t n = 0, i;
+
+    if (rgm_cfgval_list(c, key, v, "URL", check_endpoint, &list, &n) < 0)
+        return UV_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (rgm_cfgval_endpoint(c, key, list[i], &val) < 0) {
+            free_strings(list, n);
+            return UV_EINVAL;
+        }
+        free(list[i]);
+        list[i] = val;
+    }
+    free_strings(*list_at(k, base), *list_len_at(k, base));
+    *list_at(k, base) = list;
+    *list_len_at(k, base) = n;
+    free_string(k, string_at(k, base));
+    *string_at(k, base) = rgm_strdup(list[0]);
+    return 0;
+}
+
 static int set_string(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base, const char *key,
                       const json_t *v)
 {
     const char *s = NULL;
     char *val = NULL;
 
+    if ((k->flags & RGM_CFGKEY_LIST) && json_is_array(v))
+        return set_url_list(c, k, base, key, v);
+    if (k->flags & RGM_CFGKEY_LIST) {
+        free_strings(*list_at(k, base), *list_len_at(k, base));
+        *list_at(k, base) = NULL;
+        *list_len_at(k, base) = 0;
+    }
     if (rgm_cfgval_string(c, key, v, accepts_null(k), &s) < 0)
         return UV_EINVAL;
     if (s && k->type == RGM_CFG_REGNAME && rgm_cfgval_regname(c, key, s) < 0)
@@ -349,14 +521,63 @@ static int set_string(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *ba
     return 0;
 }
 
+static int check_cidr(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    rgm_cidr_t cidr;
+
+    if (!json_is_string(v))
+        return rgm_cfgval_fail(c, key, "expected a \"ADDRESS/BITS\" string, got %s",
+                               rgm_cfgval_type_name(v));
+    if (rgm_cidr_parse(json_string_value(v), &cidr) < 0)
+        return rgm_cfgval_fail(c, key,
+                               "bad network \"%.200s\" (use ADDRESS/BITS with the host bits zero, "
+                               "e.g. 10.0.0.0/8 or fd00::/8)",
+                               json_string_value(v));
+    return 0;
+}
+
+/* A pattern or reference of a STRINGS list: a string without spaces or control characters. */
+static int check_word(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    const char *s = NULL;
+    const char *p;
+
+    if (rgm_cfgval_string(c, key, v, 0, &s) < 0)
+        return UV_EINVAL;
+    for (p = s; *p; p++)
+        if ((unsigned char)*p <= ' ' || *p == 0x7f)
+            return rgm_cfgval_fail(c, key, "\"%s\" holds a space or a control character", s);
+    return 0;
+}
+
+/* ADDRS, CIDRS and STRINGS: one string or an array of them (an empty array when the key
+ * allows it; always for STRINGS, since [] is how an unset one prints). */
 static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base, const char *key,
                      const json_t *v)
 {
+    const int is_cidr = k->type == RGM_CFG_CIDRS;
     char **list = NULL;
     size_t n = 0;
+    int is_words = k->type == RGM_CFG_STRINGS;
 
-    if (rgm_cfgval_list(c, key, v, "address", rgm_cfgval_hostport, &list, &n) < 0)
+    if (k->type == RGM_CFG_URLS && json_is_null(v)) {
+        /* unset: an empty list prints as null, and reads back as such */
+    } else if (k->type == RGM_CFG_URLS) {
+        if (rgm_cfgval_list(c, key, v, "URL", rgm_cfgval_base_url, &list, &n) < 0)
+            return UV_EINVAL;
+    } else if (((k->flags & RGM_CFGKEY_EMPTY_OK) || is_words) && json_is_array(v) &&
+               json_array_size(v) == 0) {
+        list = NULL;
+    } else if (rgm_cfgval_list(c, key, v,
+                               is_cidr    ? "network"
+                               : is_words ? "pattern"
+                                          : "address",
+                               is_cidr    ? check_cidr
+                               : is_words ? check_word
+                                          : rgm_cfgval_hostport,
+                               &list, &n) < 0) {
         return UV_EINVAL;
+    }
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
     set_count(k, base, n);
@@ -450,6 +671,9 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
         store_uint(k, base, u + opt);
         return 0;
     case RGM_CFG_ADDRS:
+    case RGM_CFG_CIDRS:
+    case RGM_CFG_STRINGS:
+    case RGM_CFG_URLS:
         return set_addrs(c, k, base, key, v);
     case RGM_CFG_OBJECT:
         return rgm_cfgschema_apply(c, k->sub, base, key, v);
@@ -536,7 +760,15 @@ static void copy_owned(const rgm_cfgtable_t *t, void *dst, const void *src)
         k = &t->keys[i];
         if (is_string_type(k->type)) {
             *string_at(k, dst) = string_of(k, src) ? rgm_strdup(string_of(k, src)) : NULL;
-        } else if (k->type == RGM_CFG_ADDRS) {
+            if (k->flags & RGM_CFGKEY_LIST) {
+                n = *list_len_at(k, (void *)src);
+                sv = *list_at(k, (void *)src);
+                dv = n ? rgm_calloc(n, sizeof(char *)) : NULL;
+                for (j = 0; j < n; j++)
+                    dv[j] = rgm_strdup(sv[j]);
+                *list_at(k, dst) = dv;
+            }
+        } else if (is_list_type(k->type)) {
             n = count_of(k, src);
             sv = *(char **const *)(const void *)((const char *)src + k->off);
             dv = rgm_calloc(n, sizeof(char *));
@@ -574,7 +806,9 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
-        else if (k->type == RGM_CFG_ADDRS)
+        if (is_string_type(k->type) && (k->flags & RGM_CFGKEY_LIST))
+            free_strings(*list_at(k, base), *list_len_at(k, base));
+        else if (is_list_type(k->type))
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
             free_registries(k->sub, *(rgm_registry_cfg_t **)(void *)((char *)base + k->off),
@@ -640,6 +874,18 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
     case RGM_CFG_FILE:
     case RGM_CFG_REGNAME:
     case RGM_CFG_URL:
+        if ((k->flags & RGM_CFGKEY_LIST) && *list_len_at(k, (void *)base) > 1) {
+            arr = json_array();
+            sv = *list_at(k, (void *)base);
+            for (i = 0; arr && i < *list_len_at(k, (void *)base); i++) {
+                v = dump_string(c, key, sv[i]);
+                if (!v || json_array_append_new(arr, v) < 0) {
+                    json_decref(arr);
+                    return NULL;
+                }
+            }
+            return arr;
+        }
         if (!string_of(k, base))
             return json_null();
         if (k->flags & RGM_CFGKEY_SECRET)
@@ -659,7 +905,13 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
         return rgm_cfgval_size_json(load_uint(k, base));
     case RGM_CFG_DURATION:
         return rgm_cfgval_duration_json(load_uint(k, base) - opt);
+    case RGM_CFG_URLS:
+        if (count_of(k, base) == 0)
+            return json_null();
+        /* fall through */
     case RGM_CFG_ADDRS:
+    case RGM_CFG_CIDRS:
+    case RGM_CFG_STRINGS:
         arr = json_array();
         sv = *(char **const *)(const void *)((const char *)base + k->off);
         for (i = 0; arr && i < count_of(k, base); i++) {
@@ -710,12 +962,21 @@ json_t *rgm_cfgschema_dump(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, c
 static const char *type_text(enum rgm_cfgtype t)
 {
     static const char *const names[] = {
-        [RGM_CFG_STRING] = "string",    [RGM_CFG_FILE] = "file",
-        [RGM_CFG_REGNAME] = "registry", [RGM_CFG_URL] = "URL",
-        [RGM_CFG_BOOL] = "boolean",     [RGM_CFG_UINT] = "integer",
-        [RGM_CFG_SIZE] = "size",        [RGM_CFG_DURATION] = "duration",
-        [RGM_CFG_LEVEL] = "log level",  [RGM_CFG_ADDRS] = "HOST:PORT list",
-        [RGM_CFG_OBJECT] = "object",    [RGM_CFG_REGISTRIES] = "object of NAME: registry",
+        [RGM_CFG_STRING] = "string",
+        [RGM_CFG_FILE] = "file",
+        [RGM_CFG_REGNAME] = "registry",
+        [RGM_CFG_URL] = "URL",
+        [RGM_CFG_BOOL] = "boolean",
+        [RGM_CFG_UINT] = "integer",
+        [RGM_CFG_SIZE] = "size",
+        [RGM_CFG_DURATION] = "duration",
+        [RGM_CFG_LEVEL] = "log level",
+        [RGM_CFG_ADDRS] = "HOST:PORT list",
+        [RGM_CFG_CIDRS] = "CIDR list",
+        [RGM_CFG_OBJECT] = "object",
+        [RGM_CFG_REGISTRIES] = "object of NAME: registry",
+        [RGM_CFG_STRINGS] = "string list",
+        [RGM_CFG_URLS] = "URL list",
     };
 
     return names[t];

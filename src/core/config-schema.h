@@ -23,8 +23,11 @@ enum rgm_cfgtype {
     RGM_CFG_DURATION,   /* uint64_t milliseconds: a duration string, min..365d */
     RGM_CFG_LEVEL,      /* int: a log level name */
     RGM_CFG_ADDRS,      /* char ** with its size_t count at off2: HOST:PORT, one or an array */
+    RGM_CFG_CIDRS,      /* char ** with its size_t count at off2: CIDR prefixes, one or an array */
+    RGM_CFG_URLS,       /* char ** with its size_t count at off2: base URLs, one or an array */
     RGM_CFG_OBJECT,     /* an object of the keys of sub, stored in this same struct */
     RGM_CFG_REGISTRIES, /* rgm_registry_cfg_t * with its size_t count at off2: NAME -> sub */
+    RGM_CFG_STRINGS,    /* char ** with its size_t count at off2: one string or an array */
 };
 
 #define RGM_CFGKEY_SECRET   1u /* printed as "<redacted>"; wiped before it is freed */
@@ -33,6 +36,10 @@ enum rgm_cfgtype {
 /* BOOL, UINT, DURATION: null or absent is unset, stored as 0; a value v is stored as v + 1,
  * so that a zeroed struct is all unset (a registry's key that inherits the top level's). */
 #define RGM_CFGKEY_OPTIONAL 8u
+#define RGM_CFGKEY_EMPTY_OK 16u /* ADDRS, CIDRS: an empty array (the default) means none */
+/* URL only: an array of URLs is accepted too; the first goes to the member, all of them to the
+ * char ** at off2 with its size_t count right after it (NULL, 0 for a string). */
+#define RGM_CFGKEY_LIST     32u
 
 typedef struct rgm_cfgtable rgm_cfgtable_t;
 
@@ -41,7 +48,7 @@ typedef struct rgm_cfgkey {
     enum rgm_cfgtype type;
     size_t off;  /* offsetof the member in the table's struct */
     size_t size; /* sizeof the member: integers are stored at their own width */
-    size_t off2; /* ADDRS and REGISTRIES: offsetof the count */
+    size_t off2; /* ADDRS, CIDRS, STRINGS and REGISTRIES: offsetof the count */
     uint64_t min, max;
     /* The default as text: for BOOL, UINT and REGISTRIES its JSON; for the other types the
      * string a file would give. NULL: unset (zero, NULL); a string-valued key without a default

@@ -8,11 +8,20 @@
 #include "core/common.h"
 
 typedef struct rgm_registry_cfg {
-    char *name;          /* "docker.io", "ghcr.io", "registry.example.com:5000" */
-    char *endpoint;      /* "https://registry-1.docker.io" (no trailing slash) */
+    char *name;     /* "docker.io", "ghcr.io", "registry.example.com:5000" */
+    char *endpoint; /* "https://registry-1.docker.io" (no trailing slash); NULL with
+                     * endpoint_dns */
+    /* "endpoint" given as an array (a mirror registry: the replicas of a cluster tier, each
+     * digest sent to its owner, docs/cluster.md): every URL, endpoint being the first. NULL
+     * and 0 when it is one string. endpoints_len must follow endpoints (the schema's list). */
+    char **endpoints;
+    size_t endpoints_len;
+    char *endpoint_dns;  /* "http://NAME:PORT": a mirror registry's replicas are NAME's addresses */
     uint64_t tag_ttl_ms; /* tag_ttl, default 60 s */
     char *ca_file;       /* NULL: system CAs */
     int insecure_skip_verify;
+    char *client_cert_file; /* presented to an https endpoint (mutual TLS); with client_key_file */
+    char *client_key_file;
     int is_mirror;                 /* "mirror": true — the endpoint is another regmirror */
     unsigned max_parallel_fetches; /* 0: only the global limit */
     char *username;                /* credentials.username */
@@ -29,15 +38,38 @@ typedef struct rgm_registry_cfg {
     char *cred_helper;         /* credentials.helper: docker-credential-NAME, or a path */
     uint64_t cred_lifetime_ms; /* credentials.lifetime: a helper's answer is kept (5 m) */
     uint64_t cred_timeout_ms;  /* credentials.timeout: a helper run's deadline (10 s) */
-    int is_private; /* "private": true — content fetched with the mirror's own identity is
-                     * still subject to the access rule */
+    int is_private;    /* "private": true — content fetched with the mirror's own identity is
+                        * still subject to the access rule */
+    int is_unlisted;   /* not a config key: made for allow_any_registry, so its host is a client's
+                        * choice and may resolve only to public addresses (no SSRF) */
+    char **repo_allow; /* repositories.allow: globs; none: every repository */
+    size_t repo_allow_len;
+    char **repo_deny; /* repositories.deny: globs, beating allow */
+    size_t repo_deny_len;
 } rgm_registry_cfg_t;
 
 typedef struct rgm_config {
     char **listen; /* "127.0.0.1:5000" */
     size_t listen_len;
+    char **health_listen; /* plain HTTP, only /healthz, /readyz and /metrics */
+    size_t health_listen_len;
+
+    /* "tls": every listener (not health_listen) serves HTTPS when cert_file is set */
+    char *tls_cert_file; /* PEM, leaf then chain */
+    char *tls_key_file;
+    char *tls_client_ca_file; /* NULL: no client certificate asked for */
+
+    char **allow_clients; /* CIDRs; none: everyone (checked at accept) */
+    size_t allow_clients_len;
+    char **allow_upstream_networks; /* CIDRs an unconfigured registry may resolve to */
+    size_t allow_upstream_networks_len;
+
     char *storage;
     uint64_t max_cache_bytes; /* 0: unlimited */
+    uint64_t orphan_grace_ms; /* a blob no cached manifest references is kept this long */
+    char **pins;              /* "pin": image patterns never evicted */
+    size_t pins_len;
+    char *admin_socket; /* NULL: <storage>/admin.sock */
     char *default_registry;
     int allow_any_registry;
     unsigned max_parallel_fetches;
@@ -69,6 +101,11 @@ typedef struct rgm_config {
     char *cred_provider_config;        /* a CredentialProviderConfig file; NULL: none */
     char *cred_provider_bin_dir;       /* where the plugins are */
     uint64_t cred_provider_timeout_ms; /* a plugin run's deadline (the kubelet's 1 m) */
+    /* cluster (docs/cluster.md): peers or peers_dns, and self; all unset: no cluster */
+    char **cluster_peers; /* base URLs, as written */
+    size_t cluster_peers_len;
+    char *cluster_peers_dns; /* "http://NAME:PORT" */
+    char *cluster_self;
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */
@@ -136,7 +173,8 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
  * --config FILE (-c), in order, wherever it stands, then the first max_files arguments that are
  * not options, read the same way; then the other flags in order (--listen replaces the list at
  * its first use and adds after that, --registry as rgm_config_set_registry, --storage,
- * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file); then
+ * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file; --peer as
+ * --listen, for cluster.peers; --peers-dns, --self); then
  * rgm_config_validate. argv[0] names the command in messages. Returns 0; 1 for --help (the
  * caller prints its usage); UV_EINVAL with the message in err, or with err empty when getopt
  * has printed it to stderr (an unknown option, a missing argument: the caller then prints its

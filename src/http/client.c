@@ -76,6 +76,10 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     if (tls) {
         r->ca_file = tls->ca_file ? rgm_strdup(tls->ca_file) : NULL;
         r->insecure = tls->insecure_skip_verify ? 1 : 0;
+        if (tls->client_cert_file && tls->client_key_file) {
+            r->cert_file = rgm_strdup(tls->client_cert_file);
+            r->key_file = rgm_strdup(tls->client_key_file);
+        }
     }
     r->max_redirects = 5;
     rgm_uphead_block_init(&r->head);
@@ -87,6 +91,11 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     return r;
 }
 
+void rgm_upreq_set_net_policy(rgm_upreq_t *r, enum rgm_net_policy p)
+{
+    r->net = p;
+}
+
 void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value)
 {
     if (!rgm_uphead_is_field_safe(name) || !rgm_uphead_is_field_safe(value) || name[0] == '\0' ||
@@ -94,9 +103,26 @@ void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value)
         r->has_bad_header = 1; /* refused at start: a CR or LF would inject headers */
         return;
     }
-    if (rgm_strcaseeq(name, "Host") || rgm_strcaseeq(name, "Connection"))
+    /* The framing is the client's: Content-Length comes with rgm_upreq_set_body. */
+    if (rgm_strcaseeq(name, "Host") || rgm_strcaseeq(name, "Connection") ||
+        rgm_strcaseeq(name, "Content-Length") || rgm_strcaseeq(name, "Transfer-Encoding"))
         return;
     rgm_uphead_add(&r->hdrs, name, value);
+}
+
+void rgm_upreq_set_body(rgm_upreq_t *r, const char *content_type, const void *data, size_t len)
+{
+    if (r->body)
+        explicit_bzero(r->body, r->body_len);
+    RGM_FREE(r->body);
+    r->body = rgm_malloc(len ? len : 1);
+    if (len > 0)
+        memcpy(r->body, data, len);
+    r->body_len = len;
+    r->has_body = 1;
+    rgm_uphead_remove(&r->hdrs, "Content-Type");
+    if (content_type)
+        rgm_upreq_add_header(r, "Content-Type", content_type);
 }
 
 void rgm_upreq_set_max_redirects(rgm_upreq_t *r, unsigned max)

@@ -7,6 +7,7 @@
 #define RGM_HTTP_CLIENT_H
 
 #include <uv.h>
+#include "core/cidr.h"
 #include "core/common.h"
 
 typedef struct rgm_client rgm_client_t;
@@ -18,12 +19,26 @@ typedef struct rgm_client_opts {
     unsigned max_idle_per_origin;  /* idle keep-alive connections kept; default 8 */
     unsigned max_conns_per_origin; /* more requests wait in FIFO order; default 32 */
     uint64_t idle_timeout_ms;      /* idle pooled connections closed after; default 30 s */
+    const rgm_cidr_t *allow_nets;  /* RGM_NET_PUBLIC may reach these all the same (borrowed) */
+    size_t allow_nets_len;
 } rgm_client_opts_t;
+
+/* Where a request may connect, checked on each address before connecting to it (so that a
+ * name that resolves, or rebinds, to a refused address is refused too). A refusal ends the
+ * request with UV_EPERM before any connection to that address is attempted. */
+enum rgm_net_policy {
+    RGM_NET_ANY = 0,      /* a configured registry: trusted as written */
+    RGM_NET_NO_LINKLOCAL, /* its redirects and token realms: no 169.254/16, fe80::/10 */
+    RGM_NET_PUBLIC,       /* a host a client chose: public addresses only, no IP literal,
+                           * unless allow_nets names it */
+};
 
 /* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
 typedef struct rgm_tls_opts {
-    const char *ca_file;      /* PEM bundle, or NULL for the system CAs */
-    int insecure_skip_verify; /* no verification at all (logged as a warning by the caller) */
+    const char *ca_file;          /* PEM bundle, or NULL for the system CAs */
+    int insecure_skip_verify;     /* no verification at all (logged as a warning by the caller) */
+    const char *client_cert_file; /* PEM chain presented to the server, or NULL */
+    const char *client_key_file;  /* its key; both or neither */
 } rgm_tls_opts_t;
 
 typedef struct rgm_upreq_cbs {
@@ -52,8 +67,21 @@ void rgm_client_close(rgm_client_t *c, void (*cb)(void *ud), void *ud);
 rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
                            const rgm_tls_opts_t *tls);
 /* Add a request header (copied). Host, Connection, Accept-Encoding: identity and User-Agent are
- * added by the client. */
+ * added by the client; a Host, Connection, Content-Length or Transfer-Encoding given here is
+ * ignored. */
 void rgm_upreq_add_header(rgm_upreq_t *r, const char *name, const char *value);
+/* Send len bytes of data as the request body (copied), with Content-Type content_type (NULL:
+ * none) and a Content-Length, never chunked; a second call replaces the first. The body goes
+ * out again whenever the request does: on the one retry after a reused keep-alive connection
+ * died before answering (so a request with a body counts as idempotent, like a GET: use it for
+ * requests that are, such as an OAuth2 token request) and on a 307 or 308 redirect. A 303, and
+ * a 301 or 302 of a POST, turn it into a GET without the body. The body may hold a secret, so
+ * it never follows a redirect to another origin: a 307 or 308 there ends the request with
+ * UV_EPERM. A CR or LF in content_type makes rgm_upreq_start refuse the request (UV_EINVAL). */
+void rgm_upreq_set_body(rgm_upreq_t *r, const char *content_type, const void *data, size_t len);
+/* Where r may connect (default RGM_NET_ANY). A redirect to another origin turns RGM_NET_ANY
+ * into RGM_NET_NO_LINKLOCAL. */
+void rgm_upreq_set_net_policy(rgm_upreq_t *r, enum rgm_net_policy p);
 /* Follow at most max redirects (301, 302, 303, 307, 308; default 5; 0 = return them). On a
  * redirect to another origin (scheme, host or port differ) the Authorization header is dropped
  * and never sent again for this request. */

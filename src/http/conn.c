@@ -2,8 +2,11 @@
  * buffer, llhttp over it, one request at a time to the handler (pipelined ones wait in the
  * buffer), keep-alive, the header/idle/send/linger timers, queued writes with deferred
  * callbacks, file bodies (pread + write, or sendfile(2) on plain TCP), error answers for
- * requests that never reached the handler, and the graceful close. It does not build response
- * bytes (framing.c), check the handler's calls (response.c) or accept (server.c).
+ * requests that never reached the handler, and the graceful close. Over TLS (c->tls set), reads
+ * go through the session into the same input buffer and every write is sealed first, so the
+ * rest of the connection sees plaintext; file bodies then always take pread + write. It does
+ * not build response bytes (framing.c), check the handler's calls (response.c) or accept
+ * (server.c).
  *
  * The process must ignore SIGPIPE (main.c does): sendfile(2) to a peer that is gone raises it. */
 #include "http/conn.h"
@@ -29,11 +32,13 @@
 #define FILE_CHUNK    (64 * 1024)   /* pread + write: one chunk in flight */
 #define SENDFILE_STEP (1024 * 1024) /* per loop turn, so one fast client can't starve others */
 #define LINGER_MS     2000          /* after our FIN: read and drop what the client still sends */
+#define CIPHER_IN     (64 * 1024)   /* one read of TLS records, decrypted at once */
 
 static void conn_close_graceful(struct conn *c);
 static void conn_process(struct conn *c);
 static void conn_kick(struct conn *c);
 static void sf_step(struct conn *c);
+static void tls_pull(struct conn *c);
 
 /* ---- writes ---- */
 
@@ -67,7 +72,8 @@ static void on_write(uv_write_t *w, int status)
     conn_kick(c);
 }
 
-int rgm_conn_send(struct conn *c, struct wreq *wr)
+/* Queue wr's bytes as they are (ciphertext over TLS). */
+static int conn_write_raw(struct conn *c, struct wreq *wr)
 {
     uv_buf_t b = uv_buf_init(wr->data, (unsigned int)wr->len);
     int err;
@@ -81,6 +87,47 @@ int rgm_conn_send(struct conn *c, struct wreq *wr)
     c->writes_pending++;
     rgm_conn_update(c);
     return 0;
+}
+
+/* The ciphertext the session has ready, in one write that carries cb and is_file_chunk. */
+static struct wreq *tls_take(struct conn *c, rgm_resp_cb cb, void *ud, int is_file_chunk)
+{
+    const size_t n = rgm_tls_cipher_pending(c->tls);
+    struct wreq *wr;
+
+    if (n == 0 && !cb && !is_file_chunk)
+        return NULL;
+    wr = rgm_malloc(sizeof(*wr) + n);
+    memset(wr, 0, sizeof(*wr));
+    wr->cb = cb;
+    wr->ud = ud;
+    wr->is_file_chunk = is_file_chunk;
+    wr->len = rgm_tls_take_cipher_into(c->tls, wr->data, n);
+    return wr;
+}
+
+/* Send whatever the session has produced (handshake flights, alerts, close_notify). */
+static int tls_flush(struct conn *c)
+{
+    struct wreq *wr = tls_take(c, NULL, NULL, 0);
+
+    return wr ? conn_write_raw(c, wr) : 0;
+}
+
+int rgm_conn_send(struct conn *c, struct wreq *wr)
+{
+    struct wreq *sealed;
+
+    if (!c->tls)
+        return conn_write_raw(c, wr);
+    /* Seal the plaintext; the ciphertext write takes over wr's callback. */
+    if (rgm_tls_write_plain(c->tls, wr->data, wr->len) < 0) {
+        free(wr);
+        return UV_EPROTO;
+    }
+    sealed = tls_take(c, wr->cb, wr->ud, wr->is_file_chunk);
+    free(wr);
+    return conn_write_raw(c, sealed);
 }
 
 void rgm_conn_defer(struct conn *c, rgm_resp_cb cb, void *ud, int status)
@@ -154,7 +201,7 @@ static void conn_send_error(struct conn *c, int status, const char *code, const 
 static void conn_parse_error(struct conn *c, llhttp_errno_t err)
 {
     const int status = c->err_status ? c->err_status : 400;
-    const char *code = c->err_status ? c->err_code : "BAD_REQUEST";
+    const char *code = c->err_status ? c->err_code : "UNSUPPORTED"; /* see reqhead.c */
     const char *msg = c->err_status ? c->err_msg : "malformed request";
 
     rgm_log(RGM_LOG_INFO, "server", "client=%s bad request: %s: %s", c->client,
@@ -171,6 +218,18 @@ static int flushed(const struct conn *c)
 
 static void on_timer(uv_timer_t *t);
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf);
+
+/* Grow the input buffer towards IN_MAX; 1 when it has room. */
+static int in_room(struct conn *c)
+{
+    if (c->in_len == c->in_cap && c->in_cap < IN_MAX) {
+        c->in_cap = c->in_cap ? c->in_cap * 2 : IN_INIT;
+        if (c->in_cap > IN_MAX)
+            c->in_cap = IN_MAX;
+        c->in = rgm_realloc(c->in, c->in_cap);
+    }
+    return c->in_len < c->in_cap;
+}
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 static uint64_t tmode_ms(const struct conn *c, enum tmode m)
@@ -256,6 +315,8 @@ static void conn_free(struct conn *c)
         free(d);
     }
     free(c->in);
+    rgm_tls_free(c->tls);
+    c->tls = NULL;
     c->on_closed(c); /* the owner frees c (and may free the server): last */
 }
 
@@ -298,6 +359,11 @@ void rgm_conn_close(struct conn *c, const char *reason)
     if (c->state == CONN_CLOSING)
         return;
     c->state = CONN_CLOSING;
+    if (c->tls && !c->is_tls_counted) {
+        /* the handshake never ended: the client left, or the timer closed it */
+        c->is_tls_counted = 1;
+        c->srv->tls_failed[RGM_TLS_FAIL_EOF]++;
+    }
     rgm_log(RGM_LOG_DEBUG, "server", "client=%s closed: %s", c->client, reason);
     uv_close((uv_handle_t *)&c->tcp, on_tcp_close);
     uv_close((uv_handle_t *)&c->timer, on_timer_close);
@@ -328,6 +394,13 @@ static void conn_close_graceful(struct conn *c)
         rgm_conn_close(c, "done");
         return;
     }
+    if (c->tls) {
+        rgm_tls_close_notify(c->tls);
+        if (tls_flush(c) < 0) {
+            rgm_conn_close(c, "write failed");
+            return;
+        }
+    }
     if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
         rgm_conn_close(c, "shutdown failed");
         return;
@@ -349,8 +422,13 @@ static void on_timer(uv_timer_t *t)
     case T_HEADER:
         if (c->is_head_started) {
             rgm_log(RGM_LOG_INFO, "server", "client=%s request head timeout", c->client);
-            conn_send_error(c, 408, "REQUEST_TIMEOUT", "request head not received in time");
+            conn_send_error(c, 408, "UNSUPPORTED", "request head not received in time");
         } else {
+            if (c->tls && !c->is_tls_counted) {
+                c->is_tls_counted = 1;
+                c->srv->tls_failed[RGM_TLS_FAIL_TIMEOUT]++;
+                rgm_log(RGM_LOG_INFO, "tls", "client=%s handshake not done in time", c->client);
+            }
             rgm_conn_close(c, "no request");
         }
         break;
@@ -380,24 +458,79 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
         *buf = uv_buf_init(discard, sizeof(discard));
         return;
     }
-    if (c->in_len == c->in_cap && c->in_cap < IN_MAX) {
-        c->in_cap = c->in_cap ? c->in_cap * 2 : IN_INIT;
-        if (c->in_cap > IN_MAX)
-            c->in_cap = IN_MAX;
-        c->in = rgm_realloc(c->in, c->in_cap);
+    if (c->tls) {
+        /* Records are fed to the session in on_read, right after this: one thread, one
+         * buffer, so a TLS connection holds no ciphertext of its own. */
+        static char cipher_in[CIPHER_IN];
+        *buf = uv_buf_init(cipher_in, sizeof(cipher_in));
+        return;
     }
-    if (c->in_len == c->in_cap) {
+    if (!in_room(c)) {
         *buf = uv_buf_init(NULL, 0); /* UV_ENOBUFS: rgm_conn_update stops reading */
         return;
     }
     *buf = uv_buf_init(c->in + c->in_len, (unsigned int)(c->in_cap - c->in_len));
 }
 
+/* TLS: the ciphertext of one read. Handshake first; then decrypt into the input buffer. */
+static void tls_input(struct conn *c, const char *data, size_t len)
+{
+    char subject[256];
+    int rc;
+
+    if (rgm_tls_feed_cipher(c->tls, data, len) < 0) {
+        rgm_conn_close(c, "tls feed failed");
+        return;
+    }
+    if (!rgm_tls_is_done(c->tls)) {
+        rc = rgm_tls_handshake(c->tls);
+        if (tls_flush(c) < 0 && rc >= 0)
+            rc = UV_EPIPE;
+        if (rc < 0) {
+            c->is_tls_counted = 1;
+            c->srv->tls_failed[rgm_tls_fail_reason(c->tls)]++;
+            rgm_conn_close(c, "tls handshake failed"); /* the alert, if any, is lost: fine */
+            return;
+        }
+        if (rc == RGM_TLS_WANT)
+            return;
+        c->is_tls_counted = 1;
+        c->srv->tls_ok++;
+        rgm_tls_peer_subject(c->tls, subject, sizeof(subject));
+        rgm_log(RGM_LOG_INFO, "tls", "client=%s handshake %s %s subject=%s", c->client,
+                rgm_tls_version(c->tls), rgm_tls_cipher(c->tls), subject);
+    }
+    tls_pull(c);
+}
+
+/* Move decrypted bytes into the input buffer while it has room (the session keeps the rest
+ * until a request completes and conn_process calls again). */
+static void tls_pull(struct conn *c)
+{
+    ssize_t n;
+
+    while (c->state == CONN_OPEN && !c->is_eof && in_room(c)) {
+        n = rgm_tls_read_plain(c->tls, c->in + c->in_len, c->in_cap - c->in_len);
+        if (n == 0)
+            break;
+        if (n == UV_EOF) {
+            c->is_eof = 1; /* close_notify: like a FIN */
+            break;
+        }
+        if (n < 0) {
+            rgm_conn_close(c, "tls read failed");
+            return;
+        }
+        c->in_len += (size_t)n;
+    }
+    if (c->state == CONN_OPEN && tls_flush(c) < 0) /* e.g. a KeyUpdate answer */
+        rgm_conn_close(c, "write failed");
+}
+
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = rgm_container_of(s, struct conn, tcp);
 
-    (void)buf;
     if (c->state != CONN_OPEN || nread == 0)
         return;
     if (nread == UV_ENOBUFS) {
@@ -417,7 +550,10 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (c->is_lingering)
         return;
-    c->in_len += (size_t)nread;
+    if (c->tls)
+        tls_input(c, buf->base, (size_t)nread);
+    else
+        c->in_len += (size_t)nread;
     conn_process(c);
 }
 
@@ -440,6 +576,8 @@ static void conn_process(struct conn *c)
 {
     if (c->is_processing)
         return; /* the loop below on the stack picks up the change */
+    if (c->tls && rgm_tls_is_done(c->tls) && !c->is_active && !c->is_draining)
+        tls_pull(c); /* room again: what the session held back */
     c->is_processing = 1;
     while (c->state == CONN_OPEN && !c->is_active && !c->is_draining && c->in_len > 0) {
         const llhttp_errno_t err = llhttp_execute(&c->parser, c->in, c->in_len);
@@ -684,7 +822,7 @@ static void sf_step(struct conn *c)
             sf_done(c, 0);
         return;
     }
-    if (sf->mode == SF_PREAD)
+    if (sf->mode == SF_PREAD || c->tls) /* sendfile(2) would bypass the session */
         sf_pread_step(c);
     else if (!c->is_polling)
         sf_sendfile_step(c); /* when polling, on_poll continues */

@@ -20,6 +20,9 @@ struct origin {
     int port;
     char *ca_file; /* https only; NULL = system CAs */
     int insecure;
+    char *cert_file; /* https only; the client certificate, or NULL */
+    char *key_file;
+    enum rgm_net_policy net;
     struct conn *idle; /* most recently used first */
     unsigned n_idle;
     unsigned n_active; /* resolving, connecting or busy */
@@ -58,6 +61,8 @@ static void on_pool_closed(uv_handle_t *h)
         next = o->next;
         free(o->host);
         free(o->ca_file);
+        free(o->cert_file);
+        free(o->key_file);
         free(o);
     }
     p->on_closed(p); /* may free p */
@@ -101,17 +106,24 @@ static int same_str(const char *a, const char *b)
     return strcmp(a, b) == 0;
 }
 
-static struct origin *origin_get(struct pool *p, const rgm_url_t *url, const char *ca_file,
-                                 int insecure)
+static char *dup_or_null(const char *s)
 {
-    const char *ca = url->is_https ? ca_file : NULL;
+    return s ? rgm_strdup(s) : NULL;
+}
+
+static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
+                                 const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net)
+{
+    static const rgm_tls_client_cfg_t none = {NULL, 0, NULL, NULL};
+    const rgm_tls_client_cfg_t *t = url->is_https && tls ? tls : &none;
+    const int insecure = t->insecure ? 1 : 0;
     struct origin *o;
 
-    insecure = url->is_https ? insecure : 0;
     for (o = p->origins; o; o = o->next) {
         if (o->is_https == url->is_https && o->port == url->port &&
-            rgm_strcaseeq(o->host, url->host) && same_str(o->ca_file, ca) &&
-            o->insecure == insecure)
+            rgm_strcaseeq(o->host, url->host) && same_str(o->ca_file, t->ca_file) &&
+            o->insecure == insecure && same_str(o->cert_file, t->cert_file) &&
+            same_str(o->key_file, t->key_file) && o->net == net)
             return o;
     }
     o = rgm_calloc(1, sizeof(*o));
@@ -119,8 +131,11 @@ static struct origin *origin_get(struct pool *p, const rgm_url_t *url, const cha
     o->is_https = url->is_https;
     o->host = rgm_strdup(url->host);
     o->port = url->port;
-    o->ca_file = ca ? rgm_strdup(ca) : NULL;
+    o->ca_file = dup_or_null(t->ca_file);
     o->insecure = insecure;
+    o->cert_file = dup_or_null(t->cert_file);
+    o->key_file = dup_or_null(t->key_file);
+    o->net = net;
     o->next = p->origins;
     p->origins = o;
     return o;
@@ -186,9 +201,9 @@ static void bind_user(struct pool_user *u, struct conn *conn)
 }
 
 void rgm_pool_dispatch(struct pool *p, struct pool_user *u, const rgm_url_t *url,
-                       const char *ca_file, int insecure)
+                       const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net)
 {
-    struct origin *o = origin_get(p, url, ca_file, insecure);
+    struct origin *o = origin_get(p, url, tls, net);
 
     wait_push(o, u, 0);
     origin_kick(o);
@@ -479,6 +494,8 @@ static void connect_failed(struct conn *conn, int err)
 static void on_connect(uv_connect_t *req, int status)
 {
     struct conn *conn = rgm_container_of(req, struct conn, connect_req);
+    struct origin *o = conn->origin;
+    const rgm_tls_client_cfg_t tls = {o->ca_file, o->insecure, o->cert_file, o->key_file};
     int err = 0;
 
     if (status == UV_ECANCELED || conn->state == C_CLOSING)
@@ -492,8 +509,7 @@ static void on_connect(uv_connect_t *req, int status)
         conn_ready(conn);
         return;
     }
-    conn->tls =
-        rgm_tls_new(conn->origin->ca_file, conn->origin->insecure, conn->origin->host, &err);
+    conn->tls = rgm_tls_new(&tls, o->host, &err);
     if (!conn->tls) {
         rgm_pool_conn_fail(conn, err);
         return;
@@ -502,6 +518,38 @@ static void on_connect(uv_connect_t *req, int status)
     read_start(conn);
     if (conn->state == C_HANDSHAKE)
         tls_step(conn);
+}
+
+/* 1 when the origin's policy lets conn connect to sa (logged when not). */
+static int net_allows(const struct conn *conn, const struct sockaddr *sa)
+{
+    const struct origin *o = conn->origin;
+    const struct pool *p = conn->pool;
+    const enum rgm_addr_class cl = rgm_addr_classify(sa);
+    char ip[INET6_ADDRSTRLEN] = "?";
+    int ok;
+
+    switch (o->net) {
+    case RGM_NET_ANY:
+        return 1;
+    case RGM_NET_NO_LINKLOCAL:
+        ok = cl != RGM_ADDR_LINKLOCAL;
+        break;
+    case RGM_NET_PUBLIC:
+    default:
+        ok = (cl == RGM_ADDR_PUBLIC && !rgm_tls_is_ip(o->host)) ||
+             rgm_cidr_match(p->opts.allow_nets, p->opts.allow_nets_len, sa);
+        break;
+    }
+    if (!ok) {
+        if (sa->sa_family == AF_INET6)
+            (void)uv_ip6_name((const struct sockaddr_in6 *)(const void *)sa, ip, sizeof(ip));
+        else
+            (void)uv_ip4_name((const struct sockaddr_in *)(const void *)sa, ip, sizeof(ip));
+        rgm_log(RGM_LOG_WARN, "client", "not connecting to %s (%s%s) for %s: not allowed", ip,
+                rgm_addr_class_name(cl), rgm_tls_is_ip(o->host) ? ", an IP literal" : "", o->host);
+    }
+    return ok;
 }
 
 static void connect_next(struct conn *conn)
@@ -513,6 +561,10 @@ static void connect_next(struct conn *conn)
         conn->ai_next = ai->ai_next;
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
             continue;
+        if (!net_allows(conn, ai->ai_addr)) {
+            conn->last_err = UV_EPERM;
+            continue;
+        }
         rc = uv_tcp_init(conn->pool->loop, &conn->tcp);
         if (rc < 0) {
             rgm_pool_conn_fail(conn, rc);

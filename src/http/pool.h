@@ -112,10 +112,11 @@ void rgm_pool_unref(struct pool *p);
 /* ---- users ---- */
 
 /* Queue u (ops set, not queued or bound) for a connection to url's scheme, host and port, with
- * ca_file (NULL: system CAs; borrowed) and insecure for https. on_bound runs when an idle
- * connection is free or a new one may be opened: from inside this call or later. */
+ * the TLS settings tls for https (NULL: system CAs, verify, no client certificate; the strings
+ * are copied), connecting only where net allows (pooled separately per policy). on_bound runs when
+ * an idle connection is free or a new one may be opened: from inside this call or later. */
 void rgm_pool_dispatch(struct pool *p, struct pool_user *u, const rgm_url_t *url,
-                       const char *ca_file, int insecure);
+                       const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net);
 /* u lets go: leaves its queue, or is unbound from its connection, which is neither closed nor
  * released (the caller does one of them). Idempotent. */
 void rgm_pool_detach(struct pool_user *u);

@@ -7,8 +7,10 @@
 #include <uv.h>
 #include <llhttp.h>
 #include "core/common.h"
+#include "core/cidr.h"
 #include "core/config.h"
 #include "http/server.h"
+#include "http/tls.h"
 
 enum conn_state { CONN_OPEN, CONN_CLOSING };
 enum tmode { T_NONE, T_HEADER, T_IDLE, T_SEND, T_LINGER };
@@ -120,6 +122,9 @@ struct conn {
     int is_lingering;  /* FIN sent, dropping input until EOF or the linger timeout */
     int is_processing; /* conn_process on the stack */
     int is_head_started;
+    int is_health;      /* from a health_listen address: only probes and /metrics */
+    int is_tls_counted; /* the handshake's end (ok or failed) is in the server's counts */
+    rgm_tls_t *tls;     /* NULL on plain connections; the session until the close */
     unsigned n_requests;
     enum tmode tmode;
     size_t writes_pending;
@@ -144,7 +149,14 @@ struct rgm_server {
     size_t listeners_len;
     struct conn *conns;
     size_t conn_count;
-    size_t handles_open; /* listeners + connections + the shutdown timer */
+    rgm_tls_server_t *tls; /* new handshakes use it; NULL: plain HTTP */
+    rgm_cidr_t *allow;     /* allow_clients, parsed; NULL: everyone */
+    size_t allow_len;
+    uint64_t tls_ok; /* handshakes completed */
+    uint64_t tls_failed[RGM_TLS_FAIL_N];
+    uint64_t refused_allow; /* closed at accept: outside allow_clients */
+    uint64_t refused_max;   /* closed at accept: over max_connections */
+    size_t handles_open;    /* listeners + connections + the shutdown timer */
     int is_shutting_down;
     int has_timer;
     int is_timer_closing;

@@ -4,9 +4,12 @@
  * their bytes are reqhead.c, response.c and framing.c. Nothing of registries or caches.
  *
  * Over cfg->max_connections a new connection is accepted and closed at once: leaving it in the
- * kernel backlog would hold the client with no timeout of ours. */
+ * kernel backlog would hold the client with no timeout of ours. So is one from outside
+ * cfg->allow_clients. With a TLS context set, connections of the main listeners get a TLS
+ * session (conn.c runs it); health listeners stay plain. */
 #include "http/server.h"
 
+#include <inttypes.h>
 #include <sys/socket.h>
 #include <netinet/in.h>
 
@@ -20,6 +23,7 @@
 struct listener {
     uv_tcp_t tcp;
     rgm_server_t *srv;
+    int is_health;
 };
 
 /* ---- server-level handle accounting ---- */
@@ -69,15 +73,17 @@ static void on_conn_closed(struct conn *c)
     server_handle_closed(srv); /* may free srv: last */
 }
 
-static void conn_peer(struct conn *c)
+/* c->client from the peer address; 1 when allow_clients lets it in. */
+static int conn_peer(struct conn *c)
 {
     struct sockaddr_storage ss;
     int len = sizeof(ss);
     char ip[INET6_ADDRSTRLEN];
+    const rgm_server_t *srv = c->srv;
 
     snprintf(c->client, sizeof(c->client), "?");
     if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) < 0)
-        return;
+        return srv->allow_len == 0;
     if (ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
         if (uv_ip6_name(a, ip, sizeof(ip)) == 0)
@@ -87,6 +93,8 @@ static void conn_peer(struct conn *c)
         if (uv_ip4_name(a, ip, sizeof(ip)) == 0)
             snprintf(c->client, sizeof(c->client), "%s:%u", ip, ntohs(a->sin_port));
     }
+    return srv->allow_len == 0 ||
+           rgm_cidr_match(srv->allow, srv->allow_len, (const struct sockaddr *)&ss);
 }
 
 static void on_connection(uv_stream_t *ls, int status)
@@ -114,14 +122,66 @@ static void on_connection(uv_stream_t *ls, int status)
         rgm_conn_close(c, "accept failed");
         return;
     }
-    conn_peer(c);
+    if (!conn_peer(c)) {
+        srv->refused_allow++;
+        rgm_log(RGM_LOG_INFO, "server", "client=%s refused: not in allow_clients", c->client);
+        rgm_conn_close(c, "allow_clients");
+        return;
+    }
     if (srv->conn_count > rgm_cfg_lim(srv->cfg->max_connections, 1024)) {
+        srv->refused_max++;
         rgm_log(RGM_LOG_WARN, "server", "client=%s refused: max_connections (%u) reached",
                 c->client, srv->cfg->max_connections);
         rgm_conn_close(c, "max_connections");
         return;
     }
+    c->is_health = l->is_health;
+    if (srv->tls && !l->is_health) {
+        c->tls = rgm_tls_accept(srv->tls, c->client);
+        if (!c->tls) {
+            rgm_conn_close(c, "no TLS session");
+            return;
+        }
+    }
     rgm_conn_start(c);
+}
+
+int rgm_req_is_health(const rgm_req_t *req)
+{
+    return req->c->is_health;
+}
+
+void rgm_server_set_tls(rgm_server_t *srv, rgm_tls_server_t *tls)
+{
+    rgm_tls_server_free(srv->tls); /* live sessions hold their own reference */
+    srv->tls = tls;
+}
+
+int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b)
+{
+    int err = 0;
+    int i;
+
+    if (srv->tls) {
+        err |= rgm_buf_appendf(b, "# HELP regmirror_tls_handshakes_total TLS handshakes by "
+                                  "result.\n# TYPE regmirror_tls_handshakes_total counter\n");
+        err |= rgm_buf_appendf(b, "regmirror_tls_handshakes_total{result=\"ok\"} %" PRIu64 "\n",
+                               srv->tls_ok);
+        for (i = 0; i < RGM_TLS_FAIL_N; i++)
+            err |= rgm_buf_appendf(b,
+                                   "regmirror_tls_handshakes_total{result=\"failed\","
+                                   "reason=\"%s\"} %" PRIu64 "\n",
+                                   rgm_tls_fail_name((enum rgm_tls_fail)i), srv->tls_failed[i]);
+    }
+    err |= rgm_buf_appendf(b, "# HELP regmirror_connections_refused_total Client connections "
+                              "closed at accept.\n# TYPE regmirror_connections_refused_total "
+                              "counter\n");
+    err |= rgm_buf_appendf(
+        b,
+        "regmirror_connections_refused_total{reason=\"allow_clients\"} %" PRIu64
+        "\nregmirror_connections_refused_total{reason=\"max_connections\"} %" PRIu64 "\n",
+        srv->refused_allow, srv->refused_max);
+    return err < 0 ? UV_ENOBUFS : 0;
 }
 
 /* ---- server ---- */
@@ -136,6 +196,14 @@ rgm_server_t *rgm_server_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_handl
     srv->handler = handler;
     srv->ud = ud;
     rgm_req_parser_settings(srv);
+    if (cfg->allow_clients_len > 0) {
+        const char *bad = NULL;
+
+        /* validated at load: a failure here is a bug */
+        RGM_BUG_ON(
+            rgm_cidr_parse_list(cfg->allow_clients, cfg->allow_clients_len, &srv->allow, &bad) < 0);
+        srv->allow_len = cfg->allow_clients_len;
+    }
     return srv;
 }
 
@@ -148,7 +216,7 @@ static void on_listener_close(uv_handle_t *h)
     server_handle_closed(srv);
 }
 
-int rgm_server_listen(rgm_server_t *srv, const char *addr)
+static int server_listen(rgm_server_t *srv, const char *addr, int is_health)
 {
     char host[256];
     struct sockaddr_storage ss;
@@ -178,6 +246,7 @@ int rgm_server_listen(rgm_server_t *srv, const char *addr)
         return err;
     l = rgm_calloc(1, sizeof(*l));
     l->srv = srv;
+    l->is_health = is_health;
     err = uv_tcp_init(srv->loop, &l->tcp);
     if (err < 0) {
         free(l);
@@ -207,6 +276,16 @@ int rgm_server_listen(rgm_server_t *srv, const char *addr)
 fail_close:
     uv_close((uv_handle_t *)&l->tcp, on_listener_close);
     return err;
+}
+
+int rgm_server_listen(rgm_server_t *srv, const char *addr)
+{
+    return server_listen(srv, addr, 0);
+}
+
+int rgm_server_listen_health(rgm_server_t *srv, const char *addr)
+{
+    return server_listen(srv, addr, 1);
 }
 
 int rgm_server_port(const rgm_server_t *srv, size_t nth)
@@ -274,5 +353,7 @@ void rgm_server_free(rgm_server_t *srv)
     RGM_BUG_ON(srv->handles_open != 0);
     free(srv->listeners);
     free(srv->ports);
+    free(srv->allow);
+    rgm_tls_server_free(srv->tls);
     free(srv);
 }

@@ -8,7 +8,9 @@
 
 #include <uv.h>
 #include "core/common.h"
+#include "core/buf.h"
 #include "core/config.h"
+#include "http/tls.h"
 
 typedef struct rgm_server rgm_server_t;
 typedef struct rgm_req rgm_req_t;
@@ -23,13 +25,29 @@ typedef void (*rgm_handler_fn)(rgm_req_t *req, void *ud);
 
 /* A new server on loop. cfg is borrowed and must outlive the server: limits come from it
  * (max_connections, max_header_bytes, max_headers, max_url_len, header_timeout_ms,
- * idle_timeout_ms, send_timeout_ms, shutdown_timeout_ms, use_sendfile). */
+ * idle_timeout_ms, send_timeout_ms, shutdown_timeout_ms, use_sendfile), and allow_clients
+ * (already validated): a connection from elsewhere is closed at accept and counted. Over TLS
+ * (rgm_server_set_tls), header_timeout_ms also bounds the handshake, and file bodies are always
+ * pread + write. */
 rgm_server_t *rgm_server_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_handler_fn handler,
                              void *ud);
 
 /* Listen on "host:port" ("[::1]:5000" for IPv6; port 0 picks a free port). May be called
  * several times. Returns 0 or a UV_E* code (logged by the caller). */
 RGM_MUST_CHECK int rgm_server_listen(rgm_server_t *srv, const char *addr);
+
+/* Like rgm_server_listen for a health address: always plain HTTP, and its requests say so
+ * (rgm_req_is_health). */
+RGM_MUST_CHECK int rgm_server_listen_health(rgm_server_t *srv, const char *addr);
+
+/* Serve HTTPS on the (non-health) listeners from now on, with tls (the server takes it; NULL:
+ * plain HTTP again). The context in use before is freed; connections that have it keep it
+ * until they close. Call before the first listen for every connection to be TLS. */
+void rgm_server_set_tls(rgm_server_t *srv, rgm_tls_server_t *tls);
+
+/* Append the server's own metrics (Prometheus text: TLS handshakes by result, connections
+ * refused at accept by reason) to b. 0, or <0 when b is full. */
+RGM_MUST_CHECK int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b);
 
 /* The port actually bound by the nth successful listen (useful with port 0), or -1. */
 int rgm_server_port(const rgm_server_t *srv, size_t nth);
@@ -62,6 +80,8 @@ const char *rgm_req_header(const rgm_req_t *req, const char *name);
 int rgm_req_header_list(const rgm_req_t *req, const char *name, char *out, size_t outlen);
 /* Peer address "ip:port". */
 const char *rgm_req_client(const rgm_req_t *req);
+/* 1 when the request came on a health_listen address (serve only probes and metrics). */
+int rgm_req_is_health(const rgm_req_t *req);
 uint64_t rgm_req_id(const rgm_req_t *req);
 /* Cache result for the access log and the X-Cache header user ("HIT", "MISS", ...). The
  * string must be static. */

@@ -61,6 +61,16 @@ static size_t bytes_take(struct bytes *b, char **out)
 
 /* ---- lifetime ---- */
 
+/* The body may hold a secret (a refresh token): wiped, not just freed. */
+static void drop_body(rgm_upreq_t *r)
+{
+    if (r->body)
+        explicit_bzero(r->body, r->body_len);
+    RGM_FREE(r->body);
+    r->body_len = 0;
+    r->has_body = 0;
+}
+
 static rgm_upreq_t *conn_req(const struct conn *conn)
 {
     return conn->user ? rgm_container_of(conn->user, rgm_upreq_t, user) : NULL;
@@ -72,9 +82,12 @@ static void on_req_closed(uv_handle_t *h)
     struct pool *p = r->pool;
 
     rgm_uphead_clear(&r->hdrs);
+    drop_body(r);
     free(r->method);
     free(r->url);
     free(r->ca_file);
+    free(r->cert_file);
+    free(r->key_file);
     rgm_uphead_block_free(&r->head);
     bytes_free(&r->hold);
     bytes_free(&r->raw);
@@ -160,9 +173,11 @@ static void req_finish(rgm_upreq_t *r, int err)
 
 static int is_retryable(const struct conn *conn, const rgm_upreq_t *r, int err)
 {
-    int is_get_or_head = strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0;
+    /* A request with a body is idempotent by rgm_upreq_set_body's contract. */
+    int is_idempotent =
+        strcmp(r->method, "GET") == 0 || strcmp(r->method, "HEAD") == 0 || r->has_body;
 
-    return conn->is_reused && !r->is_retried && !r->has_bytes && is_get_or_head &&
+    return conn->is_reused && !r->is_retried && !r->has_bytes && is_idempotent &&
            (err == UV_EOF || err == UV_ECONNRESET || err == UV_EPIPE);
 }
 
@@ -208,9 +223,11 @@ static const struct pool_user_ops user_ops = {
 
 static void dispatch(rgm_upreq_t *r)
 {
+    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file};
+
     r->state = R_QUEUED;
     r->user.ops = &user_ops;
-    rgm_pool_dispatch(r->pool, &r->user, &r->u, r->ca_file, r->insecure);
+    rgm_pool_dispatch(r->pool, &r->user, &r->u, &tls, r->net);
 }
 
 /* ---- writing the request ---- */
@@ -219,7 +236,7 @@ static void build_request(const rgm_upreq_t *r, struct bytes *b)
 {
     static const char fixed[] = "\r\nUser-Agent: regmirror/0.1\r\nAccept-Encoding: identity\r\n"
                                 "Connection: keep-alive\r\n";
-    char line[16];
+    char line[24];
     const struct uphdr *h;
     const char *host = r->u.host;
     int v6 = strchr(host, ':') != NULL;
@@ -246,7 +263,15 @@ static void build_request(const rgm_upreq_t *r, struct bytes *b)
         bytes_append(b, h->value, strlen(h->value));
         bytes_append(b, "\r\n", 2);
     }
+    if (r->has_body) {
+        n = snprintf(line, sizeof(line), "%zu", r->body_len);
+        bytes_append(b, "Content-Length: ", 16);
+        bytes_append(b, line, (size_t)n);
+        bytes_append(b, "\r\n", 2);
+    }
     bytes_append(b, "\r\n", 2);
+    if (r->has_body)
+        bytes_append(b, r->body, r->body_len);
 }
 
 /* The connection is ready (BUSY) and bound to r: send the request, then read the answer. */
@@ -258,6 +283,8 @@ static void req_send(rgm_upreq_t *r)
 
     build_request(r, &b);
     rc = rgm_pool_conn_write(conn, b.data, b.len);
+    if (r->has_body)
+        explicit_bzero(b.data, b.len); /* the copy of a body that may hold a secret */
     bytes_free(&b);
     if (rc < 0) {
         rgm_pool_conn_fail(conn, rc);
@@ -650,17 +677,29 @@ static void follow_redirect(rgm_upreq_t *r)
         return;
     }
     r->n_redirects++;
-    if (r->status == 303 && strcmp(r->method, "HEAD") != 0) {
+    if ((r->status == 303 && strcmp(r->method, "HEAD") != 0) ||
+        ((r->status == 301 || r->status == 302) && strcmp(r->method, "POST") == 0)) {
         free(r->method);
         r->method = rgm_strdup("GET");
+        drop_body(r);
+        rgm_uphead_remove(&r->hdrs, "Content-Type");
     }
     if (nu.is_https != r->orig_https || nu.port != r->orig_port ||
         !rgm_strcaseeq(nu.host, r->orig_host)) {
+        if (r->has_body) {
+            req_finish(r, UV_EPERM); /* the body (a secret, maybe) stays with its origin */
+            return;
+        }
         rgm_uphead_remove(&r->hdrs, "Authorization"); /* and never added back: the list is ours */
         /* A registry's private CA and insecure_skip_verify are trust in that registry, not
          * in the CDN or object store it redirects to: those are verified with the system CAs. */
         RGM_FREE(r->ca_file);
         r->insecure = 0;
+        RGM_FREE(r->cert_file); /* nor does the client certificate go there */
+        RGM_FREE(r->key_file);
+        /* Nor the trust in its addresses: a redirect may name any host. */
+        if (r->net == RGM_NET_ANY)
+            r->net = RGM_NET_NO_LINKLOCAL;
     }
     rgm_log(RGM_LOG_DEBUG, "client", "redirect %d (%u of %u)", r->status, r->n_redirects,
             r->max_redirects);

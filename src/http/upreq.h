@@ -39,8 +39,14 @@ struct rgm_upreq {
     int orig_port;
     char *ca_file;
     int insecure;
+    enum rgm_net_policy net;
+    char *cert_file; /* the client certificate presented to the first URL's origin */
+    char *key_file;
     struct uphdr_list hdrs;
     int has_bad_header;
+    char *body; /* rgm_upreq_set_body's copy (may hold a secret: wiped when freed) */
+    size_t body_len;
+    int has_body;
     unsigned max_redirects;
     unsigned n_redirects;
     rgm_upreq_cbs_t cbs;

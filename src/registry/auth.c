@@ -652,6 +652,50 @@ int rgm_auth_token_url(const rgm_auth_challenge_t *ch, const char *scope, char *
     return err;
 }
 
+/* "&name=<val percent-encoded>" ("name=..." first) onto out. */
+static int form_param(rgm_buf_t *out, const char *name, const char *val)
+{
+    size_t cap = strlen(val) * 3 + 1;
+    char *enc = rgm_malloc(cap);
+    int err;
+
+    err = rgm_url_encode(val, enc, cap);
+    if (err == 0)
+        err = rgm_buf_appendf(out, "%s%s=%s", out->len > 0 ? "&" : "", name, enc);
+    OPENSSL_cleanse(enc, cap); /* the refresh token passes through here */
+    free(enc);
+    return err;
+}
+
+int rgm_auth_token_form(const rgm_auth_challenge_t *ch, const char *scope,
+                        const char *refresh_token, rgm_buf_t *out)
+{
+    int err;
+
+    if (out->data)
+        OPENSSL_cleanse(out->data, out->len);
+    rgm_buf_reset(out);
+    if (refresh_token[0] == '\0')
+        return UV_EINVAL;
+    if (!scope)
+        scope = ch->scope;
+    err = form_param(out, "grant_type", "refresh_token");
+    if (err == 0)
+        err = form_param(out, "refresh_token", refresh_token);
+    if (err == 0 && ch->service[0] != '\0')
+        err = form_param(out, "service", ch->service);
+    if (err == 0 && scope[0] != '\0')
+        err = form_param(out, "scope", scope);
+    if (err == 0)
+        err = form_param(out, "client_id", RGM_AUTH_CLIENT_ID);
+    if (err < 0) {
+        if (out->data)
+            OPENSSL_cleanse(out->data, out->len);
+        rgm_buf_reset(out);
+    }
+    return err;
+}
+
 /* ---- TTL cache ---- */
 
 /* Entries are in a hash table (chained) and in a list by write order, oldest first, which is

@@ -5,6 +5,7 @@
 #ifndef RGM_REGISTRY_AUTH_H
 #define RGM_REGISTRY_AUTH_H
 
+#include "core/buf.h"
 #include "core/common.h"
 
 /* ---- WWW-Authenticate ---- */
@@ -111,6 +112,17 @@ RGM_MUST_CHECK int rgm_auth_pull_scope(const char *repo, char *out, size_t outle
  * 0, UV_EINVAL (realm is not an http(s) URL), UV_ENOBUFS. */
 RGM_MUST_CHECK int rgm_auth_token_url(const rgm_auth_challenge_t *ch, const char *scope, char *out,
                                       size_t outlen);
+
+#define RGM_AUTH_CLIENT_ID "regmirror" /* OAuth2 client_id (required by the grant) */
+
+/* The OAuth2 refresh_token grant for a Bearer challenge (RFC 6749 §6), as docker POSTs it to
+ * the realm when a credential helper gives an identity token: "grant_type=refresh_token&
+ * refresh_token=...&service=...&scope=...&client_id=regmirror", the form body
+ * (application/x-www-form-urlencoded), values percent-encoded, service and scope left out when
+ * "". scope NULL means the challenge's own. out is emptied first; the caller wipes it (it holds
+ * the token). 0, UV_EINVAL (refresh_token ""), UV_ENOBUFS (past out's max; out then empty). */
+RGM_MUST_CHECK int rgm_auth_token_form(const rgm_auth_challenge_t *ch, const char *scope,
+                                       const char *refresh_token, rgm_buf_t *out);
 
 /* ---- TTL cache ---- */
 

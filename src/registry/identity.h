@@ -50,7 +50,7 @@ void rgm_identity_cancel(rgm_identity_wait_t *w);
  * plugin again. */
 void rgm_identity_forget(rgm_identity_t *id, const rgm_registry_cfg_t *reg, const char *repo);
 
-/* Count one failure of a source (e.g. an identity token this build cannot use). */
+/* Count one failure of a source (a helper or plugin that failed, hung or answered badly). */
 void rgm_identity_count_error(rgm_identity_t *id, const char *source, const char *registry);
 /* regmirror_credential_errors_total{source,registry} in Prometheus text. 0 or UV_ENOBUFS. */
 RGM_MUST_CHECK int rgm_identity_metrics(const rgm_identity_t *id, rgm_buf_t *out);

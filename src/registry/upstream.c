@@ -14,9 +14,12 @@
 #include "registry/auth.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
+#include "cluster/peers.h"
+#include "cluster/rendezvous.h"
 
 #define TOKEN_BODY_MAX  (64 * 1024)
 #define TOKEN_MARGIN_MS 10000
+#define TOKEN_FORM_MAX  (64 * 1024) /* the refresh_token grant's form (a helper's token: 16 KiB) */
 #define URL_MAX         8192
 
 /* Upstream HTTP requests by status class: 1xx..5xx, then "error" (no response). */
@@ -35,7 +38,10 @@ struct regstate {
     int is_in_reserve;      /* rl_remaining is below ratelimit_reserve (warned once) */
     uint64_t pulls;         /* manifest GETs answered 2xx: what Docker Hub counts */
     uint64_t pulls_avoided; /* tag GETs answered from cache after a HEAD (manifests.c) */
+    rgm_peers_t *peers;     /* a mirror registry's replicas (endpoint array, endpoint_dns) */
 };
+
+#define PEER_TRIES 3 /* replicas tried for one call when they do not answer */
 
 /* A 429 without Retry-After or RateLimit-Reset closes the circuit this long; a longer wait
  * than LIMIT_MAX_MS is cut to it (a registry's mistake must not stop pulls for days). */
@@ -61,11 +67,23 @@ struct rgm_upstream {
     unsigned active;
     rgm_slot_wait_t *qhead;
     rgm_slot_wait_t *qtail;
+    unsigned n_closing; /* replica sets still closing after rgm_upstream_stop */
+    void (*stop_cb)(void *ud);
+    void *stop_ud;
 };
 
 /* STEP_FRESH: the upstream refused kept helper/plugin credentials: run it again, once.
- * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own. */
-enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_FRESH, STEP_AFTER_PROOF };
+ * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own.
+ * STEP_MAIN: the fill peer did not have it (docs/cluster.md): ask the registry. */
+enum step {
+    STEP_NONE = 0,
+    STEP_TOKEN,
+    STEP_RETRY_OWN,
+    STEP_CLIENT,
+    STEP_FRESH,
+    STEP_AFTER_PROOF,
+    STEP_MAIN
+};
 
 struct rgm_upcall {
     rgm_upstream_t *up;
@@ -82,7 +100,12 @@ struct rgm_upcall {
 
     rgm_upreq_t *req; /* the request in flight (main or token) */
     int is_token_req;
-    enum step next; /* what to do when the swallowed response ends */
+    int is_fill_req;   /* the request in flight asks the fill peer */
+    int is_filled;     /* the answer is the fill peer's */
+    char *fill_url;    /* the peer's URL for this call, or NULL */
+    int client_first;  /* opts.client_auth_first, for the main request after a fill */
+    int is_mirror_reg; /* opts.reg->is_mirror, idem */
+    enum step next;    /* what to do when the swallowed response ends */
     int tried_token;
     int tried_basic;
     int tried_client;
@@ -93,7 +116,8 @@ struct rgm_upcall {
     int no_own;     /* a private registry and a client without credentials: anonymous only */
     int has_own;    /* own_auth is what the identity gave in this call */
     int is_own_cached;
-    char *own_auth; /* "Basic ..." of the mirror's own credentials, or NULL */
+    char *own_auth;    /* "Basic ..." of the mirror's own credentials, or NULL */
+    char *own_refresh; /* or a helper's identity token: the OAuth2 refresh token, or NULL */
     enum step after_own;
     rgm_identity_wait_t *idwait;
     int is_paused;
@@ -106,6 +130,13 @@ struct rgm_upcall {
     char *sent_auth;   /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
+    /* a mirror registry with replicas: the one asked, the key that chose it, and the URL
+     * without its base (to ask the next one) */
+    char peer_url[RGM_PEER_URL_MAX];
+    char *key;
+    char *tail;
+    unsigned peer_tries;
+    int is_head_delivered;
 };
 
 /* ---- helpers ---- */
@@ -117,6 +148,32 @@ static struct regstate *regstate(rgm_upstream_t *up, const rgm_registry_cfg_t *r
     if (i < up->cfg->registries_len)
         return &up->regs[i];
     return NULL;
+}
+
+/* The peer set of a mirror registry with several replicas; none when it has one endpoint. */
+static void start_replicas(rgm_upstream_t *up, const rgm_registry_cfg_t *reg, struct regstate *rs)
+{
+    rgm_peers_opts_t o;
+    int err = 0;
+
+    if (!reg->is_mirror || (reg->endpoints_len < 2 && !reg->endpoint_dns))
+        return;
+    memset(&o, 0, sizeof(o));
+    o.urls = (const char *const *)reg->endpoints;
+    o.n_urls = reg->endpoint_dns ? 0 : reg->endpoints_len;
+    o.dns_url = reg->endpoint_dns;
+    o.client = up->client;
+    rs->peers = rgm_peers_new(up->loop, &o, &err);
+    if (rs->peers && rgm_peers_start(rs->peers) < 0) {
+        rgm_peers_close(rs->peers, NULL, NULL);
+        rs->peers = NULL;
+    }
+    if (!rs->peers)
+        rgm_log(RGM_LOG_ERROR, "upstream", "registry %s: no replica set; using %s", reg->name,
+                reg->endpoint ? reg->endpoint : "nothing");
+    else
+        rgm_log(RGM_LOG_INFO, "upstream", "registry %s: each digest to its owner among %s",
+                reg->name, reg->endpoint_dns ? reg->endpoint_dns : "the endpoints");
 }
 
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client)
@@ -150,7 +207,34 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
     up->tokens = rgm_auth_cache_new(4096);
     up->refused = rgm_auth_cache_new(4096);
     up->missing = rgm_auth_cache_new(4096);
+    for (i = 0; i < cfg->registries_len; i++)
+        start_replicas(up, &cfg->registries[i], &up->regs[i]);
     return up;
+}
+
+static void on_replicas_closed(void *ud)
+{
+    rgm_upstream_t *up = ud;
+
+    if (--up->n_closing == 0 && up->stop_cb)
+        up->stop_cb(up->stop_ud);
+}
+
+void rgm_upstream_stop(rgm_upstream_t *up, void (*cb)(void *ud), void *ud)
+{
+    size_t i;
+
+    up->stop_cb = cb;
+    up->stop_ud = ud;
+    up->n_closing = 1; /* held until every close is started */
+    for (i = 0; i < up->cfg->registries_len; i++) {
+        if (!up->regs[i].peers)
+            continue;
+        up->n_closing++;
+        rgm_peers_close(up->regs[i].peers, on_replicas_closed, up);
+        up->regs[i].peers = NULL;
+    }
+    on_replicas_closed(up);
 }
 
 void rgm_upstream_free(rgm_upstream_t *up)
@@ -196,6 +280,8 @@ static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
 
     t.ca_file = reg->ca_file;
     t.insecure_skip_verify = reg->insecure_skip_verify;
+    t.client_cert_file = reg->client_cert_file;
+    t.client_key_file = reg->client_key_file;
     return t;
 }
 
@@ -207,6 +293,8 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     int err;
 
     c->req = rgm_upreq_new(c->up->client, c->is_proving ? "HEAD" : c->method, c->url, &tls);
+    if (c->req && c->reg->is_unlisted)
+        rgm_upreq_set_net_policy(c->req, RGM_NET_PUBLIC);
     if (!c->req)
         return UV_EINVAL;
     c->is_token_req = 0;
@@ -226,26 +314,53 @@ static int send_main(rgm_upcall_t *c, const char *auth)
     return err;
 }
 
-/* GET <realm>?service=...&scope=... with the mirror's Basic credentials, if any. */
-static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
+/* A new request for the token: the OAuth2 POST of the refresh_token grant to the realm when the
+ * mirror's identity is an identity token (as docker does), else GET <realm>?service=...&scope=...
+ * with the mirror's Basic credentials, if any. NULL when the realm or the scope is unusable. */
+static rgm_upreq_t *new_token_req(rgm_upcall_t *c, const rgm_auth_challenge_t *ch,
+                                  const char *scope)
 {
     char url[URL_MAX];
-    char ours[1024];
     rgm_tls_opts_t tls = tls_of(c->reg);
+    rgm_upreq_t *r;
+    rgm_buf_t form;
+
+    if (!c->own_refresh) {
+        if (rgm_auth_token_url(ch, scope, url, sizeof(url)) < 0)
+            return NULL;
+        r = rgm_upreq_new(c->up->client, "GET", url, &tls);
+        if (r && c->own_auth)
+            rgm_upreq_add_header(r, "Authorization", c->own_auth);
+        return r;
+    }
+    rgm_buf_init(&form, TOKEN_FORM_MAX);
+    r = NULL;
+    if (rgm_auth_token_form(ch, scope, c->own_refresh, &form) == 0)
+        r = rgm_upreq_new(c->up->client, "POST", ch->realm, &tls);
+    if (r)
+        rgm_upreq_set_body(r, "application/x-www-form-urlencoded", form.data, form.len);
+    if (form.data)
+        explicit_bzero(form.data, form.len);
+    rgm_buf_free(&form);
+    return r;
+}
+
+static int send_token(rgm_upcall_t *c, const rgm_auth_challenge_t *ch)
+{
+    char ours[1024];
     int err;
 
     if (rgm_auth_pull_scope(c->repo, ours, sizeof(ours)) < 0)
         return UV_EINVAL;
-    if (rgm_auth_token_url(ch, ch->scope[0] ? ch->scope : ours, url, sizeof(url)) < 0)
-        return UV_EINVAL;
     /* The realm is another origin: never the client's credentials, only the mirror's own. */
-    c->req = rgm_upreq_new(c->up->client, "GET", url, &tls);
+    c->req = new_token_req(c, ch, ch->scope[0] ? ch->scope : ours);
     if (!c->req)
         return UV_EINVAL;
+    /* A realm is named by the registry's answer: no link-local (cloud metadata) even for a
+     * configured one; only public addresses for a host a client chose. */
+    rgm_upreq_set_net_policy(c->req, c->reg->is_unlisted ? RGM_NET_PUBLIC : RGM_NET_NO_LINKLOCAL);
     c->is_token_req = 1;
     rgm_buf_reset(&c->tokbody);
-    if (c->own_auth)
-        rgm_upreq_add_header(c->req, "Authorization", c->own_auth);
     err = rgm_upreq_start(c->req, &req_cbs, c);
     if (err < 0)
         c->req = NULL;
@@ -257,12 +372,16 @@ static void free_own(rgm_upcall_t *c)
     if (c->own_auth)
         explicit_bzero(c->own_auth, strlen(c->own_auth));
     RGM_FREE(c->own_auth);
+    if (c->own_refresh)
+        explicit_bzero(c->own_refresh, strlen(c->own_refresh));
+    RGM_FREE(c->own_refresh);
 }
 
-static void finish(rgm_upcall_t *c, int err)
+static void upcall_free(rgm_upcall_t *c)
 {
-    c->req = NULL;
-    c->cbs.on_done(c, err, c->ud);
+    free(c->fill_url);
+    free(c->key);
+    free(c->tail);
     free(c->repo);
     free(c->method);
     free(c->url);
@@ -274,6 +393,62 @@ static void finish(rgm_upcall_t *c, int err)
     free_own(c);
     rgm_buf_free(&c->tokbody);
     free(c);
+}
+
+static void finish(rgm_upcall_t *c, int err)
+{
+    c->req = NULL;
+    c->cbs.on_done(c, err, c->ud);
+    upcall_free(c);
+}
+
+/* Ask the fill peer: GET fill_url with the hop and only-if-cached headers. */
+static int send_fill(rgm_upcall_t *c)
+{
+    c->req = rgm_upreq_new(c->up->client, "GET", c->fill_url, NULL);
+    if (!c->req)
+        return UV_EINVAL;
+    c->is_token_req = 0;
+    c->is_fill_req = 1;
+    rgm_upreq_set_max_redirects(c->req, 0);
+    if (c->client_auth)
+        rgm_upreq_add_header(c->req, "Authorization", c->client_auth);
+    if (c->accept)
+        rgm_upreq_add_header(c->req, "Accept", c->accept);
+    rgm_upreq_add_header(c->req, "X-Regmirror-Hop", "1");
+    rgm_upreq_add_header(c->req, "X-Regmirror-Only-If-Cached", "1");
+    return rgm_upreq_start(c->req, &req_cbs, c);
+}
+
+/* The registry request: the client's credentials first for a tier mirror (or when the
+ * mirror's own were refused recently), a private registry's proof, else a cached token or
+ * nothing. */
+static int start_main(rgm_upcall_t *c)
+{
+    char key[1024];
+    const char *auth = NULL;
+
+    c->is_fill_req = 0;
+    scope_key(c, "refused", key, sizeof(key));
+    if (c->client_auth &&
+        (c->client_first || rgm_auth_cache_get(c->up->refused, key, rgm_time_ms()))) {
+        c->tried_client = 1;
+        c->using_client = 1;
+        auth = c->client_auth;
+    } else if (c->reg->is_private && !c->is_mirror_reg) {
+        /* "private": the client proves its access with a HEAD of its own first; a client
+         * without credentials gets what anonymous gets. */
+        c->no_own = !c->client_auth;
+        c->is_proving = c->client_auth != NULL;
+        c->tried_client = c->is_proving;
+        c->using_client = c->is_proving;
+        auth = c->client_auth;
+    } else {
+        scope_key(c, "token", key, sizeof(key));
+        /* A cached token that is refused still gets one fresh token fetch. */
+        auth = rgm_auth_cache_get(c->up->tokens, key, rgm_time_ms());
+    }
+    return send_main(c, auth);
 }
 
 /* Decide what a 401/403/404 to the mirror's own identity means. Returns the next step, or
@@ -405,6 +580,19 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
     rgm_upcall_t *c = ud;
     const char *wa;
 
+    if (c->is_fill_req) {
+        if (status != 200) {
+            c->next = STEP_MAIN; /* not there: swallow the answer, then ask the registry */
+            return 0;
+        }
+        c->is_filled = 1;
+        /* The peer applied the access rule to the client's credentials: content filled with
+         * them is treated as private (the cache never widens access). */
+        c->using_client = c->client_auth != NULL;
+        c->status = status;
+        c->next = STEP_NONE;
+        return c->cbs.on_head(c, status, c->ud);
+    }
     if (c->rs)
         note_budget(c, r, status);
     if (c->is_token_req)
@@ -430,6 +618,9 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
             return 0; /* swallow this body; the next step starts in on_done */
     }
     c->next = STEP_NONE;
+    if (c->peer_url[0] && c->rs && c->rs->peers)
+        rgm_peers_report(c->rs->peers, c->peer_url, 1);
+    c->is_head_delivered = 1;
     return c->cbs.on_head(c, status, c->ud);
 }
 
@@ -438,7 +629,7 @@ static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
     rgm_upcall_t *c = ud;
 
     (void)r;
-    if (c->rs)
+    if (c->rs && !c->is_fill_req)
         c->rs->bytes += len;
     if (c->is_token_req)
         return rgm_buf_append(&c->tokbody, data, len) < 0 ? UV_E2BIG : 0;
@@ -461,13 +652,8 @@ static void set_own(rgm_upcall_t *c, const rgm_cred_t *cred, int is_cached)
     if (!cred || !cred->username)
         return;
     if (cred->is_identity_token) {
-        /* An identity token is an OAuth2 refresh token: it needs the token endpoint's POST
-         * grant_type=refresh_token, which http/client cannot send yet. */
-        rgm_log(RGM_LOG_WARN, "upstream",
-                "registry %s: the credential helper gave an identity token (username <token>), "
-                "which needs an OAuth2 POST this build cannot send; going on anonymously",
-                c->reg->name);
-        rgm_identity_count_error(c->up->id, "identity-token", c->reg->name);
+        /* An OAuth2 refresh token, for the realm's refresh_token grant (send_token). */
+        c->own_refresh = rgm_strdup(cred->secret);
         return;
     }
     if (rgm_auth_basic_header(cred->username, cred->secret, hdr, sizeof(hdr)) == 0)
@@ -498,6 +684,11 @@ static int do_own_step(rgm_upcall_t *c, enum step step)
         c->tried_basic = 1;
         return send_main(c, c->own_auth);
     }
+    if (c->own_refresh)
+        rgm_log(RGM_LOG_WARN, "upstream",
+                "registry %s: an identity token is for a token (Bearer) registry, but this one "
+                "asks for Basic: going on without it",
+                c->reg->name);
     /* No credentials after all (anonymous, or the source failed): the refusal stands. */
     if (c->client_auth && !c->tried_client) {
         c->next = STEP_CLIENT;
@@ -574,6 +765,8 @@ static int next_step(rgm_upcall_t *c)
         c->tried_client = 1;
         c->using_client = 1;
         return send_main(c, c->client_auth);
+    case STEP_MAIN:
+        return start_main(c);
     default:
         return UV_EINVAL;
     }
@@ -588,6 +781,10 @@ static void token_done(rgm_upcall_t *c, int err)
     int status = c->status;
 
     memset(&tok, 0, sizeof(tok));
+    if (err == UV_EPERM) {
+        finish(c, err); /* the realm's address is refused: 403, not a challenge */
+        return;
+    }
     if (err == 0 && status == 200 &&
         rgm_auth_parse_token_response(c->tokbody.data, c->tokbody.len, now, &tok) == 0 &&
         snprintf(bearer, sizeof(bearer), "Bearer %s", tok.token) < (int)sizeof(bearer)) {
@@ -597,8 +794,10 @@ static void token_done(rgm_upcall_t *c, int err)
             rgm_auth_cache_put(c->up->tokens, key, bearer, tok.expires_ms - TOKEN_MARGIN_MS);
         rgm_auth_token_clear(&tok);
         err = send_main(c, bearer);
-    } else if (err == 0 && status == 401 && c->is_own_cached && !c->tried_fresh) {
-        /* Kept helper or plugin credentials refused by the realm: ask it again, once. */
+    } else if (err == 0 && (status == 401 || (status == 400 && c->own_refresh)) &&
+               c->is_own_cached && !c->tried_fresh) {
+        /* Kept helper or plugin credentials refused by the realm (an OAuth2 server answers a
+         * refresh token it does not take with 400 invalid_grant): ask it again, once. */
         rgm_auth_token_clear(&tok);
         c->tried_fresh = 1;
         c->has_own = 0;
@@ -607,8 +806,9 @@ static void token_done(rgm_upcall_t *c, int err)
         err = with_own(c, STEP_TOKEN);
     } else {
         rgm_auth_token_clear(&tok);
-        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request failed (status %d, %s)",
-                c->reg->name, status, err < 0 ? uv_strerror(err) : "refused");
+        rgm_log(RGM_LOG_WARN, "upstream", "registry %s: token request%s failed (status %d, %s)",
+                c->reg->name, c->own_refresh ? " (OAuth2 refresh_token grant)" : "", status,
+                err < 0 ? uv_strerror(err) : "refused");
         /* The mirror cannot get a token: go on with the client's credentials, or answer the
          * challenge we have. */
         c->status = 401;
@@ -654,6 +854,49 @@ static void count_outcome(rgm_upcall_t *c, int st, int err)
             rs->failures, uv_strerror(err), (unsigned long long)wait);
 }
 
+/* base followed by tail, malloc'd. */
+static char *join_url(const char *base, const char *tail)
+{
+    size_t blen = strlen(base), tlen = strlen(tail);
+    char *u = rgm_malloc(blen + tlen + 1);
+
+    memcpy(u, base, blen);
+    memcpy(u + blen, tail, tlen + 1);
+    return u;
+}
+
+/* The replica for c's key: the owner among healthy ones, else any member. 0, or
+ * UV_EHOSTUNREACH when the set is empty (nothing resolved yet). */
+static int pick_replica(rgm_upcall_t *c)
+{
+    rgm_peer_pick_t p;
+    rgm_peers_t *peers = c->rs->peers;
+
+    if (rgm_peers_rank(peers, c->key, strlen(c->key), 1, &p, 1) == 0 &&
+        rgm_peers_rank(peers, c->key, strlen(c->key), 0, &p, 1) == 0)
+        return UV_EHOSTUNREACH;
+    memcpy(c->peer_url, p.url, sizeof(c->peer_url));
+    free(c->url);
+    c->url = join_url(p.url, c->tail);
+    return 0;
+}
+
+/* A replica that gave no answer at all: mark it down, ask the key's next owner. 1 when a new
+ * request is on its way. */
+static int next_replica(rgm_upcall_t *c, int st, int err)
+{
+    if (!c->peer_url[0] || !c->rs || !c->rs->peers || c->is_head_delivered || st > 0 || err >= 0 ||
+        err == UV_ECANCELED || c->is_cancelled || c->is_token_req || c->is_fill_req ||
+        ++c->peer_tries >= PEER_TRIES)
+        return 0;
+    rgm_peers_report(c->rs->peers, c->peer_url, 0);
+    if (pick_replica(c) < 0)
+        return 0;
+    rgm_log(RGM_LOG_INFO, "upstream", "registry %s: replica did not answer (%s); asking %s",
+            c->reg->name, uv_strerror(err), c->peer_url);
+    return send_main(c, c->sent_auth) == 0;
+}
+
 static void on_req_done(rgm_upreq_t *r, int err, void *ud)
 {
     rgm_upcall_t *c = ud;
@@ -661,8 +904,15 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
-    if (c->rs)
+    if (next_replica(c, st, err))
+        return;
+    if (c->rs && !c->is_fill_req)
         count_outcome(c, st, err);
+    if (c->is_fill_req && c->next == STEP_NONE && !c->is_filled && !c->is_cancelled) {
+        /* The peer gave no answer at all: ask the registry. */
+        c->next = STEP_MAIN;
+        err = 0;
+    }
     if (is_token)
         c->status = rgm_upreq_status(r);
     c->req = NULL;
@@ -737,6 +987,25 @@ void rgm_upstream_count_avoided(rgm_upstream_t *up, const rgm_registry_cfg_t *re
         rs->pulls_avoided++;
 }
 
+/* The rendezvous key of a call (docs/cluster.md): the digest of a blob or of a manifest by
+ * digest, "registry/repository:tag" for a tag, the repository for anything else (tag lists:
+ * any replica will do, this one spreads them). malloc'd. */
+static char *replica_key(const rgm_upcall_opts_t *o)
+{
+    char key[RGM_PEER_URL_MAX + 1024];
+    const char *ref = NULL;
+
+    if (strncmp(o->suffix, "blobs/", 6) == 0)
+        return rgm_strdup(o->suffix + 6);
+    if (strncmp(o->suffix, "manifests/", 10) == 0)
+        ref = o->suffix + 10;
+    if (ref && strchr(ref, ':'))
+        return rgm_strdup(ref);
+    if (ref && rgm_rendezvous_tag_key(o->reg->name, o->repo, ref, key, sizeof(key)) == 0)
+        return rgm_strdup(key);
+    return rgm_strdup(o->repo);
+}
+
 int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_upcall_cbs_t *cbs,
                      void *ud, rgm_upcall_t **out)
 {
@@ -744,7 +1013,6 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     char url[URL_MAX];
     char ns[600];
     char key[1024];
-    const char *auth = NULL;
     struct regstate *rs = regstate(up, o->reg);
     int n;
     int err;
@@ -753,17 +1021,20 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
         return UV_ECONNREFUSED; /* backing off: see BACKOFF_AFTER */
     if (rs && rs->limited_until > rgm_time_ms() && is_manifest_suffix(o->suffix))
         return UV_EAGAIN; /* the registry said stop (429): see note_budget */
+    /* url holds the part after the base URL first: the replicas' bases differ */
     if (o->reg->is_mirror) {
         if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
             return UV_EINVAL;
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s?%s%sns=%s", o->reg->endpoint, o->repo,
-                     o->suffix, o->query ? o->query : "", o->query ? "&" : "", ns);
+        n = snprintf(url, sizeof(url), "/v2/%s/%s?%s%sns=%s", o->repo, o->suffix,
+                     o->query ? o->query : "", o->query ? "&" : "", ns);
     } else {
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s%s%s", o->reg->endpoint, o->repo, o->suffix,
-                     o->query ? "?" : "", o->query ? o->query : "");
+        n = snprintf(url, sizeof(url), "/v2/%s/%s%s%s", o->repo, o->suffix, o->query ? "?" : "",
+                     o->query ? o->query : "");
     }
-    if (n < 0 || (size_t)n >= sizeof(url))
+    if (n < 0 || (size_t)n >= sizeof(url) - (o->reg->endpoint ? strlen(o->reg->endpoint) : 0))
         return UV_ENAMETOOLONG;
+    if (!o->reg->endpoint && !(rs && rs->peers))
+        return UV_EHOSTUNREACH; /* endpoint_dns without its replica set */
 
     c = rgm_calloc(1, sizeof(*c));
     c->up = up;
@@ -771,7 +1042,8 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->rs = regstate(up, o->reg);
     c->repo = rgm_strdup(o->repo);
     c->method = rgm_strdup(o->method);
-    c->url = rgm_strdup(url);
+    c->tail = rgm_strdup(url);
+    c->url = join_url(o->reg->endpoint ? o->reg->endpoint : "", url);
     c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
     c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
     c->range_from = o->range_from;
@@ -781,40 +1053,32 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->started_ms = rgm_time_ms();
     c->cbs = *cbs;
     c->ud = ud;
+    c->client_first = o->client_auth_first; /* a tier mirror relays the client's as they are */
+    c->is_mirror_reg = o->reg->is_mirror;
     rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
-
-    /* A tier mirror relays the client's credentials as they are. */
-    scope_key(c, "refused", key, sizeof(key));
-    if (c->client_auth &&
-        (o->client_auth_first || rgm_auth_cache_get(up->refused, key, rgm_time_ms()))) {
-        c->tried_client = 1;
-        c->using_client = 1;
-        auth = c->client_auth;
-    } else if (o->reg->is_private && !o->reg->is_mirror) {
-        /* "private": the client proves its access with a HEAD of its own first; a client
-         * without credentials gets what anonymous gets. */
-        c->no_own = !c->client_auth;
-        c->is_proving = c->client_auth != NULL;
-        c->tried_client = c->is_proving;
-        c->using_client = c->is_proving;
-        auth = c->client_auth;
-    } else {
-        scope_key(c, "token", key, sizeof(key));
-        /* A cached token that is refused still gets one fresh token fetch. */
-        auth = rgm_auth_cache_get(up->tokens, key, rgm_time_ms());
+    if (c->rs && c->rs->peers) {
+        c->key = replica_key(o);
+        if (pick_replica(c) < 0 && !o->reg->endpoint) {
+            upcall_free(c);
+            return UV_EHOSTUNREACH;
+        }
     }
-    err = send_main(c, auth);
+
+    if (o->fill_url && strcmp(o->method, "GET") == 0 && o->range_from == 0 &&
+        rgm_url_encode(o->reg->name, ns, sizeof(ns)) == 0 &&
+        snprintf(url, sizeof(url), "%s/v2/%s/%s?ns=%s", o->fill_url, o->repo, o->suffix, ns) <
+            (int)sizeof(url)) {
+        c->fill_url = rgm_strdup(url);
+        err = send_fill(c);
+        if (err < 0) {
+            c->req = NULL;
+            err = start_main(c);
+        }
+    } else {
+        err = start_main(c);
+    }
     if (err < 0) {
-        c->cbs.on_done = NULL;
-        free(c->repo);
-        free(c->method);
-        free(c->url);
-        free(c->accept);
-        free(c->client_auth);
-        free(c->sent_auth);
-        free(c->missing_key);
-        rgm_buf_free(&c->tokbody);
-        free(c);
+        upcall_free(c);
         return err;
     }
     if (out)
@@ -878,6 +1142,11 @@ int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
 int rgm_upcall_own_status(const rgm_upcall_t *c)
 {
     return c->own_status;
+}
+
+int rgm_upcall_was_filled(const rgm_upcall_t *c)
+{
+    return c->is_filled;
 }
 
 /* One family with a series for every configured registry (from start-up, zeros too). off:

@@ -15,6 +15,11 @@ instances, one with htpasswd (Basic) and one with token auth (the rgmtest TokenS
   D  a docker config.json with credHelpers for one host and credsStore for the rest: each
      helper is asked for its own host only.
   E  private: true: content fetched with the mirror's identity still needs the client's.
+  F  identity tokens: a helper answering Username "<token>" gives an OAuth2 refresh token; the
+     mirror POSTs the refresh_token grant to the realm (form: grant_type, refresh_token,
+     service, scope, client_id=regmirror) and gets the private image; a token the realm no
+     longer takes (400 invalid_grant) runs the helper again once; a bad one is refused with a
+     WARN; no refresh token ever reaches the log.
 """
 import json
 import os
@@ -263,6 +268,83 @@ t.ok(st == 401 and sha256_digest(body) != L, "E: cached, but anonymous still -> 
      "status %s" % st)
 st, h, body = mget(mp, "/v2/public/app/manifests/1", NT)
 t.is_(st, 200, "E: public content still works anonymously")
+
+# ======================================================================================
+# F. identity tokens (Username "<token>"): the OAuth2 refresh_token grant
+# ======================================================================================
+RT1 = "rt-one+/" + os.urandom(8).hex()       # '+' and '/' must survive the form encoding
+RT2 = "rt-two-" + os.urandom(8).hex()
+RTBAD = "rt-bad-" + os.urandom(8).hex()
+SECRETS.update([RT1, RT2, RTBAD])
+ts.refresh_tokens[RT1] = "alice"
+rtfile = ws.write("rt.current", RT1)
+
+
+def idtoken_helper(name, tokfile):
+    return helper(name, (
+        '[ "$1" = get ] || exit 2\n'
+        'host=$(cat)\n'
+        'echo "$host" >> %s/%s.runs\n'
+        'printf \'{"ServerURL":"%%s","Username":"<token>","Secret":"%%s"}\\n\' "$host" "$(cat %s)"'
+    ) % (HDIR, name, tokfile))
+
+
+third = rgmtest.make_image(ws, "private/third:1", layers=[7_000])
+pthird = rgmtest.push(third, regT, creds=("alice", PW1))
+mi = new_mirror("m-idtoken", {NT: {"endpoint": regT.url,
+                                   "credentials": {"helper": idtoken_helper("idtok", rtfile),
+                                                   "lifetime": "5m"}}}, NT)
+n_forms, n_reqs = len(ts.forms), len(ts.requests)
+st, h, body = mget(mi, "/v2/private/app/manifests/1", NT)
+t.ok(st == 200 and sha256_digest(body) == ppriv["digest"],
+     "F: an anonymous client gets the private image with the helper's identity token",
+     "status %s" % st)
+L = priv["layers"][0]["digest"]
+st, h, body = mget(mi, "/v2/private/app/blobs/" + L, NT)
+t.ok(st == 200 and sha256_digest(body) == L, "F: ... and its blob", "status %s" % st)
+t.is_(runs("idtok"), [NT], "F: the helper ran once, with the registry's host:port")
+forms = [f for f in ts.forms[n_forms:] if f.get("grant_type") == "refresh_token"]
+t.ok(len(forms) >= 1, "F: the token came from a POST with grant_type=refresh_token (%d)"
+     % len(forms))
+f = forms[0] if forms else {}
+t.is_(f.get("refresh_token"), RT1, "F: the POST carried the helper's Secret as refresh_token")
+t.is_((f.get("client_id"), f.get("service"), f.get("scope")),
+      ("regmirror", ts.service, "repository:private/app:pull"),
+      "F: ... with client_id=regmirror, the challenge's service and the pull scope")
+reqs = ts.requests[n_reqs:]
+t.ok(reqs and all(r.method == "POST" and r.user == "alice" and r.ok for r in reqs),
+     "F: every token request was the POST, granted as the token's user",
+     "requests: %r" % [(r.method, r.user, r.status) for r in reqs])
+t.is_(origins(mi, L).get((NT, "private/app")), 1,
+      "F: content fetched with the identity token is the node's (recorded public)")
+
+# Rotation: the realm stops taking RT1 and the helper now prints RT2. A repository whose token
+# is not cached yet makes the mirror POST the kept RT1: 400, one fresh run, RT2, 200.
+ts.refresh_tokens = {RT2: "alice"}
+with open(rtfile, "w") as fh:
+    fh.write(RT2)
+n_forms = len(ts.forms)
+st, h, body = mget(mi, "/v2/private/third/manifests/1", NT)
+t.ok(st == 200 and sha256_digest(body) == pthird["digest"],
+     "F: after the realm refused the kept identity token, the next pull succeeds",
+     "status %s" % st)
+t.is_(len(runs("idtok")), 2, "F: the refusal (400 invalid_grant) forced exactly one fresh run")
+t.is_([f.get("refresh_token") for f in ts.forms[n_forms:]], [RT1, RT2],
+      "F: the kept token was tried once, then the fresh one")
+
+rtbad = ws.write("rt.bad", RTBAD)
+mb = new_mirror("m-idtoken-bad", {NT: {"endpoint": regT.url,
+                                       "credentials": {"helper": idtoken_helper("idbad", rtbad)}}},
+                NT)
+st, h, body = mget(mb, "/v2/private/app/manifests/1", NT)
+t.is_(st, 401, "F: an identity token the realm refuses: the private image -> 401, no loop")
+t.like(h.get("www-authenticate") or "", r"^Bearer realm=", "F: ... with the upstream's challenge")
+t.is_(len(runs("idbad")), 1, "F: a fresh answer that is refused is not asked again")
+t.like(mb.log_text(), r"level=warn mod=upstream msg=\"registry %s: token request \(OAuth2 "
+       r"refresh_token grant\) failed \(status 400" % re.escape(NT),
+       "F: the refusal is a WARN naming the registry and the grant")
+t.like(mi.log_text(), r'mod=credhelper .*username \\"<token>\\" \(identity token\), '
+       r'secret <redacted>', "F: the helper run is logged as an identity token, secret redacted")
 
 # ======================================================================================
 # no secret in any log

@@ -12,6 +12,8 @@ docker-registry with htpasswd, so every upstream request needs the plugin's cred
      and the request goes on anonymously (401 from the private upstream, no hang).
   D  a registry with its own credentials never uses the providers; a bad provider config
      stops the mirror at start with a message naming the field.
+  E  an unconfigured host under allow_any_registry (?ns=host, fetched from https://host) uses
+     a matching provider; a "mirror": true endpoint never does (the client's identity only).
 """
 import json
 import os
@@ -100,14 +102,14 @@ def pull(m, repo, ns=NS):
     return st == 200 and sha256_digest(body) == IMGS[repo]
 
 
-def provider(name, match, default="1m", args=(), env=None, extra=""):
+def provider(name, match, default="1m", args=(), env=None, extra="", key=NS):
     plugin(name)
     lines = ["  - name: %s" % name,
              "    matchImages: [%s]" % ", ".join('"%s"' % g for g in match),
              '    defaultCacheDuration: "%s"' % default,
              "    apiVersion: credentialprovider.kubelet.k8s.io/v1",
              "    args: [%s]" % ", ".join('"%s"' % a for a in
-                                         list(args) + ["--pwfile", pwfile, "--key", NS])]
+                                         list(args) + ["--pwfile", pwfile, "--key", key])]
     envs = [{"name": "PLUGIN_RUNS", "value": RUNS}] + list(env or [])
     lines.append("    env:")
     for e in envs:
@@ -120,14 +122,16 @@ def yaml_config(name, providers):
                           "providers:\n" + "".join(providers))
 
 
-def new_mirror(name, cfg_path=None, timeout=None, registries=None, args=(), start=True):
+def new_mirror(name, cfg_path=None, timeout=None, registries=None, args=(), start=True,
+               extra=None, env=None):
     cfg = {"default_registry": NS, "log_level": "debug",
            "registries": registries or {NS: {"endpoint": reg.url, "tag_ttl": "0"}}}
+    cfg.update(extra or {})
     if cfg_path:
         cfg["credential_providers"] = {"config": cfg_path, "bin_dir": BIN}
         if timeout:
             cfg["credential_providers"]["timeout"] = timeout
-    m = rgmtest.Mirror(ws, config=cfg, name=name, args=list(args), start=start)
+    m = rgmtest.Mirror(ws, config=cfg, name=name, args=list(args), start=start, env=env)
     MIRRORS.append(m)
     return m
 
@@ -246,6 +250,50 @@ try:
 except RuntimeError as e:
     t.like(str(e), r"providers\[0\]\.matchImages\[0\]: not a valid image pattern",
            "D: a bad provider config stops the mirror at start, naming the field")
+
+# ======================================================================================
+# E. allow_any_registry: an unconfigured host uses the providers; "mirror": true never does
+# ======================================================================================
+reset_runs()
+ca = rgmtest.make_ca(ws.path("ca"))
+regS = rgmtest.Registry(ws, tls=rgmtest.make_cert(ca, ws.path("tls")),
+                        auth=("htpasswd", {"alice": PW}), name="reg-tls")
+NSS = regS.host                              # not in the mirror's registries
+sdig = {}
+for repo in ("team/app", "other/app"):
+    img = rgmtest.make_image(ws, repo + ":1", layers=[9_000 + len(sdig)])
+    sdig[repo] = rgmtest.push(img, regS, creds=("alice", PW))["digest"]
+cfgE = yaml_config("e.yaml", [provider("anyhost", ["127.0.0.1:%d/team" % regS.port], key=NSS)])
+# SSL_CERT_FILE: the system CAs the mirror trusts for https://<unconfigured host> are the test CA.
+mE = new_mirror("mE-anyhost", cfgE, extra={"allow_any_registry": True,
+                                      # the test host is loopback: unlisted hosts reach only
+                                      # public addresses unless named here (no SSRF)
+                                      "allow_upstream_networks": ["127.0.0.0/8"]},
+                env={"SSL_CERT_FILE": ca.cert})
+st, h, body = mget(mE, "/v2/team/app/manifests/1", NSS)
+t.ok(st == 200 and sha256_digest(body) == sdig["team/app"],
+     "E: ?ns=<unconfigured host> (allow_any_registry) pulls with a matching provider's identity",
+     "status %s" % st)
+t.is_([x["req"]["image"] for x in runs("anyhost")], [NSS + "/team/app"],
+      "E: the provider ran once, for registry:port/repository of the unconfigured host")
+st, h, body = mget(mE, "/v2/other/app/manifests/1", NSS)
+t.is_(st, 401, "E: a repository no provider matches: anonymous, the upstream's 401")
+t.is_(len(runs("anyhost")), 1, "E: ... and the provider was not asked")
+st, h, body = mget(mE, "/v2/team/app/manifests/1", NS)
+t.is_(st, 401, "E: the configured registry (no provider matches it) stays anonymous")
+
+reset_runs()
+cfgM = yaml_config("m.yaml", [provider("tier", ["*.0.0.1:%d" % PORT, NS + "/team"])])
+mM = new_mirror("mM-tier", cfgM, registries={NS: {"endpoint": reg.url, "mirror": True,
+                                                  "tag_ttl": "0"}})
+st, h, body = mget(mM, "/v2/team/app/manifests/1", NS)
+t.is_(st, 401, "E: a \"mirror\": true endpoint: a client without credentials gets the 401")
+t.is_(runs("tier"), [], "E: ... and the matching providers are never run for it")
+st, h, body = mget(mM, "/v2/team/app/manifests/1", NS, auth=rgmtest.basic_header("alice", PW))
+t.ok(st == 200 and sha256_digest(body) == IMGS["team/app"],
+     "E: the client's own credentials go through to the \"mirror\": true endpoint",
+     "status %s" % st)
+t.is_(runs("tier"), [], "E: still no provider run")
 
 for m in MIRRORS:
     if m.proc:

@@ -51,7 +51,8 @@ r = run([RGM_BIN, "ls", "--storage", m.storage, "--bogus"], check=False)
 t.is_(r.rc, 2, "unknown flag exits 2")
 
 # The running mirror evicts on its own: a 600 kB limit and ~900 kB of layers.
-m2 = Mirror(ws, config={"max_cache_bytes": "600000",
+# Blobs fetched without their manifest are orphans: orphan_grace 0 lets them go at once.
+m2 = Mirror(ws, config={"max_cache_bytes": "600000", "orphan_grace": "0",
                         "registries": {"docker.io": {"endpoint": up.url}}},
             name="mirror-gc")
 for L in img["layers"]:

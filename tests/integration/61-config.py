@@ -97,9 +97,16 @@ for k, want in [("max_cache_bytes", 0), ("default_registry", "docker.io"),
                 ("auth_cache_ttl", "1m"), ("sendfile", False), ("log_level", "info"),
                 ("log_file", None), ("access_log", True), ("max_stale", None),
                 ("stale_on_not_found", False), ("negative_ttl", "10s"),
-                ("ratelimit_reserve", 10)]:
+                ("ratelimit_reserve", 10), ("orphan_grace", "1h"), ("pin", []),
+                ("admin_socket", None)]:
     t.is_(dflt.get(k, "(absent)"), want, "default %s" % k)
-t.is_(len(dflt), 27, "every top-level key is printed")
+t.is_(dflt.get("tls"), {"cert_file": None, "key_file": None, "client_ca_file": None},
+      "default tls: off")
+for k in ("health_listen", "allow_clients", "allow_upstream_networks"):
+    t.is_(dflt.get(k, "(absent)"), [], "default %s: none" % k)
+t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None},
+      "default cluster: none")
+t.is_(len(dflt), 35, "every top-level key is printed")
 rc, _, out, _ = check(os.path.join(RGM_SRCDIR, "conf", "regmirror.json"))
 t.is_(rc, 0, "conf/regmirror.json: exit 0")
 t.is_(out, dflt_out, "conf/regmirror.json gives exactly the built-in defaults")

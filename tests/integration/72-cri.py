@@ -10,10 +10,14 @@ RuntimeService/Version.
 - node 1 (cold): public docker.io images and a private image of a token-auth registry.
   The kubelet turns a dockerconfigjson pull secret into AuthConfig{username, password}
   (it decodes "auth" itself); other CRI clients send AuthConfig{auth}: both work. Each
-  blob is fetched upstream once.
+  blob is fetched upstream once. No secret and a wrong secret are refused.
 - node 2 (a second containerd): the same pulls are served from the mirror's cache, with no
-  blob GET upstream; the private image without credentials is refused, not served from the
-  cache.
+  blob GET upstream; the private image without credentials or with a wrong secret is
+  refused, not served from the cache.
+- a Basic (htpasswd) private registry, where containerd sends the secret to the mirror itself:
+  node 1 pulls with the secret; node 2's wrong secret is refused by the mirror's access rule
+  although the image is cached; node 2's right secret is served from cache (0 upstream blob
+  GETs).
 - the hosts.toml `server` is a closed loopback port: nothing can bypass the mirror.
 """
 
@@ -305,12 +309,16 @@ rgmtest.push(img_p2, priv, creds=("bob", PW))
 img_p3 = rgmtest.make_image(ws, "private/third:1", layers=[20_000])
 rgmtest.push(img_p3, priv, creds=("bob", PW))
 amd64 = [im for im in img_idx["images"] if im["platform"]["architecture"] == "amd64"][0]
+basic = rgmtest.Registry(ws, name="basic", auth=("htpasswd", {"bob": PW}))
+img_b = rgmtest.make_image(ws, "private/app:1", layers=[30_000])
+rgmtest.push(img_b, basic, creds=("bob", PW))
 
 m = rgmtest.Mirror(ws, config={"default_registry": "docker.io", "registries": {
-    "docker.io": {"endpoint": hub.url}, "private.test": {"endpoint": priv.url}}})
+    "docker.io": {"endpoint": hub.url}, "private.test": {"endpoint": priv.url},
+    "basic.test": {"endpoint": basic.url}}})
 closed = ws.closed_port()
 hosts = ws.unique("certs.d")
-r = m.hosts(hosts, ["docker.io", "private.test"],
+r = m.hosts(hosts, ["docker.io", "private.test", "basic.test"],
             extra=["--server-override", "http://127.0.0.1:%d" % closed])
 t.is_(r.rc, 0, "regmirror hosts writes hosts.toml for docker.io and private.test")
 with open(os.path.join(hosts, "docker.io", "hosts.toml")) as f:
@@ -321,8 +329,15 @@ with open(os.path.join(hosts, "docker.io", "hosts.toml")) as f:
 SECRET = json.dumps({"auths": {"private.test": {
     "username": "bob", "password": PW,
     "auth": base64.b64encode(("bob:" + PW).encode()).decode()}}})
+WRONG_PW = "wrong-" + os.urandom(6).hex()
+SECRET_BASIC = json.dumps({"auths": {"basic.test": {"username": "bob", "password": PW}}})
+SECRET_BASIC_WRONG = json.dumps({"auths": {"basic.test": {"username": "bob",
+                                                          "password": WRONG_PW + "-b"}}})
 SECRET_AUTH_ONLY = json.dumps({"auths": {"private.test": {
     "auth": base64.b64encode(("bob:" + PW).encode()).decode()}}})
+SECRET_WRONG = json.dumps({"auths": {"private.test": {
+    "username": "bob", "password": WRONG_PW,
+    "auth": base64.b64encode(("bob:" + WRONG_PW).encode()).decode()}}})
 
 # --------------------------------------------------------------------------------------
 # node 1: cold
@@ -361,6 +376,12 @@ t.ok(st and ("docker.io/team/tool@" + p_v2["digest"]) in st["repo_digests"],
 ref, err = n1.pull("private.test/private/app:1")
 t.ok(ref is None and re.search(r"401|nauthorized|authoriz", err),
      "node1: private image without AuthConfig is refused", diag=err)
+n_bad = tok.count(ok=False)
+ref, err = n1.pull("private.test/private/app:1", auth=kubelet_auth(SECRET_WRONG, "private.test"))
+t.ok(ref is None and re.search(r"401|nauthorized|authoriz", err),
+     "node1: private image with a wrong secret is refused", diag=err)
+t.ok(tok.count(ok=False) > n_bad, "node1: ... the token server refused the wrong password")
+t.is_(n1.status("private.test/private/app:1"), None, "node1: ... and nothing is stored")
 n_tok = tok.count(user="bob", ok=True)
 ref, err = n1.pull("private.test/private/app:1", auth=kubelet_auth(SECRET, "private.test"))
 t.ok(ref, "node1: private image with the kubelet's AuthConfig{username, password}", diag=err)
@@ -382,6 +403,12 @@ t.ok(ref, "node1: secret with only \"auth\": the kubelet's decoded username/pass
      diag=err)
 t.ok(set(blob_digests(img_p2) + blob_digests(img_p3)) <= n1.content_digests(),
      "node1: both images' blobs in its content store")
+ref, err = n1.pull("basic.test/private/app:1", auth=kubelet_auth(SECRET_BASIC, "basic.test"))
+t.ok(ref, "node1: Basic private image with the kubelet's AuthConfig (sent to the mirror)",
+     diag=err)
+for d in blob_digests(img_b):
+    t.is_(basic.wait_count("GET", "/private/app/blobs/" + d, 1), 1,
+          "basic upstream: one GET for blob %s" % d[7:19])
 
 # --------------------------------------------------------------------------------------
 # node 2: warm, from the mirror's cache
@@ -394,14 +421,29 @@ ref, err = n2.pull("private.test/private/app:1")
 t.ok(ref is None, "node2: cached private image without AuthConfig is still refused",
      diag=err)
 t.is_(n2.status("private.test/private/app:1"), None, "node2: ... and not stored")
+ref, err = n2.pull("private.test/private/app:1", auth=kubelet_auth(SECRET_WRONG, "private.test"))
+t.ok(ref is None and re.search(r"401|nauthorized|authoriz", err),
+     "node2: cached private image with a wrong secret is refused", diag=err)
+t.is_(n2.status("private.test/private/app:1"), None, "node2: ... and not stored")
 for r_ in ("docker.io/library/base:3", "docker.io/team/tool:1"):
     ref, err = n2.pull(r_)
     t.ok(ref, "node2: CRI PullImage %s" % r_, diag=err)
 ref, err = n2.pull("private.test/private/app:1", auth=kubelet_auth(SECRET, "private.test"))
 t.ok(ref, "node2: private image with the kubelet's AuthConfig", diag=err)
-want = set(blob_digests(amd64) + blob_digests(img_v2) + blob_digests(img_p))
+basic_b = basic.count_requests("GET", "/blobs/")
+ref, err = n2.pull("basic.test/private/app:1",
+                   auth=kubelet_auth(SECRET_BASIC_WRONG, "basic.test"))
+t.ok(ref is None and re.search(r"401|nauthorized|authoriz", err),
+     "node2: cached Basic private image with a wrong secret is refused", diag=err)
+t.is_(n2.status("basic.test/private/app:1"), None, "node2: ... and not stored")
+ref, err = n2.pull("basic.test/private/app:1", auth=kubelet_auth(SECRET_BASIC, "basic.test"))
+t.ok(ref, "node2: Basic private image with the right secret", diag=err)
+want = set(blob_digests(amd64) + blob_digests(img_v2) + blob_digests(img_p) +
+           blob_digests(img_b))
 t.ok(want <= n2.content_digests(), "node2: every blob in its content store")
 time.sleep(0.3)
+t.is_(basic.count_requests("GET", "/blobs/") - basic_b, 0,
+      "node2: no Basic private blob GET upstream")
 t.is_(hub.count_requests("GET", "/blobs/") - hub_b, 0, "node2: no docker.io blob GET upstream")
 t.is_(priv.count_requests("GET", "/blobs/") - priv_b, 0, "node2: no private blob GET upstream")
 wb = [a for a in mirror_access(m)[acc1:] if a[0] == "GET" and "/blobs/" in a[1]]
@@ -411,5 +453,6 @@ t.ok(len(wb) >= len(want) and all(a[3] == "HIT" for a in wb if a[2] == 200),
 for n in (n1, n2):
     t.ok(n.proc.alive(), "%s still running" % os.path.basename(n.dir))
 t.ok(m.alive(), "mirror still running")
+t.ok(PW not in m.log_text() and WRONG_PW not in m.log_text(), "no password in the mirror's log")
 t.diag("elapsed %.1fs" % (time.monotonic() - T0))
 t.done()

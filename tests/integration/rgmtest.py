@@ -821,18 +821,23 @@ class TokenServer:
     """Token endpoint for docker-registry `auth: token`, in a thread of the test process.
 
     users: {user: password} checked with Basic auth on GET /token (and the OAuth2
-    password grant on POST /token).  Default policy: repository `public/*` → pull to
+    password grant on POST /token).  refresh_tokens: {token: user} for the OAuth2
+    refresh_token grant on POST /token (what docker sends for a credential helper's identity
+    token); an unknown one gets 400 invalid_grant (RFC 6749 §5.2).  Default policy: repository `public/*` → pull to
     anyone, push too to valid users; anything else (`private/*` included) → whatever a
     valid user asks, nothing to anonymous.  policy=callable(user|None, type, name,
     actions) → granted actions overrides it.  expires_in is the lifetime announced to the
     client (and put in the exp claim, plus exp_offset; note the registry accepts tokens up
     to 60 s after exp — use exp_offset=-60 to make it reject them right at expires_in).
-    Every request is recorded in .requests (TokenRequest)."""
+    Every request is recorded in .requests (TokenRequest); every POST's form also in .forms
+    ({field: first value}, secrets included: for the test's eyes only)."""
 
     def __init__(self, ws, users=None, policy=None, expires_in=300, service="rgmtest-registry",
-                 issuer="rgmtest-issuer", exp_offset=0):
+                 issuer="rgmtest-issuer", exp_offset=0, refresh_tokens=None):
         self.ws = ws
         self.users = dict(users or {})
+        self.refresh_tokens = dict(refresh_tokens or {})
+        self.forms = []
         self.policy = policy
         self.expires_in = expires_in
         self.exp_offset = exp_offset
@@ -994,6 +999,8 @@ def _make_token_handler(ts):
             u = urllib.parse.urlsplit(self.path)
             n = int(self.headers.get("Content-Length") or 0)
             form = urllib.parse.parse_qs(self.rfile.read(n).decode(errors="replace"))
+            with ts._lock:
+                ts.forms.append({k: v[0] for k, v in form.items()})
             if u.path != "/token":
                 return self._reply(404, {"error": "not found"})
             grant = (form.get("grant_type") or [""])[0]
@@ -1005,7 +1012,15 @@ def _make_token_handler(ts):
                 if un in ts.users and ts.users[un] == pw:
                     user = un
             elif grant == "refresh_token":
-                tried = True   # we never hand out refresh tokens
+                tried = True   # we never hand out refresh tokens; the test gives them
+                rt = (form.get("refresh_token") or [""])[0]
+                user = ts.refresh_tokens.get(rt) if rt else None
+                if user is None and not ts.fail_status:
+                    with ts._lock:
+                        ts.requests.append(TokenRequest("POST", None, False,
+                                                        parse_scopes(form.get("scope", [])),
+                                                        [], 400))
+                    return self._reply(400, {"error": "invalid_grant"})
             else:
                 user, tried = self._basic_user()
             self._finish("POST", user, tried, form.get("scope", []),

@@ -65,7 +65,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.route()
 
+    def do_PUT(self):
+        self.route()
+
     def route(self):
+        # A request body is read first, so that it never passes for the next request.
+        n = int(self.headers.get("Content-Length") or 0)
+        self.req_body = self.rfile.read(n) if n > 0 else b""
         if self.die_next:
             # A keep-alive connection that the server drops without answering.
             self.close_connection = True
@@ -100,6 +106,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.reply(int(q.get("code", "307")), b"redirecting", {"Location": q["to"]})
         elif p == "/echo-auth":
             self.reply(200, ("auth=" + self.headers.get("Authorization", "none")).encode())
+        elif p == "/echo-body":
+            head = "method=%s type=%s length=%s te=%s\n" % (
+                self.command, self.headers.get("Content-Type", "none"),
+                self.headers.get("Content-Length", "none"),
+                self.headers.get("Transfer-Encoding", "none"))
+            self.reply(200, head.encode() + self.req_body,
+                       {"X-Sha256": hashlib.sha256(self.req_body).hexdigest()})
         elif p == "/method":
             self.reply(200, self.command.encode())
         elif p == "/echo-headers":

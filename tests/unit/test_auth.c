@@ -2,6 +2,7 @@
  * config.json lookups, Basic headers, credential hashes, scopes, token URLs and the TTL cache. */
 #include "registry/auth.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <uv.h>
@@ -370,6 +371,108 @@ static void test_helpers(void)
     is_int(rgm_auth_token_url(&ch, NULL, out, 20), UV_ENOBUFS, "token url buffer too small");
 }
 
+static void test_token_form(void)
+{
+    rgm_auth_challenge_t ch;
+    rgm_buf_t b;
+    char big[3000];
+
+    rgm_buf_init(&b, 4096);
+    memset(&ch, 0, sizeof(ch));
+    snprintf(ch.realm, sizeof(ch.realm), "https://auth.example/token");
+    snprintf(ch.service, sizeof(ch.service), "registry.example");
+    snprintf(ch.scope, sizeof(ch.scope), "repository:from/challenge:pull");
+    is_int(rgm_auth_token_form(&ch, "repository:team/app:pull", "rt+/=&x y", &b), 0, "token form");
+    is_str(rgm_buf_cstr(&b),
+           "grant_type=refresh_token&refresh_token=rt%2B%2F%3D%26x%20y"
+           "&service=registry.example&scope=repository%3Ateam%2Fapp%3Apull&client_id=regmirror",
+           "token form: refresh_token grant, values percent-encoded, client_id regmirror");
+    is_int(rgm_auth_token_form(&ch, NULL, "t", &b), 0, "token form, challenge scope");
+    is_str(rgm_buf_cstr(&b),
+           "grant_type=refresh_token&refresh_token=t&service=registry.example"
+           "&scope=repository%3Afrom%2Fchallenge%3Apull&client_id=regmirror",
+           "token form: scope NULL is the challenge's; out emptied first");
+    ch.service[0] = '\0';
+    is_int(rgm_auth_token_form(&ch, "", "t", &b), 0, "token form, no service, no scope");
+    is_str(rgm_buf_cstr(&b), "grant_type=refresh_token&refresh_token=t&client_id=regmirror",
+           "token form: empty service and scope left out");
+    is_int(rgm_auth_token_form(&ch, NULL, "", &b), UV_EINVAL, "token form: empty token");
+    memset(big, 'a', sizeof(big) - 1);
+    big[sizeof(big) - 1] = '\0';
+    big[10] = '%'; /* 3 bytes encoded */
+    is_int(rgm_auth_token_form(&ch, NULL, big, &b), 0, "token form: 3 KB token fits 4 KiB");
+    big[11] = '%';
+    memset(big + 12, '/', 800); /* 2,400 bytes encoded */
+    is_int(rgm_auth_token_form(&ch, NULL, big, &b), UV_ENOBUFS, "token form: past max");
+    is_int(b.len, 0, "token form: out empty after UV_ENOBUFS");
+    rgm_buf_free(&b);
+}
+
+/* Which helper docker would run (credHelpers by the exact key, else credsStore). */
+static void test_config_helper(void)
+{
+    static const char json[] = "{\"credHelpers\":{"
+                               "\"https://index.docker.io/v1/\":\"hub\","
+                               "\"docker.io\":\"not-this-key\","
+                               "\"127.0.0.1:5000\":\"local\","
+                               "\"ghcr.io\":\"\"},"
+                               "\"credsStore\":\"store\"}";
+    char path[] = "/tmp/rgm-test-auth-helper-XXXXXX";
+    char *h = NULL;
+    int fd;
+
+    is_str(rgm_auth_helper_server_url("docker.io"), "https://index.docker.io/v1/",
+           "helper stdin for docker.io: the v1 index URL");
+    is_str(rgm_auth_helper_server_url("registry-1.docker.io"), "https://index.docker.io/v1/",
+           "helper stdin for registry-1.docker.io: the v1 index URL");
+    is_str(rgm_auth_helper_server_url("index.docker.io"), "https://index.docker.io/v1/",
+           "helper stdin for index.docker.io: the v1 index URL");
+    is_str(rgm_auth_helper_server_url("127.0.0.1:5000"), "127.0.0.1:5000",
+           "helper stdin for another registry: host:port");
+    fd = mkstemp(path);
+    ok(fd >= 0, "helper config: temp file");
+    if (fd < 0)
+        return;
+    ok(write(fd, json, strlen(json)) == (ssize_t)strlen(json), "helper config: written");
+    close(fd);
+    is_int(rgm_auth_docker_config_helper(path, "docker.io", &h), 1, "docker.io: a helper");
+    is_str(h, "hub", "docker.io: credHelpers' https://index.docker.io/v1/ key, not docker.io");
+    RGM_FREE(h);
+    is_int(rgm_auth_docker_config_helper(path, "registry-1.docker.io", &h), 1, "alias: a helper");
+    is_str(h, "hub", "registry-1.docker.io: the same key");
+    RGM_FREE(h);
+    is_int(rgm_auth_docker_config_helper(path, "127.0.0.1:5000", &h), 1, "host:port: a helper");
+    is_str(h, "local", "host:port: its exact key");
+    RGM_FREE(h);
+    is_int(rgm_auth_docker_config_helper(path, "127.0.0.1", &h), 1, "port differs: a helper");
+    is_str(h, "store", "port differs: not the host:port key, credsStore");
+    RGM_FREE(h);
+    is_int(rgm_auth_docker_config_helper(path, "ghcr.io", &h), 1, "empty credHelpers entry");
+    is_str(h, "store", "empty credHelpers entry: credsStore");
+    RGM_FREE(h);
+    unlink(path);
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ok(fd >= 0 && write(fd, "{\"credHelpers\":{\"docker.io\":\"x\"}}", 33) == 33,
+       "helper config without credsStore");
+    if (fd >= 0)
+        close(fd);
+    is_int(rgm_auth_docker_config_helper(path, "docker.io", &h), 0,
+           "docker.io with only a \"docker.io\" key: no helper (docker's key is the v1 URL)");
+    ok(h == NULL, "no helper: NULL");
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ok(fd >= 0 && write(fd, "{\"credsStore\":\"../evil\"}", 24) == 24, "credsStore with '/'");
+    if (fd >= 0)
+        close(fd);
+    is_int(rgm_auth_docker_config_helper(path, "docker.io", &h), 0, "a '/' in a name: refused");
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    ok(fd >= 0 && write(fd, "{bad", 4) == 4, "bad JSON written");
+    if (fd >= 0)
+        close(fd);
+    is_int(rgm_auth_docker_config_helper(path, "docker.io", &h), UV_EINVAL, "bad JSON: UV_EINVAL");
+    unlink(path);
+    is_int(rgm_auth_docker_config_helper(path, "docker.io", &h), UV_EIO, "no file: UV_EIO");
+}
+
 /* ---- TTL cache ---- */
 
 static void test_cache(void)
@@ -431,6 +534,8 @@ int main(void)
     test_tokens();
     test_docker_config();
     test_helpers();
+    test_token_form();
+    test_config_helper();
     test_cache();
     return tap_done();
 }

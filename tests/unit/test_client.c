@@ -286,6 +286,50 @@ static void fetch(rgm_client_t *c, struct res *res, const char *method, const ch
         wait_all(res, 1);
 }
 
+/* method url with a body (rgm_upreq_set_body), to the end. A Content-Length header added by
+ * the caller must be ignored: one is added (bogus) first. */
+static void send_body(rgm_client_t *c, struct res *res, const char *method, const char *url,
+                      const rgm_tls_opts_t *tls, const char *ctype, const void *data, size_t len)
+{
+    rgm_upreq_t *r;
+    int rc;
+
+    res_init(res);
+    r = rgm_upreq_new(c, method, url, tls);
+    if (!r) {
+        res->is_done = 1;
+        EVP_MD_CTX_free(res->md);
+        res->md = NULL;
+        return;
+    }
+    rgm_upreq_add_header(r, "Content-Length", "99999");
+    rgm_upreq_set_body(r, "text/old", "replaced", 8);
+    rgm_upreq_set_body(r, ctype, data, len);
+    res->r = r;
+    rc = rgm_upreq_start(r, &cbs, res);
+    if (rc < 0) {
+        res->is_done = 1;
+        res->err = rc;
+        EVP_MD_CTX_free(res->md);
+        res->md = NULL;
+        return;
+    }
+    wait_all(res, 1);
+}
+
+static void sha256_hex(const void *data, size_t len, char out[65])
+{
+    unsigned char dig[32];
+    unsigned dlen = 0;
+    unsigned i;
+
+    out[0] = '\0';
+    if (EVP_Digest(data, len, dig, &dlen, EVP_sha256(), NULL) != 1)
+        return;
+    for (i = 0; i < dlen && i < 32; i++)
+        snprintf(out + 2 * i, 3, "%02x", dig[i]);
+}
+
 static void fetch_paused(rgm_client_t *c, struct res *res, const char *url,
                          const rgm_tls_opts_t *tls, int every)
 {
@@ -451,6 +495,84 @@ static void test_redirects(rgm_client_t *c, int pa, int pb)
     is_str(res.body, "GET", "303: followed with GET");
 }
 
+static void test_request_bodies(rgm_client_t *c, int pa, int pb)
+{
+    static const char form[] = "grant_type=refresh_token&refresh_token=rt%2Bs3cret&client_id=x";
+    static const char ctype[] = "application/x-www-form-urlencoded";
+    char url[1024], want[512], sha[65];
+    struct res res, res2;
+    unsigned char *big;
+    size_t i, big_len = 300000;
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    snprintf(want, sizeof(want), "method=POST type=%s length=%zu te=none\n%s", ctype, strlen(form),
+             form);
+    is_int(res.err, 0, "POST with a body: done");
+    is_str(res.body, want, "POST with a body: the peer got method, type, one Content-Length, body");
+
+    send_body(c, &res, "POST", url, NULL, "text/plain", "", 0);
+    is_str(res.body, "method=POST type=text/plain length=0 te=none\n",
+           "empty body: Content-Length: 0");
+
+    big = rgm_malloc(big_len);
+    for (i = 0; i < big_len; i++)
+        big[i] = (unsigned char)(i % 251); /* NUL bytes included */
+    sha256_hex(big, big_len, sha);
+    send_body(c, &res, "PUT", url, NULL, "application/octet-stream", big, big_len);
+    is_int(res.err, 0, "300 kB binary body: done");
+    is_str(res.hdr_sha, sha, "300 kB binary body: the peer got every byte");
+
+    /* A reused connection that dies before answering: the retry sends the body again. */
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/die-next", pa);
+    fetch(c, &res2, "GET", url, NULL, NULL);
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_int(res.err, 0, "dead reused connection under a POST: retried");
+    snprintf(want, sizeof(want), "method=POST type=%s length=%zu te=none\n%s", ctype, strlen(form),
+             form);
+    is_str(res.body, want, "dead reused connection under a POST: the retry resent the body");
+    ok(res2.client_port[0] && strcmp(res.client_port, res2.client_port) != 0,
+       "dead reused connection under a POST: on a new connection");
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/redir?code=307&to=/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_str(res.body, want, "307 to the same origin: method and body resent");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/redir?code=308&to=/echo-body", pa);
+    send_body(c, &res, "PUT", url, NULL, "application/octet-stream", big, big_len);
+    is_str(res.hdr_sha, sha, "308 to the same origin: the 300 kB body resent");
+    free(big);
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/redir?code=303&to=/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_str(res.body, "method=GET type=none length=none te=none\n",
+           "303: followed with a GET, no body, no Content-Type");
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/redir?code=302&to=/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_str(res.body, "method=GET type=none length=none te=none\n",
+           "302 of a POST: followed with a GET, no body");
+
+    snprintf(url, sizeof(url),
+             "http://127.0.0.1:%d/redir?code=307&to=http://127.0.0.1:%d/echo-body", pa, pb);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_int(res.err, UV_EPERM, "307 to another origin with a body: UV_EPERM, the body stays");
+    is_int(res.status, 0, "307 to another origin with a body: no on_head");
+    snprintf(url, sizeof(url),
+             "http://127.0.0.1:%d/redir?code=303&to=http://127.0.0.1:%d/echo-body", pa, pb);
+    send_body(c, &res, "POST", url, NULL, ctype, form, strlen(form));
+    is_str(res.body, "method=GET type=none length=none te=none\n",
+           "303 to another origin: followed as a GET without the body");
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo-body", pa);
+    send_body(c, &res, "POST", url, NULL, "text/plain\r\nX-Injected: 1", "x", 1);
+    is_int(res.err, UV_EINVAL, "CR/LF in the body's Content-Type: refused at start");
+
+    snprintf(url, sizeof(url), "http://127.0.0.1:%d/echo-body", pa);
+    fetch(c, &res, "GET", url, NULL, NULL);
+    is_str(res.body, "method=GET type=none length=none te=none\n",
+           "a request without a body has no Content-Length");
+}
+
 static void test_pause(rgm_client_t *c, int pa)
 {
     char url[512];
@@ -572,7 +694,8 @@ static void test_tls(rgm_client_t *c)
 {
     char cert[512], key[512], ca[512], ocert[512], okey[512], url[512];
     const char *mk[] = {"python3", script, "mkcerts", tmpdir, NULL};
-    rgm_tls_opts_t with_ca, sys_ca = {NULL, 0}, insecure = {NULL, 1};
+    rgm_tls_opts_t with_ca = {NULL, 0, NULL, NULL}, sys_ca = {NULL, 0, NULL, NULL};
+    rgm_tls_opts_t insecure = {NULL, 1, NULL, NULL};
     struct res res, res2;
     int pt, pw;
 
@@ -606,6 +729,11 @@ static void test_tls(rgm_client_t *c)
     fetch_paused(c, &res, url, &with_ca, 2);
     is_int(res.err, 0, "TLS paused/resumed: done");
     is_str(res.sha, res.hdr_sha, "TLS paused/resumed: hash");
+
+    snprintf(url, sizeof(url), "https://127.0.0.1:%d/echo-body", pt);
+    send_body(c, &res, "POST", url, &with_ca, "text/plain", "over TLS", 8);
+    is_str(res.body, "method=POST type=text/plain length=8 te=none\nover TLS",
+           "TLS POST with a body: the peer got it");
 
     snprintf(url, sizeof(url), "https://127.0.0.1:%d/cl?size=10", pt);
     fetch(c, &res, "GET", url, &sys_ca, NULL);
@@ -679,6 +807,7 @@ int main(int argc, char **argv)
         shortc = rgm_client_new(loop, &so);
         test_bodies(c, pa);
         test_redirects(c, pa, pb);
+        test_request_bodies(c, pa, pb);
         test_pause(c, pa);
         test_retry_and_errors(c, shortc, pa);
         test_cancel_midway(c, pa);

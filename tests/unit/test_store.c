@@ -164,6 +164,7 @@ static void test_partial_format(const char *dir)
     is_int((int)rgm_store_partial_count(s), 1, "partial kept");
     is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 1, "partial taken");
     ok(taken && strcmp(taken, path) == 0 && q.written == 40, "taken: its path and prefix");
+    free(taken);
     is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 0, "taken once");
     is_int(rgm_store_keep_partial(s, path), 0, "given back");
     is_int((int)rgm_store_partial_count(s), 1, "kept again");

@@ -1,0 +1,78 @@
+/* Choosing what leaves the cache, by image. An image is a top-level manifest or index (no
+ * cached index includes it) with everything it references (cache/refs), referrers included.
+ * Over the limit, orphans go first (blobs nothing cached references, unrequested for
+ * orphan_grace; only once the back-fill is complete), then the least recently used images,
+ * each whole: the manifest and every object whose cached parents all go with it, so a blob
+ * that a more recent image shares stays. Never removed: objects being fetched or read
+ * (fetches, cache/inuse), pinned ones (cache/pins), and tagged manifests served within
+ * tag_ttl. Synchronous, in small batches; it knows rows and files, not HTTP or registries. */
+#ifndef RGM_CACHE_EVICT_H
+#define RGM_CACHE_EVICT_H
+
+#include "core/common.h"
+#include "cache/store.h"
+#include "cache/index.h"
+#include "cache/refs.h"
+#include "cache/pins.h"
+#include "cache/fetch.h"
+#include "cache/inuse.h"
+
+/* Objects per step: an image is removed whole, so a step may end a little over it. */
+#define RGM_EVICT_BATCH 100
+
+typedef struct rgm_evict rgm_evict_t;
+
+typedef struct rgm_evict_opts {
+    uint64_t max_bytes;       /* 0: no limit */
+    uint64_t target_bytes;    /* evict down to this (90 % of max) */
+    uint64_t orphan_grace_ms; /* orphans unrequested this long go first */
+    uint64_t tag_ttl_ms;      /* served tags and moved pins are kept this long */
+    int is_served_kept;       /* keep tagged manifests served within tag_ttl (serve: 1) */
+} rgm_evict_opts_t;
+
+enum rgm_evict_reason { RGM_EVICT_LRU_IMAGE = 0, RGM_EVICT_ORPHAN, RGM_EVICT_PURGE, RGM_EVICT_NR };
+
+/* What eviction and purges removed, by reason (for /metrics). */
+typedef struct rgm_evict_counters {
+    uint64_t objects[RGM_EVICT_NR];
+    uint64_t bytes[RGM_EVICT_NR];
+    uint64_t images[RGM_EVICT_NR];
+} rgm_evict_counters_t;
+
+/* One image as the listing and purge see it. */
+typedef struct rgm_evict_image {
+    char digest[RGM_DIGEST_MAX];
+    char media_type[256];
+    uint64_t last_used_ms; /* the latest access of its manifests */
+    uint64_t unique_bytes; /* what removing it frees */
+    uint64_t shared_bytes; /* what it references that another cached image also does */
+    size_t unique_objects;
+    int is_pinned;
+    char pin[1024]; /* the pattern that pins it, when is_pinned */
+} rgm_evict_image_t;
+
+/* Everything is borrowed and outlives the result; fetches and inuse may be NULL (offline). */
+rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs, rgm_pins_t *pins,
+                           rgm_fetches_t *fetches, rgm_inuse_t *inuse);
+void rgm_evict_free(rgm_evict_t *e);
+
+/* One batch: when the cache holds more than o->max_bytes, remove orphans and then whole
+ * images until it holds o->target_bytes or the batch is done. While the back-fill is not
+ * complete nothing is removed (edges may be missing). When nothing can be removed (all
+ * pinned, in use or within their grace) it stops and logs a WARN once, until the cache is
+ * under the limit again. Returns 1 when more is needed, 0 when not (or stuck), <0 on an
+ * index error. */
+int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o);
+
+/* Describe the image whose top-level manifest is top (pinned, sizes, last use). 0 or <0. */
+RGM_MUST_CHECK int rgm_evict_describe(rgm_evict_t *e, const rgm_index_object_t *top,
+                                      const rgm_evict_opts_t *o, rgm_evict_image_t *out);
+/* Remove the image of manifest digest the way eviction does (objects in use are left), as
+ * reason. Pins are not checked (the caller refuses pinned images). *freed (may be NULL) gets
+ * the bytes removed. Returns the number of objects removed, or <0. */
+int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_reason reason,
+                           const rgm_evict_opts_t *o, uint64_t *freed);
+
+const rgm_evict_counters_t *rgm_evict_counters(const rgm_evict_t *e);
+
+#endif

@@ -1,0 +1,402 @@
+/* The references table in index.db: edges parent -> child (and subject -> referrer), the set
+ * of manifests whose edges are recorded, and the back-fill that scans the others. Statements
+ * are prepared once; every value is bound. Manifests are parsed with jansson. */
+#include "cache/refs.h"
+
+#include <jansson.h>
+#include <sqlite3.h>
+#include <uv.h>
+
+#include "core/log.h"
+
+/* Manifests are at most 4 MiB (registry/manifests). */
+#define MANIFEST_MAX (4u * 1024 * 1024)
+
+enum {
+    RS_ADD_EDGE,
+    RS_MARK,
+    RS_UNSCANNED,
+    RS_CHILDREN,
+    RS_PARENTS,
+    RS_TOPS,
+    RS_ORPHANS,
+    RS_DEL_EDGES,
+    RS_DEL_MARK,
+    RS_COUNT
+};
+
+static const char *const rs_sql[RS_COUNT] = {
+    [RS_ADD_EDGE] = "INSERT OR IGNORE INTO refs(parent, child, kind) VALUES (?1, ?2, ?3)",
+    [RS_MARK] = "INSERT OR IGNORE INTO refs_scanned(digest) VALUES (?1)",
+    [RS_UNSCANNED] = "SELECT digest FROM objects WHERE kind = 'manifest' AND digest > ?1 AND NOT "
+                     "EXISTS (SELECT 1 FROM refs_scanned s WHERE s.digest = objects.digest) "
+                     "ORDER BY digest LIMIT ?2",
+    [RS_CHILDREN] = "SELECT r.child, r.kind FROM refs r JOIN objects o ON o.digest = r.child "
+                    "WHERE r.parent = ?1",
+    [RS_PARENTS] = "SELECT r.parent, r.kind FROM refs r JOIN objects o ON o.digest = r.parent "
+                   "WHERE r.child = ?1",
+    [RS_TOPS] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM objects o "
+                "WHERE kind = 'manifest' AND (last_access, digest) > (?1, ?2) AND NOT EXISTS "
+                "(SELECT 1 FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = "
+                "o.digest) ORDER BY last_access, digest LIMIT ?3",
+    [RS_ORPHANS] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM "
+                   "objects o WHERE kind = 'blob' AND last_access < ?1 AND NOT EXISTS (SELECT 1 "
+                   "FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = o.digest) "
+                   "ORDER BY last_access, digest LIMIT ?2",
+    [RS_DEL_EDGES] = "DELETE FROM refs WHERE parent = ?1",
+    [RS_DEL_MARK] = "DELETE FROM refs_scanned WHERE digest = ?1",
+};
+
+/* An index on tags(digest) serves cache/pins and the listing (which tags name an image). */
+static const char refs_schema_sql[] =
+    "CREATE TABLE IF NOT EXISTS refs("
+    " parent TEXT NOT NULL,"
+    " child TEXT NOT NULL,"
+    " kind INTEGER NOT NULL,"
+    " PRIMARY KEY (parent, child)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS refs_child ON refs(child);"
+    "CREATE TABLE IF NOT EXISTS refs_scanned(digest TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;"
+    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);";
+
+struct rgm_refs {
+    rgm_index_t *idx;
+    rgm_store_t *store;
+    sqlite3_stmt *st[RS_COUNT];
+    char backfill_after[RGM_DIGEST_MAX];
+    int is_complete;
+};
+
+/* ---- helpers ---- */
+
+static int db_fail(sqlite3 *db, const char *what)
+{
+    rgm_log(RGM_LOG_ERROR, "refs", "%s: %s", what, sqlite3_errmsg(db));
+    return UV_EIO;
+}
+
+static void st_done(sqlite3_stmt *st)
+{
+    (void)sqlite3_reset(st);
+    (void)sqlite3_clear_bindings(st);
+}
+
+static void bind_text(sqlite3_stmt *st, int i, const char *s)
+{
+    (void)sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_TRANSIENT);
+}
+
+static int64_t to_i64(uint64_t v)
+{
+    return v > INT64_MAX ? INT64_MAX : (int64_t)v;
+}
+
+static uint64_t col_u64(sqlite3_stmt *st, int i)
+{
+    sqlite3_int64 v = sqlite3_column_int64(st, i);
+
+    return v < 0 ? 0 : (uint64_t)v;
+}
+
+static void col_text(sqlite3_stmt *st, int i, char *out, size_t len)
+{
+    const unsigned char *s = sqlite3_column_text(st, i);
+
+    snprintf(out, len, "%s", s ? (const char *)s : "");
+}
+
+/* A statement that returns no rows. */
+static int run_st(rgm_refs_t *r, int which, const char *what)
+{
+    sqlite3 *db = rgm_index_db_write(r->idx);
+    sqlite3_stmt *st = r->st[which];
+    int rc = sqlite3_step(st);
+
+    st_done(st);
+    return rc == SQLITE_DONE ? 0 : db_fail(db, what);
+}
+
+static int exec_sql(sqlite3 *db, const char *sql)
+{
+    char *errmsg = NULL;
+
+    if (sqlite3_exec(db, sql, NULL, NULL, &errmsg) == SQLITE_OK)
+        return 0;
+    rgm_log(RGM_LOG_ERROR, "refs", "%s: %s", sql, errmsg ? errmsg : "?");
+    sqlite3_free(errmsg);
+    return UV_EIO;
+}
+
+/* ---- open / close ---- */
+
+int rgm_refs_open(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t **out)
+{
+    rgm_refs_t *r = rgm_calloc(1, sizeof(*r));
+    sqlite3 *db = rgm_index_db_write(idx);
+    int i;
+
+    *out = NULL;
+    r->idx = idx;
+    r->store = store;
+    if (exec_sql(db, refs_schema_sql) < 0)
+        goto fail;
+    for (i = 0; i < RS_COUNT; i++) {
+        if (sqlite3_prepare_v3(db, rs_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL) !=
+            SQLITE_OK) {
+            (void)db_fail(db, rs_sql[i]);
+            goto fail;
+        }
+    }
+    *out = r;
+    return 0;
+
+fail:
+    rgm_refs_close(r);
+    return UV_EIO;
+}
+
+void rgm_refs_close(rgm_refs_t *r)
+{
+    int i;
+
+    if (!r)
+        return;
+    for (i = 0; i < RS_COUNT; i++)
+        sqlite3_finalize(r->st[i]);
+    free(r);
+}
+
+/* ---- recording ---- */
+
+static int add_edge(rgm_refs_t *r, const char *parent, const char *child, int kind)
+{
+    sqlite3_stmt *st = r->st[RS_ADD_EDGE];
+
+    if (rgm_digest_check(child) < 0 || strcmp(parent, child) == 0)
+        return 0; /* not a digest we could hold */
+    bind_text(st, 1, parent);
+    bind_text(st, 2, child);
+    (void)sqlite3_bind_int(st, 3, kind);
+    return run_st(r, RS_ADD_EDGE, "add edge");
+}
+
+/* Every element's member `key` of the array doc[list]. */
+static int add_list(rgm_refs_t *r, const char *digest, const json_t *doc, const char *list,
+                    const char *key)
+{
+    const json_t *arr = json_object_get(doc, list);
+    const json_t *d;
+    size_t i;
+    int err = 0;
+
+    for (i = 0; err == 0 && json_is_array(arr) && i < json_array_size(arr); i++) {
+        d = json_object_get(json_array_get(arr, i), key);
+        if (json_is_string(d))
+            err = add_edge(r, digest, json_string_value(d), RGM_REF_CHILD);
+    }
+    return err;
+}
+
+static int record_doc(rgm_refs_t *r, const char *digest, const json_t *doc)
+{
+    const json_t *d;
+    int err = 0;
+
+    d = json_object_get(json_object_get(doc, "config"), "digest");
+    if (json_is_string(d))
+        err = add_edge(r, digest, json_string_value(d), RGM_REF_CHILD);
+    if (err == 0)
+        err = add_list(r, digest, doc, "layers", "digest");
+    if (err == 0)
+        err = add_list(r, digest, doc, "manifests", "digest");
+    if (err == 0)
+        err = add_list(r, digest, doc, "blobs", "digest"); /* OCI artifact manifests */
+    if (err == 0)
+        err = add_list(r, digest, doc, "fsLayers", "blobSum"); /* Docker schema 1 */
+    d = json_object_get(json_object_get(doc, "subject"), "digest");
+    /* subject -> referrer: the referrer is kept while its subject is, and goes with it */
+    if (err == 0 && json_is_string(d))
+        err = add_edge(r, json_string_value(d), digest, RGM_REF_REFERRER);
+    return err;
+}
+
+int rgm_refs_record(rgm_refs_t *r, const char *digest, const void *data, size_t len)
+{
+    sqlite3 *db = rgm_index_db_write(r->idx);
+    json_t *doc = json_loadb(data, len, 0, NULL);
+    int err;
+
+    if (exec_sql(db, "BEGIN IMMEDIATE") < 0) {
+        json_decref(doc);
+        return UV_EIO;
+    }
+    err = json_is_object(doc) ? record_doc(r, digest, doc) : 0;
+    json_decref(doc);
+    if (err == 0) {
+        bind_text(r->st[RS_MARK], 1, digest);
+        err = run_st(r, RS_MARK, "mark scanned");
+    }
+    if (err == 0)
+        return exec_sql(db, "COMMIT");
+    (void)exec_sql(db, "ROLLBACK");
+    return err;
+}
+
+/* ---- back-fill ---- */
+
+int rgm_refs_is_complete(const rgm_refs_t *r)
+{
+    return r->is_complete;
+}
+
+int rgm_refs_backfill_step(rgm_refs_t *r, size_t max)
+{
+    sqlite3 *db = rgm_index_db_read(r->idx);
+    sqlite3_stmt *st = r->st[RS_UNSCANNED];
+    char(*todo)[RGM_DIGEST_MAX] = rgm_calloc(max ? max : 1, RGM_DIGEST_MAX);
+    void *data = NULL;
+    size_t len = 0, n = 0, i;
+    int rc;
+    int err = 0;
+
+    bind_text(st, 1, r->backfill_after);
+    (void)sqlite3_bind_int64(st, 2, to_i64(max));
+    while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
+        col_text(st, 0, todo[n++], RGM_DIGEST_MAX);
+    if (n < max && rc != SQLITE_DONE)
+        err = db_fail(db, "back-fill: manifests");
+    st_done(st);
+    for (i = 0; err == 0 && i < n; i++) {
+        /* small synchronous reads from the page cache: a manifest is a few KiB */
+        if (rgm_store_read_small(r->store, todo[i], MANIFEST_MAX, &data, &len) < 0) {
+            data = NULL;
+            len = 0;
+        }
+        err = rgm_refs_record(r, todo[i], data ? data : "", len);
+        RGM_FREE(data);
+    }
+    if (err == 0 && n > 0)
+        snprintf(r->backfill_after, sizeof(r->backfill_after), "%s", todo[n - 1]);
+    free(todo);
+    if (err < 0)
+        return err;
+    if (n == max && max > 0)
+        return 1;
+    r->is_complete = 1;
+    return 0;
+}
+
+int rgm_refs_backfill(rgm_refs_t *r)
+{
+    int rc;
+
+    do
+        rc = rgm_refs_backfill_step(r, 256);
+    while (rc > 0);
+    return rc;
+}
+
+/* ---- walks ---- */
+
+static int walk_digests(rgm_refs_t *r, int which, const char *digest, rgm_refs_fn cb, void *ud)
+{
+    sqlite3 *db = rgm_index_db_read(r->idx);
+    sqlite3_stmt *st = r->st[which];
+    char d[RGM_DIGEST_MAX];
+    int count = 0;
+    int rc;
+
+    bind_text(st, 1, digest);
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        col_text(st, 0, d, sizeof(d));
+        count++;
+        if (cb(d, sqlite3_column_int(st, 1), ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    st_done(st);
+    return rc == SQLITE_DONE ? count : db_fail(db, "walk edges");
+}
+
+int rgm_refs_children(rgm_refs_t *r, const char *parent, rgm_refs_fn cb, void *ud)
+{
+    return walk_digests(r, RS_CHILDREN, parent, cb, ud);
+}
+
+int rgm_refs_parents(rgm_refs_t *r, const char *child, rgm_refs_fn cb, void *ud)
+{
+    return walk_digests(r, RS_PARENTS, child, cb, ud);
+}
+
+/* Rows of the objects' columns, as the index's own walks give them. */
+static int walk_objects(rgm_refs_t *r, sqlite3_stmt *st, rgm_index_object_fn cb, void *ud)
+{
+    sqlite3 *db = rgm_index_db_read(r->idx);
+    rgm_index_object_t obj;
+    const unsigned char *kind;
+    int count = 0;
+    int rc;
+
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        memset(&obj, 0, sizeof(obj));
+        col_text(st, 0, obj.digest, sizeof(obj.digest));
+        obj.size = col_u64(st, 1);
+        col_text(st, 2, obj.media_type, sizeof(obj.media_type));
+        kind = sqlite3_column_text(st, 3);
+        obj.kind =
+            kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
+        obj.created_ms = col_u64(st, 4);
+        obj.last_access_ms = col_u64(st, 5);
+        obj.hits = col_u64(st, 6);
+        count++;
+        if (cb(&obj, ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    st_done(st);
+    return rc == SQLITE_DONE ? count : db_fail(db, "walk objects");
+}
+
+int rgm_refs_walk_tops(rgm_refs_t *r, uint64_t after_ms, const char *after_digest, size_t n,
+                       rgm_index_object_fn cb, void *ud)
+{
+    sqlite3_stmt *st = r->st[RS_TOPS];
+
+    (void)rgm_index_db_read(r->idx);
+    (void)sqlite3_bind_int64(st, 1, to_i64(after_ms));
+    bind_text(st, 2, after_digest);
+    (void)sqlite3_bind_int64(st, 3, n == 0 ? -1 : to_i64(n));
+    return walk_objects(r, st, cb, ud);
+}
+
+int rgm_refs_walk_orphans(rgm_refs_t *r, uint64_t before_ms, size_t n, rgm_index_object_fn cb,
+                          void *ud)
+{
+    sqlite3_stmt *st = r->st[RS_ORPHANS];
+
+    (void)rgm_index_db_read(r->idx);
+    (void)sqlite3_bind_int64(st, 1, to_i64(before_ms));
+    (void)sqlite3_bind_int64(st, 2, n == 0 ? -1 : to_i64(n));
+    return walk_objects(r, st, cb, ud);
+}
+
+/* ---- removal ---- */
+
+int rgm_refs_remove(rgm_refs_t *r, const char *digest)
+{
+    int err = rgm_store_remove(r->store, digest);
+
+    if (err == 0)
+        err = rgm_index_remove_object(r->idx, digest);
+    if (err == 0) {
+        bind_text(r->st[RS_DEL_EDGES], 1, digest);
+        err = run_st(r, RS_DEL_EDGES, "remove edges");
+    }
+    if (err == 0) {
+        bind_text(r->st[RS_DEL_MARK], 1, digest);
+        err = run_st(r, RS_DEL_MARK, "remove scanned mark");
+    }
+    return err;
+}

@@ -18,6 +18,8 @@
 #include "cache/fetch.h"
 #include "cache/reconcile.h"
 #include "cmd/cachemgmt.h"
+#include "cmd/adminapi.h"
+#include "cmd/adminsock.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
@@ -46,6 +48,8 @@ struct serve {
     rgm_upstream_t *up;
     rgm_routes_t *routes;
     rgm_server_t *server;
+    rgm_server_t *admin; /* the admin socket's server (cmd/adminapi); NULL: none */
+    struct rgm_adminapi adminapi;
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
@@ -253,6 +257,8 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     s->is_stopping = 1;
     rgm_log(RGM_LOG_INFO, "serve", "signal %d: stop accepting, finishing responses", signum);
+    if (s->admin)
+        rgm_server_shutdown(s->admin, NULL, NULL); /* its answers are never in flight long */
     rgm_server_shutdown(s->server, on_server_stopped, s);
 }
 
@@ -455,6 +461,39 @@ static int listen_all(struct serve *s, char **addrs, size_t n, int is_health)
     return 0;
 }
 
+/* The admin API on <storage>/admin.sock (or admin_socket), with its own server so that no TCP
+ * listener ever routes to it. A default path too long for a unix socket only loses the admin
+ * API (WARN); a configured one that cannot be bound stops serve. */
+static int start_admin(struct serve *s)
+{
+    char path[256];
+    int err;
+
+    if (rgm_adminsock_path(&s->cfg, path, sizeof(path)) < 0) {
+        if (s->cfg.admin_socket) {
+            rgm_log(RGM_LOG_ERROR, "serve", "admin_socket %s: too long for a unix socket",
+                    s->cfg.admin_socket);
+            return UV_ENAMETOOLONG;
+        }
+        rgm_log(RGM_LOG_WARN, "serve",
+                "%s/admin.sock is too long for a unix socket: no admin API (set admin_socket)",
+                s->cfg.storage);
+        return 0;
+    }
+    s->adminapi.ops.store = s->store;
+    s->adminapi.ops.index = s->index;
+    s->adminapi.ops.cm = &s->cm;
+    s->admin = rgm_server_new(&s->loop, &s->cfg, rgm_adminapi_handle, &s->adminapi);
+    err = rgm_server_listen_unix(s->admin, path, RGM_ADMINSOCK_MAX_BODY);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on the admin socket %s: %s", path,
+                uv_strerror(err));
+        return err;
+    }
+    rgm_log(RGM_LOG_INFO, "serve", "admin API on %s (mode 0600; this uid and root)", path);
+    return 0;
+}
+
 int rgm_cmd_serve(int argc, char **argv)
 {
     struct serve s;
@@ -511,7 +550,7 @@ int rgm_cmd_serve(int argc, char **argv)
     if (open_cachemgmt(&s) < 0)
         goto out_stop;
     if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
-        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
+        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0 || start_admin(&s) < 0)
         goto out_stop;
     if (start_signals(&s) < 0)
         goto out_stop;
@@ -544,6 +583,8 @@ int rgm_cmd_serve(int argc, char **argv)
 out_stop:
     /* Start-up failed after handles were made: close them all and drain the loop. */
     s.is_stopping = 1;
+    if (s.admin)
+        rgm_server_shutdown(s.admin, NULL, NULL);
     rgm_server_shutdown(s.server, NULL, NULL);
     if (s.client)
         rgm_client_close(s.client, on_client_closed, &s);
@@ -552,6 +593,7 @@ out_stop:
     uv_run(&s.loop, UV_RUN_DEFAULT);
 out_free:
     rgm_reconcile_free(s.reconcile); /* stopped before it was over */
+    rgm_server_free(s.admin);
     rgm_server_free(s.server);
     rgm_routes_free(s.routes);
     rgm_cachemgmt_close(&s.cm);

@@ -21,6 +21,10 @@ struct rgm_evict {
     rgm_inuse_t *inuse;
     rgm_evict_counters_t counters;
     int is_stuck_logged;
+    rgm_evict_tally_t tally;   /* the last completed pass */
+    rgm_evict_tally_t partial; /* the pass in progress */
+    uint64_t tally_after_ms;   /* where it stands in the walk by last use */
+    char tally_after[RGM_DIGEST_MAX];
 };
 
 /* An image's objects: the first n_unique go with it, the rest are shared with another. */
@@ -456,4 +460,64 @@ int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_re
     if (freed)
         *freed += f;
     return (int)n;
+}
+
+/* ---- the tally for /metrics ---- */
+
+struct tally_walk {
+    rgm_evict_t *e;
+    const rgm_evict_opts_t *o;
+    size_t seen;
+    int err;
+};
+
+static int tally_one(const rgm_index_object_t *top, void *ud)
+{
+    struct tally_walk *w = ud;
+    rgm_evict_t *e = w->e;
+    rgm_evict_image_t info;
+
+    w->seen++;
+    e->tally_after_ms = top->last_access_ms;
+    snprintf(e->tally_after, sizeof(e->tally_after), "%s", top->digest);
+    w->err = rgm_evict_describe(e, top, w->o, &info);
+    if (w->err < 0)
+        return 1;
+    e->partial.images++;
+    e->partial.unique_bytes += info.unique_bytes;
+    e->partial.shared_bytes += info.shared_bytes;
+    if (info.is_pinned) {
+        e->partial.pinned_images++;
+        e->partial.pinned_bytes += info.unique_bytes + info.shared_bytes;
+    }
+    return 0;
+}
+
+int rgm_evict_tally_step(rgm_evict_t *e, const rgm_evict_opts_t *o, size_t n)
+{
+    struct tally_walk w = {e, o, 0, 0};
+    int rc;
+
+    if (n == 0)
+        n = RGM_EVICT_BATCH; /* 0 would mean every image in one go */
+    rc = rgm_refs_walk_tops(e->refs, e->tally_after_ms, e->tally_after, n, tally_one, &w);
+    if (rc < 0 || w.err < 0) {
+        memset(&e->partial, 0, sizeof(e->partial));
+        e->tally_after_ms = 0;
+        e->tally_after[0] = '\0';
+        return rc < 0 ? rc : w.err;
+    }
+    if (w.seen == n)
+        return 1;
+    e->partial.passes = e->tally.passes + 1;
+    e->tally = e->partial;
+    memset(&e->partial, 0, sizeof(e->partial));
+    e->tally_after_ms = 0;
+    e->tally_after[0] = '\0';
+    return 0;
+}
+
+const rgm_evict_tally_t *rgm_evict_tally(const rgm_evict_t *e)
+{
+    return &e->tally;
 }

@@ -75,4 +75,25 @@ int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_re
 
 const rgm_evict_counters_t *rgm_evict_counters(const rgm_evict_t *e);
 
+/* The images' sizes for /metrics, from a pass over every image (rgm_evict_describe each),
+ * made in small steps off the hot path and published whole when a pass ends. unique_bytes
+ * sums what each image alone holds; shared_bytes sums, per image, what it shares with another
+ * (a layer of three images counts three times); pinned_bytes sums both over pinned images.
+ * Approximate while images are used during a pass (the walk goes by last use). */
+typedef struct rgm_evict_tally {
+    uint64_t images;
+    uint64_t pinned_images;
+    uint64_t pinned_bytes;
+    uint64_t unique_bytes;
+    uint64_t shared_bytes;
+    uint64_t passes; /* completed passes; 0: none yet, the figures are all 0 */
+} rgm_evict_tally_t;
+
+/* Describe at most n more images of the current pass. When the pass has seen every image,
+ * its figures are published (rgm_evict_tally) and the next call starts a new pass. 1 when the
+ * pass goes on, 0 when this call ended it, <0 on an index error (the pass starts over). */
+int rgm_evict_tally_step(rgm_evict_t *e, const rgm_evict_opts_t *o, size_t n);
+/* The last completed pass (borrowed; updated by rgm_evict_tally_step). */
+const rgm_evict_tally_t *rgm_evict_tally(const rgm_evict_t *e);
+
 #endif

@@ -37,6 +37,11 @@
 /* How often the TLS files are stat'ed for a change (cert-manager swaps a Secret volume's
  * symlink); RGM_TLS_CHECK_INTERVAL_MS overrides it. */
 #define TLS_CHECK_INTERVAL_MS 30000
+/* The image tally for /metrics (cache/evict): images per step, the pause between steps, and
+ * between passes (RGM_TALLY_INTERVAL_MS overrides the last). */
+#define TALLY_BATCH           100
+#define TALLY_STEP_MS         200
+#define TALLY_INTERVAL_MS     30000
 
 struct serve {
     uv_loop_t loop;
@@ -59,6 +64,8 @@ struct serve {
     rgm_reconcile_t *reconcile; /* NULL once over */
     struct rgm_cachemgmt cm;    /* references, pins, eviction by image */
     uv_timer_t backfill_timer;
+    uv_timer_t tally_timer;
+    uint64_t tally_interval_ms;
     size_t reconcile_batch;
     uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
@@ -111,6 +118,7 @@ static void on_routes_stopped(void *ud)
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
     uv_close((uv_handle_t *)&s->backfill_timer, NULL);
+    uv_close((uv_handle_t *)&s->tally_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->tls_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
@@ -391,6 +399,22 @@ static void on_backfill(uv_timer_t *t)
         rgm_log(RGM_LOG_ERROR, "refs", "back-fill failed: eviction stays off");
 }
 
+static uint64_t env_knob(const char *name, uint64_t def, uint64_t max);
+
+/* A step of the image tally behind /metrics' image gauges, off the hot path: a few images
+ * per tick, then a pause until the next pass. */
+static void on_tally(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, tally_timer);
+    const int rc = rgm_evict_tally_step(s->cm.evict, &s->cm.opts, TALLY_BATCH);
+
+    if (rc < 0)
+        rgm_log(RGM_LOG_WARN, "refs", "image tally failed; trying again later");
+    if (!s->is_stopping &&
+        uv_timer_start(t, on_tally, rc == 1 ? TALLY_STEP_MS : s->tally_interval_ms, 0) < 0)
+        rgm_log(RGM_LOG_WARN, "refs", "cannot rearm the tally timer");
+}
+
 static int open_cachemgmt(struct serve *s)
 {
     char err[600];
@@ -402,6 +426,12 @@ static int open_cachemgmt(struct serve *s)
     }
     s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
     rgm_routes_set_refs(s->routes, s->cm.refs);
+    rgm_routes_set_evict(s->routes, s->cm.evict);
+    s->tally_interval_ms = env_knob("RGM_TALLY_INTERVAL_MS", TALLY_INTERVAL_MS, 3600000);
+    uv_timer_init(&s->loop, &s->tally_timer);
+    if (uv_timer_start(&s->tally_timer, on_tally, TALLY_STEP_MS, 0) < 0)
+        return UV_EINVAL;
+    uv_unref((uv_handle_t *)&s->tally_timer);
     uv_timer_init(&s->loop, &s->backfill_timer);
     return uv_timer_start(&s->backfill_timer, on_backfill, 0, 0);
 }

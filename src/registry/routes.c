@@ -48,6 +48,11 @@ void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs)
     r->env.refs = refs;
 }
 
+void rgm_routes_set_evict(rgm_routes_t *r, const rgm_evict_t *evict)
+{
+    r->env.evict = evict;
+}
+
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r)
 {
     return r->env.inuse;

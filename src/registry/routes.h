@@ -11,6 +11,7 @@
 #include "cache/index.h"
 #include "cache/fetch.h"
 #include "cache/refs.h"
+#include "cache/evict.h"
 #include "cache/inuse.h"
 #include "registry/upstream.h"
 
@@ -24,6 +25,8 @@ void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv);
 /* Where manifests record their references (borrowed; outlives r), and the set of stored
  * files open for responses, which r owns and eviction reads (valid until rgm_routes_free). */
 void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs);
+/* Eviction's counters and image tally for /metrics (borrowed; outlives r). */
+void rgm_routes_set_evict(rgm_routes_t *r, const rgm_evict_t *evict);
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r);
 /* The server's handler: ud is the rgm_routes_t. */
 void rgm_routes_handle(rgm_req_t *req, void *ud);

@@ -4,6 +4,7 @@ unpin and purge go through it while the server runs; a purged image is fetched a
 purges need --force; the admin API is not on the TCP listener; a peer of another uid is
 refused (mode bits, and SO_PEERCRED when the mode is opened); bodies over 64 KiB get 413."""
 import json
+import re
 import os
 import socket
 import stat
@@ -77,7 +78,7 @@ def body_of(answer):
 
 
 reg = {"docker.io": {"endpoint": up.url, "tag_ttl": "1s"}}
-m = Mirror(ws, config={"registries": reg})
+m = Mirror(ws, config={"registries": reg}, env={"RGM_TALLY_INTERVAL_MS": "100"})
 sock = os.path.join(m.storage, "admin.sock")
 for i in range(3):
     t.ok(pull(m, i), "image %d pulled" % i)
@@ -124,6 +125,36 @@ r = run([RGM_BIN, "unpin", "--storage", m.storage, "app1:v1"], check=False)
 t.ok(r.rc == 1 and "was not pinned" in r.out, "unpin through the socket: no pin left",
      diag=r.out)
 
+
+
+def metric(name):
+    st_, _, b = m.get("/metrics")
+    mm = re.search(r"^%s (\d+)$" % re.escape(name), b.decode(), re.M)
+    return int(mm.group(1)) if mm else None
+
+
+t.is_(metric('regmirror_evicted_images_total{reason="purge"}'), 2,
+      "/metrics: 2 images evicted by purge")
+t.ok(metric('regmirror_evicted_objects_total{reason="purge"}') >= 4 and
+     metric('regmirror_evicted_bytes_total{reason="purge"}') >= 40_000,
+     "/metrics: objects and bytes evicted by purge")
+try:
+    wait_for(lambda: metric("regmirror_cache_images") == 2, timeout=5, what="tally")
+    tally_ok = True
+except TimeoutError:
+    tally_ok = False
+t.ok(tally_ok and metric('regmirror_cache_image_bytes{kind="shared"}') >= 2 * 50_000 and
+     metric('regmirror_cache_image_bytes{kind="unique"}') >= 2 * 20_000,
+     "/metrics: 2 images cached, the shared base counted per image, unique layers")
+usock(sock, req("POST", "/pin", b'{"references": ["app2:v1"]}'))
+try:
+    wait_for(lambda: metric("regmirror_cache_pinned_images") == 1, timeout=5, what="pinned")
+    pin_ok = True
+except TimeoutError:
+    pin_ok = False
+t.ok(pin_ok and metric("regmirror_cache_pinned_bytes") >= 70_000,
+     "/metrics: the pinned image and its bytes")
+
 # The admin API itself.
 a = usock(sock, req("GET", "/stats"))
 s = body_of(a) or {}
@@ -132,6 +163,7 @@ t.ok(status_of(a) == 200 and s.get("images") == 2 and s["evictions"]["purge"]["i
 a = usock(sock, req("GET", "/images"))
 t.ok(status_of(a) == 200 and isinstance(body_of(a), list) and len(body_of(a)) == 2,
      "GET /images answers the listing")
+a = usock(sock, req("DELETE", "/pin", b'{"references": ["app2:v1"]}'))
 a = usock(sock, req("POST", "/pin", b'{"references": ["app2:v1"]}'))
 t.ok(status_of(a) == 200 and body_of(a)["pinned"] == ["docker.io/library/app2:v1"],
      "POST /pin with a JSON body")

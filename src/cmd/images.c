@@ -28,7 +28,8 @@ struct images {
     rgm_index_t *index;
     struct rgm_cachemgmt cm;
     int has_cm;
-    char sock[256]; /* the server's admin socket, when a server owns the storage */
+    int is_cfg_borrowed; /* cfg is the caller's: not freed here */
+    char sock[256];      /* the server's admin socket, when a server owns the storage */
     int is_force;
     char *registry;
     char *repository;
@@ -175,7 +176,8 @@ static int images_close(struct images *im, int rc)
     rgm_index_close(im->index);
     if (im->store)
         rgm_store_close(im->store);
-    rgm_config_free(&im->cfg);
+    if (!im->is_cfg_borrowed)
+        rgm_config_free(&im->cfg);
     free(im->registry);
     free(im->repository);
     free(im->older_than);
@@ -255,8 +257,8 @@ static struct rgm_imageops ops_of(struct images *im)
     return o;
 }
 
-/* The lines a result carries, then its status. */
-static int print_result(const json_t *res)
+/* The lines a result carries (its "out" lines on out), then its status. */
+static int print_result(const json_t *res, FILE *out_file)
 {
     const json_t *err = json_object_get(res, "err");
     const json_t *out = json_object_get(res, "out");
@@ -265,7 +267,7 @@ static int print_result(const json_t *res)
     for (i = 0; i < json_array_size(err); i++)
         fprintf(stderr, "%s\n", json_string_value(json_array_get(err, i)));
     for (i = 0; i < json_array_size(out); i++)
-        printf("%s\n", json_string_value(json_array_get(out, i)));
+        fprintf(out_file, "%s\n", json_string_value(json_array_get(out, i)));
     return (int)json_integer_value(json_object_get(res, "status"));
 }
 
@@ -384,7 +386,7 @@ int rgm_cmd_purge(int argc, char **argv)
     res = call(&im, "POST", "/purge", req, local_purge, &rc);
     json_decref(req);
     if (res) {
-        rc = print_result(res);
+        rc = print_result(res, stdout);
         json_decref(res);
     }
     return images_close(&im, rc);
@@ -422,7 +424,7 @@ static int pin_cmd(int argc, char **argv, int is_pin)
     res = call(&im, is_pin ? "POST" : "DELETE", "/pin", req, is_pin ? local_pin : local_unpin, &rc);
     json_decref(req);
     if (res) {
-        rc = print_result(res);
+        rc = print_result(res, stdout);
         json_decref(res);
     }
     return images_close(&im, rc);
@@ -436,4 +438,29 @@ int rgm_cmd_pin(int argc, char **argv)
 int rgm_cmd_unpin(int argc, char **argv)
 {
     return pin_cmd(argc, argv, 0);
+}
+
+int rgm_images_pin(rgm_config_t *cfg, char *const *refs, size_t n)
+{
+    struct images im;
+    json_t *req;
+    json_t *res;
+    size_t i;
+    int rc = 1;
+
+    memset(&im, 0, sizeof(im));
+    im.cfg = *cfg;
+    im.is_cfg_borrowed = 1;
+    if (images_open(&im) != 0)
+        return images_close(&im, 1);
+    req = json_pack("{s:[]}", "references");
+    for (i = 0; i < n; i++)
+        json_array_append_new(json_object_get(req, "references"), json_string(refs[i]));
+    res = call(&im, "POST", "/pin", req, local_pin, &rc);
+    json_decref(req);
+    if (res) {
+        rc = print_result(res, stderr);
+        json_decref(res);
+    }
+    return images_close(&im, rc);
 }

@@ -36,6 +36,9 @@ struct opts {
     const char *creds;
     const char *docker_config;
     int is_json;
+    int is_pin;              /* pin what was cached (cmd/images) */
+    const char *pin_storage; /* --storage: the mirror's storage, for --pin */
+    const char *pin_config;  /* --config: the mirror's config, for --pin */
     const char *file;
 };
 

@@ -243,6 +243,28 @@ r = run([RGM_BIN, "purge", "--storage", m.storage, "app2:v1"], check=False)
 t.ok(r.rc == 0 and "purged app2:v1" in r.out and "admin socket" not in r.out,
      "purge without a server acts on the store", diag=r.out)
 
+# prewarm --pin pins what it cached, through the socket; a filtered reference is a failure
+# that names the rule.
+freg = {"docker.io": {"endpoint": up.url, "tag_ttl": "1s",
+                      "repositories": {"deny": ["library/app1"]}}}
+mf = Mirror(ws, config={"registries": freg}, name="mfilter")
+sockf = os.path.join(mf.storage, "admin.sock")
+lst = ws.write("list.txt", "docker.io/library/app2:v1\ndocker.io/library/app1:v1\n")
+r = run([RGM_BIN, "prewarm", "--mirror", mf.url, "--pin", "--storage", mf.storage, lst],
+        check=False)
+t.ok(r.rc == 1 and re.search(r"app1.*403.*repositories\.deny\[0\]", r.out, re.S) and
+     "pinned docker.io/library/app2:v1" in r.out,
+     "prewarm --pin: the filtered image fails naming the rule, the cached one is pinned",
+     diag=r.out)
+a = usock(sockf, req("GET", "/images"))
+t.ok(status_of(a) == 200 and [(x["reference"], x["pinned"]) for x in body_of(a)] ==
+     [("docker.io/library/app2:v1", True)], "the prewarmed image is listed pinned",
+     diag=a[:500])
+t.like(mf.log_text(), r'mod=admin .*POST /pin', "prewarm --pin went through the admin socket")
+r = run([RGM_BIN, "prewarm", "--storage", mf.storage, lst], check=False)
+t.is_(r.rc, 2, "prewarm --storage without --pin: usage error")
+t.is_(mf.stop(), 0, "filter mirror stopped")
+
 # A stale socket file is replaced at start; a non-socket there stops serve.
 m.start()
 t.ok(os.path.exists(sock), "restart: the socket is there again")

@@ -26,6 +26,6 @@ int rgm_images_list(struct rgm_config *cfg, struct rgm_store *store, struct rgm_
 /* Pin refs (n, borrowed) on cfg's storage as regmirror pin does: through the admin socket
  * when a server owns it, else in the index. Lines go to stderr. Returns the exit status
  * (0, 1, or 2 for a malformed reference). cfg is borrowed. */
-int rgm_images_pin(struct rgm_config *cfg, char *const *refs, size_t n);
+int rgm_images_pin(const struct rgm_config *cfg, char *const *refs, size_t n);
 
 #endif

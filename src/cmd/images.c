@@ -440,7 +440,7 @@ int rgm_cmd_unpin(int argc, char **argv)
     return pin_cmd(argc, argv, 0);
 }
 
-int rgm_images_pin(rgm_config_t *cfg, char *const *refs, size_t n)
+int rgm_images_pin(const rgm_config_t *cfg, char *const *refs, size_t n)
 {
     struct images im;
     json_t *req;

@@ -34,6 +34,7 @@ static void usage(FILE *out)
             "usage: regmirror prewarm [--mirror URL] [--platform os/arch[/variant],...]\n"
             "                         [--all-platforms] [--parallel N]\n"
             "                         [--creds USER:PASS | --docker-config FILE] [--json]\n"
+            "                         [--with-referrers]\n"
             "                         [--pin [--storage DIR] [--config FILE]] FILE|-\n"
             "\n"
             "Pull every image listed in FILE (one reference per line, '#' comments; '-' reads\n"
@@ -52,6 +53,8 @@ static void usage(FILE *out)
             "                        (through the mirror's admin socket when it runs)\n"
             "  --storage DIR         the mirror's storage, for --pin\n"
             "  --config FILE         the mirror's config, for --pin (storage, admin_socket)\n"
+            "  --with-referrers      also warm each image's signatures and attestations\n"
+            "                        (the referrers API, then the fallback tags)\n"
             "  -h, --help            this text\n"
             "\n"
             "Exit status: 0 every image is cached, 1 some image failed, 2 usage error.\n");
@@ -68,6 +71,7 @@ enum {
     OPT_PIN,
     OPT_STORAGE,
     OPT_CONFIG,
+    OPT_WITH_REFERRERS,
     OPT_HELP,
 };
 
@@ -82,6 +86,7 @@ static const struct option long_opts[] = {
     {"pin", no_argument, NULL, OPT_PIN},
     {"storage", required_argument, NULL, OPT_STORAGE},
     {"config", required_argument, NULL, OPT_CONFIG},
+    {"with-referrers", no_argument, NULL, OPT_WITH_REFERRERS},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -164,6 +169,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case OPT_CONFIG:
             o->pin_config = optarg;
+            break;
+        case OPT_WITH_REFERRERS:
+            o->with_referrers = 1;
             break;
         case 'h':
         case OPT_HELP:

@@ -349,6 +349,51 @@ static int choose_image(const struct ctx *c, uint64_t *after_ms, char *after_d,
     }
 }
 
+/* Cluster mode: unreferenced blobs (they may be layers of another replica's images) and
+ * images, each in the order of its last access, until need is freed or the batch is done:
+ * a blob older than the least recently used image that may go is removed first. What is left
+ * of need goes to the step's image loop. */
+static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, size_t *removed)
+{
+    rgm_evict_t *e = c->e;
+    struct orphans *o = rgm_calloc(1, sizeof(*o));
+    struct closure best;
+    uint64_t after_ms = 0;
+    char after_d[RGM_DIGEST_MAX] = "";
+    size_t i = 0;
+    int has_best = 0;
+    int rc;
+
+    rc = rgm_refs_walk_orphans(e->refs, c->now + 1, RGM_EVICT_BATCH, on_orphan, o);
+    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH) {
+        const rgm_index_object_t *b;
+
+        while (i < o->n && is_busy(e, o->obj[i].digest))
+            i++;
+        if (i == o->n)
+            break; /* images only from here: the step's loop */
+        if (!has_best) {
+            rc = choose_image(c, &after_ms, after_d, &best);
+            if (rc < 0)
+                break;
+            has_best = rc == 1;
+        }
+        b = &o->obj[i++];
+        if (has_best && best.last_used_ms <= b->last_access_ms)
+            break; /* the image is older: the step's loop takes it */
+        if (rgm_refs_remove(e->refs, b->digest) < 0)
+            continue;
+        e->counters.objects[RGM_EVICT_LRU_IMAGE]++;
+        e->counters.bytes[RGM_EVICT_LRU_IMAGE] += b->size;
+        *freed += b->size;
+        (*removed)++;
+    }
+    if (has_best)
+        closure_free(&best);
+    free(o);
+    return rc < 0 ? rc : 0;
+}
+
 int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
 {
     struct ctx c = {e, o, rgm_time_ms()};
@@ -372,7 +417,10 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     if (rgm_pins_refresh(e->pins) < 0)
         return UV_EIO;
     need = bytes - (o->target_bytes < o->max_bytes ? o->target_bytes : o->max_bytes);
-    rc = evict_orphans(&c, need, &freed, &removed);
+    if (o->is_cluster)
+        rc = evict_by_access(&c, need, &freed, &removed);
+    else
+        rc = evict_orphans(&c, need, &freed, &removed);
     while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH) {
         rc = choose_image(&c, &after_ms, after_d, &best);
         if (rc <= 0)

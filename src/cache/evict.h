@@ -28,6 +28,10 @@ typedef struct rgm_evict_opts {
     uint64_t orphan_grace_ms; /* orphans unrequested this long go first */
     uint64_t tag_ttl_ms;      /* served tags and moved pins are kept this long */
     int is_served_kept;       /* keep tagged manifests served within tag_ttl (serve: 1) */
+    /* A replica of a cluster: blobs no local manifest names may belong to an image another
+     * replica holds, so none is an orphan; each goes by its last access, in turn with the
+     * least recently used images (counted as lru-image), with no orphan_grace. */
+    int is_cluster;
 } rgm_evict_opts_t;
 
 enum rgm_evict_reason { RGM_EVICT_LRU_IMAGE = 0, RGM_EVICT_ORPHAN, RGM_EVICT_PURGE, RGM_EVICT_NR };

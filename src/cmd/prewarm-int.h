@@ -39,7 +39,7 @@ struct opts {
     int is_pin;              /* pin what was cached (cmd/images) */
     const char *pin_storage; /* --storage: the mirror's storage, for --pin */
     const char *pin_config;  /* --config: the mirror's config, for --pin */
-    int with_referrers; /* also warm signatures and attestations (referrers, fallback tags) */
+    int with_referrers;      /* also warm signatures and attestations (referrers, fallback tags) */
     const char *file;
 };
 

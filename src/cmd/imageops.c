@@ -18,18 +18,26 @@
 
 /* ---- helpers ---- */
 
+static void line_addv(json_t *arr, const char *fmt, va_list ap) RGM_PRINTF(2, 0);
+
+static void line_addv(json_t *arr, const char *fmt, va_list ap)
+{
+    char buf[2048];
+
+    if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
+        buf[0] = '\0';
+    json_array_append_new(arr, json_string(buf));
+}
+
 static void line_add(json_t *arr, const char *fmt, ...) RGM_PRINTF(2, 3);
 
 static void line_add(json_t *arr, const char *fmt, ...)
 {
-    char buf[2048];
     va_list ap;
 
     va_start(ap, fmt);
-    if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
-        buf[0] = '\0';
+    line_addv(arr, fmt, ap);
     va_end(ap);
-    json_array_append_new(arr, json_string(buf));
 }
 
 /* The "references" array of req (absent: empty): 0, or <0 with msg. */
@@ -196,14 +204,11 @@ static void purge_err(struct purge *p, const char *fmt, ...) RGM_PRINTF(2, 3);
 
 static void purge_err(struct purge *p, const char *fmt, ...)
 {
-    char buf[2048];
     va_list ap;
 
     va_start(ap, fmt);
-    if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
-        buf[0] = '\0';
+    line_addv(json_object_get(p->res, "err"), fmt, ap);
     va_end(ap);
-    json_array_append_new(json_object_get(p->res, "err"), json_string(buf));
     p->status = 1;
 }
 

@@ -271,6 +271,23 @@ static int print_result(const json_t *res, FILE *out_file)
     return (int)json_integer_value(json_object_get(res, "status"));
 }
 
+/* call with req (taken), print the result's lines (its out lines on out), close im; the exit
+ * status. */
+static int run_op(struct images *im, const char *method, const char *target, json_t *req,
+                  local_fn local, FILE *out)
+{
+    json_t *res;
+    int rc = 1;
+
+    res = call(im, method, target, req, local, &rc);
+    json_decref(req);
+    if (res) {
+        rc = print_result(res, out);
+        json_decref(res);
+    }
+    return images_close(im, rc);
+}
+
 /* ---- ls --images ---- */
 
 static void print_table(const json_t *arr)
@@ -368,7 +385,6 @@ int rgm_cmd_purge(int argc, char **argv)
 {
     struct images im;
     json_t *req;
-    json_t *res;
     int rc = images_start(&im, "purge", argc, argv);
     int i;
 
@@ -383,13 +399,7 @@ int rgm_cmd_purge(int argc, char **argv)
         json_object_set_new(req, "repository", json_string(im.repository));
     if (im.has_older_than)
         json_object_set_new(req, "older_than", json_string(im.older_than));
-    res = call(&im, "POST", "/purge", req, local_purge, &rc);
-    json_decref(req);
-    if (res) {
-        rc = print_result(res, stdout);
-        json_decref(res);
-    }
-    return images_close(&im, rc);
+    return run_op(&im, "POST", "/purge", req, local_purge, stdout);
 }
 
 /* ---- pin, unpin ---- */
@@ -412,7 +422,6 @@ static int pin_cmd(int argc, char **argv, int is_pin)
 {
     struct images im;
     json_t *req;
-    json_t *res;
     int rc = images_start(&im, is_pin ? "pin" : "unpin", argc, argv);
     int i;
 
@@ -421,13 +430,8 @@ static int pin_cmd(int argc, char **argv, int is_pin)
     req = json_pack("{s:[]}", "references");
     for (i = optind; i < argc; i++)
         json_array_append_new(json_object_get(req, "references"), json_string(argv[i]));
-    res = call(&im, is_pin ? "POST" : "DELETE", "/pin", req, is_pin ? local_pin : local_unpin, &rc);
-    json_decref(req);
-    if (res) {
-        rc = print_result(res, stdout);
-        json_decref(res);
-    }
-    return images_close(&im, rc);
+    return run_op(&im, is_pin ? "POST" : "DELETE", "/pin", req, is_pin ? local_pin : local_unpin,
+                  stdout);
 }
 
 int rgm_cmd_pin(int argc, char **argv)
@@ -444,9 +448,7 @@ int rgm_images_pin(const rgm_config_t *cfg, char *const *refs, size_t n)
 {
     struct images im;
     json_t *req;
-    json_t *res;
     size_t i;
-    int rc = 1;
 
     memset(&im, 0, sizeof(im));
     im.cfg = *cfg;
@@ -456,11 +458,5 @@ int rgm_images_pin(const rgm_config_t *cfg, char *const *refs, size_t n)
     req = json_pack("{s:[]}", "references");
     for (i = 0; i < n; i++)
         json_array_append_new(json_object_get(req, "references"), json_string(refs[i]));
-    res = call(&im, "POST", "/pin", req, local_pin, &rc);
-    json_decref(req);
-    if (res) {
-        rc = print_result(res, stderr);
-        json_decref(res);
-    }
-    return images_close(&im, rc);
+    return run_op(&im, "POST", "/pin", req, local_pin, stderr);
 }

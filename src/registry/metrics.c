@@ -43,33 +43,39 @@ static void metric(rgm_buf_t *b, const char *name, const char *type, const char 
         return;
 }
 
+/* One counter family with a series per eviction reason. */
+static int by_reason(rgm_buf_t *b, const char *name, const char *help,
+                     const uint64_t v[RGM_EVICT_NR])
+{
+    static const char *const reasons[RGM_EVICT_NR] = {"lru-image", "orphan", "purge"};
+    int err = 0;
+    int i;
+
+    metric(b, name, "counter", help);
+    for (i = 0; i < RGM_EVICT_NR; i++)
+        err |= rgm_buf_appendf(b, "%s{reason=\"%s\"} %" PRIu64 "\n", name, reasons[i], v[i]);
+    return err;
+}
+
 /* Eviction by reason and the images' sizes (cache/evict); zeros before either exists, so
  * that the families are the same from the start. */
 static int cache_image_metrics(const struct rq_env *r, rgm_buf_t *b)
 {
-    static const char *const reasons[RGM_EVICT_NR] = {"lru-image", "orphan", "purge"};
     static const rgm_evict_counters_t no_counters;
     static const rgm_evict_tally_t no_tally;
     const rgm_evict_counters_t *c = r->evict ? rgm_evict_counters(r->evict) : &no_counters;
     const rgm_evict_tally_t *t = r->evict ? rgm_evict_tally(r->evict) : &no_tally;
     int err = 0;
-    int i;
 
-    metric(b, "regmirror_evicted_objects_total", "counter",
-           "Objects removed from the cache, by reason (lru-image, orphan, purge).");
-    for (i = 0; i < RGM_EVICT_NR; i++)
-        err |= rgm_buf_appendf(b, "regmirror_evicted_objects_total{reason=\"%s\"} %" PRIu64 "\n",
-                               reasons[i], c->objects[i]);
-    metric(b, "regmirror_evicted_bytes_total", "counter",
-           "Bytes removed from the cache, by reason (lru-image, orphan, purge).");
-    for (i = 0; i < RGM_EVICT_NR; i++)
-        err |= rgm_buf_appendf(b, "regmirror_evicted_bytes_total{reason=\"%s\"} %" PRIu64 "\n",
-                               reasons[i], c->bytes[i]);
-    metric(b, "regmirror_evicted_images_total", "counter",
-           "Images removed whole from the cache, by reason (lru-image, purge).");
-    for (i = 0; i < RGM_EVICT_NR; i++)
-        err |= rgm_buf_appendf(b, "regmirror_evicted_images_total{reason=\"%s\"} %" PRIu64 "\n",
-                               reasons[i], c->images[i]);
+    err |= by_reason(b, "regmirror_evicted_objects_total",
+                     "Objects removed from the cache, by reason (lru-image, orphan, purge).",
+                     c->objects);
+    err |=
+        by_reason(b, "regmirror_evicted_bytes_total",
+                  "Bytes removed from the cache, by reason (lru-image, orphan, purge).", c->bytes);
+    err |=
+        by_reason(b, "regmirror_evicted_images_total",
+                  "Images removed whole from the cache, by reason (lru-image, purge).", c->images);
     metric(b, "regmirror_cache_images", "gauge",
            "Images cached (top-level manifests and indexes), as of the last tally.");
     err |= rgm_buf_appendf(b, "regmirror_cache_images %" PRIu64 "\n", t->images);

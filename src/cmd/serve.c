@@ -500,7 +500,7 @@ static int open_cachemgmt(struct serve *s)
     }
     s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
     rgm_routes_set_refs(s->routes, s->cm.refs);
-    rgm_routes_set_evict(s->routes, s->cm.evict);
+    rgm_routes_set_evict(s->routes, s->cm.evict, &s->cm.opts);
     s->tally_interval_ms = env_knob("RGM_TALLY_INTERVAL_MS", TALLY_INTERVAL_MS, 3600000);
     uv_timer_init(&s->loop, &s->tally_timer);
     if (uv_timer_start(&s->tally_timer, on_tally, TALLY_STEP_MS, 0) < 0)

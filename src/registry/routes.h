@@ -26,8 +26,9 @@ void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv);
 /* Where manifests record their references (borrowed; outlives r), and the set of stored
  * files open for responses, which r owns and eviction reads (valid until rgm_routes_free). */
 void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs);
-/* Eviction's counters and image tally for /metrics (borrowed; outlives r). */
-void rgm_routes_set_evict(rgm_routes_t *r, const rgm_evict_t *evict);
+/* Eviction (and its options), for /metrics' counters and image tally and for a round at once
+ * when the store runs out of space (both borrowed; they outlive r). */
+void rgm_routes_set_evict(rgm_routes_t *r, rgm_evict_t *evict, const rgm_evict_opts_t *opts);
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r);
 /* Shard by rendezvous hashing over peers (docs/cluster.md): requests for keys another healthy
  * peer owns are forwarded to it through client. Both borrowed; call before serving. */

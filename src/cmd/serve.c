@@ -362,15 +362,17 @@ static void on_gc(uv_timer_t *t)
     const rgm_evict_counters_t *c = rgm_evict_counters(s->cm.evict);
     uint64_t before = c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN];
     uint64_t bytes = c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN];
+    const uint64_t t0 = uv_hrtime();
     int step;
 
     step = rgm_evict_step(s->cm.evict, &s->cm.opts);
     if (c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN] > before)
-        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)",
+        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes) in %.2f ms",
                 (unsigned long long)(c->objects[RGM_EVICT_LRU_IMAGE] +
                                      c->objects[RGM_EVICT_ORPHAN] - before),
                 (unsigned long long)(c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN] -
-                                     bytes));
+                                     bytes),
+                (double)(uv_hrtime() - t0) / 1e6);
     if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
         rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
 }

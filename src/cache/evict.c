@@ -9,8 +9,13 @@
 
 /* Top-level manifests looked at per choice: the one least recently used, counting the
  * accesses of its own manifests (a platform manifest pulled by digest), goes. */
-#define WINDOW      8
-#define CLOSURE_MAX 4096
+#define WINDOW         8
+/* Blobs an orphan scan examines per step: its cost is bounded by this, not by how few orphans
+ * there are (a whole scan of a big cache holds the loop for seconds). */
+#define ORPHAN_SCAN    1000
+/* After a whole pass found no orphan, rest this long unless eviction left one behind. */
+#define ORPHAN_REST_MS 60000
+#define CLOSURE_MAX    4096
 
 struct rgm_evict {
     rgm_index_t *idx;
@@ -21,9 +26,13 @@ struct rgm_evict {
     rgm_inuse_t *inuse;
     rgm_evict_counters_t counters;
     int is_stuck_logged;
-    rgm_evict_tally_t tally;   /* the last completed pass */
-    rgm_evict_tally_t partial; /* the pass in progress */
-    uint64_t tally_after_ms;   /* where it stands in the walk by last use */
+    rgm_refs_cursor_t orphan_at; /* where the orphan pass stands */
+    size_t orphans_seen;         /* orphans found by the pass so far */
+    uint64_t orphan_rest_until;  /* a whole pass found none: no scan before this */
+    int is_orphan_dirty;         /* a busy object was left: it may be an orphan now */
+    rgm_evict_tally_t tally;     /* the last completed pass */
+    rgm_evict_tally_t partial;   /* the pass in progress */
+    uint64_t tally_after_ms;     /* where it stands in the walk by last use */
     char tally_after[RGM_DIGEST_MAX];
 };
 
@@ -233,8 +242,12 @@ static size_t closure_remove(rgm_evict_t *e, const struct closure *cl, enum rgm_
     for (i = 0; i < cl->n; i++) {
         const rgm_index_object_t *o = &cl->m[i].obj;
 
-        if (!cl->m[i].is_unique || is_busy(e, o->digest))
+        if (!cl->m[i].is_unique)
             continue;
+        if (is_busy(e, o->digest)) {
+            e->is_orphan_dirty = 1; /* left behind: an orphan once released */
+            continue;
+        }
         if (rgm_refs_remove(e->refs, o->digest) < 0) {
             rgm_log(RGM_LOG_WARN, "evict", "cannot remove %s", o->digest);
             continue;
@@ -282,6 +295,40 @@ static int on_orphan(const rgm_index_object_t *obj, void *ud)
     return o->n >= RGM_EVICT_BATCH;
 }
 
+/* One window of the orphan pass (at most ORPHAN_SCAN blobs from where it stands) into *o.
+ * 0, or <0. When the window reaches the end the pass starts over; a whole pass that found
+ * nothing rests for ORPHAN_REST_MS, unless eviction left a busy object behind since. */
+static int orphan_window(rgm_evict_t *e, uint64_t before_ms, uint64_t now, struct orphans *o)
+{
+    int rc;
+
+    if (!e->is_orphan_dirty && now < e->orphan_rest_until)
+        return 0;
+    rc = rgm_refs_scan_orphans(e->refs, &e->orphan_at, before_ms, ORPHAN_SCAN, on_orphan, o);
+    if (rc < 0)
+        return rc;
+    e->orphans_seen += o->n;
+    if (o->n < RGM_EVICT_BATCH && (size_t)rc < ORPHAN_SCAN) {
+        /* the end: the next window starts a new pass */
+        if (e->orphans_seen == 0) {
+            e->orphan_rest_until = now + ORPHAN_REST_MS;
+            e->is_orphan_dirty = 0;
+        }
+        memset(&e->orphan_at, 0, sizeof(e->orphan_at));
+        e->orphans_seen = 0;
+    }
+    return 0;
+}
+
+/* The pass stops at obj next time (it was not used: need was met first). */
+static void orphan_rewind(rgm_evict_t *e, const rgm_index_object_t *obj)
+{
+    /* just before obj in (last_access, digest) order: the same time, a digest below it */
+    e->orphan_at.after_ms = obj->last_access_ms;
+    snprintf(e->orphan_at.after, sizeof(e->orphan_at.after), "%.*s", (int)strlen(obj->digest) - 1,
+             obj->digest);
+}
+
 static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, size_t *removed)
 {
     rgm_evict_t *e = c->e;
@@ -292,9 +339,12 @@ static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, si
     if (c->now < c->o->orphan_grace_ms)
         return 0;
     o = rgm_calloc(1, sizeof(*o));
-    rc = rgm_refs_walk_orphans(e->refs, c->now - c->o->orphan_grace_ms, RGM_EVICT_BATCH, on_orphan,
-                               o);
-    for (i = 0; rc >= 0 && i < o->n && *freed < need; i++) {
+    rc = orphan_window(e, c->now - c->o->orphan_grace_ms, c->now, o);
+    for (i = 0; rc >= 0 && i < o->n; i++) {
+        if (*freed >= need) {
+            orphan_rewind(e, &o->obj[i]);
+            break;
+        }
         if (is_busy(e, o->obj[i].digest) || rgm_refs_remove(e->refs, o->obj[i].digest) < 0)
             continue;
         e->counters.objects[RGM_EVICT_ORPHAN]++;
@@ -355,6 +405,7 @@ static int choose_image(const struct ctx *c, uint64_t *after_ms, char *after_d,
  * of need goes to the step's image loop. */
 static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, size_t *removed)
 {
+    rgm_refs_cursor_t from;
     rgm_evict_t *e = c->e;
     struct orphans *o = rgm_calloc(1, sizeof(*o));
     struct closure best;
@@ -364,7 +415,10 @@ static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, 
     int has_best = 0;
     int rc;
 
-    rc = rgm_refs_walk_orphans(e->refs, c->now + 1, RGM_EVICT_BATCH, on_orphan, o);
+    /* the oldest ORPHAN_SCAN blobs: an unreferenced blob newer than all of them waits for
+     * a later step, when those are gone */
+    memset(&from, 0, sizeof(from));
+    rc = rgm_refs_scan_orphans(e->refs, &from, c->now + 1, ORPHAN_SCAN, on_orphan, o);
     while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH) {
         const rgm_index_object_t *b;
 

@@ -40,10 +40,10 @@ static const char *const rs_sql[RS_COUNT] = {
                 "WHERE kind = 'manifest' AND (last_access, digest) > (?1, ?2) AND NOT EXISTS "
                 "(SELECT 1 FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = "
                 "o.digest) ORDER BY last_access, digest LIMIT ?3",
-    [RS_ORPHANS] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM "
-                   "objects o WHERE kind = 'blob' AND last_access < ?1 AND NOT EXISTS (SELECT 1 "
-                   "FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = o.digest) "
-                   "ORDER BY last_access, digest LIMIT ?2",
+    [RS_ORPHANS] = "SELECT digest, size, media_type, kind, created, last_access, hits, NOT EXISTS "
+                   "(SELECT 1 FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = "
+                   "o.digest) FROM objects o WHERE kind = 'blob' AND (last_access, digest) > "
+                   "(?1, ?2) AND last_access < ?3 ORDER BY last_access, digest LIMIT ?4",
     [RS_DEL_EDGES] = "DELETE FROM refs WHERE parent = ?1",
     [RS_DEL_MARK] = "DELETE FROM refs_scanned WHERE digest = ?1",
 };
@@ -284,25 +284,17 @@ int rgm_refs_parents(rgm_refs_t *r, const char *child, rgm_refs_fn cb, void *ud)
 }
 
 /* Rows of the objects' columns, as the index's own walks give them. */
+static void row_object(sqlite3_stmt *st, rgm_index_object_t *obj);
+
 static int walk_objects(rgm_refs_t *r, sqlite3_stmt *st, rgm_index_object_fn cb, void *ud)
 {
     sqlite3 *db = rgm_index_db_read(r->idx);
     rgm_index_object_t obj;
-    const unsigned char *kind;
     int count = 0;
     int rc;
 
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        memset(&obj, 0, sizeof(obj));
-        rgm_sql_col_text(st, 0, obj.digest, sizeof(obj.digest));
-        obj.size = rgm_sql_col_u64(st, 1);
-        rgm_sql_col_text(st, 2, obj.media_type, sizeof(obj.media_type));
-        kind = sqlite3_column_text(st, 3);
-        obj.kind =
-            kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
-        obj.created_ms = rgm_sql_col_u64(st, 4);
-        obj.last_access_ms = rgm_sql_col_u64(st, 5);
-        obj.hits = rgm_sql_col_u64(st, 6);
+        row_object(st, &obj);
         count++;
         if (cb(&obj, ud) != 0) {
             rc = SQLITE_DONE;
@@ -325,15 +317,48 @@ int rgm_refs_walk_tops(rgm_refs_t *r, uint64_t after_ms, const char *after_diges
     return walk_objects(r, st, cb, ud);
 }
 
-int rgm_refs_walk_orphans(rgm_refs_t *r, uint64_t before_ms, size_t n, rgm_index_object_fn cb,
-                          void *ud)
+/* One row of an objects query (the columns of walk_objects' statements) into obj. */
+static void row_object(sqlite3_stmt *st, rgm_index_object_t *obj)
 {
-    sqlite3_stmt *st = r->st[RS_ORPHANS];
+    const unsigned char *kind;
 
-    (void)rgm_index_db_read(r->idx);
-    (void)sqlite3_bind_int64(st, 1, rgm_sql_i64(before_ms));
-    (void)sqlite3_bind_int64(st, 2, n == 0 ? -1 : rgm_sql_i64(n));
-    return walk_objects(r, st, cb, ud);
+    memset(obj, 0, sizeof(*obj));
+    rgm_sql_col_text(st, 0, obj->digest, sizeof(obj->digest));
+    obj->size = rgm_sql_col_u64(st, 1);
+    rgm_sql_col_text(st, 2, obj->media_type, sizeof(obj->media_type));
+    kind = sqlite3_column_text(st, 3);
+    obj->kind =
+        kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
+    obj->created_ms = rgm_sql_col_u64(st, 4);
+    obj->last_access_ms = rgm_sql_col_u64(st, 5);
+    obj->hits = rgm_sql_col_u64(st, 6);
+}
+
+int rgm_refs_scan_orphans(rgm_refs_t *r, rgm_refs_cursor_t *cur, uint64_t before_ms, size_t rows,
+                          rgm_index_object_fn cb, void *ud)
+{
+    sqlite3 *db = rgm_index_db_read(r->idx);
+    sqlite3_stmt *st = r->st[RS_ORPHANS];
+    rgm_index_object_t obj;
+    int count = 0;
+    int rc;
+
+    (void)sqlite3_bind_int64(st, 1, rgm_sql_i64(cur->after_ms));
+    rgm_sql_bind_text(st, 2, cur->after);
+    (void)sqlite3_bind_int64(st, 3, rgm_sql_i64(before_ms));
+    (void)sqlite3_bind_int64(st, 4, rgm_sql_i64(rows));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        row_object(st, &obj);
+        count++;
+        cur->after_ms = obj.last_access_ms;
+        snprintf(cur->after, sizeof(cur->after), "%s", obj.digest);
+        if (sqlite3_column_int(st, 7) != 0 && cb(&obj, ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? count : rgm_sql_fail(db, "refs", "scan orphans");
 }
 
 /* ---- removal ---- */

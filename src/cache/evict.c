@@ -373,6 +373,10 @@ static int choose_image(const struct ctx *c, uint64_t *after_ms, char *after_d,
         if (rc < 0 || w.n == 0)
             return rc < 0 ? rc : 0;
         for (i = 0; i < w.n; i++) {
+            /* Tops come by their own last use, and an image's last use is never earlier than
+             * its top's: none from here on can be less recently used than best. */
+            if (found && best->last_used_ms <= w.obj[i].last_access_ms)
+                return 1;
             closure_build(&cl, c, &w.obj[i]);
             if (cl.err < 0) {
                 rc = cl.err;

@@ -786,8 +786,9 @@ static void on_slot(rgm_slot_wait_t *w)
     struct rq_env *r = job->r;
 
     job->has_slot = 1;
-    if (rgm_fetch_resume(r->fetches, job->digest, on_fetch_done, job, on_resume_ready, job,
-                         &job->fetch) == 0) {
+    /* Only a partial this registry delivered: its answer vouches for the prefix. */
+    if (rgm_fetch_resume(r->fetches, job->digest, job->reg->name, on_fetch_done, job,
+                         on_resume_ready, job, &job->fetch) == 0) {
         r->m.fetches_started++;
         job->state = JOB_RESUME;
         job->fetch_live = 1;

@@ -259,8 +259,7 @@ static void serve_cached(struct rq *q)
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
     /* A fresh tag's public answer is kept in memory until the tag is due for revalidation:
      * the next HEADs skip the index (the cached-HEAD rate is the index's cost). */
-    if (q->is_head && !q->path.is_digest && q->tag_fresh_until > 0 &&
-        rgm_index_has_public_origin(q->r->index, q->digest) == 1)
+    if (q->is_head && !q->path.is_digest && q->tag_fresh_until > 0 && rq_is_public(q, q->digest))
         head_remember(q, q->digest,
                       obj->media_type[0] ? obj->media_type
                                          : "application/vnd.oci.image.manifest.v1+json",
@@ -427,6 +426,9 @@ static void head_complete(struct mjob *j)
         }
         if (d && cached_manifest(q, d)) {
             rgm_upstream_count_avoided(j->r->up, j->reg);
+            /* The upstream named d as this repository's tag, to this identity: d is in the
+             * repository (public when the mirror's own identity was answered). */
+            rq_mark_origin(q, d, j->used_client);
             snprintf(q->digest, sizeof(q->digest), "%s", d);
             serve_cached_checked(q);
             continue;
@@ -696,8 +698,7 @@ static void serve_stale(struct rq *q)
  * stale_on_not_found, public content only, whatever its age. 1 served, 0 not allowed. */
 static int serve_deleted(struct rq *q)
 {
-    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) ||
-        rgm_index_has_public_origin(q->r->index, q->digest) != 1)
+    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) || !rq_is_public(q, q->digest))
         return 0;
     rq_set_cache(q, "STALE");
     serve_cached_checked(q);
@@ -786,10 +787,11 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
     /* The same digest means our copy is current; the upstream accepted this client for the
      * repository, so no further access check is needed. */
     if (status == 200 && d && rgm_ref_valid_digest(d)) {
-        if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
-            strcmp(d, q->digest) == 0)
+        int is_here = strcmp(d, q->digest) == 0 || cached_manifest(q, d);
+
+        if (is_here || rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1)
             rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
-        if (strcmp(d, q->digest) == 0 || cached_manifest(q, d)) {
+        if (is_here) {
             /* Resolved by digest: a tag that moved to a digest cached (and deliverable
              * through this registry) costs no pull. */
             if (strcmp(d, q->digest) != 0 && !q->is_head)

@@ -381,6 +381,16 @@ int rq_may_vouch(struct rq *q, const char *digest)
            rgm_index_has_registry_origin(q->r->index, digest, q->reg->name) == 1;
 }
 
+int rq_is_public(struct rq *q, const char *digest)
+{
+    int is_public = 0;
+
+    if (q->path.kind != RGM_REF_ROUTE_MANIFEST || q->path.is_digest)
+        return rgm_index_has_public_origin(q->r->index, digest) == 1;
+    return rgm_index_has_origin(q->r->index, digest, q->reg->name, q->repo, &is_public) == 1 &&
+           is_public;
+}
+
 /* Is access to digest, in q's repository, cached for q's credentials? */
 static int decision_cached(struct rq *q, const char *digest)
 {
@@ -396,10 +406,11 @@ void rq_check_access(struct rq *q)
 {
     char suffix[256];
 
-    /* Public content: anyone, through any repository. Private content: the decision cached
-     * for this client and repository, but only for objects known to be in that repository
-     * (a decision about one repository says nothing about another's objects). */
-    if (rgm_index_has_public_origin(q->r->index, q->digest) == 1 || decision_cached(q, q->digest)) {
+    /* Public content: anyone, through any repository (a tag: its repository's). Private
+     * content: the decision cached for this client and repository, but only for objects
+     * known to be in that repository (a decision about one repository says nothing about
+     * another's objects). */
+    if (rq_is_public(q, q->digest) || decision_cached(q, q->digest)) {
         q->after_access(q);
         return;
     }

@@ -170,6 +170,11 @@ int rq_ignore_body(rgm_upcall_t *c, const char *data, size_t len, void *ud);
 /* Record that digest came through q's registry and repository (public or not); a private
  * one also caches the upstream's acceptance of q's credentials for that repository. */
 void rq_mark_origin(struct rq *q, const char *digest, int is_private);
+/* Is digest public for q? Content named by digest: when any origin of it is public (public
+ * content is anyone's, through any repository). A manifest named by a tag: only when its
+ * origin in q's registry and repository is public, since a tag is a name in one repository
+ * and a private repository's tags are not public because their content is public elsewhere. */
+int rq_is_public(struct rq *q, const char *digest);
 /* Serve only after the cache-never-widens-access rule holds for q->digest; then run
  * q->after_access(q) (maybe at once, inside this call). Answers the denial itself. */
 void rq_check_access(struct rq *q);

@@ -244,10 +244,10 @@ static int route_to_owner(rgm_routes_t *r, struct rq *q, unsigned n_forwards)
     rgm_fwd_opts_t o;
     char key[RGM_REF_HOST_MAX + RGM_REF_NAME_MAX + RGM_REF_DIGEST_MAX + 8];
 
-    q->is_only_cached = rgm_req_header(req, RGM_HDR_ONLY_IF_CACHED) != NULL;
     q->may_fill = 1; /* rq_fill_source decides: only an owner fills */
     if (!env->peers)
-        return 0;
+        return 0; /* no cluster: the hop headers mean nothing here, from anyone */
+    q->is_only_cached = rgm_req_header(req, RGM_HDR_ONLY_IF_CACHED) != NULL;
     if (q->is_only_cached) {
         env->m.cluster_fill_asks++; /* a peer's fill: from the store or 404, here */
         return 0;

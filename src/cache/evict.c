@@ -460,6 +460,7 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     uint64_t after_ms = 0;
     char after_d[RGM_DIGEST_MAX] = "";
     size_t removed = 0, n;
+    uint64_t t0;
     int rc;
 
     if (o->max_bytes == 0)
@@ -475,11 +476,13 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     if (rgm_pins_refresh(e->pins) < 0)
         return UV_EIO;
     need = bytes - (o->target_bytes < o->max_bytes ? o->target_bytes : o->max_bytes);
+    t0 = uv_hrtime();
     if (o->is_cluster)
         rc = evict_by_access(&c, need, &freed, &removed);
     else
         rc = evict_orphans(&c, need, &freed, &removed);
-    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH) {
+    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH &&
+           (o->budget_us == 0 || (uv_hrtime() - t0) / 1000 < o->budget_us)) {
         rc = choose_image(&c, &after_ms, after_d, &best);
         if (rc <= 0)
             break;
@@ -494,6 +497,9 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     }
     if (rc < 0)
         return rc;
+    if (freed == 0 && ((o->budget_us > 0 && (uv_hrtime() - t0) / 1000 >= o->budget_us) ||
+                       e->orphan_at.after[0] != '\0'))
+        return 1; /* out of time, or the orphan pass is not over: not stuck */
     if (freed == 0) {
         if (!e->is_stuck_logged)
             rgm_log(RGM_LOG_WARN, "evict",

@@ -28,7 +28,10 @@
 
 #define FLUSH_INTERVAL_MS     2000
 #define GC_INTERVAL_MS        5000
-#define GC_AGAIN_MS           20
+#define GC_AGAIN_MS           5
+/* One eviction step's time on the loop (cache/evict's budget): a cached HEAD behind it waits
+ * at most about this long. */
+#define GC_BUDGET_US          2000
 /* The background reconcile: rows or files per loop turn, and the pause between turns. A
  * batch is a few hundred stat(2) and SQLite lookups, well under a millisecond from the page
  * cache. RGM_RECONCILE_BATCH and RGM_RECONCILE_INTERVAL_MS override them (tests slow it down
@@ -501,6 +504,7 @@ static int open_cachemgmt(struct serve *s)
         return UV_EINVAL;
     }
     s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
+    s->cm.opts.budget_us = GC_BUDGET_US;
     rgm_routes_set_refs(s->routes, s->cm.refs);
     rgm_routes_set_evict(s->routes, s->cm.evict, &s->cm.opts);
     s->tally_interval_ms = env_knob("RGM_TALLY_INTERVAL_MS", TALLY_INTERVAL_MS, 3600000);

@@ -15,6 +15,9 @@
 #define ORPHAN_SCAN    1000
 /* After a whole pass found no orphan, rest this long unless eviction left one behind. */
 #define ORPHAN_REST_MS 60000
+/* The cache's size is a scan of every row (index stats): in serve (a budget set) it is read
+ * at most this often, and estimated from what eviction freed in between. */
+#define STATS_EVERY_MS 5000
 #define CLOSURE_MAX    4096
 
 struct rgm_evict {
@@ -30,6 +33,8 @@ struct rgm_evict {
     size_t orphans_seen;         /* orphans found by the pass so far */
     uint64_t orphan_rest_until;  /* a whole pass found none: no scan before this */
     int is_orphan_dirty;         /* a busy object was left: it may be an orphan now */
+    uint64_t bytes_est;          /* the cache's size as last read, less what went since */
+    uint64_t stats_at_ms;        /* when it was read; 0: never */
     rgm_evict_tally_t tally;     /* the last completed pass */
     rgm_evict_tally_t partial;   /* the pass in progress */
     uint64_t tally_after_ms;     /* where it stands in the walk by last use */
@@ -465,10 +470,18 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
 
     if (o->max_bytes == 0)
         return 0;
-    if (rgm_index_flush(e->idx) < 0 || rgm_index_stats(e->idx, &objects, &bytes) < 0)
+    if (rgm_index_flush(e->idx) < 0)
         return UV_EIO;
+    if (o->budget_us == 0 || e->stats_at_ms == 0 || c.now >= e->stats_at_ms + STATS_EVERY_MS) {
+        if (rgm_index_stats(e->idx, &objects, &bytes) < 0)
+            return UV_EIO;
+        e->bytes_est = bytes;
+        e->stats_at_ms = c.now;
+    }
+    bytes = e->bytes_est;
     if (bytes <= o->max_bytes) {
         e->is_stuck_logged = 0;
+        e->stats_at_ms = 0; /* the next step reads the size again */
         return 0;
     }
     if (!rgm_refs_is_complete(e->refs))
@@ -495,6 +508,7 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
         if (n == 0)
             break; /* nothing of it could go: do not pick it again and again */
     }
+    e->bytes_est = freed < e->bytes_est ? e->bytes_est - freed : 0;
     if (rc < 0)
         return rc;
     if (freed == 0 && ((o->budget_us > 0 && (uv_hrtime() - t0) / 1000 >= o->budget_us) ||

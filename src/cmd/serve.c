@@ -481,11 +481,16 @@ static void on_backfill(uv_timer_t *t)
 static uint64_t env_knob(const char *name, uint64_t def, uint64_t max);
 
 /* A step of the image tally behind /metrics' image gauges, off the hot path: a few images
- * per tick, then a pause until the next pass. */
+ * per tick, then a pause until the next pass. It waits for the reconcile and back-fill. */
 static void on_tally(uv_timer_t *t)
 {
     struct serve *s = rgm_container_of(t, struct serve, tally_timer);
-    const int rc = rgm_evict_tally_step(s->cm.evict, &s->cm.opts, TALLY_BATCH);
+    int rc = 1;
+
+    /* Not before the reconcile and the back-fill are over: its lookups would check (and
+     * drop) rows the reconcile has not reached, and the edges may be missing. */
+    if (!s->reconcile && rgm_refs_is_complete(s->cm.refs))
+        rc = rgm_evict_tally_step(s->cm.evict, &s->cm.opts, TALLY_BATCH);
 
     if (rc < 0)
         rgm_log(RGM_LOG_WARN, "refs", "image tally failed; trying again later");

@@ -9,8 +9,16 @@
 
 /* Top-level manifests looked at per choice: the one least recently used, counting the
  * accesses of its own manifests (a platform manifest pulled by digest), goes. */
-#define WINDOW      8
-#define CLOSURE_MAX 4096
+#define WINDOW         8
+/* Blobs an orphan scan examines per step: its cost is bounded by this, not by how few orphans
+ * there are (a whole scan of a big cache holds the loop for seconds). */
+#define ORPHAN_SCAN    1000
+/* After a whole pass found no orphan, rest this long unless eviction left one behind. */
+#define ORPHAN_REST_MS 60000
+/* The cache's size is a scan of every row (index stats): in serve (a budget set) it is read
+ * at most this often, and estimated from what eviction freed in between. */
+#define STATS_EVERY_MS 5000
+#define CLOSURE_MAX    4096
 
 struct rgm_evict {
     rgm_index_t *idx;
@@ -21,6 +29,16 @@ struct rgm_evict {
     rgm_inuse_t *inuse;
     rgm_evict_counters_t counters;
     int is_stuck_logged;
+    rgm_refs_cursor_t orphan_at; /* where the orphan pass stands */
+    size_t orphans_seen;         /* orphans found by the pass so far */
+    uint64_t orphan_rest_until;  /* a whole pass found none: no scan before this */
+    int is_orphan_dirty;         /* a busy object was left: it may be an orphan now */
+    uint64_t bytes_est;          /* the cache's size as last read, less what went since */
+    uint64_t stats_at_ms;        /* when it was read; 0: never */
+    rgm_evict_tally_t tally;     /* the last completed pass */
+    rgm_evict_tally_t partial;   /* the pass in progress */
+    uint64_t tally_after_ms;     /* where it stands in the walk by last use */
+    char tally_after[RGM_DIGEST_MAX];
 };
 
 /* An image's objects: the first n_unique go with it, the rest are shared with another. */
@@ -229,8 +247,12 @@ static size_t closure_remove(rgm_evict_t *e, const struct closure *cl, enum rgm_
     for (i = 0; i < cl->n; i++) {
         const rgm_index_object_t *o = &cl->m[i].obj;
 
-        if (!cl->m[i].is_unique || is_busy(e, o->digest))
+        if (!cl->m[i].is_unique)
             continue;
+        if (is_busy(e, o->digest)) {
+            e->is_orphan_dirty = 1; /* left behind: an orphan once released */
+            continue;
+        }
         if (rgm_refs_remove(e->refs, o->digest) < 0) {
             rgm_log(RGM_LOG_WARN, "evict", "cannot remove %s", o->digest);
             continue;
@@ -278,6 +300,40 @@ static int on_orphan(const rgm_index_object_t *obj, void *ud)
     return o->n >= RGM_EVICT_BATCH;
 }
 
+/* One window of the orphan pass (at most ORPHAN_SCAN blobs from where it stands) into *o.
+ * 0, or <0. When the window reaches the end the pass starts over; a whole pass that found
+ * nothing rests for ORPHAN_REST_MS, unless eviction left a busy object behind since. */
+static int orphan_window(rgm_evict_t *e, uint64_t before_ms, uint64_t now, struct orphans *o)
+{
+    int rc;
+
+    if (!e->is_orphan_dirty && now < e->orphan_rest_until)
+        return 0;
+    rc = rgm_refs_scan_orphans(e->refs, &e->orphan_at, before_ms, ORPHAN_SCAN, on_orphan, o);
+    if (rc < 0)
+        return rc;
+    e->orphans_seen += o->n;
+    if (o->n < RGM_EVICT_BATCH && (size_t)rc < ORPHAN_SCAN) {
+        /* the end: the next window starts a new pass */
+        if (e->orphans_seen == 0) {
+            e->orphan_rest_until = now + ORPHAN_REST_MS;
+            e->is_orphan_dirty = 0;
+        }
+        memset(&e->orphan_at, 0, sizeof(e->orphan_at));
+        e->orphans_seen = 0;
+    }
+    return 0;
+}
+
+/* The pass stops at obj next time (it was not used: need was met first). */
+static void orphan_rewind(rgm_evict_t *e, const rgm_index_object_t *obj)
+{
+    /* just before obj in (last_access, digest) order: the same time, a digest below it */
+    e->orphan_at.after_ms = obj->last_access_ms;
+    snprintf(e->orphan_at.after, sizeof(e->orphan_at.after), "%.*s", (int)strlen(obj->digest) - 1,
+             obj->digest);
+}
+
 static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, size_t *removed)
 {
     rgm_evict_t *e = c->e;
@@ -288,9 +344,12 @@ static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, si
     if (c->now < c->o->orphan_grace_ms)
         return 0;
     o = rgm_calloc(1, sizeof(*o));
-    rc = rgm_refs_walk_orphans(e->refs, c->now - c->o->orphan_grace_ms, RGM_EVICT_BATCH, on_orphan,
-                               o);
-    for (i = 0; rc >= 0 && i < o->n && *freed < need; i++) {
+    rc = orphan_window(e, c->now - c->o->orphan_grace_ms, c->now, o);
+    for (i = 0; rc >= 0 && i < o->n; i++) {
+        if (*freed >= need) {
+            orphan_rewind(e, &o->obj[i]);
+            break;
+        }
         if (is_busy(e, o->obj[i].digest) || rgm_refs_remove(e->refs, o->obj[i].digest) < 0)
             continue;
         e->counters.objects[RGM_EVICT_ORPHAN]++;
@@ -319,6 +378,10 @@ static int choose_image(const struct ctx *c, uint64_t *after_ms, char *after_d,
         if (rc < 0 || w.n == 0)
             return rc < 0 ? rc : 0;
         for (i = 0; i < w.n; i++) {
+            /* Tops come by their own last use, and an image's last use is never earlier than
+             * its top's: none from here on can be less recently used than best. */
+            if (found && best->last_used_ms <= w.obj[i].last_access_ms)
+                return 1;
             closure_build(&cl, c, &w.obj[i]);
             if (cl.err < 0) {
                 rc = cl.err;
@@ -345,6 +408,55 @@ static int choose_image(const struct ctx *c, uint64_t *after_ms, char *after_d,
     }
 }
 
+/* Cluster mode: unreferenced blobs (they may be layers of another replica's images) and
+ * images, each in the order of its last access, until need is freed or the batch is done:
+ * a blob older than the least recently used image that may go is removed first. What is left
+ * of need goes to the step's image loop. */
+static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, size_t *removed)
+{
+    rgm_refs_cursor_t from;
+    rgm_evict_t *e = c->e;
+    struct orphans *o = rgm_calloc(1, sizeof(*o));
+    struct closure best;
+    uint64_t after_ms = 0;
+    char after_d[RGM_DIGEST_MAX] = "";
+    size_t i = 0;
+    int has_best = 0;
+    int rc;
+
+    /* the oldest ORPHAN_SCAN blobs: an unreferenced blob newer than all of them waits for
+     * a later step, when those are gone */
+    memset(&from, 0, sizeof(from));
+    rc = rgm_refs_scan_orphans(e->refs, &from, c->now + 1, ORPHAN_SCAN, on_orphan, o);
+    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH) {
+        const rgm_index_object_t *b;
+
+        while (i < o->n && is_busy(e, o->obj[i].digest))
+            i++;
+        if (i == o->n)
+            break; /* images only from here: the step's loop */
+        if (!has_best) {
+            rc = choose_image(c, &after_ms, after_d, &best);
+            if (rc < 0)
+                break;
+            has_best = rc == 1;
+        }
+        b = &o->obj[i++];
+        if (has_best && best.last_used_ms <= b->last_access_ms)
+            break; /* the image is older: the step's loop takes it */
+        if (rgm_refs_remove(e->refs, b->digest) < 0)
+            continue;
+        e->counters.objects[RGM_EVICT_LRU_IMAGE]++;
+        e->counters.bytes[RGM_EVICT_LRU_IMAGE] += b->size;
+        *freed += b->size;
+        (*removed)++;
+    }
+    if (has_best)
+        closure_free(&best);
+    free(o);
+    return rc < 0 ? rc : 0;
+}
+
 int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
 {
     struct ctx c = {e, o, rgm_time_ms()};
@@ -353,14 +465,23 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     uint64_t after_ms = 0;
     char after_d[RGM_DIGEST_MAX] = "";
     size_t removed = 0, n;
+    uint64_t t0;
     int rc;
 
     if (o->max_bytes == 0)
         return 0;
-    if (rgm_index_flush(e->idx) < 0 || rgm_index_stats(e->idx, &objects, &bytes) < 0)
+    if (rgm_index_flush(e->idx) < 0)
         return UV_EIO;
+    if (o->budget_us == 0 || e->stats_at_ms == 0 || c.now >= e->stats_at_ms + STATS_EVERY_MS) {
+        if (rgm_index_stats(e->idx, &objects, &bytes) < 0)
+            return UV_EIO;
+        e->bytes_est = bytes;
+        e->stats_at_ms = c.now;
+    }
+    bytes = e->bytes_est;
     if (bytes <= o->max_bytes) {
         e->is_stuck_logged = 0;
+        e->stats_at_ms = 0; /* the next step reads the size again */
         return 0;
     }
     if (!rgm_refs_is_complete(e->refs))
@@ -368,8 +489,13 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
     if (rgm_pins_refresh(e->pins) < 0)
         return UV_EIO;
     need = bytes - (o->target_bytes < o->max_bytes ? o->target_bytes : o->max_bytes);
-    rc = evict_orphans(&c, need, &freed, &removed);
-    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH) {
+    t0 = uv_hrtime();
+    if (o->is_cluster)
+        rc = evict_by_access(&c, need, &freed, &removed);
+    else
+        rc = evict_orphans(&c, need, &freed, &removed);
+    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH &&
+           (o->budget_us == 0 || (uv_hrtime() - t0) / 1000 < o->budget_us)) {
         rc = choose_image(&c, &after_ms, after_d, &best);
         if (rc <= 0)
             break;
@@ -382,8 +508,12 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
         if (n == 0)
             break; /* nothing of it could go: do not pick it again and again */
     }
+    e->bytes_est = freed < e->bytes_est ? e->bytes_est - freed : 0;
     if (rc < 0)
         return rc;
+    if (freed == 0 && ((o->budget_us > 0 && (uv_hrtime() - t0) / 1000 >= o->budget_us) ||
+                       e->orphan_at.after[0] != '\0'))
+        return 1; /* out of time, or the orphan pass is not over: not stuck */
     if (freed == 0) {
         if (!e->is_stuck_logged)
             rgm_log(RGM_LOG_WARN, "evict",
@@ -456,4 +586,64 @@ int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_re
     if (freed)
         *freed += f;
     return (int)n;
+}
+
+/* ---- the tally for /metrics ---- */
+
+struct tally_walk {
+    rgm_evict_t *e;
+    const rgm_evict_opts_t *o;
+    size_t seen;
+    int err;
+};
+
+static int tally_one(const rgm_index_object_t *top, void *ud)
+{
+    struct tally_walk *w = ud;
+    rgm_evict_t *e = w->e;
+    rgm_evict_image_t info;
+
+    w->seen++;
+    e->tally_after_ms = top->last_access_ms;
+    snprintf(e->tally_after, sizeof(e->tally_after), "%s", top->digest);
+    w->err = rgm_evict_describe(e, top, w->o, &info);
+    if (w->err < 0)
+        return 1;
+    e->partial.images++;
+    e->partial.unique_bytes += info.unique_bytes;
+    e->partial.shared_bytes += info.shared_bytes;
+    if (info.is_pinned) {
+        e->partial.pinned_images++;
+        e->partial.pinned_bytes += info.unique_bytes + info.shared_bytes;
+    }
+    return 0;
+}
+
+int rgm_evict_tally_step(rgm_evict_t *e, const rgm_evict_opts_t *o, size_t n)
+{
+    struct tally_walk w = {e, o, 0, 0};
+    int rc;
+
+    if (n == 0)
+        n = RGM_EVICT_BATCH; /* 0 would mean every image in one go */
+    rc = rgm_refs_walk_tops(e->refs, e->tally_after_ms, e->tally_after, n, tally_one, &w);
+    if (rc < 0 || w.err < 0) {
+        memset(&e->partial, 0, sizeof(e->partial));
+        e->tally_after_ms = 0;
+        e->tally_after[0] = '\0';
+        return rc < 0 ? rc : w.err;
+    }
+    if (w.seen == n)
+        return 1;
+    e->partial.passes = e->tally.passes + 1;
+    e->tally = e->partial;
+    memset(&e->partial, 0, sizeof(e->partial));
+    e->tally_after_ms = 0;
+    e->tally_after[0] = '\0';
+    return 0;
+}
+
+const rgm_evict_tally_t *rgm_evict_tally(const rgm_evict_t *e)
+{
+    return &e->tally;
 }

@@ -28,6 +28,14 @@ typedef struct rgm_evict_opts {
     uint64_t orphan_grace_ms; /* orphans unrequested this long go first */
     uint64_t tag_ttl_ms;      /* served tags and moved pins are kept this long */
     int is_served_kept;       /* keep tagged manifests served within tag_ttl (serve: 1) */
+    /* A replica of a cluster: blobs no local manifest names may belong to an image another
+     * replica holds, so none is an orphan; each goes by its last access, in turn with the
+     * least recently used images (counted as lru-image), with no orphan_grace. */
+    int is_cluster;
+    /* A step ends after the image (or orphan window) that takes it past this many
+     * microseconds, so that one step never holds serve's loop long; 0: the batch's count
+     * alone bounds it (offline gc). */
+    uint64_t budget_us;
 } rgm_evict_opts_t;
 
 enum rgm_evict_reason { RGM_EVICT_LRU_IMAGE = 0, RGM_EVICT_ORPHAN, RGM_EVICT_PURGE, RGM_EVICT_NR };
@@ -74,5 +82,26 @@ int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_re
                            const rgm_evict_opts_t *o, uint64_t *freed);
 
 const rgm_evict_counters_t *rgm_evict_counters(const rgm_evict_t *e);
+
+/* The images' sizes for /metrics, from a pass over every image (rgm_evict_describe each),
+ * made in small steps off the hot path and published whole when a pass ends. unique_bytes
+ * sums what each image alone holds; shared_bytes sums, per image, what it shares with another
+ * (a layer of three images counts three times); pinned_bytes sums both over pinned images.
+ * Approximate while images are used during a pass (the walk goes by last use). */
+typedef struct rgm_evict_tally {
+    uint64_t images;
+    uint64_t pinned_images;
+    uint64_t pinned_bytes;
+    uint64_t unique_bytes;
+    uint64_t shared_bytes;
+    uint64_t passes; /* completed passes; 0: none yet, the figures are all 0 */
+} rgm_evict_tally_t;
+
+/* Describe at most n more images of the current pass. When the pass has seen every image,
+ * its figures are published (rgm_evict_tally) and the next call starts a new pass. 1 when the
+ * pass goes on, 0 when this call ended it, <0 on an index error (the pass starts over). */
+int rgm_evict_tally_step(rgm_evict_t *e, const rgm_evict_opts_t *o, size_t n);
+/* The last completed pass (borrowed; updated by rgm_evict_tally_step). */
+const rgm_evict_tally_t *rgm_evict_tally(const rgm_evict_t *e);
 
 #endif

@@ -9,6 +9,7 @@
 #include <uv.h>
 
 #include "core/log.h"
+#include "cache/sql.h"
 
 #define TOUCH_BUCKETS     1024
 #define TOUCH_MAX_PENDING 65536
@@ -157,40 +158,17 @@ static void referrers_close(rgm_index_t *idx);
 
 /* ---- helpers ---- */
 
+/* The shared helpers (cache/sql) under this file's short names, so that the queries below
+ * read as before. */
+#define st_done   rgm_sql_done
+#define bind_text rgm_sql_bind_text
+#define to_i64    rgm_sql_i64
+#define col_u64   rgm_sql_col_u64
+#define col_text  rgm_sql_col_text
+
 static int db_fail(rgm_index_t *idx, const char *what)
 {
-    rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, sqlite3_errmsg(idx->db));
-    return sqlite3_errcode(idx->db) == SQLITE_FULL ? UV_ENOSPC : UV_EIO; /* full disk */
-}
-
-/* Reset a statement for reuse; its error was already reported by step. */
-static void st_done(sqlite3_stmt *st)
-{
-    (void)sqlite3_reset(st);
-    (void)sqlite3_clear_bindings(st);
-}
-
-static int bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    return sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_TRANSIENT);
-}
-
-static int64_t to_i64(uint64_t v)
-{
-    return v > INT64_MAX ? INT64_MAX : (int64_t)v;
-}
-
-static uint64_t col_u64(sqlite3_stmt *st, int i)
-{
-    sqlite3_int64 v = sqlite3_column_int64(st, i);
-    return v < 0 ? 0 : (uint64_t)v;
-}
-
-static void col_text(sqlite3_stmt *st, int i, char *out, size_t len)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-
-    snprintf(out, len, "%s", s ? (const char *)s : "");
+    return rgm_sql_fail(idx->db, "index", what);
 }
 
 static int col_kind(sqlite3_stmt *st, int i)

@@ -8,6 +8,7 @@
 
 #include "core/glob.h"
 #include "core/log.h"
+#include "cache/sql.h"
 #include "cache/store.h"
 
 #define PATTERN_MAX   1024
@@ -59,23 +60,6 @@ struct rgm_pins {
 
 /* ---- helpers ---- */
 
-static int db_fail(sqlite3 *db, const char *what)
-{
-    rgm_log(RGM_LOG_ERROR, "pins", "%s: %s", what, sqlite3_errmsg(db));
-    return UV_EIO;
-}
-
-static void st_done(sqlite3_stmt *st)
-{
-    (void)sqlite3_reset(st);
-    (void)sqlite3_clear_bindings(st);
-}
-
-static void bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    (void)sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_TRANSIENT);
-}
-
 static void patterns_clear(struct patterns *ps)
 {
     size_t i;
@@ -120,7 +104,7 @@ int rgm_pins_open(rgm_index_t *idx, rgm_pins_t **out)
     for (i = 0; i < PS_COUNT; i++) {
         if (sqlite3_prepare_v3(db, ps_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &p->st[i], NULL) !=
             SQLITE_OK) {
-            (void)db_fail(db, ps_sql[i]);
+            (void)rgm_sql_fail(db, "pins", ps_sql[i]);
             goto fail;
         }
     }
@@ -168,16 +152,16 @@ int rgm_pins_refresh(rgm_pins_t *p)
     patterns_clear(&p->stored);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW)
         patterns_add(&p->stored, (const char *)sqlite3_column_text(st, 0));
-    st_done(st);
+    rgm_sql_done(st);
     if (rc != SQLITE_DONE)
-        return db_fail(db, "read pins");
+        return rgm_sql_fail(db, "pins", "read pins");
     /* moves older than a week pin nothing (tag_ttl is at most a few hours in practice) */
     st = p->st[PS_PRUNE];
     (void)sqlite3_bind_int64(st, 1, (sqlite3_int64)(now > MOVES_KEEP_MS ? now - MOVES_KEEP_MS : 0));
     db = rgm_index_db_write(p->idx);
     rc = sqlite3_step(st);
-    st_done(st);
-    return rc == SQLITE_DONE ? 0 : db_fail(db, "prune tag moves");
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? 0 : rgm_sql_fail(db, "pins", "prune tag moves");
 }
 
 int rgm_pins_add(rgm_pins_t *p, const char *pattern)
@@ -186,12 +170,12 @@ int rgm_pins_add(rgm_pins_t *p, const char *pattern)
     sqlite3_stmt *st = p->st[PS_ADD];
     int rc;
 
-    bind_text(st, 1, pattern);
+    rgm_sql_bind_text(st, 1, pattern);
     (void)sqlite3_bind_int64(st, 2, (sqlite3_int64)now_ms());
     rc = sqlite3_step(st);
-    st_done(st);
+    rgm_sql_done(st);
     if (rc != SQLITE_DONE)
-        return db_fail(db, "add pin");
+        return rgm_sql_fail(db, "pins", "add pin");
     return rgm_pins_refresh(p);
 }
 
@@ -202,11 +186,11 @@ int rgm_pins_remove(rgm_pins_t *p, const char *pattern)
     int changed;
     int rc;
 
-    bind_text(st, 1, pattern);
+    rgm_sql_bind_text(st, 1, pattern);
     rc = sqlite3_step(st);
-    st_done(st);
+    rgm_sql_done(st);
     if (rc != SQLITE_DONE)
-        return db_fail(db, "remove pin");
+        return rgm_sql_fail(db, "pins", "remove pin");
     changed = sqlite3_changes(db);
     if (rgm_pins_refresh(p) < 0)
         return UV_EIO;
@@ -306,7 +290,7 @@ static int load_rows(rgm_pins_t *p, int which, const char *digest, uint64_t sinc
 
     *rows = NULL;
     *n = 0;
-    bind_text(st, 1, digest);
+    rgm_sql_bind_text(st, 1, digest);
     if (which == PS_MOVES_OF)
         (void)sqlite3_bind_int64(st, 2, (sqlite3_int64)(since > INT64_MAX ? INT64_MAX : since));
     while ((rc = sqlite3_step(st)) == SQLITE_ROW && *n < 4096) {
@@ -319,9 +303,9 @@ static int load_rows(rgm_pins_t *p, int which, const char *digest, uint64_t sinc
         }
         (*n)++;
     }
-    st_done(st);
+    rgm_sql_done(st);
     if (rc != SQLITE_DONE && rc != SQLITE_ROW)
-        return db_fail(db, "pins: rows");
+        return rgm_sql_fail(db, "pins", "pins: rows");
     return 0;
 }
 
@@ -378,10 +362,10 @@ int rgm_pins_is_tagged(rgm_pins_t *p, const char *digest)
     sqlite3_stmt *st = p->st[PS_TAGS_OF];
     int rc;
 
-    bind_text(st, 1, digest);
+    rgm_sql_bind_text(st, 1, digest);
     rc = sqlite3_step(st);
-    st_done(st);
+    rgm_sql_done(st);
     if (rc == SQLITE_ROW)
         return 1;
-    return rc == SQLITE_DONE ? 0 : db_fail(db, "is tagged");
+    return rc == SQLITE_DONE ? 0 : rgm_sql_fail(db, "pins", "is tagged");
 }

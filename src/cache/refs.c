@@ -8,6 +8,7 @@
 #include <uv.h>
 
 #include "core/log.h"
+#include "cache/sql.h"
 
 /* Manifests are at most 4 MiB (registry/manifests). */
 #define MANIFEST_MAX (4u * 1024 * 1024)
@@ -39,10 +40,10 @@ static const char *const rs_sql[RS_COUNT] = {
                 "WHERE kind = 'manifest' AND (last_access, digest) > (?1, ?2) AND NOT EXISTS "
                 "(SELECT 1 FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = "
                 "o.digest) ORDER BY last_access, digest LIMIT ?3",
-    [RS_ORPHANS] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM "
-                   "objects o WHERE kind = 'blob' AND last_access < ?1 AND NOT EXISTS (SELECT 1 "
-                   "FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = o.digest) "
-                   "ORDER BY last_access, digest LIMIT ?2",
+    [RS_ORPHANS] = "SELECT digest, size, media_type, kind, created, last_access, hits, NOT EXISTS "
+                   "(SELECT 1 FROM refs r JOIN objects p ON p.digest = r.parent WHERE r.child = "
+                   "o.digest) FROM objects o WHERE kind = 'blob' AND (last_access, digest) > "
+                   "(?1, ?2) AND last_access < ?3 ORDER BY last_access, digest LIMIT ?4",
     [RS_DEL_EDGES] = "DELETE FROM refs WHERE parent = ?1",
     [RS_DEL_MARK] = "DELETE FROM refs_scanned WHERE digest = ?1",
 };
@@ -69,42 +70,6 @@ struct rgm_refs {
 
 /* ---- helpers ---- */
 
-static int db_fail(sqlite3 *db, const char *what)
-{
-    rgm_log(RGM_LOG_ERROR, "refs", "%s: %s", what, sqlite3_errmsg(db));
-    return UV_EIO;
-}
-
-static void st_done(sqlite3_stmt *st)
-{
-    (void)sqlite3_reset(st);
-    (void)sqlite3_clear_bindings(st);
-}
-
-static void bind_text(sqlite3_stmt *st, int i, const char *s)
-{
-    (void)sqlite3_bind_text(st, i, s ? s : "", -1, SQLITE_TRANSIENT);
-}
-
-static int64_t to_i64(uint64_t v)
-{
-    return v > INT64_MAX ? INT64_MAX : (int64_t)v;
-}
-
-static uint64_t col_u64(sqlite3_stmt *st, int i)
-{
-    sqlite3_int64 v = sqlite3_column_int64(st, i);
-
-    return v < 0 ? 0 : (uint64_t)v;
-}
-
-static void col_text(sqlite3_stmt *st, int i, char *out, size_t len)
-{
-    const unsigned char *s = sqlite3_column_text(st, i);
-
-    snprintf(out, len, "%s", s ? (const char *)s : "");
-}
-
 /* A statement that returns no rows. */
 static int run_st(rgm_refs_t *r, int which, const char *what)
 {
@@ -112,19 +77,8 @@ static int run_st(rgm_refs_t *r, int which, const char *what)
     sqlite3_stmt *st = r->st[which];
     int rc = sqlite3_step(st);
 
-    st_done(st);
-    return rc == SQLITE_DONE ? 0 : db_fail(db, what);
-}
-
-static int exec_sql(sqlite3 *db, const char *sql)
-{
-    char *errmsg = NULL;
-
-    if (sqlite3_exec(db, sql, NULL, NULL, &errmsg) == SQLITE_OK)
-        return 0;
-    rgm_log(RGM_LOG_ERROR, "refs", "%s: %s", sql, errmsg ? errmsg : "?");
-    sqlite3_free(errmsg);
-    return UV_EIO;
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? 0 : rgm_sql_fail(db, "refs", what);
 }
 
 /* ---- open / close ---- */
@@ -138,12 +92,12 @@ int rgm_refs_open(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t **out)
     *out = NULL;
     r->idx = idx;
     r->store = store;
-    if (exec_sql(db, refs_schema_sql) < 0)
+    if (rgm_sql_exec(db, "refs", refs_schema_sql) < 0)
         goto fail;
     for (i = 0; i < RS_COUNT; i++) {
         if (sqlite3_prepare_v3(db, rs_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &r->st[i], NULL) !=
             SQLITE_OK) {
-            (void)db_fail(db, rs_sql[i]);
+            (void)rgm_sql_fail(db, "refs", rs_sql[i]);
             goto fail;
         }
     }
@@ -174,8 +128,8 @@ static int add_edge(rgm_refs_t *r, const char *parent, const char *child, int ki
 
     if (rgm_digest_check(child) < 0 || strcmp(parent, child) == 0)
         return 0; /* not a digest we could hold */
-    bind_text(st, 1, parent);
-    bind_text(st, 2, child);
+    rgm_sql_bind_text(st, 1, parent);
+    rgm_sql_bind_text(st, 2, child);
     (void)sqlite3_bind_int(st, 3, kind);
     return run_st(r, RS_ADD_EDGE, "add edge");
 }
@@ -226,19 +180,19 @@ int rgm_refs_record(rgm_refs_t *r, const char *digest, const void *data, size_t 
     json_t *doc = json_loadb(data, len, 0, NULL);
     int err;
 
-    if (exec_sql(db, "BEGIN IMMEDIATE") < 0) {
+    if (rgm_sql_exec(db, "refs", "BEGIN IMMEDIATE") < 0) {
         json_decref(doc);
         return UV_EIO;
     }
     err = json_is_object(doc) ? record_doc(r, digest, doc) : 0;
     json_decref(doc);
     if (err == 0) {
-        bind_text(r->st[RS_MARK], 1, digest);
+        rgm_sql_bind_text(r->st[RS_MARK], 1, digest);
         err = run_st(r, RS_MARK, "mark scanned");
     }
     if (err == 0)
-        return exec_sql(db, "COMMIT");
-    (void)exec_sql(db, "ROLLBACK");
+        return rgm_sql_exec(db, "refs", "COMMIT");
+    (void)rgm_sql_exec(db, "refs", "ROLLBACK");
     return err;
 }
 
@@ -259,13 +213,13 @@ int rgm_refs_backfill_step(rgm_refs_t *r, size_t max)
     int rc;
     int err = 0;
 
-    bind_text(st, 1, r->backfill_after);
-    (void)sqlite3_bind_int64(st, 2, to_i64(max));
+    rgm_sql_bind_text(st, 1, r->backfill_after);
+    (void)sqlite3_bind_int64(st, 2, rgm_sql_i64(max));
     while (n < max && (rc = sqlite3_step(st)) == SQLITE_ROW)
-        col_text(st, 0, todo[n++], RGM_DIGEST_MAX);
+        rgm_sql_col_text(st, 0, todo[n++], RGM_DIGEST_MAX);
     if (n < max && rc != SQLITE_DONE)
-        err = db_fail(db, "back-fill: manifests");
-    st_done(st);
+        err = rgm_sql_fail(db, "refs", "back-fill: manifests");
+    rgm_sql_done(st);
     for (i = 0; err == 0 && i < n; i++) {
         /* small synchronous reads from the page cache: a manifest is a few KiB */
         if (rgm_store_read_small(r->store, todo[i], MANIFEST_MAX, &data, &len) < 0) {
@@ -306,17 +260,17 @@ static int walk_digests(rgm_refs_t *r, int which, const char *digest, rgm_refs_f
     int count = 0;
     int rc;
 
-    bind_text(st, 1, digest);
+    rgm_sql_bind_text(st, 1, digest);
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        col_text(st, 0, d, sizeof(d));
+        rgm_sql_col_text(st, 0, d, sizeof(d));
         count++;
         if (cb(d, sqlite3_column_int(st, 1), ud) != 0) {
             rc = SQLITE_DONE;
             break;
         }
     }
-    st_done(st);
-    return rc == SQLITE_DONE ? count : db_fail(db, "walk edges");
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? count : rgm_sql_fail(db, "refs", "walk edges");
 }
 
 int rgm_refs_children(rgm_refs_t *r, const char *parent, rgm_refs_fn cb, void *ud)
@@ -330,33 +284,25 @@ int rgm_refs_parents(rgm_refs_t *r, const char *child, rgm_refs_fn cb, void *ud)
 }
 
 /* Rows of the objects' columns, as the index's own walks give them. */
+static void row_object(sqlite3_stmt *st, rgm_index_object_t *obj);
+
 static int walk_objects(rgm_refs_t *r, sqlite3_stmt *st, rgm_index_object_fn cb, void *ud)
 {
     sqlite3 *db = rgm_index_db_read(r->idx);
     rgm_index_object_t obj;
-    const unsigned char *kind;
     int count = 0;
     int rc;
 
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        memset(&obj, 0, sizeof(obj));
-        col_text(st, 0, obj.digest, sizeof(obj.digest));
-        obj.size = col_u64(st, 1);
-        col_text(st, 2, obj.media_type, sizeof(obj.media_type));
-        kind = sqlite3_column_text(st, 3);
-        obj.kind =
-            kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
-        obj.created_ms = col_u64(st, 4);
-        obj.last_access_ms = col_u64(st, 5);
-        obj.hits = col_u64(st, 6);
+        row_object(st, &obj);
         count++;
         if (cb(&obj, ud) != 0) {
             rc = SQLITE_DONE;
             break;
         }
     }
-    st_done(st);
-    return rc == SQLITE_DONE ? count : db_fail(db, "walk objects");
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? count : rgm_sql_fail(db, "refs", "walk objects");
 }
 
 int rgm_refs_walk_tops(rgm_refs_t *r, uint64_t after_ms, const char *after_digest, size_t n,
@@ -365,21 +311,54 @@ int rgm_refs_walk_tops(rgm_refs_t *r, uint64_t after_ms, const char *after_diges
     sqlite3_stmt *st = r->st[RS_TOPS];
 
     (void)rgm_index_db_read(r->idx);
-    (void)sqlite3_bind_int64(st, 1, to_i64(after_ms));
-    bind_text(st, 2, after_digest);
-    (void)sqlite3_bind_int64(st, 3, n == 0 ? -1 : to_i64(n));
+    (void)sqlite3_bind_int64(st, 1, rgm_sql_i64(after_ms));
+    rgm_sql_bind_text(st, 2, after_digest);
+    (void)sqlite3_bind_int64(st, 3, n == 0 ? -1 : rgm_sql_i64(n));
     return walk_objects(r, st, cb, ud);
 }
 
-int rgm_refs_walk_orphans(rgm_refs_t *r, uint64_t before_ms, size_t n, rgm_index_object_fn cb,
-                          void *ud)
+/* One row of an objects query (the columns of walk_objects' statements) into obj. */
+static void row_object(sqlite3_stmt *st, rgm_index_object_t *obj)
 {
-    sqlite3_stmt *st = r->st[RS_ORPHANS];
+    const unsigned char *kind;
 
-    (void)rgm_index_db_read(r->idx);
-    (void)sqlite3_bind_int64(st, 1, to_i64(before_ms));
-    (void)sqlite3_bind_int64(st, 2, n == 0 ? -1 : to_i64(n));
-    return walk_objects(r, st, cb, ud);
+    memset(obj, 0, sizeof(*obj));
+    rgm_sql_col_text(st, 0, obj->digest, sizeof(obj->digest));
+    obj->size = rgm_sql_col_u64(st, 1);
+    rgm_sql_col_text(st, 2, obj->media_type, sizeof(obj->media_type));
+    kind = sqlite3_column_text(st, 3);
+    obj->kind =
+        kind && strcmp((const char *)kind, "manifest") == 0 ? RGM_OBJ_MANIFEST : RGM_OBJ_BLOB;
+    obj->created_ms = rgm_sql_col_u64(st, 4);
+    obj->last_access_ms = rgm_sql_col_u64(st, 5);
+    obj->hits = rgm_sql_col_u64(st, 6);
+}
+
+int rgm_refs_scan_orphans(rgm_refs_t *r, rgm_refs_cursor_t *cur, uint64_t before_ms, size_t rows,
+                          rgm_index_object_fn cb, void *ud)
+{
+    sqlite3 *db = rgm_index_db_read(r->idx);
+    sqlite3_stmt *st = r->st[RS_ORPHANS];
+    rgm_index_object_t obj;
+    int count = 0;
+    int rc;
+
+    (void)sqlite3_bind_int64(st, 1, rgm_sql_i64(cur->after_ms));
+    rgm_sql_bind_text(st, 2, cur->after);
+    (void)sqlite3_bind_int64(st, 3, rgm_sql_i64(before_ms));
+    (void)sqlite3_bind_int64(st, 4, rgm_sql_i64(rows));
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        row_object(st, &obj);
+        count++;
+        cur->after_ms = obj.last_access_ms;
+        snprintf(cur->after, sizeof(cur->after), "%s", obj.digest);
+        if (sqlite3_column_int(st, 7) != 0 && cb(&obj, ud) != 0) {
+            rc = SQLITE_DONE;
+            break;
+        }
+    }
+    rgm_sql_done(st);
+    return rc == SQLITE_DONE ? count : rgm_sql_fail(db, "refs", "scan orphans");
 }
 
 /* ---- removal ---- */
@@ -391,11 +370,11 @@ int rgm_refs_remove(rgm_refs_t *r, const char *digest)
     if (err == 0)
         err = rgm_index_remove_object(r->idx, digest);
     if (err == 0) {
-        bind_text(r->st[RS_DEL_EDGES], 1, digest);
+        rgm_sql_bind_text(r->st[RS_DEL_EDGES], 1, digest);
         err = run_st(r, RS_DEL_EDGES, "remove edges");
     }
     if (err == 0) {
-        bind_text(r->st[RS_DEL_MARK], 1, digest);
+        rgm_sql_bind_text(r->st[RS_DEL_MARK], 1, digest);
         err = run_st(r, RS_DEL_MARK, "remove scanned mark");
     }
     return err;

@@ -52,10 +52,21 @@ int rgm_refs_parents(rgm_refs_t *r, const char *child, rgm_refs_fn cb, void *ud)
  * (which must not modify the index), or UV_EIO. */
 int rgm_refs_walk_tops(rgm_refs_t *r, uint64_t after_ms, const char *after_digest, size_t n,
                        rgm_index_object_fn cb, void *ud);
-/* Orphans: blobs that no cached manifest names, last accessed before before_ms, oldest
- * first, at most n. Meaningful only once rgm_refs_is_complete. Returns the count or UV_EIO. */
-int rgm_refs_walk_orphans(rgm_refs_t *r, uint64_t before_ms, size_t n, rgm_index_object_fn cb,
-                          void *ud);
+/* Where an orphan scan stands: after (after_ms, after) in the order of last access and
+ * digest; zeroed: from the start. */
+typedef struct rgm_refs_cursor {
+    uint64_t after_ms;
+    char after[RGM_DIGEST_MAX];
+} rgm_refs_cursor_t;
+
+/* Orphans: blobs that no cached manifest names. Examine at most rows blobs last accessed
+ * before before_ms, oldest first, after *cur, and call cb for each orphan among them (cb must
+ * not modify the index; non-zero stops, the cursor then stands on that orphan). The cost is
+ * bounded by rows, however few orphans there are. *cur moves to the last blob examined.
+ * Returns the number examined (fewer than rows: the end was reached), or UV_EIO.
+ * Meaningful only once rgm_refs_is_complete. */
+int rgm_refs_scan_orphans(rgm_refs_t *r, rgm_refs_cursor_t *cur, uint64_t before_ms, size_t rows,
+                          rgm_index_object_fn cb, void *ud);
 
 /* Remove one object: its file, its index row and origins, the edges it is the parent of and
  * its scanned mark. 0 (also when absent) or <0 (the store's or UV_EIO); nothing is logged. */

@@ -51,6 +51,8 @@ int rgm_cachemgmt_open(struct rgm_cachemgmt *m, const rgm_config_t *cfg, rgm_ind
     m->opts.max_bytes = cfg->max_cache_bytes;
     m->opts.target_bytes = cfg->max_cache_bytes / 10 * 9;
     m->opts.orphan_grace_ms = cfg->orphan_grace_ms;
+    /* A replica's blobs may be another replica's images' layers (docs/cluster.md). */
+    m->opts.is_cluster = cfg->cluster_peers_len > 0 || cfg->cluster_peers_dns != NULL;
     for (i = 0; i < cfg->registries_len; i++)
         if (cfg->registries[i].tag_ttl_ms > m->opts.tag_ttl_ms)
             m->opts.tag_ttl_ms = cfg->registries[i].tag_ttl_ms;

@@ -3,6 +3,8 @@
 #ifndef RGM_CMD_CMD_H
 #define RGM_CMD_CMD_H
 
+#include <stddef.h>
+
 int rgm_cmd_serve(int argc, char **argv);
 int rgm_cmd_prewarm(int argc, char **argv);
 int rgm_cmd_hosts(int argc, char **argv);
@@ -20,5 +22,10 @@ struct rgm_index;
 /* ls --images: one line (or JSON object) per cached image. 0 or 1 (printed). */
 int rgm_images_list(struct rgm_config *cfg, struct rgm_store *store, struct rgm_index *idx,
                     int is_json);
+
+/* Pin refs (n, borrowed) on cfg's storage as regmirror pin does: through the admin socket
+ * when a server owns it, else in the index. Lines go to stderr. Returns the exit status
+ * (0, 1, or 2 for a malformed reference). cfg is borrowed. */
+int rgm_images_pin(const struct rgm_config *cfg, char *const *refs, size_t n);
 
 #endif

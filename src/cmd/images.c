@@ -1,11 +1,11 @@
 /* regmirror ls --images, purge, pin and unpin: the cache by image, on a storage directory.
- * They open the store and index as the other offline commands do, back-fill references when
- * needed, and act through cache/evict and cache/pins. (The admin socket, for a storage that
- * a running server owns, is not built yet: beside a server they act on the index directly,
- * which SQLite's WAL allows; removed files stay readable to the server's readers.) */
+ * When a server owns the storage (its flock on .lock), they ask it through the admin socket
+ * (cmd/adminsock), so that its in-use set and pins apply; else they open the store and index,
+ * back-fill references when needed and do the work themselves (cmd/imageops). Either way the
+ * same JSON comes back and is printed the same. With a server that has no admin socket (an
+ * older build, or the socket is gone), they fall back to the index directly, which SQLite's
+ * WAL allows. */
 #include <getopt.h>
-#include <inttypes.h>
-#include <time.h>
 #include <jansson.h>
 #include <uv.h>
 
@@ -18,20 +18,22 @@
 #include "registry/filter.h"
 #include "registry/reference.h"
 #include "cmd/cachemgmt.h"
+#include "cmd/imageops.h"
+#include "cmd/adminsock.h"
 #include "cmd/cmd.h"
-
-#define MANIFEST_MAX (4u * 1024 * 1024)
-#define CONFIG_MAX   (1u * 1024 * 1024)
 
 struct images {
     rgm_config_t cfg;
     rgm_store_t *store;
     rgm_index_t *index;
     struct rgm_cachemgmt cm;
+    int has_cm;
+    int is_cfg_borrowed; /* cfg is the caller's: not freed here */
+    char sock[256];      /* the server's admin socket, when a server owns the storage */
     int is_force;
     char *registry;
     char *repository;
-    uint64_t older_than_ms;
+    char *older_than; /* as given; checked here, parsed by cmd/imageops */
     int has_older_than;
 };
 
@@ -68,6 +70,7 @@ static int images_args(struct images *im, const char *cmd, int argc, char **argv
         {NULL, 0, NULL, 0},
     };
     int is_purge = strcmp(cmd, "purge") == 0;
+    uint64_t ms = 0;
     char err[512];
     int c;
 
@@ -95,10 +98,12 @@ static int images_args(struct images *im, const char *cmd, int argc, char **argv
             im->repository = rgm_strdup(optarg);
             break;
         case 'o':
-            if (rgm_parse_duration(optarg, &im->older_than_ms) < 0) {
+            if (rgm_parse_duration(optarg, &ms) < 0) {
                 fprintf(stderr, "regmirror purge: --older-than: bad duration \"%s\"\n", optarg);
                 return 2;
             }
+            free(im->older_than);
+            im->older_than = rgm_strdup(optarg);
             im->has_older_than = 1;
             break;
         case 'f':
@@ -120,24 +125,22 @@ static int images_args(struct images *im, const char *cmd, int argc, char **argv
     return 0;
 }
 
-static int images_open(struct images *im)
+/* The index and the cache management, for doing the work here. 0 or 1 (printed). */
+static int images_open_index(struct images *im)
 {
     char path[4096];
     char err[600];
     int rc;
 
-    if (rgm_log_open(NULL, RGM_LOG_WARN) < 0)
-        return 1;
-    rc = rgm_store_open(im->cfg.storage, &im->store);
-    if (rc == 0)
-        rc = rgm_store_index_path(im->store, path, sizeof(path));
+    rc = rgm_store_index_path(im->store, path, sizeof(path));
     if (rc == 0)
         rc = rgm_index_open(path, &im->index);
     if (rc < 0) {
-        fprintf(stderr, "regmirror: cannot open storage %s: %s\n", im->cfg.storage,
+        fprintf(stderr, "regmirror: cannot open the index in %s: %s\n", im->cfg.storage,
                 uv_strerror(rc));
         return 1;
     }
+    im->has_cm = 1;
     if (rgm_cachemgmt_open(&im->cm, &im->cfg, im->index, im->store, NULL, NULL, err, sizeof(err)) <
             0 ||
         rgm_refs_backfill(im->cm.refs) < 0) {
@@ -147,15 +150,37 @@ static int images_open(struct images *im)
     return 0;
 }
 
+static int images_open(struct images *im)
+{
+    int rc;
+
+    if (rgm_log_open(NULL, RGM_LOG_WARN) < 0)
+        return 1;
+    rc = rgm_store_open(im->cfg.storage, &im->store);
+    if (rc < 0) {
+        fprintf(stderr, "regmirror: cannot open storage %s: %s\n", im->cfg.storage,
+                uv_strerror(rc));
+        return 1;
+    }
+    if (!rgm_store_is_owner(im->store) &&
+        rgm_adminsock_path(&im->cfg, im->sock, sizeof(im->sock)) == 0)
+        return 0; /* a server owns it: the index is opened only if its socket is not there */
+    im->sock[0] = '\0';
+    return images_open_index(im);
+}
+
 static int images_close(struct images *im, int rc)
 {
-    rgm_cachemgmt_close(&im->cm);
+    if (im->has_cm)
+        rgm_cachemgmt_close(&im->cm);
     rgm_index_close(im->index);
     if (im->store)
         rgm_store_close(im->store);
-    rgm_config_free(&im->cfg);
+    if (!im->is_cfg_borrowed)
+        rgm_config_free(&im->cfg);
     free(im->registry);
     free(im->repository);
+    free(im->older_than);
     rgm_log_close();
     return rc;
 }
@@ -175,115 +200,95 @@ static int images_start(struct images *im, const char *cmd, int argc, char **arg
     return -1;
 }
 
-/* ---- ls --images ---- */
+/* ---- one operation, through the server or here ---- */
 
-struct tagref {
-    const char *digest;
-    char ref[RGM_REF_IMAGE_STR_MAX];
-};
+typedef json_t *(*local_fn)(struct images *im, const json_t *req, char *msg, size_t msglen);
 
-static int find_tag(const char *reg, const char *repo, const char *tag, const char *digest,
-                    uint64_t checked_ms, void *ud)
+/* Ask the server at im->sock; a socket that is not there (no such file, nobody listening)
+ * means doing it here. The result, or NULL with *rc set (printed). */
+static json_t *call(struct images *im, const char *method, const char *target, const json_t *req,
+                    local_fn local, int *rc)
 {
-    struct tagref *t = ud;
+    char msg[1024];
+    json_t *res = NULL;
+    int status = 0;
+    int err;
 
-    (void)checked_ms;
-    if (strcmp(digest, t->digest) != 0)
-        return 0;
-    snprintf(t->ref, sizeof(t->ref), "%s/%s:%s", reg, repo, tag);
-    return 1;
+    msg[0] = '\0';
+    if (im->sock[0]) {
+        err = rgm_adminsock_call(im->sock, method, target, req, &status, &res, msg, sizeof(msg));
+        if (err == 0 && status == 200 && res)
+            return res;
+        if (err == 0) {
+            const char *why = json_string_value(
+                json_object_get(json_array_get(json_object_get(res, "errors"), 0), "message"));
+            fprintf(stderr, "regmirror: the server answered %d: %s\n", status, why ? why : "?");
+            json_decref(res);
+            *rc = status == 400 ? 2 : 1;
+            return NULL;
+        }
+        if (err != UV_ENOENT && err != UV_ECONNREFUSED) {
+            fprintf(stderr, "regmirror: %s\n", msg);
+            *rc = 1;
+            return NULL;
+        }
+        fprintf(stderr,
+                "regmirror: a server owns %s but its admin socket is not there (%s); "
+                "acting on the index directly\n",
+                im->cfg.storage, im->sock);
+        im->sock[0] = '\0';
+        if (images_open_index(im) != 0) {
+            *rc = 1;
+            return NULL;
+        }
+    }
+    res = local(im, req, msg, sizeof(msg));
+    if (!res) {
+        fprintf(stderr, "regmirror: %s\n", msg[0] ? msg : "index error");
+        *rc = msg[0] ? 2 : 1;
+    }
+    return res;
 }
 
-/* "os/arch[/variant]" of one platform object into the array. */
-static void add_platform(json_t *arr, const json_t *p)
+static struct rgm_imageops ops_of(struct images *im)
 {
-    const char *os = json_string_value(json_object_get(p, "os"));
-    const char *arch = json_string_value(json_object_get(p, "architecture"));
-    const char *var = json_string_value(json_object_get(p, "variant"));
-    char buf[256];
+    struct rgm_imageops o = {im->store, im->index, &im->cm};
 
-    if (!os || !arch)
-        return;
-    snprintf(buf, sizeof(buf), "%s/%s%s%s", os, arch, var ? "/" : "", var ? var : "");
-    json_array_append_new(arr, json_string(buf));
+    return o;
 }
 
-static json_t *read_json(rgm_store_t *store, const char *digest, size_t max)
+/* The lines a result carries (its "out" lines on out), then its status. */
+static int print_result(const json_t *res, FILE *out_file)
 {
-    void *data = NULL;
-    size_t len = 0;
-    json_t *doc;
-
-    if (rgm_store_read_small(store, digest, max, &data, &len) < 0)
-        return NULL;
-    doc = json_loadb(data, len, 0, NULL);
-    free(data);
-    return doc;
-}
-
-/* An index's platforms from its entries; a manifest's from its config. */
-static json_t *platforms_of(rgm_store_t *store, const char *digest)
-{
-    json_t *arr = json_array();
-    json_t *doc = read_json(store, digest, MANIFEST_MAX);
-    const json_t *list = json_object_get(doc, "manifests");
-    const char *cd = json_string_value(json_object_get(json_object_get(doc, "config"), "digest"));
-    json_t *cfg;
+    const json_t *err = json_object_get(res, "err");
+    const json_t *out = json_object_get(res, "out");
     size_t i;
 
-    for (i = 0; json_is_array(list) && i < json_array_size(list); i++)
-        add_platform(arr, json_object_get(json_array_get(list, i), "platform"));
-    if (cd && rgm_digest_check(cd) == 0) {
-        cfg = read_json(store, cd, CONFIG_MAX);
-        if (cfg)
-            add_platform(arr, cfg);
-        json_decref(cfg);
-    }
-    json_decref(doc);
-    return arr;
+    for (i = 0; i < json_array_size(err); i++)
+        fprintf(stderr, "%s\n", json_string_value(json_array_get(err, i)));
+    for (i = 0; i < json_array_size(out); i++)
+        fprintf(out_file, "%s\n", json_string_value(json_array_get(out, i)));
+    return (int)json_integer_value(json_object_get(res, "status"));
 }
 
-static void rfc3339(uint64_t ms, char *buf, size_t len)
+/* call with req (taken), print the result's lines (its out lines on out), close im; the exit
+ * status. */
+static int run_op(struct images *im, const char *method, const char *target, json_t *req,
+                  local_fn local, FILE *out)
 {
-    time_t t = (time_t)(ms / 1000);
-    struct tm tm;
+    json_t *res;
+    int rc = 1;
 
-    if (!gmtime_r(&t, &tm) || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
-        snprintf(buf, len, "?");
-}
-
-struct listing {
-    struct images *im;
-    json_t *arr;
-    int err;
-};
-
-static int list_one(const rgm_index_object_t *top, void *ud)
-{
-    struct listing *l = ud;
-    rgm_evict_image_t info;
-    struct tagref t;
-    char when[64];
-    json_t *o;
-
-    l->err = rgm_evict_describe(l->im->cm.evict, top, &l->im->cm.opts, &info);
-    if (l->err < 0)
-        return 1;
-    t.digest = top->digest;
-    snprintf(t.ref, sizeof(t.ref), "(untagged)");
-    if (rgm_index_walk_tags(l->im->index, find_tag, &t) < 0) {
-        l->err = UV_EIO;
-        return 1;
+    res = call(im, method, target, req, local, &rc);
+    json_decref(req);
+    if (res) {
+        rc = print_result(res, out);
+        json_decref(res);
     }
-    rfc3339(info.last_used_ms, when, sizeof(when));
-    o = json_pack("{s:s, s:s, s:o, s:I, s:I, s:s, s:b}", "reference", t.ref, "digest", top->digest,
-                  "platforms", platforms_of(l->im->store, top->digest), "unique_bytes",
-                  (json_int_t)info.unique_bytes, "shared_bytes", (json_int_t)info.shared_bytes,
-                  "last_used", when, "pinned", info.is_pinned);
-    if (o)
-        json_array_append_new(l->arr, o);
-    return 0;
+    return images_close(im, rc);
 }
+
+/* ---- ls --images ---- */
 
 static void print_table(const json_t *arr)
 {
@@ -317,206 +322,116 @@ static void print_table(const json_t *arr)
     }
 }
 
+static json_t *local_list(struct images *im, const json_t *req, char *msg, size_t msglen)
+{
+    const struct rgm_imageops o = ops_of(im);
+
+    (void)req;
+    (void)msg;
+    (void)msglen;
+    return rgm_imageops_list(&o);
+}
+
 int rgm_images_list(rgm_config_t *cfg, rgm_store_t *store, rgm_index_t *idx, int is_json)
 {
     struct images im;
-    struct listing l;
+    json_t *arr;
     char err[600];
     char *text;
     int rc = 1;
 
     memset(&im, 0, sizeof(im));
+    im.cfg = *cfg; /* borrowed: never freed here */
     im.store = store;
     im.index = idx;
-    if (rgm_cachemgmt_open(&im.cm, cfg, idx, store, NULL, NULL, err, sizeof(err)) < 0 ||
-        rgm_refs_backfill(im.cm.refs) < 0) {
-        fprintf(stderr, "regmirror: %s\n", err[0] ? err : "cannot back-fill references");
-        goto out;
+    if (!rgm_store_is_owner(store) && rgm_adminsock_path(cfg, im.sock, sizeof(im.sock)) < 0)
+        im.sock[0] = '\0';
+    if (!im.sock[0]) {
+        im.has_cm = 1;
+        if (rgm_cachemgmt_open(&im.cm, cfg, idx, store, NULL, NULL, err, sizeof(err)) < 0 ||
+            rgm_refs_backfill(im.cm.refs) < 0) {
+            fprintf(stderr, "regmirror: %s\n", err[0] ? err : "cannot back-fill references");
+            goto out;
+        }
     }
-    l.im = &im;
-    l.arr = json_array();
-    l.err = 0;
-    if (rgm_index_flush(idx) < 0 || rgm_refs_walk_tops(im.cm.refs, 0, "", 0, list_one, &l) < 0 ||
-        l.err < 0) {
-        json_decref(l.arr);
+    arr = call(&im, "GET", "/images", NULL, local_list, &rc);
+    if (!arr)
         goto out;
-    }
     if (is_json) {
-        text = json_dumps(l.arr, JSON_INDENT(2));
+        text = json_dumps(arr, JSON_INDENT(2));
         printf("%s\n", text ? text : "[]");
         free(text);
     } else {
-        print_table(l.arr);
+        print_table(arr);
     }
-    json_decref(l.arr);
+    json_decref(arr);
     rc = 0;
 out:
-    rgm_cachemgmt_close(&im.cm);
+    if (im.has_cm)
+        rgm_cachemgmt_close(&im.cm);
     return rc;
 }
 
 /* ---- purge ---- */
 
-/* A reference given on the command line to the digest of its cached top-level manifest.
- * 0, or <0 (printed). */
-static int resolve(struct images *im, const char *arg, char *digest)
+static json_t *local_purge(struct images *im, const json_t *req, char *msg, size_t msglen)
 {
-    rgm_ref_image_t img;
-    char err[512];
-    int rc;
+    const struct rgm_imageops o = ops_of(im);
 
-    if (rgm_ref_valid_digest(arg)) {
-        snprintf(digest, RGM_DIGEST_MAX, "%s", arg);
-        return 0;
-    }
-    if (rgm_ref_parse_image(arg, &img, err, sizeof(err)) < 0) {
-        fprintf(stderr, "regmirror purge: %s\n", err);
-        return UV_EINVAL;
-    }
-    if (img.digest[0]) {
-        snprintf(digest, RGM_DIGEST_MAX, "%s", img.digest);
-        return 0;
-    }
-    rc = rgm_index_get_tag(im->index, img.registry, img.repository, img.tag, digest, NULL);
-    if (rc < 0)
-        fprintf(stderr, "regmirror purge: %s: not cached\n", arg);
-    return rc;
-}
-
-/* Purge one image: refused when pinned without --force; --force removes the stored pins
- * that hold it (a config pin stays: it is the config's). 1 purged, 0 refused, <0. */
-static int purge_one(struct images *im, const char *digest, const char *label)
-{
-    char pin[1024];
-    uint64_t freed = 0;
-    int is_config = 0;
-    int n;
-    int rc;
-
-    for (;;) {
-        rc = rgm_pins_match(im->cm.pins, digest, rgm_time_ms(), im->cm.opts.tag_ttl_ms, pin,
-                            sizeof(pin), &is_config);
-        if (rc <= 0)
-            break;
-        if (!im->is_force) {
-            fprintf(stderr, "regmirror purge: %s is pinned by \"%s\"; --force purges it anyway\n",
-                    label, pin);
-            return 0;
-        }
-        if (is_config) {
-            fprintf(stderr, "regmirror purge: %s is pinned by the config's \"%s\"; purging it\n",
-                    label, pin);
-            break;
-        }
-        if (rgm_pins_remove(im->cm.pins, pin) <= 0)
-            return UV_EIO;
-        printf("unpinned %s\n", pin);
-    }
-    if (rc < 0)
-        return rc;
-    n = rgm_evict_remove_image(im->cm.evict, digest, RGM_EVICT_PURGE, &im->cm.opts, &freed);
-    if (n < 0)
-        return n;
-    printf("purged %s %s (%d objects, %" PRIu64 " bytes)\n", label, digest, n, freed);
-    return 1;
-}
-
-struct selection {
-    struct images *im;
-    char (*d)[RGM_DIGEST_MAX];
-    size_t n;
-};
-
-/* Tops matching --registry, --repository and --older-than (all given must hold). */
-static int select_top(const rgm_index_object_t *top, void *ud)
-{
-    struct selection *s = ud;
-    struct images *im = s->im;
-    char reg[RGM_REF_HOST_MAX + 1];
-    const char *slash;
-    int rc;
-
-    if (im->has_older_than && top->last_access_ms + im->older_than_ms > rgm_time_ms())
-        return 0;
-    if (im->registry && rgm_index_has_registry_origin(im->index, top->digest, im->registry) != 1)
-        return 0;
-    if (im->repository) {
-        slash = strchr(im->repository, '/');
-        if (!slash || (size_t)(slash - im->repository) >= sizeof(reg))
-            return 0;
-        snprintf(reg, sizeof(reg), "%.*s", (int)(slash - im->repository), im->repository);
-        rc = rgm_index_has_origin(im->index, top->digest, rgm_ref_normalize_registry(reg),
-                                  slash + 1, NULL);
-        if (rc != 1)
-            return 0;
-    }
-    s->d = rgm_realloc(s->d, (s->n + 1) * RGM_DIGEST_MAX);
-    snprintf(s->d[s->n++], RGM_DIGEST_MAX, "%s", top->digest);
-    return 0;
+    return rgm_imageops_purge(&o, req, msg, msglen);
 }
 
 int rgm_cmd_purge(int argc, char **argv)
 {
     struct images im;
-    struct selection sel = {NULL, NULL, 0};
-    char digest[RGM_DIGEST_MAX];
-    size_t i;
+    json_t *req;
     int rc = images_start(&im, "purge", argc, argv);
-    int status = 0;
-    int i_arg;
-
-    if (rc >= 0)
-        return rc;
-    sel.im = &im;
-    if ((im.registry || im.repository || im.has_older_than) &&
-        (rgm_index_flush(im.index) < 0 ||
-         rgm_refs_walk_tops(im.cm.refs, 0, "", 0, select_top, &sel) < 0)) {
-        free(sel.d);
-        return images_close(&im, 1);
-    }
-    for (i = 0; i < sel.n; i++) {
-        rc = purge_one(&im, sel.d[i], "image");
-        if (rc <= 0)
-            status = 1;
-    }
-    free(sel.d);
-    for (i_arg = optind; i_arg < argc; i_arg++) {
-        if (resolve(&im, argv[i_arg], digest) < 0 || purge_one(&im, digest, argv[i_arg]) <= 0)
-            status = 1;
-    }
-    return images_close(&im, status);
-}
-
-/* ---- pin, unpin ---- */
-
-static int pin_cmd(int argc, char **argv, int is_pin)
-{
-    struct images im;
-    char pattern[1024];
-    char err[512];
-    int rc = images_start(&im, is_pin ? "pin" : "unpin", argc, argv);
-    int status = 0;
     int i;
 
     if (rc >= 0)
         return rc;
-    for (i = optind; i < argc; i++) {
-        if (rgm_filter_pin_normalize(argv[i], pattern, sizeof(pattern), err, sizeof(err)) < 0) {
-            fprintf(stderr, "regmirror: %s\n", err);
-            status = 2;
-            continue;
-        }
-        rc = is_pin ? rgm_pins_add(im.cm.pins, pattern) : rgm_pins_remove(im.cm.pins, pattern);
-        if (rc < 0) {
-            status = 1;
-        } else if (!is_pin && rc == 0) {
-            fprintf(stderr, "regmirror unpin: %s was not pinned\n", pattern);
-            status = 1;
-        } else {
-            printf("%s %s\n", is_pin ? "pinned" : "unpinned", pattern);
-        }
-    }
-    return images_close(&im, status);
+    req = json_pack("{s:[], s:b}", "references", "force", im.is_force);
+    for (i = optind; i < argc; i++)
+        json_array_append_new(json_object_get(req, "references"), json_string(argv[i]));
+    if (im.registry)
+        json_object_set_new(req, "registry", json_string(im.registry));
+    if (im.repository)
+        json_object_set_new(req, "repository", json_string(im.repository));
+    if (im.has_older_than)
+        json_object_set_new(req, "older_than", json_string(im.older_than));
+    return run_op(&im, "POST", "/purge", req, local_purge, stdout);
+}
+
+/* ---- pin, unpin ---- */
+
+static json_t *local_pin(struct images *im, const json_t *req, char *msg, size_t msglen)
+{
+    const struct rgm_imageops o = ops_of(im);
+
+    return rgm_imageops_pin(&o, req, 1, msg, msglen);
+}
+
+static json_t *local_unpin(struct images *im, const json_t *req, char *msg, size_t msglen)
+{
+    const struct rgm_imageops o = ops_of(im);
+
+    return rgm_imageops_pin(&o, req, 0, msg, msglen);
+}
+
+static int pin_cmd(int argc, char **argv, int is_pin)
+{
+    struct images im;
+    json_t *req;
+    int rc = images_start(&im, is_pin ? "pin" : "unpin", argc, argv);
+    int i;
+
+    if (rc >= 0)
+        return rc;
+    req = json_pack("{s:[]}", "references");
+    for (i = optind; i < argc; i++)
+        json_array_append_new(json_object_get(req, "references"), json_string(argv[i]));
+    return run_op(&im, is_pin ? "POST" : "DELETE", "/pin", req, is_pin ? local_pin : local_unpin,
+                  stdout);
 }
 
 int rgm_cmd_pin(int argc, char **argv)
@@ -527,4 +442,21 @@ int rgm_cmd_pin(int argc, char **argv)
 int rgm_cmd_unpin(int argc, char **argv)
 {
     return pin_cmd(argc, argv, 0);
+}
+
+int rgm_images_pin(const rgm_config_t *cfg, char *const *refs, size_t n)
+{
+    struct images im;
+    json_t *req;
+    size_t i;
+
+    memset(&im, 0, sizeof(im));
+    im.cfg = *cfg;
+    im.is_cfg_borrowed = 1;
+    if (images_open(&im) != 0)
+        return images_close(&im, 1);
+    req = json_pack("{s:[]}", "references");
+    for (i = 0; i < n; i++)
+        json_array_append_new(json_object_get(req, "references"), json_string(refs[i]));
+    return run_op(&im, "POST", "/pin", req, local_pin, stderr);
 }

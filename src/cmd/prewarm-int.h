@@ -36,7 +36,10 @@ struct opts {
     const char *creds;
     const char *docker_config;
     int is_json;
-    int with_referrers; /* also warm signatures and attestations (referrers, fallback tags) */
+    int is_pin;              /* pin what was cached (cmd/images) */
+    const char *pin_storage; /* --storage: the mirror's storage, for --pin */
+    const char *pin_config;  /* --config: the mirror's config, for --pin */
+    int with_referrers;      /* also warm signatures and attestations (referrers, fallback tags) */
     const char *file;
 };
 

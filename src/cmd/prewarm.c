@@ -18,6 +18,7 @@
 #include <uv.h>
 
 #include "core/common.h"
+#include "core/config.h"
 #include "core/util.h"
 #include "registry/auth.h"
 
@@ -34,7 +35,7 @@ static void usage(FILE *out)
             "                         [--all-platforms] [--parallel N]\n"
             "                         [--creds USER:PASS | --docker-config FILE] [--json]\n"
             "                         [--with-referrers]\n"
-            "                         FILE|-\n"
+            "                         [--pin [--storage DIR] [--config FILE]] FILE|-\n"
             "\n"
             "Pull every image listed in FILE (one reference per line, '#' comments; '-' reads\n"
             "standard input) through the mirror, as a node would, so that the mirror caches\n"
@@ -48,6 +49,10 @@ static void usage(FILE *out)
             "  --creds USER:PASS     credentials for registries that ask for them\n"
             "  --docker-config FILE  credentials from a Docker config.json, per registry\n"
             "  --json                one JSON document on stdout instead of the table\n"
+            "  --pin                 pin every image that was cached, as regmirror pin does\n"
+            "                        (through the mirror's admin socket when it runs)\n"
+            "  --storage DIR         the mirror's storage, for --pin\n"
+            "  --config FILE         the mirror's config, for --pin (storage, admin_socket)\n"
             "  --with-referrers      also warm each image's signatures and attestations\n"
             "                        (the referrers API, then the fallback tags)\n"
             "  -h, --help            this text\n"
@@ -63,6 +68,9 @@ enum {
     OPT_CREDS,
     OPT_DOCKER_CONFIG,
     OPT_JSON,
+    OPT_PIN,
+    OPT_STORAGE,
+    OPT_CONFIG,
     OPT_WITH_REFERRERS,
     OPT_HELP,
 };
@@ -75,6 +83,9 @@ static const struct option long_opts[] = {
     {"creds", required_argument, NULL, OPT_CREDS},
     {"docker-config", required_argument, NULL, OPT_DOCKER_CONFIG},
     {"json", no_argument, NULL, OPT_JSON},
+    {"pin", no_argument, NULL, OPT_PIN},
+    {"storage", required_argument, NULL, OPT_STORAGE},
+    {"config", required_argument, NULL, OPT_CONFIG},
     {"with-referrers", no_argument, NULL, OPT_WITH_REFERRERS},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
@@ -150,6 +161,15 @@ static int parse_args(int argc, char **argv, struct opts *o)
         case OPT_JSON:
             o->is_json = 1;
             break;
+        case OPT_PIN:
+            o->is_pin = 1;
+            break;
+        case OPT_STORAGE:
+            o->pin_storage = optarg;
+            break;
+        case OPT_CONFIG:
+            o->pin_config = optarg;
+            break;
         case OPT_WITH_REFERRERS:
             o->with_referrers = 1;
             break;
@@ -167,6 +187,8 @@ static int parse_args(int argc, char **argv, struct opts *o)
     if (optind + 1 < argc)
         return usage_error("unexpected argument '%s'", argv[optind + 1]);
     o->file = argv[optind];
+    if ((o->pin_storage || o->pin_config) && !o->is_pin)
+        return usage_error("--storage and --config are for --pin");
     if (o->creds && o->docker_config)
         return usage_error("--creds and --docker-config are exclusive");
     if (o->is_all_platforms && o->n_platforms > 0)
@@ -185,6 +207,35 @@ static void pw_free(struct pw *pw)
     rgm_prewarm_plan_free(pw);
     rgm_prewarm_auth_free(pw);
     rgm_auth_cache_free(pw->auth);
+}
+
+/* --pin: pin every image that was cached, by the name it was listed under. */
+static int pin_cached(const struct pw *pw)
+{
+    rgm_config_t cfg;
+    char **refs = rgm_calloc(pw->n_images + 1, sizeof(*refs));
+    char err[512];
+    size_t i, n = 0;
+    int rc;
+
+    rgm_config_init(&cfg);
+    if (pw->o->pin_config && rgm_config_load_file(&cfg, pw->o->pin_config, err, sizeof(err)) < 0) {
+        fprintf(stderr, "regmirror prewarm: --config: %s\n", err);
+        rgm_config_free(&cfg);
+        free(refs);
+        return 1;
+    }
+    if (pw->o->pin_storage) {
+        free(cfg.storage);
+        cfg.storage = rgm_strdup(pw->o->pin_storage);
+    }
+    for (i = 0; i < pw->n_images; i++)
+        if (!pw->images[i].is_bad_line && !pw->images[i].error)
+            refs[n++] = (char *)pw->images[i].name;
+    rc = n > 0 ? rgm_images_pin(&cfg, refs, n) : 0;
+    rgm_config_free(&cfg);
+    free(refs);
+    return rc;
 }
 
 static int run(struct pw *pw)
@@ -214,6 +265,8 @@ static int run(struct pw *pw)
         rgm_prewarm_print_json(pw, uv_hrtime() - pw->t0);
     else
         rgm_prewarm_print_table(pw, uv_hrtime() - pw->t0);
+    if (pw->o->is_pin && pin_cached(pw) != 0)
+        rc = 1;
     return rc;
 }
 

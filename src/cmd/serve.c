@@ -18,6 +18,8 @@
 #include "cache/fetch.h"
 #include "cache/reconcile.h"
 #include "cmd/cachemgmt.h"
+#include "cmd/adminapi.h"
+#include "cmd/adminsock.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
@@ -26,7 +28,10 @@
 
 #define FLUSH_INTERVAL_MS     2000
 #define GC_INTERVAL_MS        5000
-#define GC_AGAIN_MS           20
+#define GC_AGAIN_MS           5
+/* One eviction step's time on the loop (cache/evict's budget): a cached HEAD behind it waits
+ * at most about this long. */
+#define GC_BUDGET_US          2000
 /* The background reconcile: rows or files per loop turn, and the pause between turns. A
  * batch is a few hundred stat(2) and SQLite lookups, well under a millisecond from the page
  * cache. RGM_RECONCILE_BATCH and RGM_RECONCILE_INTERVAL_MS override them (tests slow it down
@@ -36,6 +41,11 @@
 /* How often the TLS files are stat'ed for a change (cert-manager swaps a Secret volume's
  * symlink); RGM_TLS_CHECK_INTERVAL_MS overrides it. */
 #define TLS_CHECK_INTERVAL_MS 30000
+/* The image tally for /metrics (cache/evict): images per step, the pause between steps, and
+ * between passes (RGM_TALLY_INTERVAL_MS overrides the last). */
+#define TALLY_BATCH           100
+#define TALLY_STEP_MS         200
+#define TALLY_INTERVAL_MS     30000
 
 struct serve {
     uv_loop_t loop;
@@ -47,6 +57,8 @@ struct serve {
     rgm_upstream_t *up;
     rgm_routes_t *routes;
     rgm_server_t *server;
+    rgm_server_t *admin; /* the admin socket's server (cmd/adminapi); NULL: none */
+    struct rgm_adminapi adminapi;
     rgm_peers_t *peers;           /* NULL without a cluster */
     rgm_client_t *cluster_client; /* forwards and probes to peers */
     uv_signal_t sig_term;
@@ -59,6 +71,8 @@ struct serve {
     rgm_reconcile_t *reconcile; /* NULL once over */
     struct rgm_cachemgmt cm;    /* references, pins, eviction by image */
     uv_timer_t backfill_timer;
+    uv_timer_t tally_timer;
+    uint64_t tally_interval_ms;
     size_t reconcile_batch;
     uint64_t reconcile_interval_ms;
     uv_prepare_t batch_end; /* closes the index's read batch before the loop waits */
@@ -132,6 +146,7 @@ static void on_routes_stopped(void *ud)
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_idle, NULL);
     uv_close((uv_handle_t *)&s->backfill_timer, NULL);
+    uv_close((uv_handle_t *)&s->tally_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->tls_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
@@ -278,6 +293,8 @@ static void on_signal(uv_signal_t *h, int signum)
     }
     s->is_stopping = 1;
     rgm_log(RGM_LOG_INFO, "serve", "signal %d: stop accepting, finishing responses", signum);
+    if (s->admin)
+        rgm_server_shutdown(s->admin, NULL, NULL); /* its answers are never in flight long */
     rgm_server_shutdown(s->server, on_server_stopped, s);
 }
 
@@ -350,15 +367,17 @@ static void on_gc(uv_timer_t *t)
     const rgm_evict_counters_t *c = rgm_evict_counters(s->cm.evict);
     uint64_t before = c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN];
     uint64_t bytes = c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN];
+    const uint64_t t0 = uv_hrtime();
     int step;
 
     step = rgm_evict_step(s->cm.evict, &s->cm.opts);
     if (c->objects[RGM_EVICT_LRU_IMAGE] + c->objects[RGM_EVICT_ORPHAN] > before)
-        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes)",
+        rgm_log(RGM_LOG_INFO, "gc", "evicted %llu objects (%llu bytes) in %.2f ms",
                 (unsigned long long)(c->objects[RGM_EVICT_LRU_IMAGE] +
                                      c->objects[RGM_EVICT_ORPHAN] - before),
                 (unsigned long long)(c->bytes[RGM_EVICT_LRU_IMAGE] + c->bytes[RGM_EVICT_ORPHAN] -
-                                     bytes));
+                                     bytes),
+                (double)(uv_hrtime() - t0) / 1e6);
     if (step == 1 && uv_timer_start(t, on_gc, GC_AGAIN_MS, GC_INTERVAL_MS) < 0)
         rgm_log(RGM_LOG_WARN, "gc", "cannot rearm the gc timer");
 }
@@ -462,6 +481,27 @@ static void on_backfill(uv_timer_t *t)
         rgm_log(RGM_LOG_ERROR, "refs", "back-fill failed: eviction stays off");
 }
 
+static uint64_t env_knob(const char *name, uint64_t def, uint64_t max);
+
+/* A step of the image tally behind /metrics' image gauges, off the hot path: a few images
+ * per tick, then a pause until the next pass. It waits for the reconcile and back-fill. */
+static void on_tally(uv_timer_t *t)
+{
+    struct serve *s = rgm_container_of(t, struct serve, tally_timer);
+    int rc = 1;
+
+    /* Not before the reconcile and the back-fill are over: its lookups would check (and
+     * drop) rows the reconcile has not reached, and the edges may be missing. */
+    if (!s->reconcile && rgm_refs_is_complete(s->cm.refs))
+        rc = rgm_evict_tally_step(s->cm.evict, &s->cm.opts, TALLY_BATCH);
+
+    if (rc < 0)
+        rgm_log(RGM_LOG_WARN, "refs", "image tally failed; trying again later");
+    if (!s->is_stopping &&
+        uv_timer_start(t, on_tally, rc == 1 ? TALLY_STEP_MS : s->tally_interval_ms, 0) < 0)
+        rgm_log(RGM_LOG_WARN, "refs", "cannot rearm the tally timer");
+}
+
 static int open_cachemgmt(struct serve *s)
 {
     char err[600];
@@ -472,7 +512,14 @@ static int open_cachemgmt(struct serve *s)
         return UV_EINVAL;
     }
     s->cm.opts.is_served_kept = 1; /* nodes mid-rollout resolve those tags again */
+    s->cm.opts.budget_us = GC_BUDGET_US;
     rgm_routes_set_refs(s->routes, s->cm.refs);
+    rgm_routes_set_evict(s->routes, s->cm.evict, &s->cm.opts);
+    s->tally_interval_ms = env_knob("RGM_TALLY_INTERVAL_MS", TALLY_INTERVAL_MS, 3600000);
+    uv_timer_init(&s->loop, &s->tally_timer);
+    if (uv_timer_start(&s->tally_timer, on_tally, TALLY_STEP_MS, 0) < 0)
+        return UV_EINVAL;
+    uv_unref((uv_handle_t *)&s->tally_timer);
     uv_timer_init(&s->loop, &s->backfill_timer);
     return uv_timer_start(&s->backfill_timer, on_backfill, 0, 0);
 }
@@ -555,6 +602,39 @@ static int listen_all(struct serve *s, char **addrs, size_t n, int is_health)
     return 0;
 }
 
+/* The admin API on <storage>/admin.sock (or admin_socket), with its own server so that no TCP
+ * listener ever routes to it. A default path too long for a unix socket only loses the admin
+ * API (WARN); a configured one that cannot be bound stops serve. */
+static int start_admin(struct serve *s)
+{
+    char path[256];
+    int err;
+
+    if (rgm_adminsock_path(&s->cfg, path, sizeof(path)) < 0) {
+        if (s->cfg.admin_socket) {
+            rgm_log(RGM_LOG_ERROR, "serve", "admin_socket %s: too long for a unix socket",
+                    s->cfg.admin_socket);
+            return UV_ENAMETOOLONG;
+        }
+        rgm_log(RGM_LOG_WARN, "serve",
+                "%s/admin.sock is too long for a unix socket: no admin API (set admin_socket)",
+                s->cfg.storage);
+        return 0;
+    }
+    s->adminapi.ops.store = s->store;
+    s->adminapi.ops.index = s->index;
+    s->adminapi.ops.cm = &s->cm;
+    s->admin = rgm_server_new(&s->loop, &s->cfg, rgm_adminapi_handle, &s->adminapi);
+    err = rgm_server_listen_unix(s->admin, path, RGM_ADMINSOCK_MAX_BODY);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cannot listen on the admin socket %s: %s", path,
+                uv_strerror(err));
+        return err;
+    }
+    rgm_log(RGM_LOG_INFO, "serve", "admin API on %s (mode 0600; this uid and root)", path);
+    return 0;
+}
+
 int rgm_cmd_serve(int argc, char **argv)
 {
     struct serve s;
@@ -611,7 +691,7 @@ int rgm_cmd_serve(int argc, char **argv)
     if (open_cachemgmt(&s) < 0)
         goto out_stop;
     if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
-        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
+        listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0 || start_admin(&s) < 0)
         goto out_stop;
     if (start_cluster(&s) < 0)
         goto out_stop;
@@ -646,6 +726,8 @@ int rgm_cmd_serve(int argc, char **argv)
 out_stop:
     /* Start-up failed after handles were made: close them all and drain the loop. */
     s.is_stopping = 1;
+    if (s.admin)
+        rgm_server_shutdown(s.admin, NULL, NULL);
     rgm_server_shutdown(s.server, NULL, NULL);
     rgm_upstream_stop(s.up, on_upstream_stopped, &s);
     if (s.peers)
@@ -657,6 +739,7 @@ out_stop:
     uv_run(&s.loop, UV_RUN_DEFAULT);
 out_free:
     rgm_reconcile_free(s.reconcile); /* stopped before it was over */
+    rgm_server_free(s.admin);
     rgm_server_free(s.server);
     rgm_routes_free(s.routes);
     rgm_cachemgmt_close(&s.cm);

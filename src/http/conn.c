@@ -79,7 +79,7 @@ static int conn_write_raw(struct conn *c, struct wreq *wr)
     int err;
 
     wr->c = c;
-    err = uv_write(&wr->w, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    err = uv_write(&wr->w, (uv_stream_t *)&c->sock, &b, 1, on_write);
     if (err < 0) {
         free(wr);
         return err;
@@ -306,13 +306,13 @@ void rgm_conn_update(struct conn *c)
         return;
     want_read = !c->is_eof && (c->is_lingering || (!c->is_draining && c->in_len < IN_MAX));
     if (want_read && !c->is_reading) {
-        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) < 0) {
+        if (uv_read_start((uv_stream_t *)&c->sock, on_alloc, on_read) < 0) {
             rgm_conn_close(c, "read start failed");
             return;
         }
         c->is_reading = 1;
     } else if (!want_read && c->is_reading) {
-        if (uv_read_stop((uv_stream_t *)&c->tcp) < 0) {
+        if (uv_read_stop((uv_stream_t *)&c->sock) < 0) {
             rgm_conn_close(c, "read stop failed");
             return;
         }
@@ -361,7 +361,7 @@ static void conn_handle_closed(struct conn *c)
 
 static void on_tcp_close(uv_handle_t *h)
 {
-    conn_handle_closed(rgm_container_of(h, struct conn, tcp));
+    conn_handle_closed(rgm_container_of(h, struct conn, sock));
 }
 
 static void on_timer_close(uv_handle_t *h)
@@ -397,7 +397,7 @@ void rgm_conn_close(struct conn *c, const char *reason)
         c->srv->tls_failed[RGM_TLS_FAIL_EOF]++;
     }
     rgm_log(RGM_LOG_DEBUG, "server", "client=%s closed: %s", c->client, reason);
-    uv_close((uv_handle_t *)&c->tcp, on_tcp_close);
+    uv_close((uv_handle_t *)&c->sock, on_tcp_close);
     uv_close((uv_handle_t *)&c->timer, on_timer_close);
     uv_close((uv_handle_t *)&c->idle, on_idle_close);
     if (c->has_poll)
@@ -433,7 +433,7 @@ static void conn_close_graceful(struct conn *c)
             return;
         }
     }
-    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->tcp, on_shutdown) < 0) {
+    if (uv_shutdown(&c->shut, (uv_stream_t *)&c->sock, on_shutdown) < 0) {
         rgm_conn_close(c, "shutdown failed");
         return;
     }
@@ -485,7 +485,7 @@ static void on_timer(uv_timer_t *t)
  * is copied to c->in, so then the read is capped at what c->in may still take (IN_MAX). */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
-    struct conn *c = rgm_container_of(h, struct conn, tcp);
+    struct conn *c = rgm_container_of(h, struct conn, sock);
     size_t room = RGM_READ_BUF;
 
     (void)suggested;
@@ -562,7 +562,7 @@ static void tls_pull(struct conn *c)
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
-    struct conn *c = rgm_container_of(s, struct conn, tcp);
+    struct conn *c = rgm_container_of(s, struct conn, sock);
 
     if (c->state != CONN_OPEN || nread == 0)
         return;
@@ -788,7 +788,7 @@ static void sf_sendfile_step(struct conn *c)
 
     if (c->writes_pending > 0)
         return; /* libuv's queue first, or bytes would be reordered; on_write kicks again */
-    if (uv_fileno((uv_handle_t *)&c->tcp, &sock) < 0) {
+    if (uv_fileno((uv_handle_t *)&c->sock, &sock) < 0) {
         rgm_conn_close(c, "no fd");
         return;
     }
@@ -882,14 +882,17 @@ static void sf_step(struct conn *c)
 
 /* ---- start ---- */
 
-int rgm_conn_init(struct conn *c, rgm_server_t *srv, void (*on_closed)(struct conn *c))
+int rgm_conn_init(struct conn *c, rgm_server_t *srv, int is_local,
+                  void (*on_closed)(struct conn *c))
 {
     int err;
 
     c->srv = srv;
     c->on_closed = on_closed;
     c->poll_fd = -1;
-    err = uv_tcp_init(srv->loop, &c->tcp);
+    c->is_local = is_local;
+    err =
+        is_local ? uv_pipe_init(srv->loop, &c->sock.pipe, 0) : uv_tcp_init(srv->loop, &c->sock.tcp);
     if (err < 0)
         return err;
     /* Timer and idle init only fill in structs on unix; they cannot fail there. */
@@ -901,7 +904,7 @@ int rgm_conn_init(struct conn *c, rgm_server_t *srv, void (*on_closed)(struct co
 
 void rgm_conn_start(struct conn *c)
 {
-    if (uv_tcp_nodelay(&c->tcp, 1) < 0)
+    if (!c->is_local && uv_tcp_nodelay(&c->sock.tcp, 1) < 0)
         rgm_log(RGM_LOG_DEBUG, "server", "client=%s: TCP_NODELAY failed", c->client);
     llhttp_init(&c->parser, HTTP_REQUEST, &c->srv->settings);
     rgm_conn_update(c);

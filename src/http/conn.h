@@ -7,15 +7,16 @@
 
 #include "http/server-int.h"
 
-/* Set up c (zeroed, owned by the caller) as a connection of srv: its tcp, timer and idle
- * handles. Returns 0, or the uv_tcp_init error, in which case nothing needs closing and the
- * caller frees c. After 0, c ends only through rgm_conn_close(); on_closed(c) runs once every
- * handle has closed (after the request's on_close, if one was pending): the owner then unlinks
- * and frees c, and must not touch it again. */
-RGM_MUST_CHECK int rgm_conn_init(struct conn *c, rgm_server_t *srv,
+/* Set up c (zeroed, owned by the caller) as a connection of srv: its socket (a uv_pipe_t when
+ * is_local, else a uv_tcp_t), timer and idle handles. Returns 0, or the socket's init error, in
+ * which case nothing needs closing and the caller frees c. After 0, c ends only through
+ * rgm_conn_close(); on_closed(c) runs once every handle has closed (after the request's on_close,
+ * if one was pending): the owner then unlinks and frees c, and must not touch it again. */
+RGM_MUST_CHECK int rgm_conn_init(struct conn *c, rgm_server_t *srv, int is_local,
                                  void (*on_closed)(struct conn *c));
 
-/* Start an accepted connection: TCP_NODELAY, the parser, reading and the header timer. */
+/* Start an accepted connection: TCP_NODELAY (over TCP), the parser, reading and the header timer.
+ */
 void rgm_conn_start(struct conn *c);
 
 /* The one way a connection ends: idempotent, the handles close asynchronously. reason is a

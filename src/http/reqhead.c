@@ -1,8 +1,9 @@
 /* The downstream request head. llhttp's data callbacks append each span of the URL and of each
  * header into the request's one text buffer, checking the URL, header-count and header-byte
- * limits as the bytes accumulate; a request with a body is refused. Then the accessors the
- * handler reads, and the access log line. It never reads, writes or closes a socket: errors
- * go back to the connection through the parser's return code and conn->err_*. */
+ * limits as the bytes accumulate; a request with a body is refused, except on a listener that
+ * takes bodies (the admin socket), where it is read under that listener's limit. Then the accessors
+ * the handler reads, and the access log line. It never reads, writes or closes a socket: errors go
+ * back to the connection through the parser's return code and conn->err_*. */
 #include "http/reqhead.h"
 
 #include <uv.h>
@@ -39,6 +40,7 @@ void rgm_req_free(rgm_req_t *req)
     free(req->path);
     free(req->query);
     free(req->pending_head);
+    free(req->body);
     free(req);
 }
 
@@ -227,7 +229,13 @@ static int on_headers_complete(llhttp_t *p)
     }
     has_body = (p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) != 0 ||
                ((p->flags & F_CONTENT_LENGTH) != 0 && p->content_length > 0);
-    if (has_body) {
+    if (has_body && c->max_body > 0) {
+        /* A chunked body is checked as it arrives (on_body). */
+        if ((p->flags & F_CONTENT_LENGTH) != 0 && p->content_length > c->max_body) {
+            parse_fail(p, 413, "SIZE_INVALID", "request body too large");
+            return -1;
+        }
+    } else if (has_body) {
         /* The mirror is read-only: bodies are refused, never buffered. */
         if (req->method != RGM_M_OTHER)
             parse_fail(p, 400, "UNSUPPORTED", "request body not allowed");
@@ -243,6 +251,25 @@ static int on_headers_complete(llhttp_t *p)
         req->text_len++;
     }
     req_split_target(req);
+    return 0;
+}
+
+/* Only reached on a listener that takes bodies: on_headers_complete refuses them elsewhere. */
+static int on_body(llhttp_t *p, const char *at, size_t len)
+{
+    struct conn *c = pconn(p);
+    rgm_req_t *req = c->req;
+
+    if (req->body_len + len > c->max_body)
+        return parse_fail(p, 413, "SIZE_INVALID", "request body too large");
+    if (req->body_len + len + 1 > req->body_cap) {
+        req->body_cap = req->body_len + len + 1 > 2 * req->body_cap ? req->body_len + len + 1
+                                                                    : 2 * req->body_cap;
+        req->body = rgm_realloc(req->body, req->body_cap);
+    }
+    memcpy(req->body + req->body_len, at, len);
+    req->body_len += len;
+    req->body[req->body_len] = '\0';
     return 0;
 }
 
@@ -263,6 +290,7 @@ void rgm_req_parser_settings(rgm_server_t *srv)
     srv->settings.on_header_value = on_header_value;
     srv->settings.on_header_value_complete = on_header_value_complete;
     srv->settings.on_headers_complete = on_headers_complete;
+    srv->settings.on_body = on_body;
     srv->settings.on_message_complete = on_message_complete;
 }
 
@@ -325,6 +353,12 @@ int rgm_req_header_list(const rgm_req_t *req, const char *name, char *out, size_
         found = 1;
     }
     return found;
+}
+
+const char *rgm_req_body(const rgm_req_t *req, size_t *len)
+{
+    *len = req->body_len;
+    return req->body;
 }
 
 const char *rgm_req_client(const rgm_req_t *req)

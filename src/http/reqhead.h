@@ -10,7 +10,8 @@
 /* Fill srv->settings with the request callbacks (once, at rgm_server_new). A parser run with
  * them must be embedded in a struct conn, whose server's cfg gives the limits (max_url_len,
  * max_headers, max_header_bytes). A message begin makes a new request at conn->req, owned by
- * the connection. A limit exceeded, CONNECT or a request body sets conn->err_status, err_code
+ * the connection. A body is read into the request when conn->max_body allows it (413 beyond).
+ * A limit exceeded, CONNECT or a request body elsewhere sets conn->err_status, err_code
  * and err_msg and returns an error: the callbacks never close. A complete message returns
  * HPE_PAUSED, so that the connection hands one request at a time to its handler. */
 void rgm_req_parser_settings(rgm_server_t *srv);

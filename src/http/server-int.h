@@ -95,11 +95,17 @@ struct rgm_req {
     uint64_t bytes_out; /* body bytes handed to the socket, for the access log */
     char *pending_head;
     size_t pending_head_len;
+    char *body; /* the request body, on a listener that takes bodies (NUL-terminated) */
+    size_t body_len;
+    size_t body_cap;
     struct sendfile_state sf;
 };
 
 struct conn {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;   /* a TCP listener's connection */
+        uv_pipe_t pipe; /* a unix socket's (is_local) */
+    } sock;
     uv_timer_t timer;
     uv_idle_t idle;
     uv_poll_t poll; /* on a dup() of the socket, only while sendfile(2) has been used */
@@ -127,6 +133,8 @@ struct conn {
     int is_processing; /* conn_process on the stack */
     int is_head_started;
     int is_health;      /* from a health_listen address: only probes and /metrics */
+    int is_local;       /* from a unix socket listener (rgm_server_listen_unix) */
+    size_t max_body;    /* request bodies up to this are read into the request; 0: refused */
     int is_tls_counted; /* the handshake's end (ok or failed) is in the server's counts */
     rgm_tls_t *tls;     /* NULL on plain connections; the session until the close */
     unsigned n_requests;
@@ -161,6 +169,7 @@ struct rgm_server {
     uint64_t tls_failed[RGM_TLS_FAIL_N];
     uint64_t refused_allow; /* closed at accept: outside allow_clients */
     uint64_t refused_max;   /* closed at accept: over max_connections */
+    uint64_t refused_peer;  /* closed at accept: a unix socket peer of another uid */
     size_t handles_open;    /* listeners + connections + the shutdown timer */
     int is_shutting_down;
     int has_timer;

@@ -9,8 +9,12 @@
  * session (conn.c runs it); health listeners stay plain. */
 #include "http/server.h"
 
+#include <errno.h>
 #include <inttypes.h>
+#include <unistd.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <netinet/in.h>
 
 #include <uv.h>
@@ -21,9 +25,15 @@
 #include "http/reqhead.h"
 
 struct listener {
-    uv_tcp_t tcp;
+    union {
+        uv_tcp_t tcp;
+        uv_pipe_t pipe;
+    } sock;
     rgm_server_t *srv;
     int is_health;
+    int is_local;    /* a unix socket: peers are checked by uid, not allow_clients */
+    size_t max_body; /* what its connections accept as request bodies */
+    char *path;      /* the unix socket's path, unlinked at shutdown */
 };
 
 /* ---- server-level handle accounting ---- */
@@ -82,7 +92,7 @@ static int conn_peer(struct conn *c)
     const rgm_server_t *srv = c->srv;
 
     snprintf(c->client, sizeof(c->client), "?");
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) < 0)
+    if (uv_tcp_getpeername(&c->sock.tcp, (struct sockaddr *)&ss, &len) < 0)
         return srv->allow_len == 0;
     if (ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
@@ -97,9 +107,32 @@ static int conn_peer(struct conn *c)
            rgm_cidr_match(srv->allow, srv->allow_len, (const struct sockaddr *)&ss);
 }
 
+/* A unix socket's peer: c->client from its credentials; 1 when it runs as our own uid or as
+ * root. The socket's mode (0600) keeps other users out, but not root, and a mode can be
+ * changed: the kernel's word on the peer is what counts. */
+static int conn_peer_local(struct conn *c)
+{
+#ifdef SO_PEERCRED
+    struct ucred cred;
+    socklen_t len = sizeof(cred);
+    uv_os_fd_t fd;
+
+    snprintf(c->client, sizeof(c->client), "unix");
+    if (uv_fileno((const uv_handle_t *)&c->sock, &fd) < 0 ||
+        getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+        return 0;
+    snprintf(c->client, sizeof(c->client), "unix:uid=%u,pid=%d", (unsigned)cred.uid, (int)cred.pid);
+    return cred.uid == 0 || cred.uid == geteuid();
+#else
+    /* No way to learn the peer: nobody is let in. */
+    snprintf(c->client, sizeof(c->client), "unix");
+    return 0;
+#endif
+}
+
 static void on_connection(uv_stream_t *ls, int status)
 {
-    struct listener *l = rgm_container_of(ls, struct listener, tcp);
+    struct listener *l = rgm_container_of(ls, struct listener, sock);
     rgm_server_t *srv = l->srv;
     struct conn *c;
 
@@ -108,7 +141,7 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     c = rgm_calloc(1, sizeof(*c));
-    if (rgm_conn_init(c, srv, on_conn_closed) < 0) {
+    if (rgm_conn_init(c, srv, l->is_local, on_conn_closed) < 0) {
         free(c);
         return;
     }
@@ -118,11 +151,19 @@ static void on_connection(uv_stream_t *ls, int status)
     srv->conns = c;
     srv->conn_count++;
     srv->handles_open++;
-    if (uv_accept(ls, (uv_stream_t *)&c->tcp) < 0) {
+    if (uv_accept(ls, (uv_stream_t *)&c->sock) < 0) {
         rgm_conn_close(c, "accept failed");
         return;
     }
-    if (!conn_peer(c)) {
+    c->max_body = l->max_body;
+    if (l->is_local && !conn_peer_local(c)) {
+        srv->refused_peer++;
+        rgm_log(RGM_LOG_WARN, "server", "client=%s refused: not the server's uid or root",
+                c->client);
+        rgm_conn_close(c, "peer uid");
+        return;
+    }
+    if (!l->is_local && !conn_peer(c)) {
         srv->refused_allow++;
         rgm_log(RGM_LOG_INFO, "server", "client=%s refused: not in allow_clients", c->client);
         rgm_conn_close(c, "allow_clients");
@@ -136,7 +177,7 @@ static void on_connection(uv_stream_t *ls, int status)
         return;
     }
     c->is_health = l->is_health;
-    if (srv->tls && !l->is_health) {
+    if (srv->tls && !l->is_health && !l->is_local) {
         c->tls = rgm_tls_accept(srv->tls, c->client);
         if (!c->tls) {
             rgm_conn_close(c, "no TLS session");
@@ -193,6 +234,10 @@ int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b)
         "regmirror_connections_refused_total{reason=\"allow_clients\"} %" PRIu64
         "\nregmirror_connections_refused_total{reason=\"max_connections\"} %" PRIu64 "\n",
         srv->refused_allow, srv->refused_max);
+    if (srv->refused_peer > 0)
+        err |= rgm_buf_appendf(
+            b, "regmirror_connections_refused_total{reason=\"peer_uid\"} %" PRIu64 "\n",
+            srv->refused_peer);
     return err < 0 ? UV_ENOBUFS : 0;
 }
 
@@ -222,11 +267,21 @@ rgm_server_t *rgm_server_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_handl
 
 static void on_listener_close(uv_handle_t *h)
 {
-    struct listener *l = rgm_container_of(h, struct listener, tcp);
+    struct listener *l = rgm_container_of(h, struct listener, sock);
     rgm_server_t *srv = l->srv;
 
+    free(l->path);
     free(l);
     server_handle_closed(srv);
+}
+
+static void add_listener(rgm_server_t *srv, struct listener *l, int port)
+{
+    srv->listeners = rgm_realloc(srv->listeners, (srv->listeners_len + 1) * sizeof(l));
+    srv->ports = rgm_realloc(srv->ports, (srv->listeners_len + 1) * sizeof(int));
+    srv->listeners[srv->listeners_len] = l;
+    srv->ports[srv->listeners_len] = port;
+    srv->listeners_len++;
 }
 
 static int server_listen(rgm_server_t *srv, const char *addr, int is_health)
@@ -260,34 +315,89 @@ static int server_listen(rgm_server_t *srv, const char *addr, int is_health)
     l = rgm_calloc(1, sizeof(*l));
     l->srv = srv;
     l->is_health = is_health;
-    err = uv_tcp_init(srv->loop, &l->tcp);
+    err = uv_tcp_init(srv->loop, &l->sock.tcp);
     if (err < 0) {
         free(l);
         return err;
     }
     srv->handles_open++;
     /* libuv sets SO_REUSEADDR on bind. */
-    err = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&ss, flags);
+    err = uv_tcp_bind(&l->sock.tcp, (const struct sockaddr *)&ss, flags);
     if (err < 0)
         goto fail_close;
-    err = uv_listen((uv_stream_t *)&l->tcp, 511, on_connection);
+    err = uv_listen((uv_stream_t *)&l->sock, 511, on_connection);
     if (err < 0)
         goto fail_close;
     len = sizeof(ss);
-    err = uv_tcp_getsockname(&l->tcp, (struct sockaddr *)&ss, &len);
+    err = uv_tcp_getsockname(&l->sock.tcp, (struct sockaddr *)&ss, &len);
     if (err < 0)
         goto fail_close;
-    srv->listeners = rgm_realloc(srv->listeners, (srv->listeners_len + 1) * sizeof(l));
-    srv->ports = rgm_realloc(srv->ports, (srv->listeners_len + 1) * sizeof(int));
-    srv->listeners[srv->listeners_len] = l;
-    srv->ports[srv->listeners_len] = ss.ss_family == AF_INET6
-                                         ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
-                                         : ntohs(((struct sockaddr_in *)&ss)->sin_port);
-    srv->listeners_len++;
+    add_listener(srv, l,
+                 ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port)
+                                          : ntohs(((struct sockaddr_in *)&ss)->sin_port));
     return 0;
 
 fail_close:
-    uv_close((uv_handle_t *)&l->tcp, on_listener_close);
+    uv_close((uv_handle_t *)&l->sock, on_listener_close);
+    return err;
+}
+
+/* The socket file at path may be replaced only when it is a socket (a stale one of ours: the
+ * caller holds the storage's lock); anything else there is refused. */
+static int unix_path_free(const char *path)
+{
+    struct stat st;
+
+    if (lstat(path, &st) < 0)
+        return errno == ENOENT ? 0 : -errno;
+    if (!S_ISSOCK(st.st_mode))
+        return UV_EEXIST;
+    return unlink(path) < 0 ? -errno : 0;
+}
+
+int rgm_server_listen_unix(rgm_server_t *srv, const char *path, size_t max_body)
+{
+    struct sockaddr_un sun;
+    struct listener *l = NULL;
+    int err;
+
+    if (srv->is_shutting_down)
+        return UV_EINVAL;
+    if (strlen(path) >= sizeof(sun.sun_path))
+        return UV_ENAMETOOLONG;
+    err = unix_path_free(path);
+    if (err < 0)
+        return err;
+    l = rgm_calloc(1, sizeof(*l));
+    l->srv = srv;
+    l->is_local = 1;
+    l->max_body = max_body;
+    err = uv_pipe_init(srv->loop, &l->sock.pipe, 0);
+    if (err < 0) {
+        free(l);
+        return err;
+    }
+    srv->handles_open++;
+    err = uv_pipe_bind(&l->sock.pipe, path);
+    if (err < 0)
+        goto fail_close;
+    l->path = rgm_strdup(path);
+    /* Before listen: no one can connect while the mode is still the umask's. */
+    if (chmod(path, 0600) < 0) {
+        err = -errno;
+        goto fail_unlink;
+    }
+    err = uv_listen((uv_stream_t *)&l->sock, 64, on_connection);
+    if (err < 0)
+        goto fail_unlink;
+    add_listener(srv, l, 0);
+    return 0;
+
+fail_unlink:
+    if (unlink(path) < 0)
+        rgm_log(RGM_LOG_WARN, "server", "unlink %s: %s", path, strerror(errno));
+fail_close:
+    uv_close((uv_handle_t *)&l->sock, on_listener_close);
     return err;
 }
 
@@ -341,7 +451,11 @@ void rgm_server_shutdown(rgm_server_t *srv, void (*done)(rgm_server_t *srv, void
     srv->done_ud = ud;
     for (i = 0; i < srv->listeners_len; i++) {
         if (srv->listeners[i]) {
-            uv_close((uv_handle_t *)&srv->listeners[i]->tcp, on_listener_close);
+            /* A unix socket's file goes first: a client finds no socket, not a dead one. */
+            if (srv->listeners[i]->path && unlink(srv->listeners[i]->path) < 0)
+                rgm_log(RGM_LOG_WARN, "server", "unlink %s: %s", srv->listeners[i]->path,
+                        strerror(errno));
+            uv_close((uv_handle_t *)&srv->listeners[i]->sock, on_listener_close);
             srv->listeners[i] = NULL;
         }
     }

@@ -40,6 +40,14 @@ RGM_MUST_CHECK int rgm_server_listen(rgm_server_t *srv, const char *addr);
  * (rgm_req_is_health). */
 RGM_MUST_CHECK int rgm_server_listen_health(rgm_server_t *srv, const char *addr);
 
+/* Listen on a unix socket at path (an existing socket file there is replaced; any other file
+ * is UV_EEXIST; too long for sun_path is UV_ENAMETOOLONG). The socket gets mode 0600 before it
+ * listens, and a peer is let in only when SO_PEERCRED says it runs as the server's uid or as
+ * root (others are closed at accept and counted). Its requests may carry a body of at most
+ * max_body bytes (413 beyond; rgm_req_body); TCP listeners refuse every body. Always plain
+ * HTTP. The file is unlinked at shutdown. Returns 0 or a UV_E* code (logged by the caller). */
+RGM_MUST_CHECK int rgm_server_listen_unix(rgm_server_t *srv, const char *path, size_t max_body);
+
 /* Serve HTTPS on the (non-health) listeners from now on, with tls (the server takes it; NULL:
  * plain HTTP again). The context in use before is freed; connections that have it keep it
  * until they close. Call before the first listen for every connection to be TLS. */
@@ -79,7 +87,10 @@ const char *rgm_req_header(const rgm_req_t *req, const char *name);
 /* Every header with this name, joined with ", " (RFC 9110 list headers such as Accept may be
  * split over several lines). 1 found, 0 absent (out ""), UV_ENOBUFS when out is too small. */
 int rgm_req_header_list(const rgm_req_t *req, const char *name, char *out, size_t outlen);
-/* Peer address "ip:port". */
+/* The request body on a listener that takes bodies (rgm_server_listen_unix), NUL-terminated;
+ * NULL with *len 0 when there is none. Borrowed: valid while the request is. */
+const char *rgm_req_body(const rgm_req_t *req, size_t *len);
+/* Peer address "ip:port" ("unix:uid=N,pid=N" on a unix socket). */
 const char *rgm_req_client(const rgm_req_t *req);
 /* 1 when the request came on a health_listen address (serve only probes and metrics). */
 int rgm_req_is_health(const rgm_req_t *req);

@@ -12,7 +12,6 @@
 #include "core/common.h"
 #include "core/log.h"
 #include "core/util.h"
-#include "cache/gc.h"
 
 #define RESUME_MAX     4
 #define RESUME_BASE_MS 200
@@ -803,25 +802,41 @@ static void on_slot(rgm_slot_wait_t *w)
 
 /* A store write failed: before its one retry, an eviction round at once. The disk filled up
  * before max_cache_bytes did, so evict as if the cache were over a limit 10 % below its size
- * (one batch: at most RGM_GC_BATCH objects). Nothing without max_cache_bytes. */
+ * (one batch of cache/evict: orphans, then whole images; pins and readers are respected).
+ * Nothing without max_cache_bytes. */
+/* Objects and bytes eviction has removed so far, all reasons. */
+static void evicted_sum(const rgm_evict_t *e, uint64_t *objects, uint64_t *bytes)
+{
+    const rgm_evict_counters_t *c = rgm_evict_counters(e);
+    int i;
+
+    *objects = *bytes = 0;
+    for (i = 0; i < RGM_EVICT_NR; i++) {
+        *objects += c->objects[i];
+        *bytes += c->bytes[i];
+    }
+}
+
 static void evict_now(void *ud)
 {
     struct rq_env *r = ud;
-    uint64_t objects = 0;
-    uint64_t bytes = 0;
-    uint64_t freed = 0;
-    uint64_t max;
+    rgm_evict_opts_t o;
+    uint64_t objects = 0, bytes = 0;
+    uint64_t obj0, bytes0, obj1, bytes1;
     int rc;
 
-    if (r->cfg->max_cache_bytes == 0 || rgm_index_stats(r->index, &objects, &bytes) < 0 ||
-        bytes == 0)
+    if (!r->evict || r->cfg->max_cache_bytes == 0 ||
+        rgm_index_stats(r->index, &objects, &bytes) < 0 || bytes == 0)
         return;
-    max = bytes - 1 < r->cfg->max_cache_bytes ? bytes - 1 : r->cfg->max_cache_bytes;
-    objects = 0;
-    rc = rgm_gc_step(r->index, r->store, max, max / 10 * 9, &freed, &objects);
+    evicted_sum(r->evict, &obj0, &bytes0);
+    o = *r->evict_opts;
+    o.max_bytes = bytes - 1 < o.max_bytes ? bytes - 1 : o.max_bytes;
+    o.target_bytes = o.max_bytes / 10 * 9;
+    rc = rgm_evict_step(r->evict, &o);
+    evicted_sum(r->evict, &obj1, &bytes1);
     rgm_log(RGM_LOG_INFO, "blobs",
             "store write failed: evicted %" PRIu64 " objects (%" PRIu64 " bytes) at once%s",
-            objects, freed, rc < 0 ? " (index error)" : "");
+            obj1 - obj0, bytes1 - bytes0, rc < 0 ? " (index error)" : "");
 }
 
 static void start_job(struct rq *q)

@@ -43,6 +43,60 @@ static void metric(rgm_buf_t *b, const char *name, const char *type, const char 
         return;
 }
 
+/* One counter family with a series per eviction reason. */
+static int by_reason(rgm_buf_t *b, const char *name, const char *help,
+                     const uint64_t v[RGM_EVICT_NR])
+{
+    static const char *const reasons[RGM_EVICT_NR] = {"lru-image", "orphan", "purge"};
+    int err = 0;
+    int i;
+
+    metric(b, name, "counter", help);
+    for (i = 0; i < RGM_EVICT_NR; i++)
+        err |= rgm_buf_appendf(b, "%s{reason=\"%s\"} %" PRIu64 "\n", name, reasons[i], v[i]);
+    return err;
+}
+
+/* Eviction by reason and the images' sizes (cache/evict); zeros before either exists, so
+ * that the families are the same from the start. */
+static int cache_image_metrics(const struct rq_env *r, rgm_buf_t *b)
+{
+    static const rgm_evict_counters_t no_counters;
+    static const rgm_evict_tally_t no_tally;
+    const rgm_evict_counters_t *c = r->evict ? rgm_evict_counters(r->evict) : &no_counters;
+    const rgm_evict_tally_t *t = r->evict ? rgm_evict_tally(r->evict) : &no_tally;
+    int err = 0;
+
+    err |= by_reason(b, "regmirror_evicted_objects_total",
+                     "Objects removed from the cache, by reason (lru-image, orphan, purge).",
+                     c->objects);
+    err |=
+        by_reason(b, "regmirror_evicted_bytes_total",
+                  "Bytes removed from the cache, by reason (lru-image, orphan, purge).", c->bytes);
+    err |=
+        by_reason(b, "regmirror_evicted_images_total",
+                  "Images removed whole from the cache, by reason (lru-image, purge).", c->images);
+    metric(b, "regmirror_cache_images", "gauge",
+           "Images cached (top-level manifests and indexes), as of the last tally.");
+    err |= rgm_buf_appendf(b, "regmirror_cache_images %" PRIu64 "\n", t->images);
+    metric(b, "regmirror_cache_pinned_images", "gauge", "Pinned images, as of the last tally.");
+    err |= rgm_buf_appendf(b, "regmirror_cache_pinned_images %" PRIu64 "\n", t->pinned_images);
+    metric(b, "regmirror_cache_pinned_bytes", "gauge",
+           "Bytes of pinned images (a layer shared by two counts twice), as of the last tally.");
+    err |= rgm_buf_appendf(b, "regmirror_cache_pinned_bytes %" PRIu64 "\n", t->pinned_bytes);
+    metric(b, "regmirror_cache_image_bytes", "gauge",
+           "Image bytes: unique (held by one image) or shared (per image, held by another too), "
+           "as of the last tally.");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cache_image_bytes{kind=\"unique\"} %" PRIu64
+                           "\nregmirror_cache_image_bytes{kind=\"shared\"} %" PRIu64 "\n",
+                           t->unique_bytes, t->shared_bytes);
+    metric(b, "regmirror_cache_tally_passes_total", "counter",
+           "Completed passes over every image behind the regmirror_cache_image* gauges.");
+    err |= rgm_buf_appendf(b, "regmirror_cache_tally_passes_total %" PRIu64 "\n", t->passes);
+    return err < 0 ? UV_ENOBUFS : 0;
+}
+
 /* The cluster's series (docs/cluster.md): where requests went, fills, and each peer. */
 static int cluster_metrics(const struct rq_env *r, rgm_buf_t *b)
 {
@@ -197,6 +251,8 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
     SIMPLE("regmirror_cache_max_bytes", "gauge", "Cache size limit (max_cache_bytes); 0: none.",
            r->cfg->max_cache_bytes);
 #undef SIMPLE
+    if (cache_image_metrics(r, &b) < 0)
+        err = -1;
     metric(&b, "regmirror_store_errors_total", "counter",
            "Store errors (the blob was served uncached, or its index row lost), by operation "
            "and errno name (non-zero series).");

@@ -13,6 +13,7 @@
 #include "cache/index.h"
 #include "cache/fetch.h"
 #include "cache/refs.h"
+#include "cache/evict.h"
 #include "cache/inuse.h"
 #include "registry/auth.h"
 #include "registry/reference.h"
@@ -37,7 +38,9 @@ struct rq_env {
     rgm_server_t *srv;        /* for /metrics (open connections); NULL until set */
     rgm_auth_cache_t *access; /* "credhash|registry|repo" -> "1": upstream accepted */
     rgm_refs_t *refs;         /* manifests record their references here; NULL: not kept */
-    rgm_inuse_t *inuse;       /* stored files open for responses (eviction skips them) */
+    rgm_evict_t *evict; /* eviction: /metrics, and a round at once on a full disk; NULL: none */
+    const rgm_evict_opts_t *evict_opts; /* its limits (serve's) */
+    rgm_inuse_t *inuse;                 /* stored files open for responses (eviction skips them) */
     int is_stopping;
     struct metrics m;
     /* Handler state: only the file named touches it. */

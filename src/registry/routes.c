@@ -53,6 +53,12 @@ void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs)
     r->env.refs = refs;
 }
 
+void rgm_routes_set_evict(rgm_routes_t *r, rgm_evict_t *evict, const rgm_evict_opts_t *opts)
+{
+    r->env.evict = evict;
+    r->env.evict_opts = opts;
+}
+
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r)
 {
     return r->env.inuse;

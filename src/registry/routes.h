@@ -11,6 +11,7 @@
 #include "cache/index.h"
 #include "cache/fetch.h"
 #include "cache/refs.h"
+#include "cache/evict.h"
 #include "cache/inuse.h"
 #include "registry/upstream.h"
 #include "cluster/peers.h"
@@ -25,6 +26,9 @@ void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv);
 /* Where manifests record their references (borrowed; outlives r), and the set of stored
  * files open for responses, which r owns and eviction reads (valid until rgm_routes_free). */
 void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs);
+/* Eviction (and its options), for /metrics' counters and image tally and for a round at once
+ * when the store runs out of space (both borrowed; they outlive r). */
+void rgm_routes_set_evict(rgm_routes_t *r, rgm_evict_t *evict, const rgm_evict_opts_t *opts);
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r);
 /* Shard by rendezvous hashing over peers (docs/cluster.md): requests for keys another healthy
  * peer owns are forwarded to it through client. Both borrowed; call before serving. */

@@ -356,6 +356,15 @@ t.ok(set(empty) <= WITH_TRAFFIC,
      "fresh start: only the families whose series appear with traffic have no sample yet",
      diag=sorted(set(empty) - WITH_TRAFFIC))
 
+for fam in ("regmirror_evicted_objects_total", "regmirror_evicted_bytes_total",
+            "regmirror_evicted_images_total"):
+    t.is_(sorted(fresh.values(fam, "reason")), ["lru-image", "orphan", "purge"],
+          "fresh start: %s has every reason" % fam)
+t.ok(all(fresh.type.get(f) == "gauge" for f in
+         ("regmirror_cache_images", "regmirror_cache_pinned_images", "regmirror_cache_pinned_bytes",
+          "regmirror_cache_image_bytes")),
+     "fresh start: the image gauges (images, pinned, unique/shared bytes) are declared")
+
 # pulls: ghcr.io twice (MISS, then HIT), from docker.io a blob with RateLimit headers, a blob
 # that fails upstream and a tag served STALE, and concurrent cold GETs of one blob (JOIN)
 st, h, body = m.get("/v2/org/app/manifests/v1?ns=ghcr.io",

@@ -87,7 +87,8 @@ t.ok(pull(m, 2), "an evicted image is fetched again")
 t.ok(up.count("GET", "/library/app2/blobs/" + imgs[2]["layers"][1]) == 1 and
      up.count("GET", base_d) == 0, "only its unique layer is fetched again")
 
-# Purge through the store (no admin socket yet), pinned refusal, --force.
+# Purge through the store (no server running: tests/65-adminsock covers the socket), pinned
+# refusal, --force.
 t.is_(m.stop(), 0, "mirror stopped")
 r = run([RGM_BIN, "pin", "--storage", m.storage, "app2:v1"], check=False)
 t.ok(r.rc == 0 and "docker.io/library/app2:v1" in r.out, "pin normalises the reference")

@@ -189,6 +189,43 @@ int main(void)
            rgm_evict_counters(e)->images[RGM_EVICT_LRU_IMAGE] == 2,
        "counted by reason");
     rgm_evict_free(e);
+
+    /* cluster mode: an unreferenced blob is no orphan; it goes by its last access */
+    {
+        char old_b[RGM_DIGEST_MAX], new_b[RGM_DIGEST_MAX], cm[RGM_DIGEST_MAX];
+        char cc[RGM_DIGEST_MAX], cl[RGM_DIGEST_MAX];
+
+        put_blob(1000, 'O', now - 10000, old_b); /* older than the image */
+        put_blob(1001, 'N', now - 1000, new_b);  /* more recent than the image, no grace */
+        put_blob(103, 'c', now - 5000, cc);
+        put_blob(4000, 'l', now - 5000, cl);
+        put_manifest(cc, cl, cl, NULL, now - 5000, cm);
+        if (rgm_refs_backfill(refs) < 0)
+            abort();
+        e = rgm_evict_new(idx, store, refs, pins, NULL, inuse);
+        o.is_cluster = 1;
+        o.orphan_grace_ms = 3600000;
+        /* small steps: blobs left unreferenced above, older still, may go before it */
+        for (n = 0; n < 10 && has(old_b); n++) {
+            o.max_bytes = total() - 1;
+            o.target_bytes = total() - 100;
+            (void)rgm_evict_step(e, &o);
+        }
+        ok(!has(old_b) && has(cm) && has(new_b), "cluster: the older unreferenced blob goes first");
+        o.max_bytes = total() - 1;
+        o.target_bytes = total() - 4500; /* the image is enough */
+        (void)rgm_evict_step(e, &o);
+        ok(!has(cm) && !has(cl) && has(new_b),
+           "cluster: then the image older than the remaining blob, not the blob (within grace)");
+        o.max_bytes = total() - 1;
+        o.target_bytes = total() - 100;
+        (void)rgm_evict_step(e, &o);
+        ok(!has(new_b), "cluster: a recent unreferenced blob goes by last access, no grace");
+        ok(rgm_evict_counters(e)->objects[RGM_EVICT_ORPHAN] == 0 &&
+               rgm_evict_counters(e)->objects[RGM_EVICT_LRU_IMAGE] >= 5,
+           "cluster: nothing counted as an orphan");
+        rgm_evict_free(e);
+    }
     rgm_inuse_free(inuse);
     close_all();
     return tap_done();

@@ -306,6 +306,8 @@ static int server_settings(SSL_CTX *ctx)
         return -1;
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
     SSL_CTX_set_alpn_select_cb(ctx, on_alpn, NULL);
+    /* An idle connection gives its record buffers back: a few KiB each instead of ~34 KiB. */
+    SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
     return 0;
 }
 

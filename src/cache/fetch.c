@@ -932,7 +932,8 @@ static void on_rehash_done(uv_work_t *w, int status)
     fetch_unref(f);
 }
 
-int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done, void *ud,
+int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, const char *registry,
+                     rgm_fetch_done_fn done, void *ud,
                      void (*ready)(rgm_fetch_t *f, int status, void *ud), void *ready_ud,
                      rgm_fetch_t **out)
 {
@@ -946,7 +947,7 @@ int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn don
         return UV_EINVAL;
     if (rgm_fetches_find(t, digest))
         return UV_EEXIST;
-    if (rgm_store_take_partial(t->store, digest, &path, &p) != 1)
+    if (rgm_store_take_partial(t->store, digest, registry, &path, &p) != 1)
         return UV_ENOENT;
     f = fetch_new(t, digest);
     if (!f) {

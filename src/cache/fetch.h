@@ -57,15 +57,18 @@ typedef void (*rgm_fetch_done_fn)(rgm_fetch_t *f, int status, void *ud);
  * the verified file. Each is counted (rgm_store_count_error) and logged once (WARN). */
 RGM_MUST_CHECK int rgm_fetch_start(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
                                    void *ud, rgm_fetch_t **out);
-/* Resume the partial kept for digest (rgm_store_take_partial): the fetch enters the table
+/* Resume the partial kept for digest that came through registry (rgm_store_take_partial; a
+ * partial of another registry is left kept: the registry that resumes it vouches for the
+ * prefix, which readers get before the digest is verified): the fetch enters the table
  * with its size from the sidecar, and libuv's pool re-hashes the prefix the sidecar vouches
  * for. Then ready runs (like an append cb: from the idle pass, status 0, or the fetch's error
  * when it failed meanwhile); rgm_fetch_written says where the download goes on: the prefix,
  * or 0 when the re-hash did not match (the file was emptied; logged). No append before ready.
  * UV_ENOENT when no partial is kept (start one with rgm_fetch_start), else rgm_fetch_start's
  * errors; done and ready are then never called. */
-RGM_MUST_CHECK int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, rgm_fetch_done_fn done,
-                                    void *ud, void (*ready)(rgm_fetch_t *f, int status, void *ud),
+RGM_MUST_CHECK int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, const char *registry,
+                                    rgm_fetch_done_fn done, void *ud,
+                                    void (*ready)(rgm_fetch_t *f, int status, void *ud),
                                     void *ready_ud, rgm_fetch_t **out);
 /* Where the bytes come from, for the sidecar (copied; at most 255 bytes each). Only before the
  * first append; with a known size, the sidecar is then rewritten every 4 MiB. */

@@ -345,14 +345,15 @@ static int clean_tmp(rgm_store_t *s, const char *tmp_dir)
     return 0;
 }
 
-int rgm_store_take_partial(rgm_store_t *s, const char *digest, char **path, rgm_store_partial_t *p)
+int rgm_store_take_partial(rgm_store_t *s, const char *digest, const char *registry, char **path,
+                           rgm_store_partial_t *p)
 {
     struct kept **pp;
     struct kept *k;
 
     *path = NULL;
     for (pp = &s->kept; (k = *pp) != NULL; pp = &k->next) {
-        if (strcmp(k->p.digest, digest) != 0)
+        if (strcmp(k->p.digest, digest) != 0 || (registry && strcmp(k->p.registry, registry) != 0))
             continue;
         *pp = k->next;
         s->kept_count--;

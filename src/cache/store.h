@@ -69,9 +69,12 @@ RGM_MUST_CHECK int rgm_store_partial_format(const rgm_store_partial_t *p, char *
 /* Parse a sidecar's text (len bytes, need not be NUL-terminated): 0, or UV_EINVAL when a line
  * is missing, unknown, malformed or inconsistent (bad digest, written >= size). */
 RGM_MUST_CHECK int rgm_store_partial_parse(const char *text, size_t len, rgm_store_partial_t *p);
-/* Take the kept partial of digest, if any: 1 (*path malloc'd, the caller's to free, and the
- * caller now owns the file and its sidecar path "<*path>" RGM_STORE_KEEP_SUFFIX), or 0. */
-int rgm_store_take_partial(rgm_store_t *s, const char *digest, char **path, rgm_store_partial_t *p);
+/* Take the kept partial of digest fetched through registry (NULL: any), if any: 1 (*path
+ * malloc'd, the caller's to free, and the caller now owns the file and its sidecar path
+ * "<*path>" RGM_STORE_KEEP_SUFFIX), or 0. A partial of another registry stays kept: a
+ * registry cannot vouch for bytes another one delivered. */
+int rgm_store_take_partial(rgm_store_t *s, const char *digest, const char *registry, char **path,
+                           rgm_store_partial_t *p);
 /* Give a partial back (a fetch stopped by shutdown or suspended): its sidecar is read again and
  * it is kept for a later take. 0; or UV_EINVAL/UV_ENOENT/another errno when the sidecar is
  * missing or does not parse, and then both files are deleted. path is borrowed. */

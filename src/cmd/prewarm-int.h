@@ -36,6 +36,7 @@ struct opts {
     const char *creds;
     const char *docker_config;
     int is_json;
+    int with_referrers; /* also warm signatures and attestations (referrers, fallback tags) */
     const char *file;
 };
 
@@ -49,7 +50,8 @@ struct image {
     char digest[RGM_REF_DIGEST_MAX + 1];
     char platforms[512]; /* chosen platforms of an index, comma separated */
     unsigned n_layers;
-    unsigned n_pending; /* manifest ops and blobs not finished */
+    unsigned n_referrers; /* referrer manifests warmed (--with-referrers) */
+    unsigned n_pending;   /* manifest ops and blobs not finished */
     int is_started;
     int is_done;
     int is_all_hit;
@@ -155,6 +157,10 @@ void rgm_prewarm_image_check_done(struct pw *pw, struct image *img);
  * UV_EINVAL when it is not an image manifest or has a bad descriptor; img is then failed with
  * the reason, so a caller may ignore the result. */
 int rgm_prewarm_plan_add_manifest(struct pw *pw, struct image *img, json_t *root);
+/* The blobs of a referrer (a signature, an attestation: root, borrowed) become blobs of img,
+ * without counting as its layers. An index, or anything without blobs, adds nothing. 0, or
+ * UV_EINVAL (a bad descriptor; img is failed with the reason). */
+int rgm_prewarm_plan_add_referrer(struct pw *pw, struct image *img, json_t *root);
 /* Add blob (digest, size) to img. A digest seen before (in any image) is shared: img waits for
  * it, or takes its result at once when it is over. A new one is queued on pw->bq_*. */
 void rgm_prewarm_image_add_blob(struct pw *pw, struct image *img, const char *digest,

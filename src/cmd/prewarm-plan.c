@@ -167,31 +167,48 @@ static int add_descriptor(struct pw *pw, struct image *img, json_t *d)
         rgm_prewarm_image_fail(img, "manifest: bad descriptor");
         return UV_EINVAL;
     }
-    /* Foreign (non-distributable) layers are not served by registries. */
-    if (mt && strstr(mt, "foreign") != NULL)
+    /* Non-distributable layers (Docker's "foreign", OCI's "nondistributable"; Windows base
+     * layers, with urls) are not the registry's to serve: never fetched. */
+    if (mt && (strstr(mt, "foreign") != NULL || strstr(mt, "nondistributable") != NULL))
         return 0;
     rgm_prewarm_image_add_blob(pw, img, digest, (uint64_t)json_integer_value(size));
     return 0;
 }
 
-int rgm_prewarm_plan_add_manifest(struct pw *pw, struct image *img, json_t *root)
+/* The config (when there is one) and the layers of root; n_layers (may be NULL) counts them. */
+static int add_blobs(struct pw *pw, struct image *img, json_t *root, unsigned *n_layers)
 {
-    json_t *layers = json_object_get(root, "layers");
+    json_t *config = json_object_get(root, "config");
     json_t *d;
     size_t i;
 
-    if (!json_is_array(layers) || !json_is_object(json_object_get(root, "config"))) {
-        rgm_prewarm_image_fail(img, "manifest: neither an image manifest nor an index (schema 1?)");
+    if (json_is_object(config) && add_descriptor(pw, img, config) < 0)
         return UV_EINVAL;
-    }
-    if (add_descriptor(pw, img, json_object_get(root, "config")) < 0)
-        return UV_EINVAL;
-    json_array_foreach(layers, i, d)
+    json_array_foreach(json_object_get(root, "layers"), i, d)
     {
         if (add_descriptor(pw, img, d) < 0)
             return UV_EINVAL;
-        img->n_layers++;
+        if (n_layers)
+            (*n_layers)++;
     }
+    return 0;
+}
+
+int rgm_prewarm_plan_add_manifest(struct pw *pw, struct image *img, json_t *root)
+{
+    if (!json_is_array(json_object_get(root, "layers")) ||
+        !json_is_object(json_object_get(root, "config"))) {
+        rgm_prewarm_image_fail(img, "manifest: neither an image manifest nor an index (schema 1?)");
+        return UV_EINVAL;
+    }
+    return add_blobs(pw, img, root, &img->n_layers);
+}
+
+int rgm_prewarm_plan_add_referrer(struct pw *pw, struct image *img, json_t *root)
+{
+    if (add_blobs(pw, img, root, NULL) < 0)
+        return UV_EINVAL;
+    img->n_referrers++;
     return 0;
 }
 

@@ -162,6 +162,7 @@ static json_t *image_json(const struct image *img)
     json_object_set_new(o, "digest", img->digest[0] ? json_string(img->digest) : json_null());
     json_object_set_new(o, "platforms", plats);
     json_object_set_new(o, "layers", json_integer(img->n_layers));
+    json_object_set_new(o, "referrers", json_integer(img->n_referrers));
     json_object_set_new(o, "blobs", json_integer((json_int_t)img->n_blobs));
     json_object_set_new(o, "bytes", json_integer((json_int_t)img->total_bytes));
     json_object_set_new(o, "fetched_bytes", json_integer((json_int_t)img->fetched_bytes));

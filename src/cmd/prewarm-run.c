@@ -4,7 +4,9 @@
  * is asked with HEAD (X-Cache: HIT and the right size is enough), else streamed with GET
  * through a hash and discarded. A 401 is answered once (prewarm-auth.c). At most --parallel
  * manifests and --parallel blobs are in flight; the run ends when nothing is left. Requests
- * to the mirror say X-Regmirror-Prewarm, so that it can keep the last pulls for nodes. */
+ * to the mirror say X-Regmirror-Prewarm, so that it can keep the last pulls for nodes. With
+ * --with-referrers each manifest's referrers are warmed too: the referrers API (pages followed),
+ * or the <alg>-<hex> tag when the mirror answers 404, and cosign's .sig/.att/.sbom tags. */
 #include "config.h"
 
 #include "cmd/prewarm-int.h"
@@ -30,13 +32,19 @@
 #define BASIC_TTL_MS   (3600 * 1000ULL)
 #define ERR_MAX        512
 #define REASON_MAX     1024
+#define REF_PAGES_MAX  64 /* referrers pages followed per manifest */
 
 static const char manifest_accept[] = "application/vnd.oci.image.index.v1+json, "
                                       "application/vnd.oci.image.manifest.v1+json, "
                                       "application/vnd.docker.distribution.manifest.list.v2+json, "
                                       "application/vnd.docker.distribution.manifest.v2+json";
 
-enum op_kind { OP_MANIFEST, OP_HEAD, OP_GET, OP_TOKEN };
+enum op_kind { OP_MANIFEST, OP_HEAD, OP_GET, OP_TOKEN, OP_REFERRERS };
+
+/* What a manifest op is for, with --with-referrers: the image itself, a referrer listed by the
+ * API or the tag index, the <alg>-<hex> tag (an index of referrers), or a cosign tag. A tag
+ * that is not there (404) is no failure. */
+enum ref_kind { REF_NONE, REF_LISTED, REF_TAG_INDEX, REF_TAG };
 
 /* One request through the mirror (or to a token realm), from the queue to its answer. */
 struct op {
@@ -54,7 +62,10 @@ struct op {
     char want[RGM_REF_DIGEST_MAX + 1]; /* manifest: expected digest, "" for a tag */
     int64_t want_size;                 /* manifest from an index: descriptor size, else -1 */
     int is_child;
-    char plat[100]; /* child manifest: its platform */
+    enum ref_kind ref_kind;
+    unsigned n_pages;                 /* OP_REFERRERS: pages asked for this subject */
+    char got[RGM_REF_DIGEST_MAX + 1]; /* manifest: the verified digest */
+    char plat[100];                   /* child manifest: its platform */
     unsigned n_auth;
     int status;
     rgm_buf_t body;
@@ -199,7 +210,12 @@ static void op_fail(struct op *op, const char *reason)
 
     switch (op->kind) {
     case OP_MANIFEST:
-        if (op->is_child)
+    case OP_REFERRERS:
+        if (op->kind == OP_REFERRERS)
+            rgm_prewarm_image_fail(op->img, "referrers of %s: %s", op->want, reason);
+        else if (op->ref_kind != REF_NONE)
+            rgm_prewarm_image_fail(op->img, "referrer %s: %s", op->want, reason);
+        else if (op->is_child)
             rgm_prewarm_image_fail(op->img, "manifest %s (%s): %s", op->want, op->plat, reason);
         else
             rgm_prewarm_image_fail(op->img, "manifest: %s", reason);
@@ -234,6 +250,7 @@ static int on_head(rgm_upreq_t *r, int status, void *ud)
     }
     switch (op->kind) {
     case OP_MANIFEST:
+    case OP_REFERRERS:
         if (cl > MANIFEST_MAX) {
             (void)snprintf(op->err, sizeof(op->err), "manifest too large (%" PRId64 " bytes)", cl);
             return UV_E2BIG;
@@ -283,7 +300,8 @@ static int on_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
         }
         return 0;
     }
-    if (op->status == 200 && (op->kind == OP_MANIFEST || op->kind == OP_TOKEN)) {
+    if (op->status == 200 &&
+        (op->kind == OP_MANIFEST || op->kind == OP_TOKEN || op->kind == OP_REFERRERS)) {
         if (rgm_buf_append(&op->body, data, len) < 0) {
             (void)snprintf(op->err, sizeof(op->err), "response too large");
             return UV_E2BIG;
@@ -421,9 +439,175 @@ static int verify_manifest(struct op *op, rgm_upreq_t *r)
                                       sizeof(digest), op->err, sizeof(op->err));
     if (err < 0)
         return err;
-    if (!op->is_child)
+    (void)snprintf(op->got, sizeof(op->got), "%s", digest);
+    if (!op->is_child && op->ref_kind == REF_NONE)
         (void)snprintf(op->img->digest, sizeof(op->img->digest), "%s", digest);
     return 0;
+}
+
+/* ---- referrers (--with-referrers) ---- */
+
+/* Queue a manifest op of img on the manifest queue; img waits for it. */
+static void queue_manifest_op(struct pw *pw, struct op *op)
+{
+    op->img->n_pending++;
+    if (pw->mq_tail)
+        pw->mq_tail->qnext = op;
+    else
+        pw->mq_head = op;
+    pw->mq_tail = op;
+}
+
+/* A referrer op of img on url_take (NULL: the URL was too long, img fails), queued. */
+static struct op *queue_ref_op(struct pw *pw, struct image *img, enum op_kind kind, char *url_take,
+                               const char *want)
+{
+    struct op *op;
+
+    if (!url_take) {
+        rgm_prewarm_image_fail(img, "URL too long");
+        return NULL;
+    }
+    op = op_new(pw, kind, img->ref.registry, img->ref.repository, url_take);
+    op->img = img;
+    (void)snprintf(op->want, sizeof(op->want), "%s", want);
+    queue_manifest_op(pw, op);
+    return op;
+}
+
+/* Queue the referrer manifest ref (a digest, want_size its descriptor's size, or a tag). */
+static void start_referrer(struct pw *pw, struct image *img, const char *ref, int64_t want_size,
+                           enum ref_kind kind)
+{
+    char *url = api_url(pw, img->ref.registry, img->ref.repository, "manifests", ref);
+    struct op *op = queue_ref_op(pw, img, OP_MANIFEST, url, kind == REF_LISTED ? ref : "");
+
+    if (op) {
+        op->ref_kind = kind;
+        op->want_size = want_size;
+    }
+}
+
+/* Queue one referrers page of subject: url_take, or the first page when NULL. */
+static void start_referrers_page(struct pw *pw, struct image *img, const char *subject,
+                                 char *url_take, unsigned n_pages)
+{
+    char *url = url_take
+                    ? url_take
+                    : api_url(pw, img->ref.registry, img->ref.repository, "referrers", subject);
+    struct op *op = queue_ref_op(pw, img, OP_REFERRERS, url, subject);
+
+    if (op)
+        op->n_pages = n_pages;
+}
+
+/* The <alg>-<hex><suffix> tag of digest into out; <0 when it is no tag (sha512 is too long). */
+static int fallback_tag(const char *digest, const char *suffix, char *out, size_t len)
+{
+    const char *colon = strchr(digest, ':');
+    int n;
+
+    if (!colon)
+        return UV_EINVAL;
+    n = snprintf(out, len, "%.*s-%s%s", (int)(colon - digest), digest, colon + 1, suffix);
+    return n > 0 && (size_t)n < len && (size_t)n <= RGM_REF_TAG_MAX ? 0 : UV_ENAMETOOLONG;
+}
+
+/* Warm what refers to manifest digest of img: the referrers API, and cosign's tags. */
+static void start_referrers(struct pw *pw, struct image *img, const char *digest)
+{
+    static const char *const cosign[] = {".sig", ".att", ".sbom"};
+    char tag[RGM_REF_TAG_MAX + 8];
+    size_t i;
+
+    start_referrers_page(pw, img, digest, NULL, 1);
+    for (i = 0; i < RGM_ARRAY_SIZE(cosign); i++)
+        if (fallback_tag(digest, cosign[i], tag, sizeof(tag)) == 0)
+            start_referrer(pw, img, tag, -1, REF_TAG);
+}
+
+/* The descriptors of a referrers list (an index's "manifests", borrowed) become referrers. */
+static void start_listed(struct pw *pw, struct image *img, json_t *list)
+{
+    json_t *d;
+    size_t i;
+
+    json_array_foreach(list, i, d)
+    {
+        const char *digest = json_string_value(json_object_get(d, "digest"));
+        json_t *size = json_object_get(d, "size");
+
+        if (!digest || !rgm_ref_valid_digest(digest) || !json_is_integer(size)) {
+            rgm_prewarm_image_fail(img, "referrers: bad descriptor");
+            return;
+        }
+        start_referrer(pw, img, digest, (int64_t)json_integer_value(size), REF_LISTED);
+    }
+}
+
+/* The next page of a Link header (the mirror's own path), as a URL of the mirror; NULL when
+ * there is none or it is not a path of the mirror. */
+static char *next_page_url(struct pw *pw, const char *link)
+{
+    const char *lt = link ? strchr(link, '<') : NULL;
+    const char *gt = lt ? strchr(lt, '>') : NULL;
+    rgm_buf_t b;
+    char *s = NULL;
+
+    if (!lt || !gt || strncmp(lt + 1, "/v2/", 4) != 0 || !strstr(gt, "next"))
+        return NULL;
+    rgm_buf_init(&b, 8192);
+    if (rgm_buf_appendf(&b, "%s%.*s", pw->o->base, (int)(gt - lt - 1), lt + 1) == 0)
+        s = rgm_strdup(rgm_buf_cstr(&b));
+    rgm_buf_free(&b);
+    return s;
+}
+
+static void referrers_done(struct op *op, rgm_upreq_t *r, int err)
+{
+    struct pw *pw = op->pw;
+    struct image *img = op->img;
+    json_t *root, *list;
+    char why[ERR_MAX], tag[RGM_REF_TAG_MAX + 8];
+    char *next;
+
+    if (err == 0 && op->status == 404) {
+        /* No referrers API (the mirror says UNSUPPORTED): the referrers tag schema. */
+        if (fallback_tag(op->want, "", tag, sizeof(tag)) == 0)
+            start_referrer(pw, img, tag, -1, REF_TAG_INDEX);
+    } else if (answer_error(op, err, why, sizeof(why)) < 0) {
+        op_fail(op, why);
+        return;
+    } else {
+        root = json_loadb(op->body.data ? op->body.data : "", op->body.len, 0, NULL);
+        list = json_object_get(root, "manifests");
+        if (!json_is_array(list)) {
+            json_decref(root);
+            op_fail(op, "not an image index");
+            return;
+        }
+        start_listed(pw, img, list);
+        json_decref(root);
+        next = op->n_pages < REF_PAGES_MAX ? next_page_url(pw, rgm_upreq_header(r, "link")) : NULL;
+        if (next)
+            start_referrers_page(pw, img, op->want, next, op->n_pages + 1);
+    }
+    pw->n_mf_inflight--;
+    img->n_pending--;
+    rgm_prewarm_image_check_done(pw, img);
+    op_free(op);
+    pump(pw);
+}
+
+/* A referrer manifest arrived (verified): its blobs, or for the tag index its list. */
+static void referrer_manifest(struct pw *pw, struct op *op, json_t *root)
+{
+    json_t *list = json_object_get(root, "manifests");
+
+    if (op->ref_kind == REF_TAG_INDEX && json_is_array(list))
+        start_listed(pw, op->img, list);
+    else
+        (void)rgm_prewarm_plan_add_referrer(pw, op->img, root);
 }
 
 static void manifest_done(struct op *op, rgm_upreq_t *r, int err)
@@ -433,6 +617,11 @@ static void manifest_done(struct op *op, rgm_upreq_t *r, int err)
     json_t *root = NULL, *list;
     char why[ERR_MAX];
 
+    if (err == 0 && op->status == 404 &&
+        (op->ref_kind == REF_TAG || op->ref_kind == REF_TAG_INDEX)) {
+        op->status = 200; /* no such tag: nothing refers to it that way */
+        goto out;
+    }
     if (answer_error(op, err, why, sizeof(why)) < 0) {
         op_fail(op, why);
         return;
@@ -449,14 +638,19 @@ static void manifest_done(struct op *op, rgm_upreq_t *r, int err)
         op_fail(op, "not JSON");
         return;
     }
-    if (!img->error) {
+    if (!img->error && op->ref_kind != REF_NONE) {
+        referrer_manifest(pw, op, root);
+    } else if (!img->error) {
         list = json_object_get(root, "manifests");
         if (json_is_array(list))
             (void)handle_index(pw, op, list);
         else
             (void)rgm_prewarm_plan_add_manifest(pw, img, root);
+        if (pw->o->with_referrers && !img->error)
+            start_referrers(pw, img, op->got);
     }
     json_decref(root);
+out:
     pw->n_mf_inflight--;
     img->n_pending--;
     rgm_prewarm_image_check_done(pw, img);
@@ -486,12 +680,7 @@ static void start_manifest(struct pw *pw, struct image *img, const char *digest,
     } else if (img->ref.digest[0]) {
         (void)snprintf(op->want, sizeof(op->want), "%s", img->ref.digest);
     }
-    img->n_pending++;
-    if (pw->mq_tail)
-        pw->mq_tail->qnext = op;
-    else
-        pw->mq_head = op;
-    pw->mq_tail = op;
+    queue_manifest_op(pw, op);
 }
 
 /* ---- blob transfers ---- */
@@ -580,6 +769,9 @@ static void on_done(rgm_upreq_t *r, int err, void *ud)
     case OP_TOKEN:
         token_done(op, err);
         break;
+    case OP_REFERRERS:
+        referrers_done(op, r, err);
+        break;
     }
 }
 
@@ -609,6 +801,8 @@ static void op_send_or_fail(struct op *op)
     }
     if (op->kind == OP_MANIFEST)
         rgm_upreq_add_header(r, "Accept", manifest_accept);
+    if (op->kind == OP_REFERRERS)
+        rgm_upreq_add_header(r, "Accept", "application/vnd.oci.image.index.v1+json");
     /* The mirror refuses prewarm's pulls (429) while a registry's budget is below
      * ratelimit_reserve (registry/manifests.c PREWARM_HDR); token requests go elsewhere. */
     if (op->kind != OP_TOKEN)

@@ -33,6 +33,7 @@ static void usage(FILE *out)
             "usage: regmirror prewarm [--mirror URL] [--platform os/arch[/variant],...]\n"
             "                         [--all-platforms] [--parallel N]\n"
             "                         [--creds USER:PASS | --docker-config FILE] [--json]\n"
+            "                         [--with-referrers]\n"
             "                         FILE|-\n"
             "\n"
             "Pull every image listed in FILE (one reference per line, '#' comments; '-' reads\n"
@@ -47,6 +48,8 @@ static void usage(FILE *out)
             "  --creds USER:PASS     credentials for registries that ask for them\n"
             "  --docker-config FILE  credentials from a Docker config.json, per registry\n"
             "  --json                one JSON document on stdout instead of the table\n"
+            "  --with-referrers      also warm each image's signatures and attestations\n"
+            "                        (the referrers API, then the fallback tags)\n"
             "  -h, --help            this text\n"
             "\n"
             "Exit status: 0 every image is cached, 1 some image failed, 2 usage error.\n");
@@ -60,6 +63,7 @@ enum {
     OPT_CREDS,
     OPT_DOCKER_CONFIG,
     OPT_JSON,
+    OPT_WITH_REFERRERS,
     OPT_HELP,
 };
 
@@ -71,6 +75,7 @@ static const struct option long_opts[] = {
     {"creds", required_argument, NULL, OPT_CREDS},
     {"docker-config", required_argument, NULL, OPT_DOCKER_CONFIG},
     {"json", no_argument, NULL, OPT_JSON},
+    {"with-referrers", no_argument, NULL, OPT_WITH_REFERRERS},
     {"help", no_argument, NULL, OPT_HELP},
     {NULL, 0, NULL, 0},
 };
@@ -144,6 +149,9 @@ static int parse_args(int argc, char **argv, struct opts *o)
             break;
         case OPT_JSON:
             o->is_json = 1;
+            break;
+        case OPT_WITH_REFERRERS:
+            o->with_referrers = 1;
             break;
         case 'h':
         case OPT_HELP:

@@ -21,6 +21,7 @@
 #include "registry/identity.h"
 #include "registry/upstream.h"
 #include "registry/routes.h"
+#include "cluster/peers.h"
 #include "cmd/cmd.h"
 
 #define FLUSH_INTERVAL_MS     2000
@@ -46,6 +47,8 @@ struct serve {
     rgm_upstream_t *up;
     rgm_routes_t *routes;
     rgm_server_t *server;
+    rgm_peers_t *peers;           /* NULL without a cluster */
+    rgm_client_t *cluster_client; /* forwards and probes to peers */
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
@@ -72,6 +75,7 @@ static void usage(FILE *out)
                  "                       [--log-level error|warn|info|debug] [--log-file FILE]\n"
                  "                       [--tls-cert FILE --tls-key FILE [--tls-client-ca FILE]]\n"
                  "                       [--health-listen ADDR:PORT]...\n"
+                 "                       [--peer URL]... [--peers-dns URL] [--self URL]\n"
                  "\n"
                  "Runs the mirror. Without --config: listen 127.0.0.1:5000, storage\n"
                  "./regmirror-data, docker.io and the well-known public registries.\n"
@@ -97,12 +101,31 @@ static void log_handle(uv_handle_t *h, void *ud)
             uv_handle_type_name(h->type), uv_is_active(h), uv_is_closing(h));
 }
 
-static void on_routes_stopped(void *ud)
+static void on_peers_closed(void *ud)
+{
+    struct serve *s = ud;
+
+    rgm_client_close(s->cluster_client, on_client_closed, s);
+    s->cluster_client = NULL;
+}
+
+static void on_upstream_stopped(void *ud)
 {
     struct serve *s = ud;
 
     rgm_client_close(s->client, on_client_closed, s);
     s->client = NULL;
+}
+
+static void on_routes_stopped(void *ud)
+{
+    struct serve *s = ud;
+
+    if (s->peers) {
+        rgm_peers_close(s->peers, on_peers_closed, s);
+        s->peers = NULL;
+    }
+    rgm_upstream_stop(s->up, on_upstream_stopped, s);
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
@@ -254,6 +277,57 @@ static void on_signal(uv_signal_t *h, int signum)
     s->is_stopping = 1;
     rgm_log(RGM_LOG_INFO, "serve", "signal %d: stop accepting, finishing responses", signum);
     rgm_server_shutdown(s->server, on_server_stopped, s);
+}
+
+/* The cluster of cfg.cluster, if any, over the ports actually bound. 0 or <0 (logged). */
+static int start_cluster(struct serve *s)
+{
+    rgm_peers_opts_t o;
+    rgm_client_opts_t copts;
+    struct sockaddr_storage listen[16];
+    char host[256];
+    size_t i;
+    int port, err = 0;
+
+    if (s->cfg.cluster_peers_len == 0 && !s->cfg.cluster_peers_dns)
+        return 0;
+    memset(&copts, 0, sizeof(copts));
+    /* A dead peer must cost little: its keys go to the next owner after this. */
+    copts.connect_timeout_ms = 2000;
+    copts.read_timeout_ms = s->cfg.upstream_read_timeout_ms;
+    s->cluster_client = rgm_client_new(&s->loop, &copts);
+    memset(&o, 0, sizeof(o));
+    o.urls = (const char *const *)s->cfg.cluster_peers;
+    o.n_urls = s->cfg.cluster_peers_len;
+    o.dns_url = s->cfg.cluster_peers_dns;
+    o.self_url = s->cfg.cluster_self;
+    o.find_self = 1;
+    /* The bound addresses: a name (not an address) counts as the wildcard. */
+    memset(listen, 0, sizeof(listen));
+    for (i = 0; i < s->cfg.listen_len && i < RGM_ARRAY_SIZE(listen); i++) {
+        port = rgm_server_port(s->server, i);
+        if (rgm_parse_hostport(s->cfg.listen[i], host, sizeof(host), &err) < 0 ||
+            (uv_ip4_addr(host, port, (struct sockaddr_in *)&listen[i]) < 0 &&
+             uv_ip6_addr(host, port, (struct sockaddr_in6 *)&listen[i]) < 0))
+            (void)uv_ip4_addr("0.0.0.0", port, (struct sockaddr_in *)&listen[i]);
+    }
+    err = 0;
+    o.listen = listen;
+    o.n_listen = i;
+    o.client = s->cluster_client;
+    s->peers = rgm_peers_new(&s->loop, &o, &err);
+    if (!s->peers)
+        return err;
+    err = rgm_peers_start(s->peers);
+    if (err < 0) {
+        rgm_log(RGM_LOG_ERROR, "serve", "cluster: %s", uv_strerror(err));
+        return err;
+    }
+    rgm_routes_set_cluster(s->routes, s->peers, s->cluster_client);
+    rgm_log(RGM_LOG_INFO, "serve", "cluster: %zu static peers%s%s", s->cfg.cluster_peers_len,
+            s->cfg.cluster_peers_dns ? ", peers_dns " : "",
+            s->cfg.cluster_peers_dns ? s->cfg.cluster_peers_dns : "");
+    return 0;
 }
 
 static void on_flush(uv_timer_t *t)
@@ -513,6 +587,8 @@ int rgm_cmd_serve(int argc, char **argv)
     if (listen_all(&s, s.cfg.listen, s.cfg.listen_len, 0) < 0 ||
         listen_all(&s, s.cfg.health_listen, s.cfg.health_listen_len, 1) < 0)
         goto out_stop;
+    if (start_cluster(&s) < 0)
+        goto out_stop;
     if (start_signals(&s) < 0)
         goto out_stop;
     uv_timer_init(&s.loop, &s.flush_timer);
@@ -545,9 +621,12 @@ out_stop:
     /* Start-up failed after handles were made: close them all and drain the loop. */
     s.is_stopping = 1;
     rgm_server_shutdown(s.server, NULL, NULL);
-    if (s.client)
-        rgm_client_close(s.client, on_client_closed, &s);
-    s.client = NULL;
+    rgm_upstream_stop(s.up, on_upstream_stopped, &s);
+    if (s.peers)
+        rgm_peers_close(s.peers, on_peers_closed, &s);
+    else if (s.cluster_client)
+        rgm_client_close(s.cluster_client, on_client_closed, &s);
+    s.peers = NULL;
     uv_walk(&s.loop, close_walk, NULL);
     uv_run(&s.loop, UV_RUN_DEFAULT);
 out_free:

@@ -69,6 +69,7 @@ static const rgm_cfgkey_t credentials_keys[] = {
     REG("timeout", DURATION, cred_timeout_ms, 1, 0, "10s", 0, "a credential helper run that takes longer is killed; the request goes on anonymously"),
 };
 
+
 static const rgm_cfgtable_t credentials_table = {
     .path = "registries.NAME.credentials.", .keys = credentials_keys,
     .len = RGM_ARRAY_SIZE(credentials_keys), .size = sizeof(rgm_registry_cfg_t),
@@ -87,7 +88,8 @@ static const rgm_cfgtable_t repositories_table = {
 };
 
 static const rgm_cfgkey_t registry_keys[] = {
-    REG("endpoint", URL, endpoint, 0, 0, NULL, RGM_CFGKEY_REQUIRED, "base URL of the registry API (http:// or https://, no query), without /v2/"),
+    {"endpoint", RGM_CFG_URL, offsetof(rgm_registry_cfg_t, endpoint), sizeof(char *), offsetof(rgm_registry_cfg_t, endpoints), 0, 0, NULL, RGM_CFGKEY_LIST, NULL, "base URL of the registry API (http:// or https://, no query), without /v2/; required unless endpoint_dns; a mirror's may be an array of a cluster's replicas"},
+    REG("endpoint_dns", URL, endpoint_dns, 0, 0, NULL, 0, "mirror registries: http://NAME:PORT, every A record of NAME a replica of the cluster tier (docs/cluster.md)"),
     REG("tag_ttl", DURATION, tag_ttl_ms, 0, 0, "60s", 0, "a tag is served from cache this long, then revalidated upstream with a HEAD"),
     REG("ca_file", FILE, ca_file, 0, 0, NULL, 0, "PEM CA certificates to verify this registry's TLS with instead of the system's"),
     REG("insecure_skip_verify", BOOL, insecure_skip_verify, 0, 0, "false", 0, "do not verify the upstream's TLS certificate (tests only)"),
@@ -127,6 +129,17 @@ static const rgm_cfgtable_t tls_table = {
     .size = sizeof(rgm_config_t), .is_hinted = 1, .finish = finish_tls,
 };
 
+static const rgm_cfgkey_t cluster_keys[] = {
+    LIST_(rgm_config_t, "peers", URLS, cluster_peers, cluster_peers_len, NULL, NULL, "base URLs of every replica of this cluster, this one included (docs/cluster.md)"),
+    TOP("peers_dns", URL, cluster_peers_dns, 0, 0, NULL, 0, "http://NAME:PORT of a headless Service: every A record of NAME is a replica, re-resolved every 15 s"),
+    TOP("self", URL, cluster_self, 0, 0, NULL, 0, "this replica's base URL; null: the peer with a local address and a listen port"),
+};
+
+static const rgm_cfgtable_t cluster_table = {
+    .path = "cluster.", .keys = cluster_keys, .len = RGM_ARRAY_SIZE(cluster_keys),
+    .size = sizeof(rgm_config_t), .is_hinted = 1,
+};
+
 static const rgm_cfgkey_t top_keys[] = {
     LIST_(rgm_config_t, "listen", ADDRS, listen, listen_len, "127.0.0.1:5000", NULL, "addresses to listen on, HOST:PORT or [IPV6]:PORT (port 0: any free port)"),
     OPTLIST_(rgm_config_t, "health_listen", ADDRS, health_listen, health_listen_len, "extra plain-HTTP addresses that serve only /healthz, /readyz and /metrics (probes, scrapes)"),
@@ -162,6 +175,7 @@ static const rgm_cfgkey_t top_keys[] = {
     TOP("log_level", LEVEL, log_level, 0, 0, "info", 0, "error, warn, info or debug"),
     TOP("log_file", STRING, log_file, 0, 0, NULL, 0, "log file, appended, reopened on SIGHUP; null: stderr"),
     TOP("access_log", BOOL, access_log, 0, 0, "true", 0, "one log line per request (Authorization is never logged)"),
+    OBJ_("cluster", &cluster_table, "replicas that shard the cache by rendezvous hashing: peers or peers_dns, and self"),
 };
 // clang-format on
 
@@ -173,6 +187,10 @@ const rgm_cfgtable_t rgm_cfgschema_registry = {
     .finish = finish_registry,
 };
 
+_Static_assert(offsetof(rgm_registry_cfg_t, endpoints_len) ==
+                   offsetof(rgm_registry_cfg_t, endpoints) + sizeof(char **),
+               "RGM_CFGKEY_LIST: the count follows the list");
+
 const rgm_cfgtable_t rgm_cfgschema_top = {
     .path = "",
     .keys = top_keys,
@@ -181,6 +199,45 @@ const rgm_cfgtable_t rgm_cfgschema_top = {
 };
 
 /* ---- rules between keys ---- */
+
+/* 0 when url is a base URL (no path), else UV_EINVAL naming key.name. */
+static int check_base(const rgm_cfgval_ctx_t *c, const char *key, const char *name, const char *url)
+{
+    char kpath[KEY_MAX];
+    json_t *v = json_string(url);
+    int rc;
+
+    if (snprintf(kpath, sizeof(kpath), "%s.%s", key, name) < 0)
+        kpath[0] = '\0';
+    rc = v ? rgm_cfgval_base_url(c, kpath, v) : UV_EINVAL;
+    json_decref(v);
+    return rc;
+}
+
+/* An endpoint or endpoint_dns; a list of endpoints and endpoint_dns only for a mirror. */
+static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base)
+{
+    const rgm_registry_cfg_t *r = base;
+    size_t i;
+
+    if (!r->endpoint && !r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "endpoint is required");
+    if (r->endpoint && r->endpoint_dns)
+        return rgm_cfgval_fail(c, key, "use either endpoint or endpoint_dns");
+    if (!r->is_mirror && (r->endpoint_dns || r->endpoints_len > 1))
+        return rgm_cfgval_fail(c, key, "%s needs \"mirror\": true (a cluster of regmirrors)",
+                               r->endpoint_dns ? "endpoint_dns" : "an endpoint array");
+    /* Replicas are named by base URLs: the hashing contract has no paths. */
+    for (i = 0; r->endpoints_len > 1 && i < r->endpoints_len; i++) {
+        if (check_base(c, key, "endpoint", r->endpoints[i]) < 0)
+            return UV_EINVAL;
+    }
+    if (r->endpoint_dns && check_base(c, key, "endpoint_dns", r->endpoint_dns) < 0)
+        return UV_EINVAL;
+    if (!r->client_cert_file != !r->client_key_file)
+        return rgm_cfgval_fail(c, key, "client_cert_file and client_key_file go together");
+    return 0;
+}
 
 /* username goes with password_file, docker_config alone; then the files are read, so that a
  * wrong combination is reported before a missing file. */
@@ -214,15 +271,6 @@ static int finish_credentials(const rgm_cfgval_ctx_t *c, const char *key, void *
     return 0;
 }
 
-static int finish_registry(const rgm_cfgval_ctx_t *c, const char *key, void *base)
-{
-    const rgm_registry_cfg_t *r = base;
-
-    if (!r->client_cert_file != !r->client_key_file)
-        return rgm_cfgval_fail(c, key, "client_cert_file and client_key_file go together");
-    return 0;
-}
-
 static int finish_tls(const rgm_cfgval_ctx_t *c, const char *key, void *base)
 {
     const rgm_config_t *cfg = base;
@@ -239,6 +287,12 @@ static int finish_tls(const rgm_cfgval_ctx_t *c, const char *key, void *base)
 static int is_string_type(enum rgm_cfgtype t)
 {
     return t == RGM_CFG_STRING || t == RGM_CFG_FILE || t == RGM_CFG_REGNAME || t == RGM_CFG_URL;
+}
+
+/* The types stored as a char ** with its size_t count at off2. */
+static int is_list_type(enum rgm_cfgtype t)
+{
+    return t == RGM_CFG_ADDRS || t == RGM_CFG_CIDRS || t == RGM_CFG_STRINGS || t == RGM_CFG_URLS;
 }
 
 static char **string_at(const rgm_cfgkey_t *k, void *base)
@@ -390,12 +444,68 @@ static int fail_unknown(const rgm_cfgval_ctx_t *c, const rgm_cfgtable_t *t, cons
     return rgm_cfgval_fail(c, key, "unknown key (expected %s)", hint);
 }
 
+static char ***list_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (char ***)(void *)((char *)base + k->off2);
+}
+
+static size_t *list_len_at(const rgm_cfgkey_t *k, void *base)
+{
+    return (size_t *)(void *)((char *)base + k->off2 + sizeof(char **));
+}
+
+static int check_endpoint(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    char *out = NULL;
+    int rc;
+
+    if (!json_is_string(v))
+        return rgm_cfgval_fail(c, key, "expected a URL string, got %s", rgm_cfgval_type_name(v));
+    rc = rgm_cfgval_endpoint(c, key, json_string_value(v), &out);
+    free(out);
+    return rc;
+}
+
+/* A LIST key given an array: every URL (trailing slashes dropped) to the list, the first to
+ * the member. */
+static int set_url_list(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base,
+                        const char *key, const json_t *v)
+{
+    char **list = NULL;
+    char *val = NULL;
+    size_t n = 0, i;
+
+    if (rgm_cfgval_list(c, key, v, "URL", check_endpoint, &list, &n) < 0)
+        return UV_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (rgm_cfgval_endpoint(c, key, list[i], &val) < 0) {
+            free_strings(list, n);
+            return UV_EINVAL;
+        }
+        free(list[i]);
+        list[i] = val;
+    }
+    free_strings(*list_at(k, base), *list_len_at(k, base));
+    *list_at(k, base) = list;
+    *list_len_at(k, base) = n;
+    free_string(k, string_at(k, base));
+    *string_at(k, base) = rgm_strdup(list[0]);
+    return 0;
+}
+
 static int set_string(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *base, const char *key,
                       const json_t *v)
 {
     const char *s = NULL;
     char *val = NULL;
 
+    if ((k->flags & RGM_CFGKEY_LIST) && json_is_array(v))
+        return set_url_list(c, k, base, key, v);
+    if (k->flags & RGM_CFGKEY_LIST) {
+        free_strings(*list_at(k, base), *list_len_at(k, base));
+        *list_at(k, base) = NULL;
+        *list_len_at(k, base) = 0;
+    }
     if (rgm_cfgval_string(c, key, v, accepts_null(k), &s) < 0)
         return UV_EINVAL;
     if (s && k->type == RGM_CFG_REGNAME && rgm_cfgval_regname(c, key, s) < 0)
@@ -450,18 +560,24 @@ static int set_addrs(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     size_t n = 0;
     int is_words = k->type == RGM_CFG_STRINGS;
 
-    if (((k->flags & RGM_CFGKEY_EMPTY_OK) || is_words) && json_is_array(v) &&
-        json_array_size(v) == 0)
+    if (k->type == RGM_CFG_URLS && json_is_null(v)) {
+        /* unset: an empty list prints as null, and reads back as such */
+    } else if (k->type == RGM_CFG_URLS) {
+        if (rgm_cfgval_list(c, key, v, "URL", rgm_cfgval_base_url, &list, &n) < 0)
+            return UV_EINVAL;
+    } else if (((k->flags & RGM_CFGKEY_EMPTY_OK) || is_words) && json_is_array(v) &&
+               json_array_size(v) == 0) {
         list = NULL;
-    else if (rgm_cfgval_list(c, key, v,
-                             is_cidr    ? "network"
-                             : is_words ? "pattern"
-                                        : "address",
-                             is_cidr    ? check_cidr
-                             : is_words ? check_word
-                                        : rgm_cfgval_hostport,
-                             &list, &n) < 0)
+    } else if (rgm_cfgval_list(c, key, v,
+                               is_cidr    ? "network"
+                               : is_words ? "pattern"
+                                          : "address",
+                               is_cidr    ? check_cidr
+                               : is_words ? check_word
+                                          : rgm_cfgval_hostport,
+                               &list, &n) < 0) {
         return UV_EINVAL;
+    }
     free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
     *(char ***)(void *)((char *)base + k->off) = list;
     set_count(k, base, n);
@@ -557,6 +673,7 @@ static int set_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, void *bas
     case RGM_CFG_ADDRS:
     case RGM_CFG_CIDRS:
     case RGM_CFG_STRINGS:
+    case RGM_CFG_URLS:
         return set_addrs(c, k, base, key, v);
     case RGM_CFG_OBJECT:
         return rgm_cfgschema_apply(c, k->sub, base, key, v);
@@ -643,8 +760,15 @@ static void copy_owned(const rgm_cfgtable_t *t, void *dst, const void *src)
         k = &t->keys[i];
         if (is_string_type(k->type)) {
             *string_at(k, dst) = string_of(k, src) ? rgm_strdup(string_of(k, src)) : NULL;
-        } else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS ||
-                   k->type == RGM_CFG_STRINGS) {
+            if (k->flags & RGM_CFGKEY_LIST) {
+                n = *list_len_at(k, (void *)src);
+                sv = *list_at(k, (void *)src);
+                dv = n ? rgm_calloc(n, sizeof(char *)) : NULL;
+                for (j = 0; j < n; j++)
+                    dv[j] = rgm_strdup(sv[j]);
+                *list_at(k, dst) = dv;
+            }
+        } else if (is_list_type(k->type)) {
             n = count_of(k, src);
             sv = *(char **const *)(const void *)((const char *)src + k->off);
             dv = rgm_calloc(n, sizeof(char *));
@@ -682,7 +806,9 @@ static void free_owned(const rgm_cfgtable_t *t, void *base)
         k = &t->keys[i];
         if (is_string_type(k->type))
             free_string(k, string_at(k, base));
-        else if (k->type == RGM_CFG_ADDRS || k->type == RGM_CFG_CIDRS || k->type == RGM_CFG_STRINGS)
+        if (is_string_type(k->type) && (k->flags & RGM_CFGKEY_LIST))
+            free_strings(*list_at(k, base), *list_len_at(k, base));
+        else if (is_list_type(k->type))
             free_strings(*(char ***)(void *)((char *)base + k->off), count_of(k, base));
         else if (k->type == RGM_CFG_REGISTRIES)
             free_registries(k->sub, *(rgm_registry_cfg_t **)(void *)((char *)base + k->off),
@@ -748,6 +874,18 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
     case RGM_CFG_FILE:
     case RGM_CFG_REGNAME:
     case RGM_CFG_URL:
+        if ((k->flags & RGM_CFGKEY_LIST) && *list_len_at(k, (void *)base) > 1) {
+            arr = json_array();
+            sv = *list_at(k, (void *)base);
+            for (i = 0; arr && i < *list_len_at(k, (void *)base); i++) {
+                v = dump_string(c, key, sv[i]);
+                if (!v || json_array_append_new(arr, v) < 0) {
+                    json_decref(arr);
+                    return NULL;
+                }
+            }
+            return arr;
+        }
         if (!string_of(k, base))
             return json_null();
         if (k->flags & RGM_CFGKEY_SECRET)
@@ -767,6 +905,10 @@ static json_t *dump_value(const rgm_cfgval_ctx_t *c, const rgm_cfgkey_t *k, cons
         return rgm_cfgval_size_json(load_uint(k, base));
     case RGM_CFG_DURATION:
         return rgm_cfgval_duration_json(load_uint(k, base) - opt);
+    case RGM_CFG_URLS:
+        if (count_of(k, base) == 0)
+            return json_null();
+        /* fall through */
     case RGM_CFG_ADDRS:
     case RGM_CFG_CIDRS:
     case RGM_CFG_STRINGS:
@@ -834,6 +976,7 @@ static const char *type_text(enum rgm_cfgtype t)
         [RGM_CFG_OBJECT] = "object",
         [RGM_CFG_REGISTRIES] = "object of NAME: registry",
         [RGM_CFG_STRINGS] = "string list",
+        [RGM_CFG_URLS] = "URL list",
     };
 
     return names[t];

@@ -24,6 +24,7 @@ enum rgm_cfgtype {
     RGM_CFG_LEVEL,      /* int: a log level name */
     RGM_CFG_ADDRS,      /* char ** with its size_t count at off2: HOST:PORT, one or an array */
     RGM_CFG_CIDRS,      /* char ** with its size_t count at off2: CIDR prefixes, one or an array */
+    RGM_CFG_URLS,       /* char ** with its size_t count at off2: base URLs, one or an array */
     RGM_CFG_OBJECT,     /* an object of the keys of sub, stored in this same struct */
     RGM_CFG_REGISTRIES, /* rgm_registry_cfg_t * with its size_t count at off2: NAME -> sub */
     RGM_CFG_STRINGS,    /* char ** with its size_t count at off2: one string or an array */
@@ -36,6 +37,9 @@ enum rgm_cfgtype {
  * so that a zeroed struct is all unset (a registry's key that inherits the top level's). */
 #define RGM_CFGKEY_OPTIONAL 8u
 #define RGM_CFGKEY_EMPTY_OK 16u /* ADDRS, CIDRS: an empty array (the default) means none */
+/* URL only: an array of URLs is accepted too; the first goes to the member, all of them to the
+ * char ** at off2 with its size_t count right after it (NULL, 0 for a string). */
+#define RGM_CFGKEY_LIST     32u
 
 typedef struct rgm_cfgtable rgm_cfgtable_t;
 

@@ -255,6 +255,24 @@ int rgm_cfgval_endpoint(const rgm_cfgval_ctx_t *c, const char *key, const char *
     return 0;
 }
 
+int rgm_cfgval_base_url(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
+{
+    rgm_url_t url;
+    const char *s;
+
+    if (!json_is_string(v))
+        return rgm_cfgval_fail(c, key, "expected an \"http://HOST:PORT\" string, got %s",
+                               rgm_cfgval_type_name(v));
+    s = json_string_value(v);
+    if (rgm_url_parse(s, &url) < 0 || strpbrk(s, "?#") || strcmp(url.path, "/") != 0)
+        return rgm_cfgval_fail(
+            c, key,
+            "bad base URL \"%.200s\" (use http://HOST:PORT or https://HOST:PORT, "
+            "no path)",
+            s);
+    return 0;
+}
+
 int rgm_cfgval_hostport(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v)
 {
     char host[256];

@@ -54,6 +54,9 @@ RGM_MUST_CHECK int rgm_cfgval_regname(const rgm_cfgval_ctx_t *c, const char *key
  * is s without trailing slashes. */
 RGM_MUST_CHECK int rgm_cfgval_endpoint(const rgm_cfgval_ctx_t *c, const char *key, const char *s,
                                        char **out);
+/* One base URL string: http(s)://HOST[:PORT], with no path (a lone "/" is allowed), query,
+ * fragment or userinfo (cluster peers). */
+RGM_MUST_CHECK int rgm_cfgval_base_url(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v);
 /* One "HOST:PORT" or "[V6]:PORT" string. */
 RGM_MUST_CHECK int rgm_cfgval_hostport(const rgm_cfgval_ctx_t *c, const char *key, const json_t *v);
 /* A list: one string, or a non-empty array whose every element passes check (called with

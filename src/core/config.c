@@ -110,10 +110,51 @@ int rgm_config_set_registry(rgm_config_t *cfg, const char *arg, char *err, size_
     free(r->endpoint);
     r->endpoint = endpoint;
     endpoint = NULL;
+    for (i = 0; i < r->endpoints_len; i++)
+        free(r->endpoints[i]);
+    RGM_FREE(r->endpoints); /* one endpoint now: no replica list */
+    r->endpoints_len = 0;
+    RGM_FREE(r->endpoint_dns);
 out:
     free(name);
     free(endpoint);
     return rc;
+}
+
+/* 0 when s is a base URL (rgm_cfgval_base_url), else UV_EINVAL with the message in c. */
+static int check_base_url(const rgm_cfgval_ctx_t *c, const char *key, const char *s)
+{
+    json_t *v = json_string(s);
+    int rc;
+
+    if (!v)
+        return rgm_cfgval_fail(c, key, "not UTF-8");
+    rc = rgm_cfgval_base_url(c, key, v);
+    json_decref(v);
+    return rc;
+}
+
+/* The cluster keys, whether they came from a file or from flags (which set them unchecked). */
+static int validate_cluster(const rgm_config_t *cfg, const rgm_cfgval_ctx_t *c)
+{
+    char key[64];
+    size_t i;
+
+    if (cfg->cluster_peers_len > 0 && cfg->cluster_peers_dns)
+        return rgm_cfgval_fail(c, "cluster", "use either peers or peers_dns");
+    if (cfg->cluster_self && cfg->cluster_peers_len == 0 && !cfg->cluster_peers_dns)
+        return rgm_cfgval_fail(c, "cluster.self", "needs peers or peers_dns");
+    for (i = 0; i < cfg->cluster_peers_len; i++) {
+        (void)snprintf(key, sizeof(key), "cluster.peers[%zu]", i);
+        if (check_base_url(c, key, cfg->cluster_peers[i]) < 0)
+            return UV_EINVAL;
+    }
+    if (cfg->cluster_peers_dns &&
+        check_base_url(c, "cluster.peers_dns", cfg->cluster_peers_dns) < 0)
+        return UV_EINVAL;
+    if (cfg->cluster_self && check_base_url(c, "cluster.self", cfg->cluster_self) < 0)
+        return UV_EINVAL;
+    return 0;
 }
 
 int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen)
@@ -159,7 +200,7 @@ int rgm_config_validate(const rgm_config_t *cfg, char *err, size_t errlen)
     if (cfg->cred_provider_timeout_ms > 60000)
         return rgm_cfgval_fail(&c, "credential_providers.timeout",
                                "at most 1m (the kubelet's timeout; it may only be shortened)");
-    return 0;
+    return validate_cluster(cfg, &c);
 }
 
 const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const char *name)
@@ -182,18 +223,7 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
 
 /* ---- the command line ---- */
 
-enum flag_kind {
-    F_CONFIG,
-    F_LISTEN,
-    F_HEALTH_LISTEN,
-    F_STRING,
-    F_FILE,
-    F_REGISTRY,
-    F_SIZE,
-    F_TRUE,
-    F_LEVEL,
-    F_HELP
-};
+enum flag_kind { F_CONFIG, F_LIST, F_STRING, F_FILE, F_REGISTRY, F_SIZE, F_TRUE, F_LEVEL, F_HELP };
 
 /* serve's flags. Each sets its member as it is: whether the value makes sense is
  * rgm_config_validate's question, as it is for the file's values. */
@@ -201,27 +231,34 @@ struct flag {
     const char *name;
     char short_name; /* 0: none */
     enum flag_kind kind;
-    size_t off; /* the member of rgm_config_t, where the kind needs one */
+    size_t off;  /* the member of rgm_config_t, where the kind needs one */
+    size_t off2; /* F_LIST: its count */
 };
 
 static const struct flag flags[] = {
-    {"config", 'c', F_CONFIG, 0},
-    {"listen", 'l', F_LISTEN, 0},
-    {"storage", 's', F_STRING, offsetof(rgm_config_t, storage)},
-    {"registry", 'r', F_REGISTRY, 0},
-    {"default-registry", 0, F_STRING, offsetof(rgm_config_t, default_registry)},
-    {"max-size", 0, F_SIZE, offsetof(rgm_config_t, max_cache_bytes)},
-    {"allow-any-registry", 0, F_TRUE, offsetof(rgm_config_t, allow_any_registry)},
-    {"log-level", 0, F_LEVEL, offsetof(rgm_config_t, log_level)},
-    {"log-file", 0, F_STRING, offsetof(rgm_config_t, log_file)},
-    {"tls-cert", 0, F_FILE, offsetof(rgm_config_t, tls_cert_file)},
-    {"tls-key", 0, F_FILE, offsetof(rgm_config_t, tls_key_file)},
-    {"tls-client-ca", 0, F_FILE, offsetof(rgm_config_t, tls_client_ca_file)},
-    {"health-listen", 0, F_HEALTH_LISTEN, 0},
-    {"image-credential-provider-config", 0, F_STRING, offsetof(rgm_config_t, cred_provider_config)},
+    {"config", 'c', F_CONFIG, 0, 0},
+    {"listen", 'l', F_LIST, offsetof(rgm_config_t, listen), offsetof(rgm_config_t, listen_len)},
+    {"storage", 's', F_STRING, offsetof(rgm_config_t, storage), 0},
+    {"registry", 'r', F_REGISTRY, 0, 0},
+    {"default-registry", 0, F_STRING, offsetof(rgm_config_t, default_registry), 0},
+    {"max-size", 0, F_SIZE, offsetof(rgm_config_t, max_cache_bytes), 0},
+    {"allow-any-registry", 0, F_TRUE, offsetof(rgm_config_t, allow_any_registry), 0},
+    {"log-level", 0, F_LEVEL, offsetof(rgm_config_t, log_level), 0},
+    {"log-file", 0, F_STRING, offsetof(rgm_config_t, log_file), 0},
+    {"tls-cert", 0, F_FILE, offsetof(rgm_config_t, tls_cert_file), 0},
+    {"tls-key", 0, F_FILE, offsetof(rgm_config_t, tls_key_file), 0},
+    {"tls-client-ca", 0, F_FILE, offsetof(rgm_config_t, tls_client_ca_file), 0},
+    {"health-listen", 0, F_LIST, offsetof(rgm_config_t, health_listen),
+     offsetof(rgm_config_t, health_listen_len)},
+    {"peer", 0, F_LIST, offsetof(rgm_config_t, cluster_peers),
+     offsetof(rgm_config_t, cluster_peers_len)},
+    {"peers-dns", 0, F_STRING, offsetof(rgm_config_t, cluster_peers_dns), 0},
+    {"self", 0, F_STRING, offsetof(rgm_config_t, cluster_self), 0},
+    {"image-credential-provider-config", 0, F_STRING, offsetof(rgm_config_t, cred_provider_config),
+     0},
     {"image-credential-provider-bin-dir", 0, F_STRING,
-     offsetof(rgm_config_t, cred_provider_bin_dir)},
-    {"help", 'h', F_HELP, 0},
+     offsetof(rgm_config_t, cred_provider_bin_dir), 0},
+    {"help", 'h', F_HELP, 0, 0},
 };
 
 #define FLAG_LONG 256 /* getopt's value for flags[i] without a short name: FLAG_LONG + i */
@@ -258,28 +295,16 @@ static const struct flag *flag_of(int val)
     return NULL;
 }
 
-/* Add arg to a list of strings; the first time (*n == 0) it replaces the config's list. */
-static void list_flag(char ***list, size_t *len, int *n, const char *arg)
-{
-    size_t i;
-
-    if ((*n)++ == 0) {
-        for (i = 0; i < *len; i++)
-            free((*list)[i]);
-        *len = 0;
-    }
-    *list = rgm_realloc(*list, (*len + 1) * sizeof(char *));
-    (*list)[(*len)++] = rgm_strdup(arg);
-}
-
-/* One flag over cfg; n_listen[0] counts --listen so far, n_listen[1] --health-listen. 0, 1 for
- * --help, or UV_EINVAL. */
-static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, int *n_listen,
+/* One flag over cfg; *n_seen counts this flag so far. 0, 1 for --help, or UV_EINVAL. */
+static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, int *n_seen,
                       char *err, size_t errlen)
 {
     char *member = (char *)cfg + f->off;
+    char ***list = (char ***)(void *)member;
+    size_t *list_len = (size_t *)(void *)((char *)cfg + f->off2);
     char msg[512];
     uint64_t size = 0;
+    size_t i;
     int level;
 
     switch (f->kind) {
@@ -287,11 +312,14 @@ static int apply_flag(rgm_config_t *cfg, const struct flag *f, const char *arg, 
         return 0;
     case F_HELP:
         return 1;
-    case F_LISTEN:
-        list_flag(&cfg->listen, &cfg->listen_len, &n_listen[0], arg);
-        return 0;
-    case F_HEALTH_LISTEN:
-        list_flag(&cfg->health_listen, &cfg->health_listen_len, &n_listen[1], arg);
+    case F_LIST:
+        if ((*n_seen)++ == 0) { /* the first one replaces the config's list */
+            for (i = 0; i < *list_len; i++)
+                free((*list)[i]);
+            *list_len = 0;
+        }
+        *list = rgm_realloc(*list, (*list_len + 1) * sizeof(char *));
+        (*list)[(*list_len)++] = rgm_strdup(arg);
         return 0;
     case F_FILE:
         if (access(arg, R_OK) < 0) {
@@ -339,8 +367,8 @@ int rgm_config_parse_args(rgm_config_t *cfg, int argc, char **argv, int max_file
     struct option opts[RGM_ARRAY_SIZE(flags) + 1];
     char shorts[2 * RGM_ARRAY_SIZE(flags) + 1];
     const struct flag *f;
+    int seen[RGM_ARRAY_SIZE(flags)] = {0};
     int c, rc, files = 0;
-    int n_listen[2] = {0, 0};
 
     RGM_BUG_ON(errlen == 0);
     err[0] = '\0';
@@ -363,7 +391,7 @@ int rgm_config_parse_args(rgm_config_t *cfg, int argc, char **argv, int max_file
         f = flag_of(c);
         if (!f) /* getopt said what is wrong */
             return UV_EINVAL;
-        rc = apply_flag(cfg, f, optarg, n_listen, err, errlen);
+        rc = apply_flag(cfg, f, optarg, &seen[f - flags], err, errlen);
         if (rc != 0)
             return rc;
     }

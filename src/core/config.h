@@ -8,8 +8,15 @@
 #include "core/common.h"
 
 typedef struct rgm_registry_cfg {
-    char *name;          /* "docker.io", "ghcr.io", "registry.example.com:5000" */
-    char *endpoint;      /* "https://registry-1.docker.io" (no trailing slash) */
+    char *name;     /* "docker.io", "ghcr.io", "registry.example.com:5000" */
+    char *endpoint; /* "https://registry-1.docker.io" (no trailing slash); NULL with
+                     * endpoint_dns */
+    /* "endpoint" given as an array (a mirror registry: the replicas of a cluster tier, each
+     * digest sent to its owner, docs/cluster.md): every URL, endpoint being the first. NULL
+     * and 0 when it is one string. endpoints_len must follow endpoints (the schema's list). */
+    char **endpoints;
+    size_t endpoints_len;
+    char *endpoint_dns;  /* "http://NAME:PORT": a mirror registry's replicas are NAME's addresses */
     uint64_t tag_ttl_ms; /* tag_ttl, default 60 s */
     char *ca_file;       /* NULL: system CAs */
     int insecure_skip_verify;
@@ -94,6 +101,11 @@ typedef struct rgm_config {
     char *cred_provider_config;        /* a CredentialProviderConfig file; NULL: none */
     char *cred_provider_bin_dir;       /* where the plugins are */
     uint64_t cred_provider_timeout_ms; /* a plugin run's deadline (the kubelet's 1 m) */
+    /* cluster (docs/cluster.md): peers or peers_dns, and self; all unset: no cluster */
+    char **cluster_peers; /* base URLs, as written */
+    size_t cluster_peers_len;
+    char *cluster_peers_dns; /* "http://NAME:PORT" */
+    char *cluster_self;
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */
@@ -161,7 +173,8 @@ const rgm_registry_cfg_t *rgm_config_registry(const rgm_config_t *cfg, const cha
  * --config FILE (-c), in order, wherever it stands, then the first max_files arguments that are
  * not options, read the same way; then the other flags in order (--listen replaces the list at
  * its first use and adds after that, --registry as rgm_config_set_registry, --storage,
- * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file); then
+ * --default-registry, --max-size, --allow-any-registry, --log-level, --log-file; --peer as
+ * --listen, for cluster.peers; --peers-dns, --self); then
  * rgm_config_validate. argv[0] names the command in messages. Returns 0; 1 for --help (the
  * caller prints its usage); UV_EINVAL with the message in err, or with err empty when getopt
  * has printed it to stderr (an unknown option, a missing argument: the caller then prints its

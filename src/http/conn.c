@@ -201,7 +201,7 @@ static void conn_send_error(struct conn *c, int status, const char *code, const 
 static void conn_parse_error(struct conn *c, llhttp_errno_t err)
 {
     const int status = c->err_status ? c->err_status : 400;
-    const char *code = c->err_status ? c->err_code : "BAD_REQUEST";
+    const char *code = c->err_status ? c->err_code : "UNSUPPORTED"; /* see reqhead.c */
     const char *msg = c->err_status ? c->err_msg : "malformed request";
 
     rgm_log(RGM_LOG_INFO, "server", "client=%s bad request: %s: %s", c->client,
@@ -422,7 +422,7 @@ static void on_timer(uv_timer_t *t)
     case T_HEADER:
         if (c->is_head_started) {
             rgm_log(RGM_LOG_INFO, "server", "client=%s request head timeout", c->client);
-            conn_send_error(c, 408, "REQUEST_TIMEOUT", "request head not received in time");
+            conn_send_error(c, 408, "UNSUPPORTED", "request head not received in time");
         } else {
             if (c->tls && !c->is_tls_counted) {
                 c->is_tls_counted = 1;

@@ -98,6 +98,10 @@ static struct conn *pconn(llhttp_t *p)
     return rgm_container_of(p, struct conn, parser);
 }
 
+/* The code of every refusal here is UNSUPPORTED: the OCI error table (distribution-spec
+ * v1.1 "Error Codes") has no code for an HTTP-level refusal, and a 4XX JSON body must carry
+ * one of its codes; "the operation is unsupported" is the one that fits (docs/architecture.md,
+ * "Errors"). */
 static int parse_fail(llhttp_t *p, int status, const char *code, const char *msg)
 {
     struct conn *c = pconn(p);
@@ -125,7 +129,7 @@ static int on_url(llhttp_t *p, const char *at, size_t len)
     rgm_req_t *req = c->req;
 
     if (req->text_len + len > rgm_cfg_lim(c->srv->cfg->max_url_len, DEF_MAX_URL))
-        return parse_fail(p, 414, "URI_TOO_LONG", "request target too long");
+        return parse_fail(p, 414, "UNSUPPORTED", "request target too long");
     req_append(req, at, len);
     return 0;
 }
@@ -146,7 +150,7 @@ static int header_bytes_add(llhttp_t *p, size_t n)
 
     c->req->header_bytes += n;
     if (c->req->header_bytes > rgm_cfg_lim(c->srv->cfg->max_header_bytes, DEF_MAX_HDR_BYTES))
-        return parse_fail(p, 431, "HEADERS_TOO_LARGE", "request headers too large");
+        return parse_fail(p, 431, "UNSUPPORTED", "request headers too large");
     return 0;
 }
 
@@ -157,7 +161,7 @@ static int on_header_field(llhttp_t *p, const char *at, size_t len)
 
     if (!req->is_in_field) {
         if (req->hdrs_len >= rgm_cfg_lim(c->srv->cfg->max_headers, DEF_MAX_HEADERS))
-            return parse_fail(p, 431, "HEADERS_TOO_LARGE", "too many request headers");
+            return parse_fail(p, 431, "UNSUPPORTED", "too many request headers");
         if (req->hdrs_len == req->hdrs_cap) {
             req->hdrs_cap = req->hdrs_cap ? req->hdrs_cap * 2 : 16;
             req->hdrs = rgm_realloc(req->hdrs, req->hdrs_cap * sizeof(*req->hdrs));
@@ -218,7 +222,7 @@ static int on_headers_complete(llhttp_t *p)
                   : req->method_raw == HTTP_HEAD ? RGM_M_HEAD
                                                  : RGM_M_OTHER;
     if (req->method_raw == HTTP_CONNECT) {
-        parse_fail(p, 400, "BAD_REQUEST", "CONNECT not supported");
+        parse_fail(p, 400, "UNSUPPORTED", "CONNECT not supported");
         return -1;
     }
     has_body = (p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) != 0 ||
@@ -226,7 +230,7 @@ static int on_headers_complete(llhttp_t *p)
     if (has_body) {
         /* The mirror is read-only: bodies are refused, never buffered. */
         if (req->method != RGM_M_OTHER)
-            parse_fail(p, 400, "BAD_REQUEST", "request body not allowed");
+            parse_fail(p, 400, "UNSUPPORTED", "request body not allowed");
         else
             parse_fail(p, 405, "UNSUPPORTED", "request body not allowed: read-only mirror");
         return -1;

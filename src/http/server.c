@@ -159,12 +159,15 @@ void rgm_server_set_tls(rgm_server_t *srv, rgm_tls_server_t *tls)
 
 int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b)
 {
+    char file[512];
     int err = 0;
     int i;
 
+    /* Declared without TLS too: every family is in a fresh scrape (a reload may turn TLS on),
+     * and dashboards and alerts are checked against one. */
+    err |= rgm_buf_appendf(b, "# HELP regmirror_tls_handshakes_total TLS handshakes by "
+                              "result.\n# TYPE regmirror_tls_handshakes_total counter\n");
     if (srv->tls) {
-        err |= rgm_buf_appendf(b, "# HELP regmirror_tls_handshakes_total TLS handshakes by "
-                                  "result.\n# TYPE regmirror_tls_handshakes_total counter\n");
         err |= rgm_buf_appendf(b, "regmirror_tls_handshakes_total{result=\"ok\"} %" PRIu64 "\n",
                                srv->tls_ok);
         for (i = 0; i < RGM_TLS_FAIL_N; i++)
@@ -173,6 +176,15 @@ int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b)
                                    "reason=\"%s\"} %" PRIu64 "\n",
                                    rgm_tls_fail_name((enum rgm_tls_fail)i), srv->tls_failed[i]);
     }
+    err |= rgm_buf_appendf(b, "# HELP regmirror_tls_cert_expiry_seconds When the served "
+                              "certificate chain expires (its earliest notAfter, Unix time), "
+                              "read at load and reload.\n# TYPE regmirror_tls_cert_expiry_seconds "
+                              "gauge\n");
+    if (srv->tls && rgm_tls_server_not_after(srv->tls) > 0)
+        err |=
+            rgm_buf_appendf(b, "regmirror_tls_cert_expiry_seconds{file=%s} %" PRId64 "\n",
+                            rgm_log_quote(rgm_tls_server_cert_file(srv->tls), file, sizeof(file)),
+                            rgm_tls_server_not_after(srv->tls));
     err |= rgm_buf_appendf(b, "# HELP regmirror_connections_refused_total Client connections "
                               "closed at accept.\n# TYPE regmirror_connections_refused_total "
                               "counter\n");

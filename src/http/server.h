@@ -45,8 +45,9 @@ RGM_MUST_CHECK int rgm_server_listen_health(rgm_server_t *srv, const char *addr)
  * until they close. Call before the first listen for every connection to be TLS. */
 void rgm_server_set_tls(rgm_server_t *srv, rgm_tls_server_t *tls);
 
-/* Append the server's own metrics (Prometheus text: TLS handshakes by result, connections
- * refused at accept by reason) to b. 0, or <0 when b is full. */
+/* Append the server's own metrics (Prometheus text: TLS handshakes by result, the served
+ * certificate chain's expiry, connections refused at accept by reason) to b. Every family is
+ * declared with TLS off too. 0, or <0 when b is full. */
 RGM_MUST_CHECK int rgm_server_metrics(const rgm_server_t *srv, rgm_buf_t *b);
 
 /* The port actually bound by the nth successful listen (useful with port 0), or -1. */

@@ -4,6 +4,7 @@
 #include "http/tls.h"
 
 #include <arpa/inet.h>
+#include <time.h>
 #include <uv.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
@@ -22,6 +23,8 @@ struct ctx_entry {
 
 struct rgm_tls_server {
     SSL_CTX *ctx;
+    char *cert_file;
+    int64_t not_after; /* earliest notAfter of the chain, Unix seconds; 0: unknown */
 };
 
 struct rgm_tls {
@@ -325,6 +328,37 @@ static int load_client_ca(SSL_CTX *ctx, const char *ca_file, char *msg, size_t m
     return 0;
 }
 
+/* Unix seconds of t, or 0 when OpenSSL cannot read it. */
+static int64_t asn1_time_unix(const ASN1_TIME *t)
+{
+    struct tm tm;
+
+    memset(&tm, 0, sizeof(tm));
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1)
+        return 0;
+    return (int64_t)timegm(&tm);
+}
+
+/* The earliest notAfter of the leaf and the chain loaded in ctx: the first to expire breaks
+ * every handshake. 0 when none can be read. */
+static int64_t earliest_not_after(SSL_CTX *ctx)
+{
+    STACK_OF(X509) *chain = NULL;
+    int64_t best;
+    int64_t v;
+    int i;
+
+    best = asn1_time_unix(X509_get0_notAfter(SSL_CTX_get0_certificate(ctx)));
+    if (SSL_CTX_get0_chain_certs(ctx, &chain) != 1 || !chain)
+        return best;
+    for (i = 0; i < sk_X509_num(chain); i++) {
+        v = asn1_time_unix(X509_get0_notAfter(sk_X509_value(chain, i)));
+        if (v > 0 && (best == 0 || v < best))
+            best = v;
+    }
+    return best;
+}
+
 rgm_tls_server_t *rgm_tls_server_new(const char *cert_file, const char *key_file,
                                      const char *client_ca_file, char *msg, size_t msglen)
 {
@@ -345,7 +379,19 @@ rgm_tls_server_t *rgm_tls_server_new(const char *cert_file, const char *key_file
     }
     s = rgm_calloc(1, sizeof(*s));
     s->ctx = ctx;
+    s->cert_file = rgm_strdup(cert_file);
+    s->not_after = earliest_not_after(ctx);
     return s;
+}
+
+const char *rgm_tls_server_cert_file(const rgm_tls_server_t *s)
+{
+    return s->cert_file;
+}
+
+int64_t rgm_tls_server_not_after(const rgm_tls_server_t *s)
+{
+    return s->not_after;
 }
 
 void rgm_tls_server_free(rgm_tls_server_t *s)
@@ -353,6 +399,7 @@ void rgm_tls_server_free(rgm_tls_server_t *s)
     if (!s)
         return;
     SSL_CTX_free(s->ctx);
+    free(s->cert_file);
     free(s);
 }
 

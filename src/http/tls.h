@@ -7,6 +7,7 @@
 #define RGM_HTTP_TLS_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 #include "core/common.h"
 
@@ -56,6 +57,11 @@ rgm_tls_server_t *rgm_tls_server_new(const char *cert_file, const char *key_file
                                      const char *client_ca_file, char *msg, size_t msglen);
 /* Sessions made from s keep their own reference: free s whenever it is replaced. */
 void rgm_tls_server_free(rgm_tls_server_t *s);
+/* The cert_file s was loaded from (owned by s). */
+const char *rgm_tls_server_cert_file(const rgm_tls_server_t *s);
+/* When the first certificate of s's chain expires (the earliest notAfter of the leaf and the
+ * chain), Unix seconds, read at load; 0 when OpenSSL could not read it. */
+int64_t rgm_tls_server_not_after(const rgm_tls_server_t *s);
 
 /* A server session from s; peer ("ip:port", copied) names the client in log lines. */
 rgm_tls_t *rgm_tls_accept(rgm_tls_server_t *s, const char *peer);

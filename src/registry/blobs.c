@@ -41,6 +41,8 @@ struct bjob {
     int upstream_done;
     int attempts;
     uint64_t skip;
+    char fill_url[RGM_PEER_URL_MAX]; /* the cluster peer asked first, "" when none */
+    int is_filled;                   /* the bytes come from that peer */
     uv_timer_t timer;
     int timer_state;    /* 0 none, 1 open, 2 closing */
     struct rq *waiters; /* wait for the upstream's answer */
@@ -595,6 +597,11 @@ static int on_head(rgm_upcall_t *c, int status, void *ud)
     job->fetch_live = 1;
     job->state = JOB_BODY;
     job->is_private = rgm_upcall_used_client_auth(c);
+    job->is_filled = rgm_upcall_was_filled(c);
+    if (job->is_filled) {
+        r->m.cluster_filled++;
+        rgm_log(RGM_LOG_INFO, "blobs", "%s filled from peer %s", job->digest, job->fill_url);
+    }
     if (len >= 0)
         rgm_fetch_set_size(job->fetch, (uint64_t)len);
     rgm_fetch_set_origin(job->fetch, job->reg->name, job->repo);
@@ -619,7 +626,8 @@ static int on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
         if (len == 0)
             return 0;
     }
-    job->r->m.upstream_bytes += len;
+    if (!job->is_filled)
+        job->r->m.upstream_bytes += len;
     err = rgm_fetch_write(job->fetch, data, len);
     if (err != UV_EAGAIN)
         return err;
@@ -728,6 +736,8 @@ static void start_call(struct bjob *job)
     o.suffix = suffix;
     o.client_auth = job->auth;
     o.client_auth_first = job->reg->is_mirror;
+    if (job->state == JOB_HEAD && job->fill_url[0])
+        o.fill_url = job->fill_url; /* a resume goes to the registry */
     if (job->state == JOB_BODY || job->state == JOB_RESUME) {
         o.range_from = rgm_fetch_written(job->fetch);
         /* A private fetch resumes with the credentials that started it. */
@@ -777,8 +787,9 @@ static void on_slot(rgm_slot_wait_t *w)
     struct rq_env *r = job->r;
 
     job->has_slot = 1;
-    if (rgm_fetch_resume(r->fetches, job->digest, on_fetch_done, job, on_resume_ready, job,
-                         &job->fetch) == 0) {
+    /* Only a partial this registry delivered: its answer vouches for the prefix. */
+    if (rgm_fetch_resume(r->fetches, job->digest, job->reg->name, on_fetch_done, job,
+                         on_resume_ready, job, &job->fetch) == 0) {
         r->m.fetches_started++;
         job->state = JOB_RESUME;
         job->fetch_live = 1;
@@ -824,6 +835,8 @@ static void start_job(struct rq *q)
     job->reg = q->reg;
     job->auth = q->auth ? rgm_strdup(q->auth) : NULL;
     memcpy(job->credhash, q->credhash, sizeof(job->credhash));
+    if (!rq_fill_source(q, job->fill_url, sizeof(job->fill_url)))
+        job->fill_url[0] = '\0';
     job->next = r->bjobs;
     job->is_listed = 1;
     r->bjobs = job;
@@ -946,6 +959,10 @@ void blobs_handle(struct rq *q)
             }
             return;
         }
+    }
+    if (q->is_only_cached) {
+        rq_only_cached_miss(q, 1); /* a peer's fill: never fetch for it */
+        return;
     }
     job = find_job(q->r, q->digest);
     if (job) {

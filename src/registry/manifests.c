@@ -4,7 +4,8 @@
  * Tags are served from the index for tag_ttl, then revalidated with a HEAD; stale tags are
  * served while the upstream fails, up to max_stale. A tag not here is resolved with a shared
  * HEAD first, so that a GET (a pull) is spent only on a digest not cached; upstream 404s to
- * the mirror's own identity are remembered (negative_ttl). */
+ * the mirror's own identity are remembered (negative_ttl). Schema 1 manifests are refused,
+ * never cached. */
 #include "registry/manifests.h"
 
 #include <uv.h>
@@ -24,9 +25,14 @@
     "application/vnd.oci.image.index.v1+json, "                                                    \
     "application/vnd.oci.image.manifest.v1+json, "                                                 \
     "application/vnd.docker.distribution.manifest.list.v2+json, "                                  \
-    "application/vnd.docker.distribution.manifest.v2+json, "                                       \
-    "application/vnd.docker.distribution.manifest.v1+prettyjws;q=0.5, "                            \
-    "application/vnd.docker.distribution.manifest.v1+json;q=0.5"
+    "application/vnd.docker.distribution.manifest.v2+json"
+
+/* Docker image manifest v2, schema 1. Its digest is that of the JWS payload, not of the bytes
+ * served, so the mirror cannot verify it the way it verifies everything else; containerd 2 and
+ * current Docker refuse it too. It is refused with 404 MANIFEST_UNKNOWN, never cached, and not
+ * asked for (DEFAULT_ACCEPT). */
+#define MT_SCHEMA1_SIGNED "application/vnd.docker.distribution.manifest.v1+prettyjws"
+#define MT_SCHEMA1        "application/vnd.docker.distribution.manifest.v1+json"
 
 enum mj_kind { MJ_MANIFEST = 0, MJ_TAGS, MJ_HEAD };
 
@@ -112,6 +118,39 @@ static int header_ok(const char *v)
     return v && !strpbrk(v, "\r\n");
 }
 
+/* Predicate: media type ct (parameters ignored; NULL: none) is mt. */
+static int type_is(const char *ct, const char *mt)
+{
+    size_t n = strlen(mt);
+
+    return ct && strncmp(ct, mt, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+/* Predicate: a schema 1 manifest, by its Content-Type, or by its body when the type says
+ * nothing more than JSON (registries before distribution 2.3 served schema 1 so). */
+static int is_schema1(const char *ct, const rgm_buf_t *body)
+{
+    json_t *doc;
+    int yes;
+
+    if (type_is(ct, MT_SCHEMA1_SIGNED) || type_is(ct, MT_SCHEMA1))
+        return 1;
+    if (!body || body->len == 0 || (ct && ct[0] && !type_is(ct, "application/json")))
+        return 0;
+    doc = json_loadb(body->data, body->len, 0, NULL);
+    yes = json_integer_value(json_object_get(doc, "schemaVersion")) == 1;
+    json_decref(doc);
+    return yes;
+}
+
+static void refuse_schema1(struct rq *q)
+{
+    rq_error(q, 404, "MANIFEST_UNKNOWN",
+             "schema 1 manifests (" MT_SCHEMA1_SIGNED ") are not supported: their digest "
+             "cannot be verified; push the image as Docker schema 2 or OCI",
+             NULL);
+}
+
 static void head_remember(struct rq *q, const char *d, const char *ct, int64_t len,
                           uint64_t expires_ms);
 static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const char *query,
@@ -193,6 +232,10 @@ static void serve_cached(struct rq *q)
         return;
     }
     q->has_obj = 1;
+    if (is_schema1(obj->media_type, NULL)) {
+        refuse_schema1(q); /* cached before schema 1 was refused */
+        return;
+    }
     size = obj->size;
     if (!q->is_head) {
         err = rgm_store_open_blob(q->r->store, q->digest, &q->fd, &size);
@@ -216,8 +259,7 @@ static void serve_cached(struct rq *q)
     rgm_index_touch(q->r->index, q->digest, rgm_time_ms());
     /* A fresh tag's public answer is kept in memory until the tag is due for revalidation:
      * the next HEADs skip the index (the cached-HEAD rate is the index's cost). */
-    if (q->is_head && !q->path.is_digest && q->tag_fresh_until > 0 &&
-        rgm_index_has_public_origin(q->r->index, q->digest) == 1)
+    if (q->is_head && !q->path.is_digest && q->tag_fresh_until > 0 && rq_is_public(q, q->digest))
         head_remember(q, q->digest,
                       obj->media_type[0] ? obj->media_type
                                          : "application/vnd.oci.image.manifest.v1+json",
@@ -303,6 +345,17 @@ static void answer_error(struct mjob *j, int status, rgm_upcall_t *c, int err)
     }
 }
 
+static void answer_schema1(struct mjob *j)
+{
+    struct rq *q;
+
+    rgm_log(RGM_LOG_INFO, "manifests", "refused schema 1 manifest %s/%s:%s", j->reg->name, j->repo,
+            j->ref);
+    j->is_answered = 1;
+    while ((q = take_waiter(j)) != NULL)
+        refuse_schema1(q);
+}
+
 static void send_body(struct rq *q, int status, const char *hdrs, const rgm_buf_t *body)
 {
     if (rq_start(q, status, hdrs, (int64_t)body->len) < 0) {
@@ -373,6 +426,9 @@ static void head_complete(struct mjob *j)
         }
         if (d && cached_manifest(q, d)) {
             rgm_upstream_count_avoided(j->r->up, j->reg);
+            /* The upstream named d as this repository's tag, to this identity: d is in the
+             * repository (public when the mirror's own identity was answered). */
+            rq_mark_origin(q, d, j->used_client);
             snprintf(q->digest, sizeof(q->digest), "%s", d);
             serve_cached_checked(q);
             continue;
@@ -390,6 +446,10 @@ static void manifest_complete(struct mjob *j)
     char digest[RGM_DIGEST_MAX];
     const char *want = j->ref_is_digest ? j->ref : j->digest_hdr;
 
+    if (is_schema1(j->content_type, &j->body)) {
+        answer_schema1(j); /* before the digest: a signed one would not match */
+        return;
+    }
     if (digest_of(want, j->body.data, j->body.len, digest, sizeof(digest)) < 0) {
         answer_error(j, 502, NULL, 0);
         return;
@@ -482,9 +542,15 @@ static int mj_on_head(rgm_upcall_t *c, int status, void *ud)
             answer_error(j, status, c, 0);
         return 0; /* tags: on_done falls back to the index */
     }
+    if (rgm_upcall_was_filled(c))
+        j->r->m.cluster_filled++;
     v = rgm_upcall_header(c, "Content-Type");
     if (header_ok(v))
         j->content_type = rgm_strdup(v);
+    if (j->kind != MJ_TAGS && is_schema1(v, NULL)) {
+        answer_schema1(j); /* no tag recorded, nothing kept; the body is dropped */
+        return 0;
+    }
     v = rgm_upcall_header(c, "Link");
     if (header_ok(v))
         j->link = rgm_strdup(v);
@@ -508,7 +574,7 @@ static int mj_on_body(rgm_upcall_t *c, const char *data, size_t len, void *ud)
     struct mjob *j = ud;
 
     (void)c;
-    if (j->status != 200)
+    if (j->status != 200 || j->is_answered)
         return 0;
     return rgm_buf_append(&j->body, data, len) < 0 ? UV_E2BIG : 0;
 }
@@ -545,6 +611,7 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     struct mjob *j;
     rgm_upcall_opts_t o;
     char key[4096];
+    char fill_url[RGM_PEER_URL_MAX];
     int n;
     int err;
 
@@ -591,6 +658,8 @@ static void mjob_join(struct rq *q, enum mj_kind kind, const char *suffix, const
     rq_upcall_opts(q, &o, kind == MJ_HEAD ? "HEAD" : "GET", suffix);
     o.query = query;
     o.accept = accept;
+    if (kind == MJ_MANIFEST && rq_fill_source(q, fill_url, sizeof(fill_url)))
+        o.fill_url = fill_url;
     err = rgm_upcall_start(r->up, &o, &mj_cbs, j, &j->call);
     if (err < 0) {
         rgm_buf_free(&j->body);
@@ -629,8 +698,7 @@ static void serve_stale(struct rq *q)
  * stale_on_not_found, public content only, whatever its age. 1 served, 0 not allowed. */
 static int serve_deleted(struct rq *q)
 {
-    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) ||
-        rgm_index_has_public_origin(q->r->index, q->digest) != 1)
+    if (!rgm_config_stale_on_not_found(q->r->cfg, q->reg) || !rq_is_public(q, q->digest))
         return 0;
     rq_set_cache(q, "STALE");
     serve_cached_checked(q);
@@ -707,6 +775,10 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
     q->access_status = status;
     if (!q->req)
         return 0;
+    if (status == 200 && is_schema1(rgm_upcall_header(c, "Content-Type"), NULL)) {
+        q->access_status = 1004; /* the tag moved to a schema 1 manifest: refuse it */
+        return 0;
+    }
     if (status == 200 && d && rgm_ref_valid_digest(d) && !q->path.is_digest) {
         if (rgm_index_put_tag(q->r->index, q->reg->name, q->repo, q->path.reference, d,
                               rgm_time_ms()) < 0)
@@ -715,10 +787,11 @@ static int head_on_head(rgm_upcall_t *c, int status, void *ud)
     /* The same digest means our copy is current; the upstream accepted this client for the
      * repository, so no further access check is needed. */
     if (status == 200 && d && rgm_ref_valid_digest(d)) {
-        if (rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1 ||
-            strcmp(d, q->digest) == 0)
+        int is_here = strcmp(d, q->digest) == 0 || cached_manifest(q, d);
+
+        if (is_here || rgm_index_has_origin(q->r->index, d, q->reg->name, q->repo, NULL) == 1)
             rq_mark_origin(q, d, rgm_upcall_used_client_auth(c));
-        if (strcmp(d, q->digest) == 0 || cached_manifest(q, d)) {
+        if (is_here) {
             /* Resolved by digest: a tag that moved to a digest cached (and deliverable
              * through this registry) costs no pull. */
             if (strcmp(d, q->digest) != 0 && !q->is_head)
@@ -767,6 +840,8 @@ static void head_on_done(rgm_upcall_t *c, int err, void *ud)
     } else if (q->access_status == 1003) {
         if (!serve_deleted(q))
             rq_relay_error(q, 404, NULL, 0, 0);
+    } else if (q->access_status == 1004) {
+        refuse_schema1(q);
     } else {
         serve_stale(q);
     }
@@ -849,6 +924,10 @@ void manifests_handle(struct rq *q)
             serve_stale(q);
             return;
         }
+        if (q->is_only_cached) {
+            serve_stale(q); /* a peer's question: what we have, never upstream */
+            return;
+        }
         snprintf(suffix, sizeof(suffix), "manifests/%s", q->path.reference);
         if (known_missing(q, suffix)) {
             if (!serve_deleted(q))
@@ -856,6 +935,10 @@ void manifests_handle(struct rq *q)
             return;
         }
         revalidate(q); /* q->digest says what we have */
+        return;
+    }
+    if (q->is_only_cached) {
+        rq_only_cached_miss(q, 0);
         return;
     }
     if (r->is_stopping) {
@@ -953,7 +1036,7 @@ void tags_handle(struct rq *q)
     has_last = rgm_query_get(rgm_req_query(q->req), "last", last, sizeof(last));
     if (has_n < 0 || has_last < 0 || (has_n == 1 && rgm_parse_uint(n, 100000, &nv) < 0) ||
         (has_last == 1 && rgm_url_encode(last, enc, sizeof(enc)) < 0)) {
-        rq_error(q, 400, "PAGINATION_NUMBER_INVALID", "invalid n or last", NULL);
+        rq_error(q, 400, "UNSUPPORTED", "invalid n or last", NULL);
         return;
     }
     snprintf(query, sizeof(query), "%s%s%s%s%s", has_n == 1 ? "n=" : "", has_n == 1 ? n : "",

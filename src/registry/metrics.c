@@ -43,6 +43,78 @@ static void metric(rgm_buf_t *b, const char *name, const char *type, const char 
         return;
 }
 
+/* The cluster's series (docs/cluster.md): where requests went, fills, and each peer. */
+static int cluster_metrics(const struct rq_env *r, rgm_buf_t *b)
+{
+    const struct metrics *m = &r->m;
+    rgm_peers_stats_t st;
+    rgm_peer_pick_t p;
+    size_t i;
+    int err = 0;
+
+    if (!r->peers)
+        return 0;
+    rgm_peers_stats(r->peers, &st);
+    metric(b, "regmirror_cluster_requests_total", "counter",
+           "Requests for sharded keys: owned (served here as owner), hop (forwarded by a peer), "
+           "fill (a peer's only-if-cached question), forwarded (to the owner), local (not "
+           "owned, but no owner answered).");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cluster_requests_total{path=\"owned\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"hop\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"fill\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"forwarded\"} %" PRIu64 "\n"
+                           "regmirror_cluster_requests_total{path=\"local\"} %" PRIu64 "\n",
+                           m->cluster_owned, m->cluster_hop, m->cluster_fill_asks,
+                           m->cluster_forwarded, m->cluster_local);
+    metric(b, "regmirror_cluster_forward_failures_total", "counter",
+           "Forwards whose owner gave no answer (then the next owner was asked).");
+    err |= rgm_buf_appendf(b, "regmirror_cluster_forward_failures_total %" PRIu64 "\n",
+                           m->cluster_unreachable);
+    metric(b, "regmirror_cluster_fills_total", "counter",
+           "Misses of an owner asked of the previous owner, and those it answered.");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cluster_fills_total{result=\"asked\"} %" PRIu64 "\n"
+                           "regmirror_cluster_fills_total{result=\"filled\"} %" PRIu64 "\n",
+                           m->cluster_fills, m->cluster_filled);
+    metric(b, "regmirror_cluster_only_if_cached_misses_total", "counter",
+           "Only-if-cached requests from peers answered 404.");
+    err |= rgm_buf_appendf(b, "regmirror_cluster_only_if_cached_misses_total %" PRIu64 "\n",
+                           m->cluster_only_cached_misses);
+    metric(b, "regmirror_cluster_peers", "gauge", "Cluster members, and those healthy.");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cluster_peers{state=\"member\"} %zu\n"
+                           "regmirror_cluster_peers{state=\"up\"} %zu\n",
+                           st.n_members, st.n_up);
+    metric(b, "regmirror_cluster_peer_transitions_total", "counter",
+           "Peers marked down, and marked up again.");
+    err |= rgm_buf_appendf(b,
+                           "regmirror_cluster_peer_transitions_total{to=\"down\"} %" PRIu64 "\n"
+                           "regmirror_cluster_peer_transitions_total{to=\"up\"} %" PRIu64 "\n",
+                           st.n_marked_down, st.n_marked_up);
+    metric(b, "regmirror_cluster_peer_up", "gauge", "1 when the peer is healthy (self: 1).");
+    for (i = 0; rgm_peers_member(r->peers, i, &p) == 0; i++)
+        err |= rgm_buf_appendf(b, "regmirror_cluster_peer_up{peer=\"%s\",self=\"%d\"} %d\n", p.url,
+                               p.is_self, p.is_up);
+    metric(b, "regmirror_cluster_peer_forwarded_total", "counter",
+           "Requests forwarded to each peer.");
+    for (i = 0; rgm_peers_member(r->peers, i, &p) == 0; i++)
+        err |=
+            rgm_buf_appendf(b, "regmirror_cluster_peer_forwarded_total{peer=\"%s\"} %" PRIu64 "\n",
+                            p.url, p.n_forwarded);
+    metric(b, "regmirror_cluster_peer_forwarded_bytes_total", "counter",
+           "Body bytes relayed from each peer.");
+    for (i = 0; rgm_peers_member(r->peers, i, &p) == 0; i++)
+        err |= rgm_buf_appendf(
+            b, "regmirror_cluster_peer_forwarded_bytes_total{peer=\"%s\"} %" PRIu64 "\n", p.url,
+            p.bytes_forwarded);
+    metric(b, "regmirror_cluster_peer_fills_total", "counter", "Fills asked of each peer.");
+    for (i = 0; rgm_peers_member(r->peers, i, &p) == 0; i++)
+        err |= rgm_buf_appendf(b, "regmirror_cluster_peer_fills_total{peer=\"%s\"} %" PRIu64 "\n",
+                               p.url, p.n_fills);
+    return err;
+}
+
 static void serve_metrics(struct rq_env *r, rgm_req_t *req)
 {
     static const char *const routes[] = {"other", "manifest", "blob", "tags", "health"};
@@ -132,7 +204,7 @@ static void serve_metrics(struct rq_env *r, rgm_req_t *req)
     se.err = 0;
     rgm_store_errors_each(r->store, on_store_error, &se);
     err |= se.err;
-    if (rgm_upstream_metrics(r->up, &b) < 0)
+    if (rgm_upstream_metrics(r->up, &b) < 0 || cluster_metrics(r, &b) < 0)
         err = -1;
     if (r->srv && rgm_server_metrics(r->srv, &b) < 0)
         err = -1;

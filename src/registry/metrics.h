@@ -24,7 +24,17 @@ struct metrics {
     uint64_t resumes;
     uint64_t access_checks;
     uint64_t access_denied;
-    uint64_t stale_refused; /* cached tags not served: older than max_stale (503) */
+    /* cluster (docs/cluster.md) */
+    uint64_t cluster_owned;              /* requests for keys this replica owns, served here */
+    uint64_t cluster_hop;                /* requests with the hop header, served here */
+    uint64_t cluster_fill_asks;          /* only-if-cached requests from peers, served here */
+    uint64_t cluster_forwarded;          /* requests handed to their owner */
+    uint64_t cluster_unreachable;        /* owners that did not answer a forward */
+    uint64_t cluster_local;              /* not owned, but served here: no owner answered */
+    uint64_t cluster_fills;              /* misses asked of the previous owner */
+    uint64_t cluster_filled;             /* ... that it answered */
+    uint64_t cluster_only_cached_misses; /* only-if-cached requests answered 404 */
+    uint64_t stale_refused;              /* cached tags not served: older than max_stale (503) */
 };
 
 /* 0..4 for 1xx..5xx, 5 for anything else. */

@@ -318,7 +318,7 @@ const char *rgm_ref_err_code(int err)
     case RGM_REF_ETAG:
         return "MANIFEST_UNKNOWN";
     default:
-        return "NOT_FOUND";
+        return "UNSUPPORTED"; /* no such route: distribution answers a bare 404 */
     }
 }
 

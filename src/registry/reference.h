@@ -43,7 +43,7 @@ typedef enum rgm_ref_route {
 /* Parse errors of rgm_ref_parse_path. Not UV_E* codes (rule zero): the router needs four
  * different answers, so each error names the OCI error it maps to. */
 enum {
-    RGM_REF_EROUTE = -1,  /* unknown route: 404 NOT_FOUND */
+    RGM_REF_EROUTE = -1,  /* unknown route: 404 UNSUPPORTED */
     RGM_REF_ENAME = -2,   /* 400 NAME_INVALID */
     RGM_REF_EDIGEST = -3, /* 400 DIGEST_INVALID */
     /* 404 MANIFEST_UNKNOWN: no manifest can have that tag, and the OCI conformance suite

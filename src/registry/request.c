@@ -219,12 +219,13 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
         rq_error(q, 403, "DENIED", "requested access to the resource is denied", NULL);
         return;
     case 404:
+    case 410: /* gone: unknown from now on, said louder */
         if (q->path.kind == RGM_REF_ROUTE_TAGS)
-            rq_error(q, 404, "NAME_UNKNOWN", "repository name not known to registry", NULL);
+            rq_error(q, status, "NAME_UNKNOWN", "repository name not known to registry", NULL);
         else if (is_blob)
-            rq_error(q, 404, "BLOB_UNKNOWN", "blob unknown to registry", NULL);
+            rq_error(q, status, "BLOB_UNKNOWN", "blob unknown to registry", NULL);
         else
-            rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
+            rq_error(q, status, "MANIFEST_UNKNOWN", "manifest unknown", NULL);
         return;
     case 429:
         if (c)
@@ -234,8 +235,14 @@ void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_b
     default:
         q->r->m.upstream_errors++;
         snprintf(msg, sizeof(msg), "upstream answered %d", status);
-        if (status >= 400 && status < 500)
-            rq_error(q, status, "UNKNOWN", msg, NULL);
+        /* A 4XX keeps its status with a code of the spec's table (416: the range does not
+         * fit the size; anything else, 400 405 406 413 ...: the operation is unsupported).
+         * 5xx bodies are not bound to the table: UNAVAILABLE, distribution's 503 code, which
+         * docker and containerd retry (they do not retry UNSUPPORTED or DENIED). */
+        if (status == 416)
+            rq_error(q, status, "SIZE_INVALID", msg, NULL);
+        else if (status >= 400 && status < 500)
+            rq_error(q, status, "UNSUPPORTED", msg, NULL);
         else
             rq_error(q, 502, "UNAVAILABLE", msg, NULL);
     }
@@ -252,6 +259,29 @@ void rq_upcall_opts(struct rq *q, rgm_upcall_opts_t *o, const char *method, cons
     o->suffix = suffix;
     o->client_auth = q->auth;
     o->client_auth_first = q->reg->is_mirror;
+}
+
+int rq_fill_source(struct rq *q, char *out, size_t outlen)
+{
+    rgm_peer_pick_t src;
+    const char *key = q->path.reference;
+
+    if (!q->may_fill || !q->r->peers || !q->path.is_digest ||
+        !rgm_peers_fill_source(q->r->peers, key, strlen(key), &src) || strlen(src.url) >= outlen)
+        return 0;
+    memcpy(out, src.url, strlen(src.url) + 1);
+    q->r->m.cluster_fills++;
+    rgm_peers_count(q->r->peers, src.url, 1, 0);
+    return 1;
+}
+
+void rq_only_cached_miss(struct rq *q, int is_blob)
+{
+    q->r->m.cluster_only_cached_misses++;
+    if (is_blob)
+        rq_error(q, 404, "BLOB_UNKNOWN", "blob not cached here", NULL);
+    else
+        rq_error(q, 404, "MANIFEST_UNKNOWN", "manifest not cached here", NULL);
 }
 
 int rq_head(struct rq *q, const char *suffix, const char *accept, const rgm_upcall_cbs_t *cbs)
@@ -351,6 +381,16 @@ int rq_may_vouch(struct rq *q, const char *digest)
            rgm_index_has_registry_origin(q->r->index, digest, q->reg->name) == 1;
 }
 
+int rq_is_public(struct rq *q, const char *digest)
+{
+    int is_public = 0;
+
+    if (q->path.kind != RGM_REF_ROUTE_MANIFEST || q->path.is_digest)
+        return rgm_index_has_public_origin(q->r->index, digest) == 1;
+    return rgm_index_has_origin(q->r->index, digest, q->reg->name, q->repo, &is_public) == 1 &&
+           is_public;
+}
+
 /* Is access to digest, in q's repository, cached for q's credentials? */
 static int decision_cached(struct rq *q, const char *digest)
 {
@@ -366,10 +406,11 @@ void rq_check_access(struct rq *q)
 {
     char suffix[256];
 
-    /* Public content: anyone, through any repository. Private content: the decision cached
-     * for this client and repository, but only for objects known to be in that repository
-     * (a decision about one repository says nothing about another's objects). */
-    if (rgm_index_has_public_origin(q->r->index, q->digest) == 1 || decision_cached(q, q->digest)) {
+    /* Public content: anyone, through any repository (a tag: its repository's). Private
+     * content: the decision cached for this client and repository, but only for objects
+     * known to be in that repository (a decision about one repository says nothing about
+     * another's objects). */
+    if (rq_is_public(q, q->digest) || decision_cached(q, q->digest)) {
         q->after_access(q);
         return;
     }

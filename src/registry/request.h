@@ -18,6 +18,7 @@
 #include "registry/reference.h"
 #include "registry/upstream.h"
 #include "registry/metrics.h"
+#include "cluster/peers.h"
 
 #define RGM_V2_HDR "Docker-Distribution-API-Version: registry/2.0\r\n"
 
@@ -43,6 +44,10 @@ struct rq_env {
     struct bjob *bjobs;      /* blobs.c: jobs in flight */
     struct mjob *mjobs;      /* manifests.c: jobs in flight */
     rgm_auth_cache_t *heads; /* manifests.c: public HEAD answers for uncached tags */
+    /* cluster (docs/cluster.md): NULL without one; borrowed */
+    rgm_peers_t *peers;
+    rgm_client_t *client;  /* forwards */
+    unsigned n_forwarding; /* routes.c: forwards in flight (shutdown waits for them) */
 };
 
 /* One client request that needs async work. Lives until the response ends and no upstream
@@ -57,7 +62,9 @@ struct rq {
     char *accept; /* the client's Accept lines joined, or the default list (manifests.c) */
     char credhash[65];
     int is_head;
-    int pending; /* upstream calls in flight that point at this rq */
+    int is_only_cached; /* X-Regmirror-Only-If-Cached: answer from the store or 404, never fetch */
+    int may_fill;       /* a cluster owner's miss: ask the previous owner first */
+    int pending;        /* upstream calls in flight that point at this rq */
     /* Set by the handler that may park q on its jobs: unlinks q from them when the client
      * leaves. NULL: nothing to unlink. */
     void (*detach)(struct rq *q);
@@ -110,9 +117,10 @@ void rq_hold_file(struct rq *q);
  * gone. Counted. */
 void rq_error(struct rq *q, int status, const char *code, const char *msg, const char *hdrs);
 /* The client's answer to an upstream failure: status 0 (err: no answer, 502 or 504), 401
- * (with the upstream's WWW-Authenticate from c, which may be NULL), 403, 404 (blob, manifest
- * or repository unknown; is_blob picks BLOB_UNKNOWN), 429 (with Retry-After), other 4xx, or
- * 502. A no-op when the client is gone. */
+ * (with the upstream's WWW-Authenticate from c, which may be NULL), 403, 404 and 410 (blob,
+ * manifest or repository unknown; is_blob picks BLOB_UNKNOWN), 429 (with Retry-After), 416
+ * (SIZE_INVALID), other 4xx (UNSUPPORTED), or 502 (UNAVAILABLE). Every 4xx code is one of the
+ * distribution-spec's. A no-op when the client is gone. */
 void rq_relay_error(struct rq *q, int status, rgm_upcall_t *c, int err, int is_blob);
 /* rgm_resp_start with the mirror's common headers, counted in the metrics. Returns 0, or <0
  * (headers too long, or the server's error): then the caller aborts. */
@@ -136,6 +144,12 @@ void rq_count_bytes(struct rq *q, uint64_t n);
 /* Options for a call in q's registry and repository with q's credentials (the client's
  * first for a mirror registry). suffix is borrowed until the call starts. */
 void rq_upcall_opts(struct rq *q, rgm_upcall_opts_t *o, const char *method, const char *suffix);
+/* The cluster peer that q's miss is filled from (the previous owner of q's digest) into out:
+ * 1 when q->may_fill and there is one, else 0. Counts the fill. */
+int rq_fill_source(struct rq *q, char *out, size_t outlen);
+/* Answer 404 (blob or manifest unknown) to an only-if-cached request that missed. Counted. */
+void rq_only_cached_miss(struct rq *q, int is_blob);
+
 /* Start a HEAD of suffix ("blobs/<digest>", "manifests/<ref>") for q; accept may be NULL.
  * Sets q->access_status to 0 and holds q (q->pending) for cbs, which get q as ud; cbs'
  * on_done must drop that hold (rq_head_on_done does). Returns 0, or <0 when nothing started:
@@ -153,6 +167,11 @@ int rq_ignore_body(rgm_upcall_t *c, const char *data, size_t len, void *ud);
 /* Record that digest came through q's registry and repository (public or not); a private
  * one also caches the upstream's acceptance of q's credentials for that repository. */
 void rq_mark_origin(struct rq *q, const char *digest, int is_private);
+/* Is digest public for q? Content named by digest: when any origin of it is public (public
+ * content is anyone's, through any repository). A manifest named by a tag: only when its
+ * origin in q's registry and repository is public, since a tag is a name in one repository
+ * and a private repository's tags are not public because their content is public elsewhere. */
+int rq_is_public(struct rq *q, const char *digest);
 /* Serve only after the cache-never-widens-access rule holds for q->digest; then run
  * q->after_access(q) (maybe at once, inside this call). Answers the denial itself. */
 void rq_check_access(struct rq *q);

@@ -15,6 +15,11 @@
 #include "registry/manifests.h"
 #include "registry/filter.h"
 #include "registry/referrers.h"
+#include "cluster/forward.h"
+#include "cluster/rendezvous.h"
+
+/* A request whose owners do not answer is forwarded at most this often, then served here. */
+#define MAX_FORWARDS 3
 
 struct rgm_routes {
     struct rq_env env;         /* what the handlers share: their q->r */
@@ -59,6 +64,12 @@ void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv)
     rgm_server_set_error_headers(srv, RGM_V2_HDR "X-Cache: MISS\r\n");
 }
 
+void rgm_routes_set_cluster(rgm_routes_t *r, rgm_peers_t *peers, rgm_client_t *client)
+{
+    r->env.peers = peers;
+    r->env.client = client;
+}
+
 void rgm_routes_free(rgm_routes_t *r)
 {
     size_t i;
@@ -80,7 +91,7 @@ static void stop_check(uv_timer_t *h)
 {
     rgm_routes_t *r = rgm_container_of(h, rgm_routes_t, stop_timer);
 
-    if (r->env.bjobs || r->env.mjobs)
+    if (r->env.bjobs || r->env.mjobs || r->env.n_forwarding > 0)
         return;
     uv_timer_stop(h);
     uv_close((uv_handle_t *)h, NULL);
@@ -177,11 +188,110 @@ static int select_registry(rgm_routes_t *r, struct rq *q)
     return 0;
 }
 
+/* ---- cluster: each key to its owner ---- */
+
+static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards);
+
+struct forwarding {
+    rgm_routes_t *r;
+    unsigned n_forwards; /* forwards of this request so far, this one included */
+};
+
+/* The rendezvous key of q's object: its digest, or registry/repository:tag. 0, or <0 when q
+ * has none (a tag list is served by whoever is asked). */
+static int shard_key(const struct rq *q, char *key, size_t len)
+{
+    if (q->path.kind != RGM_REF_ROUTE_BLOB && q->path.kind != RGM_REF_ROUTE_MANIFEST)
+        return UV_EINVAL;
+    if (q->path.is_digest) {
+        if (strlen(q->path.reference) >= len)
+            return UV_ENOBUFS;
+        memcpy(key, q->path.reference, strlen(q->path.reference) + 1);
+        return 0;
+    }
+    return rgm_rendezvous_tag_key(q->reg->name, q->repo, q->path.reference, key, len);
+}
+
+static void on_forwarded(rgm_req_t *req, enum rgm_fwd_result result, void *ud)
+{
+    struct forwarding *fw = ud;
+    rgm_routes_t *r = fw->r;
+    unsigned n = fw->n_forwards;
+
+    free(fw);
+    r->env.n_forwarding--;
+    if (result != RGM_FWD_UNREACHABLE)
+        return;
+    /* The owner is marked down now: the key's next owner, maybe this replica, serves it. */
+    r->env.m.cluster_unreachable++;
+    handle(r, req, n);
+}
+
+/* Hand q to the owner of its key when that is another healthy peer. Returns 1 when q went to
+ * a peer (q is released), 0 when it is served here. */
+static int route_to_owner(rgm_routes_t *r, struct rq *q, unsigned n_forwards)
+{
+    struct rq_env *env = &r->env;
+    rgm_req_t *req = q->req;
+    rgm_peer_pick_t owner;
+    struct forwarding *fw;
+    rgm_fwd_opts_t o;
+    char key[RGM_REF_HOST_MAX + RGM_REF_NAME_MAX + RGM_REF_DIGEST_MAX + 8];
+
+    q->may_fill = 1; /* rq_fill_source decides: only an owner fills */
+    if (!env->peers)
+        return 0; /* no cluster: the hop headers mean nothing here, from anyone */
+    q->is_only_cached = rgm_req_header(req, RGM_HDR_ONLY_IF_CACHED) != NULL;
+    if (q->is_only_cached) {
+        env->m.cluster_fill_asks++; /* a peer's fill: from the store or 404, here */
+        return 0;
+    }
+    if (rgm_req_header(req, RGM_HDR_HOP)) {
+        env->m.cluster_hop++; /* the loop guard: a hop is never forwarded again */
+        return 0;
+    }
+    if (shard_key(q, key, sizeof(key)) < 0)
+        return 0;
+    if (rgm_peers_owner(env->peers, key, strlen(key), &owner)) {
+        if (rgm_peers_rank(env->peers, key, strlen(key), 1, &owner, 1) == 1 && owner.is_self)
+            env->m.cluster_owned++;
+        else
+            env->m.cluster_local++;
+        return 0;
+    }
+    if (n_forwards >= MAX_FORWARDS) {
+        env->m.cluster_local++;
+        return 0;
+    }
+    memset(&o, 0, sizeof(o));
+    o.client = env->client;
+    o.peers = env->peers;
+    o.key = key;
+    o.key_len = strlen(key);
+    fw = rgm_calloc(1, sizeof(*fw));
+    fw->r = r;
+    fw->n_forwards = n_forwards + 1;
+    if (rgm_fwd_start(req, owner.url, &o, on_forwarded, fw) < 0) {
+        free(fw);
+        env->m.cluster_local++;
+        return 0;
+    }
+    env->m.cluster_forwarded++;
+    env->n_forwarding++;
+    q->req = NULL;
+    rq_release(q);
+    return 1;
+}
+
 /* ---- dispatch ---- */
 
 void rgm_routes_handle(rgm_req_t *req, void *ud)
 {
-    rgm_routes_t *r = ud;
+    handle(ud, req, 0);
+}
+
+static void handle(rgm_routes_t *r, rgm_req_t *req, unsigned n_forwards)
+{
     const char *path = rgm_req_path(req);
     enum rgm_method m = rgm_req_method(req);
     struct rq *q;
@@ -192,14 +302,14 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
         /* a health_listen address: probes and scrapes only, whatever the path */
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "only /healthz, /readyz and /metrics here",
+        rgm_resp_error(req, 404, "UNSUPPORTED", "only /healthz, /readyz and /metrics here",
                        RGM_V2_HDR);
         return;
     }
     if (path[0] != '/' || (strncmp(path, "/v2", 3) != 0 || (path[3] != '\0' && path[3] != '/'))) {
         if ((m == RGM_M_GET || m == RGM_M_HEAD) && metrics_serve(&r->env, req, path))
             return;
-        rgm_resp_error(req, 404, "NOT_FOUND", "no such route", RGM_V2_HDR);
+        rgm_resp_error(req, 404, "UNSUPPORTED", "no such route", RGM_V2_HDR);
         return;
     }
     if (m != RGM_M_GET && m != RGM_M_HEAD) {
@@ -229,6 +339,8 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
     }
     if (select_registry(r, q) < 0)
         return;
+    if (route_to_owner(r, q, n_forwards))
+        return;
     rq_begin(q);
     switch (q->path.kind) {
     case RGM_REF_ROUTE_BLOB:
@@ -244,6 +356,6 @@ void rgm_routes_handle(rgm_req_t *req, void *ud)
         referrers_handle(q);
         break;
     default:
-        rq_error(q, 404, "NOT_FOUND", "no such route", NULL);
+        rq_error(q, 404, "UNSUPPORTED", "no such route", NULL);
     }
 }

@@ -13,6 +13,7 @@
 #include "cache/refs.h"
 #include "cache/inuse.h"
 #include "registry/upstream.h"
+#include "cluster/peers.h"
 
 typedef struct rgm_routes rgm_routes_t;
 
@@ -25,6 +26,9 @@ void rgm_routes_set_server(rgm_routes_t *r, rgm_server_t *srv);
  * files open for responses, which r owns and eviction reads (valid until rgm_routes_free). */
 void rgm_routes_set_refs(rgm_routes_t *r, rgm_refs_t *refs);
 rgm_inuse_t *rgm_routes_inuse(rgm_routes_t *r);
+/* Shard by rendezvous hashing over peers (docs/cluster.md): requests for keys another healthy
+ * peer owns are forwarded to it through client. Both borrowed; call before serving. */
+void rgm_routes_set_cluster(rgm_routes_t *r, rgm_peers_t *peers, rgm_client_t *client);
 /* The server's handler: ud is the rgm_routes_t. */
 void rgm_routes_handle(rgm_req_t *req, void *ud);
 /* Cancel every upstream job; done runs once none is left (maybe later, never inside). */

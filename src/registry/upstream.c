@@ -14,6 +14,8 @@
 #include "registry/auth.h"
 #include "registry/identity.h"
 #include "registry/upstream.h"
+#include "cluster/peers.h"
+#include "cluster/rendezvous.h"
 
 #define TOKEN_BODY_MAX  (64 * 1024)
 #define TOKEN_MARGIN_MS 10000
@@ -36,7 +38,10 @@ struct regstate {
     int is_in_reserve;      /* rl_remaining is below ratelimit_reserve (warned once) */
     uint64_t pulls;         /* manifest GETs answered 2xx: what Docker Hub counts */
     uint64_t pulls_avoided; /* tag GETs answered from cache after a HEAD (manifests.c) */
+    rgm_peers_t *peers;     /* a mirror registry's replicas (endpoint array, endpoint_dns) */
 };
+
+#define PEER_TRIES 3 /* replicas tried for one call when they do not answer */
 
 /* A 429 without Retry-After or RateLimit-Reset closes the circuit this long; a longer wait
  * than LIMIT_MAX_MS is cut to it (a registry's mistake must not stop pulls for days). */
@@ -62,11 +67,23 @@ struct rgm_upstream {
     unsigned active;
     rgm_slot_wait_t *qhead;
     rgm_slot_wait_t *qtail;
+    unsigned n_closing; /* replica sets still closing after rgm_upstream_stop */
+    void (*stop_cb)(void *ud);
+    void *stop_ud;
 };
 
 /* STEP_FRESH: the upstream refused kept helper/plugin credentials: run it again, once.
- * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own. */
-enum step { STEP_NONE = 0, STEP_TOKEN, STEP_RETRY_OWN, STEP_CLIENT, STEP_FRESH, STEP_AFTER_PROOF };
+ * STEP_AFTER_PROOF: a "private" registry's client proved its access; now the mirror's own.
+ * STEP_MAIN: the fill peer did not have it (docs/cluster.md): ask the registry. */
+enum step {
+    STEP_NONE = 0,
+    STEP_TOKEN,
+    STEP_RETRY_OWN,
+    STEP_CLIENT,
+    STEP_FRESH,
+    STEP_AFTER_PROOF,
+    STEP_MAIN
+};
 
 struct rgm_upcall {
     rgm_upstream_t *up;
@@ -83,7 +100,12 @@ struct rgm_upcall {
 
     rgm_upreq_t *req; /* the request in flight (main or token) */
     int is_token_req;
-    enum step next; /* what to do when the swallowed response ends */
+    int is_fill_req;   /* the request in flight asks the fill peer */
+    int is_filled;     /* the answer is the fill peer's */
+    char *fill_url;    /* the peer's URL for this call, or NULL */
+    int client_first;  /* opts.client_auth_first, for the main request after a fill */
+    int is_mirror_reg; /* opts.reg->is_mirror, idem */
+    enum step next;    /* what to do when the swallowed response ends */
     int tried_token;
     int tried_basic;
     int tried_client;
@@ -108,6 +130,13 @@ struct rgm_upcall {
     char *sent_auth;   /* Authorization of the current main request */
     rgm_buf_t tokbody;
     uint64_t started_ms;
+    /* a mirror registry with replicas: the one asked, the key that chose it, and the URL
+     * without its base (to ask the next one) */
+    char peer_url[RGM_PEER_URL_MAX];
+    char *key;
+    char *tail;
+    unsigned peer_tries;
+    int is_head_delivered;
 };
 
 /* ---- helpers ---- */
@@ -119,6 +148,32 @@ static struct regstate *regstate(rgm_upstream_t *up, const rgm_registry_cfg_t *r
     if (i < up->cfg->registries_len)
         return &up->regs[i];
     return NULL;
+}
+
+/* The peer set of a mirror registry with several replicas; none when it has one endpoint. */
+static void start_replicas(rgm_upstream_t *up, const rgm_registry_cfg_t *reg, struct regstate *rs)
+{
+    rgm_peers_opts_t o;
+    int err = 0;
+
+    if (!reg->is_mirror || (reg->endpoints_len < 2 && !reg->endpoint_dns))
+        return;
+    memset(&o, 0, sizeof(o));
+    o.urls = (const char *const *)reg->endpoints;
+    o.n_urls = reg->endpoint_dns ? 0 : reg->endpoints_len;
+    o.dns_url = reg->endpoint_dns;
+    o.client = up->client;
+    rs->peers = rgm_peers_new(up->loop, &o, &err);
+    if (rs->peers && rgm_peers_start(rs->peers) < 0) {
+        rgm_peers_close(rs->peers, NULL, NULL);
+        rs->peers = NULL;
+    }
+    if (!rs->peers)
+        rgm_log(RGM_LOG_ERROR, "upstream", "registry %s: no replica set; using %s", reg->name,
+                reg->endpoint ? reg->endpoint : "nothing");
+    else
+        rgm_log(RGM_LOG_INFO, "upstream", "registry %s: each digest to its owner among %s",
+                reg->name, reg->endpoint_dns ? reg->endpoint_dns : "the endpoints");
 }
 
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client)
@@ -152,7 +207,34 @@ rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_c
     up->tokens = rgm_auth_cache_new(4096);
     up->refused = rgm_auth_cache_new(4096);
     up->missing = rgm_auth_cache_new(4096);
+    for (i = 0; i < cfg->registries_len; i++)
+        start_replicas(up, &cfg->registries[i], &up->regs[i]);
     return up;
+}
+
+static void on_replicas_closed(void *ud)
+{
+    rgm_upstream_t *up = ud;
+
+    if (--up->n_closing == 0 && up->stop_cb)
+        up->stop_cb(up->stop_ud);
+}
+
+void rgm_upstream_stop(rgm_upstream_t *up, void (*cb)(void *ud), void *ud)
+{
+    size_t i;
+
+    up->stop_cb = cb;
+    up->stop_ud = ud;
+    up->n_closing = 1; /* held until every close is started */
+    for (i = 0; i < up->cfg->registries_len; i++) {
+        if (!up->regs[i].peers)
+            continue;
+        up->n_closing++;
+        rgm_peers_close(up->regs[i].peers, on_replicas_closed, up);
+        up->regs[i].peers = NULL;
+    }
+    on_replicas_closed(up);
 }
 
 void rgm_upstream_free(rgm_upstream_t *up)
@@ -295,10 +377,11 @@ static void free_own(rgm_upcall_t *c)
     RGM_FREE(c->own_refresh);
 }
 
-static void finish(rgm_upcall_t *c, int err)
+static void upcall_free(rgm_upcall_t *c)
 {
-    c->req = NULL;
-    c->cbs.on_done(c, err, c->ud);
+    free(c->fill_url);
+    free(c->key);
+    free(c->tail);
     free(c->repo);
     free(c->method);
     free(c->url);
@@ -310,6 +393,62 @@ static void finish(rgm_upcall_t *c, int err)
     free_own(c);
     rgm_buf_free(&c->tokbody);
     free(c);
+}
+
+static void finish(rgm_upcall_t *c, int err)
+{
+    c->req = NULL;
+    c->cbs.on_done(c, err, c->ud);
+    upcall_free(c);
+}
+
+/* Ask the fill peer: GET fill_url with the hop and only-if-cached headers. */
+static int send_fill(rgm_upcall_t *c)
+{
+    c->req = rgm_upreq_new(c->up->client, "GET", c->fill_url, NULL);
+    if (!c->req)
+        return UV_EINVAL;
+    c->is_token_req = 0;
+    c->is_fill_req = 1;
+    rgm_upreq_set_max_redirects(c->req, 0);
+    if (c->client_auth)
+        rgm_upreq_add_header(c->req, "Authorization", c->client_auth);
+    if (c->accept)
+        rgm_upreq_add_header(c->req, "Accept", c->accept);
+    rgm_upreq_add_header(c->req, "X-Regmirror-Hop", "1");
+    rgm_upreq_add_header(c->req, "X-Regmirror-Only-If-Cached", "1");
+    return rgm_upreq_start(c->req, &req_cbs, c);
+}
+
+/* The registry request: the client's credentials first for a tier mirror (or when the
+ * mirror's own were refused recently), a private registry's proof, else a cached token or
+ * nothing. */
+static int start_main(rgm_upcall_t *c)
+{
+    char key[1024];
+    const char *auth = NULL;
+
+    c->is_fill_req = 0;
+    scope_key(c, "refused", key, sizeof(key));
+    if (c->client_auth &&
+        (c->client_first || rgm_auth_cache_get(c->up->refused, key, rgm_time_ms()))) {
+        c->tried_client = 1;
+        c->using_client = 1;
+        auth = c->client_auth;
+    } else if (c->reg->is_private && !c->is_mirror_reg) {
+        /* "private": the client proves its access with a HEAD of its own first; a client
+         * without credentials gets what anonymous gets. */
+        c->no_own = !c->client_auth;
+        c->is_proving = c->client_auth != NULL;
+        c->tried_client = c->is_proving;
+        c->using_client = c->is_proving;
+        auth = c->client_auth;
+    } else {
+        scope_key(c, "token", key, sizeof(key));
+        /* A cached token that is refused still gets one fresh token fetch. */
+        auth = rgm_auth_cache_get(c->up->tokens, key, rgm_time_ms());
+    }
+    return send_main(c, auth);
 }
 
 /* Decide what a 401/403/404 to the mirror's own identity means. Returns the next step, or
@@ -441,6 +580,19 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
     rgm_upcall_t *c = ud;
     const char *wa;
 
+    if (c->is_fill_req) {
+        if (status != 200) {
+            c->next = STEP_MAIN; /* not there: swallow the answer, then ask the registry */
+            return 0;
+        }
+        c->is_filled = 1;
+        /* The peer applied the access rule to the client's credentials: content filled with
+         * them is treated as private (the cache never widens access). */
+        c->using_client = c->client_auth != NULL;
+        c->status = status;
+        c->next = STEP_NONE;
+        return c->cbs.on_head(c, status, c->ud);
+    }
     if (c->rs)
         note_budget(c, r, status);
     if (c->is_token_req)
@@ -466,6 +618,9 @@ static int on_req_head(rgm_upreq_t *r, int status, void *ud)
             return 0; /* swallow this body; the next step starts in on_done */
     }
     c->next = STEP_NONE;
+    if (c->peer_url[0] && c->rs && c->rs->peers)
+        rgm_peers_report(c->rs->peers, c->peer_url, 1);
+    c->is_head_delivered = 1;
     return c->cbs.on_head(c, status, c->ud);
 }
 
@@ -474,7 +629,7 @@ static int on_req_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
     rgm_upcall_t *c = ud;
 
     (void)r;
-    if (c->rs)
+    if (c->rs && !c->is_fill_req)
         c->rs->bytes += len;
     if (c->is_token_req)
         return rgm_buf_append(&c->tokbody, data, len) < 0 ? UV_E2BIG : 0;
@@ -610,6 +765,8 @@ static int next_step(rgm_upcall_t *c)
         c->tried_client = 1;
         c->using_client = 1;
         return send_main(c, c->client_auth);
+    case STEP_MAIN:
+        return start_main(c);
     default:
         return UV_EINVAL;
     }
@@ -697,6 +854,49 @@ static void count_outcome(rgm_upcall_t *c, int st, int err)
             rs->failures, uv_strerror(err), (unsigned long long)wait);
 }
 
+/* base followed by tail, malloc'd. */
+static char *join_url(const char *base, const char *tail)
+{
+    size_t blen = strlen(base), tlen = strlen(tail);
+    char *u = rgm_malloc(blen + tlen + 1);
+
+    memcpy(u, base, blen);
+    memcpy(u + blen, tail, tlen + 1);
+    return u;
+}
+
+/* The replica for c's key: the owner among healthy ones, else any member. 0, or
+ * UV_EHOSTUNREACH when the set is empty (nothing resolved yet). */
+static int pick_replica(rgm_upcall_t *c)
+{
+    rgm_peer_pick_t p;
+    rgm_peers_t *peers = c->rs->peers;
+
+    if (rgm_peers_rank(peers, c->key, strlen(c->key), 1, &p, 1) == 0 &&
+        rgm_peers_rank(peers, c->key, strlen(c->key), 0, &p, 1) == 0)
+        return UV_EHOSTUNREACH;
+    memcpy(c->peer_url, p.url, sizeof(c->peer_url));
+    free(c->url);
+    c->url = join_url(p.url, c->tail);
+    return 0;
+}
+
+/* A replica that gave no answer at all: mark it down, ask the key's next owner. 1 when a new
+ * request is on its way. */
+static int next_replica(rgm_upcall_t *c, int st, int err)
+{
+    if (!c->peer_url[0] || !c->rs || !c->rs->peers || c->is_head_delivered || st > 0 || err >= 0 ||
+        err == UV_ECANCELED || c->is_cancelled || c->is_token_req || c->is_fill_req ||
+        ++c->peer_tries >= PEER_TRIES)
+        return 0;
+    rgm_peers_report(c->rs->peers, c->peer_url, 0);
+    if (pick_replica(c) < 0)
+        return 0;
+    rgm_log(RGM_LOG_INFO, "upstream", "registry %s: replica did not answer (%s); asking %s",
+            c->reg->name, uv_strerror(err), c->peer_url);
+    return send_main(c, c->sent_auth) == 0;
+}
+
 static void on_req_done(rgm_upreq_t *r, int err, void *ud)
 {
     rgm_upcall_t *c = ud;
@@ -704,8 +904,15 @@ static void on_req_done(rgm_upreq_t *r, int err, void *ud)
     int st = rgm_upreq_status(r);
     int serr;
 
-    if (c->rs)
+    if (next_replica(c, st, err))
+        return;
+    if (c->rs && !c->is_fill_req)
         count_outcome(c, st, err);
+    if (c->is_fill_req && c->next == STEP_NONE && !c->is_filled && !c->is_cancelled) {
+        /* The peer gave no answer at all: ask the registry. */
+        c->next = STEP_MAIN;
+        err = 0;
+    }
     if (is_token)
         c->status = rgm_upreq_status(r);
     c->req = NULL;
@@ -780,6 +987,25 @@ void rgm_upstream_count_avoided(rgm_upstream_t *up, const rgm_registry_cfg_t *re
         rs->pulls_avoided++;
 }
 
+/* The rendezvous key of a call (docs/cluster.md): the digest of a blob or of a manifest by
+ * digest, "registry/repository:tag" for a tag, the repository for anything else (tag lists:
+ * any replica will do, this one spreads them). malloc'd. */
+static char *replica_key(const rgm_upcall_opts_t *o)
+{
+    char key[RGM_PEER_URL_MAX + 1024];
+    const char *ref = NULL;
+
+    if (strncmp(o->suffix, "blobs/", 6) == 0)
+        return rgm_strdup(o->suffix + 6);
+    if (strncmp(o->suffix, "manifests/", 10) == 0)
+        ref = o->suffix + 10;
+    if (ref && strchr(ref, ':'))
+        return rgm_strdup(ref);
+    if (ref && rgm_rendezvous_tag_key(o->reg->name, o->repo, ref, key, sizeof(key)) == 0)
+        return rgm_strdup(key);
+    return rgm_strdup(o->repo);
+}
+
 int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_upcall_cbs_t *cbs,
                      void *ud, rgm_upcall_t **out)
 {
@@ -787,7 +1013,6 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     char url[URL_MAX];
     char ns[600];
     char key[1024];
-    const char *auth = NULL;
     struct regstate *rs = regstate(up, o->reg);
     int n;
     int err;
@@ -796,17 +1021,20 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
         return UV_ECONNREFUSED; /* backing off: see BACKOFF_AFTER */
     if (rs && rs->limited_until > rgm_time_ms() && is_manifest_suffix(o->suffix))
         return UV_EAGAIN; /* the registry said stop (429): see note_budget */
+    /* url holds the part after the base URL first: the replicas' bases differ */
     if (o->reg->is_mirror) {
         if (rgm_url_encode(o->reg->name, ns, sizeof(ns)) < 0)
             return UV_EINVAL;
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s?%s%sns=%s", o->reg->endpoint, o->repo,
-                     o->suffix, o->query ? o->query : "", o->query ? "&" : "", ns);
+        n = snprintf(url, sizeof(url), "/v2/%s/%s?%s%sns=%s", o->repo, o->suffix,
+                     o->query ? o->query : "", o->query ? "&" : "", ns);
     } else {
-        n = snprintf(url, sizeof(url), "%s/v2/%s/%s%s%s", o->reg->endpoint, o->repo, o->suffix,
-                     o->query ? "?" : "", o->query ? o->query : "");
+        n = snprintf(url, sizeof(url), "/v2/%s/%s%s%s", o->repo, o->suffix, o->query ? "?" : "",
+                     o->query ? o->query : "");
     }
-    if (n < 0 || (size_t)n >= sizeof(url))
+    if (n < 0 || (size_t)n >= sizeof(url) - (o->reg->endpoint ? strlen(o->reg->endpoint) : 0))
         return UV_ENAMETOOLONG;
+    if (!o->reg->endpoint && !(rs && rs->peers))
+        return UV_EHOSTUNREACH; /* endpoint_dns without its replica set */
 
     c = rgm_calloc(1, sizeof(*c));
     c->up = up;
@@ -814,7 +1042,8 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->rs = regstate(up, o->reg);
     c->repo = rgm_strdup(o->repo);
     c->method = rgm_strdup(o->method);
-    c->url = rgm_strdup(url);
+    c->tail = rgm_strdup(url);
+    c->url = join_url(o->reg->endpoint ? o->reg->endpoint : "", url);
     c->accept = o->accept ? rgm_strdup(o->accept) : NULL;
     c->client_auth = o->client_auth && o->client_auth[0] ? rgm_strdup(o->client_auth) : NULL;
     c->range_from = o->range_from;
@@ -824,40 +1053,32 @@ int rgm_upcall_start(rgm_upstream_t *up, const rgm_upcall_opts_t *o, const rgm_u
     c->started_ms = rgm_time_ms();
     c->cbs = *cbs;
     c->ud = ud;
+    c->client_first = o->client_auth_first; /* a tier mirror relays the client's as they are */
+    c->is_mirror_reg = o->reg->is_mirror;
     rgm_buf_init(&c->tokbody, TOKEN_BODY_MAX);
-
-    /* A tier mirror relays the client's credentials as they are. */
-    scope_key(c, "refused", key, sizeof(key));
-    if (c->client_auth &&
-        (o->client_auth_first || rgm_auth_cache_get(up->refused, key, rgm_time_ms()))) {
-        c->tried_client = 1;
-        c->using_client = 1;
-        auth = c->client_auth;
-    } else if (o->reg->is_private && !o->reg->is_mirror) {
-        /* "private": the client proves its access with a HEAD of its own first; a client
-         * without credentials gets what anonymous gets. */
-        c->no_own = !c->client_auth;
-        c->is_proving = c->client_auth != NULL;
-        c->tried_client = c->is_proving;
-        c->using_client = c->is_proving;
-        auth = c->client_auth;
-    } else {
-        scope_key(c, "token", key, sizeof(key));
-        /* A cached token that is refused still gets one fresh token fetch. */
-        auth = rgm_auth_cache_get(up->tokens, key, rgm_time_ms());
+    if (c->rs && c->rs->peers) {
+        c->key = replica_key(o);
+        if (pick_replica(c) < 0 && !o->reg->endpoint) {
+            upcall_free(c);
+            return UV_EHOSTUNREACH;
+        }
     }
-    err = send_main(c, auth);
+
+    if (o->fill_url && strcmp(o->method, "GET") == 0 && o->range_from == 0 &&
+        rgm_url_encode(o->reg->name, ns, sizeof(ns)) == 0 &&
+        snprintf(url, sizeof(url), "%s/v2/%s/%s?ns=%s", o->fill_url, o->repo, o->suffix, ns) <
+            (int)sizeof(url)) {
+        c->fill_url = rgm_strdup(url);
+        err = send_fill(c);
+        if (err < 0) {
+            c->req = NULL;
+            err = start_main(c);
+        }
+    } else {
+        err = start_main(c);
+    }
     if (err < 0) {
-        c->cbs.on_done = NULL;
-        free(c->repo);
-        free(c->method);
-        free(c->url);
-        free(c->accept);
-        free(c->client_auth);
-        free(c->sent_auth);
-        free(c->missing_key);
-        rgm_buf_free(&c->tokbody);
-        free(c);
+        upcall_free(c);
         return err;
     }
     if (out)
@@ -921,6 +1142,11 @@ int rgm_upcall_used_client_auth(const rgm_upcall_t *c)
 int rgm_upcall_own_status(const rgm_upcall_t *c)
 {
     return c->own_status;
+}
+
+int rgm_upcall_was_filled(const rgm_upcall_t *c)
+{
+    return c->is_filled;
 }
 
 /* One family with a series for every configured registry (from start-up, zeros too). off:

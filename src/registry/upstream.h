@@ -15,8 +15,15 @@
 typedef struct rgm_upstream rgm_upstream_t;
 typedef struct rgm_upcall rgm_upcall_t;
 
-/* cfg and client are borrowed and outlive the upstream. */
+/* cfg and client are borrowed and outlive the upstream. A mirror registry whose endpoint is
+ * an array, or endpoint_dns, gets a peer set (cluster/peers, no self): each digest and tag is
+ * sent to its owner among the replicas (docs/cluster.md), the next one when it does not
+ * answer. */
 rgm_upstream_t *rgm_upstream_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_client_t *client);
+/* Close the peer sets; cb(ud) runs once their timers and probes have ended (maybe at once,
+ * inside this call, when there are none). Call once, when no call is in flight, before the
+ * client closes and before rgm_upstream_free. */
+void rgm_upstream_stop(rgm_upstream_t *up, void (*cb)(void *ud), void *ud);
 void rgm_upstream_free(rgm_upstream_t *up);
 /* Drop expired tokens and decisions (timer). */
 void rgm_upstream_prune(rgm_upstream_t *up);
@@ -31,6 +38,10 @@ typedef struct rgm_upcall_opts {
     const char *client_auth;       /* the client's Authorization, or NULL */
     int client_auth_first;         /* try the client's Authorization before the mirror's own */
     uint64_t range_from;           /* >0: Range: bytes=<range_from>- */
+    /* A cluster peer's base URL to ask first (docs/cluster.md "fill"), GET only: with
+     * X-Regmirror-Hop and X-Regmirror-Only-If-Cached, ?ns= and the client's Authorization. A
+     * 200 is the answer; anything else (or no answer) and the registry is asked as usual. */
+    const char *fill_url;
 } rgm_upcall_opts_t;
 
 typedef struct rgm_upcall_cbs {
@@ -62,6 +73,8 @@ int64_t rgm_upcall_content_length(const rgm_upcall_t *c);
 /* 1 when what this call fetched is private to clients that prove their access: the client's
  * credentials were needed, or a "private" registry's client proved its access first. */
 int rgm_upcall_used_client_auth(const rgm_upcall_t *c);
+/* 1 when the answer came from the fill peer (opts.fill_url), not from the registry. */
+int rgm_upcall_was_filled(const rgm_upcall_t *c);
 /* The status of the last answer the mirror's own identity (a token, configured credentials,
  * or none) got on this call; 0 when it was never asked (a tier mirror's client credentials
  * go first). Registries answer 404 for private repositories too: a 404 here says nothing

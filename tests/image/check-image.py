@@ -228,6 +228,14 @@ fcntl.flock(lockf, fcntl.LOCK_EX)       # one run at a time fills the cache
 debs = ws.mkdir("debs")                 # the .debs both bases share, for this run only
 build_pkgs = containerfile_arg("BUILD_PKGS")
 runtime_pkgs = containerfile_arg("RUNTIME_PKGS")
+# The image builds what ./bootstrap builds: every build package bootstrap installs must be in
+# the Containerfile's list too (a new library otherwise breaks only the image).
+with open(os.path.join(SRCDIR, "bootstrap")) as f:
+    m = re.search(r'^BUILD_PKGS="([^"]*)"', f.read(), re.M)
+boot_pkgs = m.group(1).replace("\\\n", " ").split() if m else []
+t.ok(boot_pkgs and set(boot_pkgs) <= set(build_pkgs),
+     "the Containerfile's BUILD_PKGS hold bootstrap's BUILD_PKGS",
+     diag=sorted(set(boot_pkgs) - set(build_pkgs)))
 bases = {}
 for tag, pkgs, slim in (("12-slim", runtime_pkgs, True), ("12", build_pkgs, False)):
     try:

@@ -168,7 +168,16 @@ def access_lines(text):
 xcache_missing = []   # /v2 responses from the router without X-Cache
 
 
+# distribution-spec v1.1, "Error Codes": a 4XX JSON body's code MUST be one of these
+SPEC_CODES = {"BLOB_UNKNOWN", "BLOB_UPLOAD_INVALID", "BLOB_UPLOAD_UNKNOWN", "DIGEST_INVALID",
+              "MANIFEST_BLOB_UNKNOWN", "MANIFEST_INVALID", "MANIFEST_UNKNOWN", "NAME_INVALID",
+              "NAME_UNKNOWN", "SIZE_INVALID", "UNAUTHORIZED", "DENIED", "UNSUPPORTED",
+              "TOOMANYREQUESTS"}
+codes_seen = []   # (status, code, name) of every error answer checked here
+
+
 def check_error(st, h, body, want_status, want_code, name, v2=True):
+    codes_seen.append((st, oci_code(body), name))
     ok = t.ok(st == want_status and oci_code(body) == want_code, name,
               diag="got %r %r, want %d %s" % (st, body[:200], want_status, want_code))
     if v2 and h is not None and h.get("x-cache") not in XCACHE:
@@ -216,12 +225,13 @@ t.ok(st == 200 and b == b"" and h.get("content-length") == "2", "HEAD /v2/: 200,
 st, h, b = m.get("/v2")
 t.ok(st == 200 and b == b"{}", "GET /v2 (no slash): 200 {}", diag=(st, b))
 
-# -- unknown paths → 404 NOT_FOUND (OCI error body)
+# -- unknown paths → 404 UNSUPPORTED (OCI error body; distribution answers a bare 404 and the
+# spec has no NOT_FOUND; UNSUPPORTED is also what a registry without the referrers API gets)
 for p in ("/", "/foo", "/v2/_catalog", "/v2/library/app", "/v2/library/app/tags",
           "/v2/library/app/blobs/uploads/", "/v2/library/app/blobs", "/v3/",
           "/v2x/library/app/manifests/1"):
     st, h, b = m.get(p)
-    check_error(st, h, b, 404, "NOT_FOUND", "unknown path %s: 404 NOT_FOUND" % p,
+    check_error(st, h, b, 404, "UNSUPPORTED", "unknown path %s: 404 UNSUPPORTED" % p,
                 v2=p.startswith("/v2"))
 
 # -- health endpoints
@@ -251,9 +261,9 @@ for name in ("Library/app", "library/APP", "a//b", "../x", "a/../b", "./a", "a/"
     for route in ("/manifests/latest", "/blobs/sha256:" + HEX, "/tags/list"):
         p = "/v2/" + name + route
         st, h, b = m.get(p)
-        if st == 404 and name.startswith("..") and oci_code(b) == "NOT_FOUND":
+        if st == 404 and name.startswith("..") and oci_code(b) == "UNSUPPORTED":
             # "/v2/../x/..." could also be read as a non-route; 404 refuses it too
-            t.ok(True, "name %r%s: refused (404 NOT_FOUND)" % (name[:40], route))
+            t.ok(True, "name %r%s: refused (404 UNSUPPORTED)" % (name[:40], route))
             continue
         check_error(st, h, b, 400, "NAME_INVALID",
                     "name %r%s: 400 NAME_INVALID" % (name[:40], route))
@@ -273,8 +283,8 @@ for d in ("sha256:totallywrong", "sha256:" + HEX.upper(), "md5:abc", "sha256:" +
                 "manifest digest %r: 400 DIGEST_INVALID" % d[:50])
 # "../x" written with a real slash: either a bad digest or no route; never anything else
 r, _ = raw_exchange(m.port, req("GET", "/v2/library/app/blobs/../x"))
-t.ok(r is not None and (r[0], oci_code(r[2])) in ((400, "DIGEST_INVALID"), (404, "NOT_FOUND")),
-     "blob digest ../x (raw path): 400 DIGEST_INVALID or 404 NOT_FOUND", diag=r)
+t.ok(r is not None and (r[0], oci_code(r[2])) in ((400, "DIGEST_INVALID"), (404, "UNSUPPORTED")),
+     "blob digest ../x (raw path): 400 DIGEST_INVALID or 404 UNSUPPORTED", diag=r)
 
 # -- tags outside the grammar → 404 MANIFEST_UNKNOWN (no manifest can have them; the OCI
 # conformance suite's ".INVALID_MANIFEST_NAME" wants 404; TAG_INVALID is no spec code)
@@ -327,6 +337,21 @@ st, h, b = m.get("/v2/lib/app/blobs/sha256:%s?ns=fake.example" % HEX)
 check_error(st, h, b, 404, "BLOB_UNKNOWN", "unknown blob: 404 BLOB_UNKNOWN")
 st, h, b = m.get("/v2/lib/app/manifests/nope?ns=fake.example")
 check_error(st, h, b, 404, "MANIFEST_UNKNOWN", "unknown tag: 404 MANIFEST_UNKNOWN")
+for q in ("n=abc", "n=-1", "n=100001", "n="):
+    st, h, b = m.get("/v2/lib/app/tags/list?ns=fake.example&" + q)
+    check_error(st, h, b, 400, "UNSUPPORTED",
+                "tags/list ?%s: 400 UNSUPPORTED (PAGINATION_NUMBER_INVALID is no spec code)" % q)
+st, h, b = m.get("/v2/lib/app/tags/list?ns=fake.example", method="HEAD")
+t.is_(st, 405, "HEAD tags/list: 405")
+# upstream 4xx other than 401/403/404/429 keep their status, with a code of the spec's table
+for ust, want in ((400, "UNSUPPORTED"), (405, "UNSUPPORTED"), (406, "UNSUPPORTED"),
+                  (410, "MANIFEST_UNKNOWN"), (413, "UNSUPPORTED"), (451, "UNSUPPORTED")):
+    up.behave("/manifests/st%d" % ust, status=ust)
+    st, h, b = m.get("/v2/lib/app/manifests/st%d?ns=fake.example" % ust)
+    check_error(st, h, b, ust, want, "upstream %d for a manifest: %d %s" % (ust, ust, want))
+up.behave("/blobs/sha256:" + "e" * 64, status=410)
+st, h, b = m.get("/v2/lib/app/blobs/sha256:%s?ns=fake.example" % ("e" * 64))
+check_error(st, h, b, 410, "BLOB_UNKNOWN", "upstream 410 for a blob: 410 BLOB_UNKNOWN")
 st, h, b = m.get("/v2/library/app/manifests/1")
 t.ok(st in (502, 503, 504) and oci_code(b) is not None,
      "default registry unreachable: 502/503/504 with an OCI body", diag=(st, b))
@@ -339,6 +364,8 @@ t.ok(st in (502, 503, 504) and oci_code(b) is not None,
 # -- request limits (connection-level answers); max_url_length 4096 by default
 def limit_check(data, want_status, want_code, name):
     r, closed = raw_exchange(m.port, data)
+    if r is not None:
+        codes_seen.append((r[0], oci_code(r[2]), name))
     good = r is not None and r[0] == want_status and oci_code(r[2]) == want_code
     t.ok(good, name, diag=r if r is None else (r[0], r[2][:200]))
     t.ok(closed, name + ": connection closed after it")
@@ -352,30 +379,30 @@ r, _ = raw_exchange(m.port, req("GET", PFX + "a" * (4096 - len(PFX))))
 t.ok(r is not None and r[0] == 404 and oci_code(r[2]) == "MANIFEST_UNKNOWN",
      "request target of exactly max_url_length (4096): not 414 (404 MANIFEST_UNKNOWN)",
      diag=r and r[:1])
-limit_check(req("GET", PFX + "a" * (4097 - len(PFX))), 414, "URI_TOO_LONG",
+limit_check(req("GET", PFX + "a" * (4097 - len(PFX))), 414, "UNSUPPORTED",
             "target of 4097 bytes: 414")
-limit_check(req("GET", "/v2/library/app/manifests/" + "a" * 20000), 414, "URI_TOO_LONG",
+limit_check(req("GET", "/v2/library/app/manifests/" + "a" * 20000), 414, "UNSUPPORTED",
             "20 KB request target: 414")
-limit_check(req("GET", "/v2/", b"X-Big: " + b"b" * 20000 + b"\r\n"), 431, "HEADERS_TOO_LARGE",
+limit_check(req("GET", "/v2/", b"X-Big: " + b"b" * 20000 + b"\r\n"), 431, "UNSUPPORTED",
             "20 KB header (> max_header_bytes 16KiB): 431")
 limit_check(req("GET", "/v2/", b"".join(b"X-H%d: %s\r\n" % (i, b"v" * 400) for i in range(50))),
-            431, "HEADERS_TOO_LARGE", "50 x 400-byte headers (20 KB total): 431")
+            431, "UNSUPPORTED", "50 x 400-byte headers (20 KB total): 431")
 many = b"".join(b"X-H%d: v\r\n" % i for i in range(63))   # + Host = 64 = max_headers
 r, _ = raw_exchange(m.port, req("GET", "/v2/", many))
 t.ok(r is not None and r[0] == 200, "64 header fields (= max_headers): 200", diag=r and r[:1])
-limit_check(req("GET", "/v2/", many + b"X-One-More: v\r\n"), 431, "HEADERS_TOO_LARGE",
+limit_check(req("GET", "/v2/", many + b"X-One-More: v\r\n"), 431, "UNSUPPORTED",
             "65 header fields (> max_headers 64): 431")
-limit_check(req("GET", "/v2/", b"Content-Length: 5\r\n") + b"hello", 400, "BAD_REQUEST",
+limit_check(req("GET", "/v2/", b"Content-Length: 5\r\n") + b"hello", 400, "UNSUPPORTED",
             "GET with Content-Length: 5 and a body: 400")
 limit_check(req("GET", "/v2/library/app/manifests/1",
                 b"Transfer-Encoding: chunked\r\n") + b"5\r\nhello\r\n0\r\n\r\n",
-            400, "BAD_REQUEST", "GET with a chunked body: 400")
+            400, "UNSUPPORTED", "GET with a chunked body: 400")
 for bad in (b"GARBAGE\r\n\r\n", b"GET /v2/ HTTP/9.9\r\nHost: x\r\n\r\n",
             b"GET\r\n\r\n", b"GET /v2/ HTTP/1.1 extra\r\nHost: x\r\n\r\n",
             b"G\x01T /v2/ HTTP/1.1\r\n\r\n"):
     r, closed = raw_exchange(m.port, bad)
-    t.ok(r is not None and r[0] == 400 and oci_code(r[2]) is not None,
-         "malformed request line %r: 400 with an OCI body" % bad[:24],
+    t.ok(r is not None and r[0] == 400 and oci_code(r[2]) == "UNSUPPORTED",
+         "malformed request line %r: 400 UNSUPPORTED" % bad[:24],
          diag=r if r is None else (r[0], r[2][:200]))
     t.ok(closed, "malformed request line %r: connection closed" % bad[:24])
 
@@ -542,8 +569,8 @@ t.ok(cut_at is not None and 0.7 <= cut_at <= 2.5,
      "slowloris: trickling client cut off after ~1 s (header_timeout)", diag=cut_at)
 if sc.buf:
     rr = sc.buf.split(b"\r\n\r\n", 1)
-    t.ok(sc.buf.startswith(b"HTTP/1.1 408") and len(rr) == 2 and oci_code(rr[1]) is not None,
-         "slowloris: answered 408 with an OCI body before the close", diag=sc.buf[:300])
+    t.ok(sc.buf.startswith(b"HTTP/1.1 408") and len(rr) == 2 and oci_code(rr[1]) == "UNSUPPORTED",
+         "slowloris: answered 408 UNSUPPORTED before the close", diag=sc.buf[:300])
 else:
     t.ok(True, "slowloris: closed without an answer")
 sc.close()
@@ -872,6 +899,10 @@ r = run([rgmtest.RGM_BIN, "serve", "--help"], timeout=10, check=False)
 t.is_(r.rc, 0, "serve --help: exit 0")
 t.like(r.out, r"(?i)usage: regmirror serve", "serve --help prints the usage")
 
+bad_codes = [(s, c, n) for s, c, n in codes_seen if s < 500 and c not in SPEC_CODES]
+t.ok(codes_seen and not bad_codes,
+     "every 4xx error answered here (%d) has a code of the spec's table" % len(codes_seen),
+     diag=bad_codes[:10])
 t.is_(m.stop(), 0, "main mirror stops with status 0")
 san = []
 for mir in (m, ma, ma2, ms, mm, mt, mc, mh) + ((mk,) if "mk" in globals() else ()):

@@ -7,6 +7,9 @@
   `regmirror <subcommand> --help` documents; the init container's `regmirror hosts` command
   line really runs.
 - contrib/systemd/regmirror.service: ExecStart flags exist; systemd-analyze verify is clean.
+- the cluster tier is a StatefulSet with one PVC per replica, a headless Service for peers, a
+  client Service, a PodDisruptionBudget and pod anti-affinity; its config names the headless
+  Service in cluster.peers_dns, and the tiered node config reaches it with endpoint_dns;
 - every regmirror.json (ConfigMaps in contrib/, conf/regmirror.json) loads: `regmirror serve
   --config FILE` (with --listen/--storage overridden) starts, answers /v2/, refuses an
   unconfigured registry; the same file with an unknown key is refused (exit 2). The TLS
@@ -42,6 +45,9 @@ except ImportError:    # pragma: no cover - python3-yaml missing
     yaml = None
 
 t = rgmtest.TAP(timeout=240)
+# The cluster tier's configs resolve their peers' Service names at start (peers_dns,
+# endpoint_dns): in a namespace of our own that query goes nowhere and fails at once.
+rgmtest.private_netns()
 ws = rgmtest.Workspace()
 
 CONTRIB = os.path.join(RGM_SRCDIR, "contrib")
@@ -102,7 +108,7 @@ t.ok(len(kdirs) >= 3, "contrib/kubernetes has kustomizations (%s)"
 
 EXPECTED_KINDS = {
     "node-local": {"Namespace", "ConfigMap", "DaemonSet"},
-    "cluster-local": {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment", "Service"},
+    "cluster-local": {"Namespace", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget"},
     "prewarm": {"ConfigMap", "Job"},
     "cluster-local-tls": {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment",
                           "Service", "Certificate"},
@@ -159,6 +165,38 @@ else:
             docs += [(rel, x) for x in ds]
         except yaml.YAMLError as e:
             t.ok(False, "%s parses" % rel, diag=str(e))
+
+# the cluster tier's shape (issue 13)
+if yaml is not None:
+    by_kind = {}
+    for rel, x in docs:
+        if "cluster-local" in rel:
+            by_kind.setdefault(x.get("kind"), []).append(x)
+    sts = (by_kind.get("StatefulSet") or [{}])[0]
+    spec = sts.get("spec") or {}
+    t.ok(spec.get("replicas", 0) >= 2 and spec.get("volumeClaimTemplates"),
+         "cluster-local: a StatefulSet of %s replicas, one PVC each" % spec.get("replicas"))
+    svcs = {s["metadata"]["name"]: s for s in by_kind.get("Service", [])}
+    peers_svc = svcs.get(spec.get("serviceName")) or {}
+    t.is_((peers_svc.get("spec") or {}).get("clusterIP"), "None",
+          "cluster-local: its serviceName is a headless Service")
+    t.ok(any((s.get("spec") or {}).get("clusterIP") != "None" for s in svcs.values()),
+         "cluster-local: and a client Service")
+    t.ok(by_kind.get("PodDisruptionBudget"), "cluster-local: a PodDisruptionBudget")
+    aff = (((spec.get("template") or {}).get("spec") or {}).get("affinity") or {})
+    t.ok("podAntiAffinity" in aff, "cluster-local: pod anti-affinity")
+    cm = [x for x in by_kind.get("ConfigMap", [])
+          if x["metadata"]["name"] == "regmirror-cluster-config"]
+    ccfg = json.loads(cm[0]["data"]["regmirror.json"]) if cm else {}
+    want_dns = "http://%s.regmirror.svc:5000" % peers_svc.get("metadata", {}).get("name")
+    t.is_((ccfg.get("cluster") or {}).get("peers_dns"), want_dns,
+          "cluster-local: the replicas find each other through the headless Service")
+    tiered = [x for x in by_kind.get("ConfigMap", [])
+              if x["metadata"]["name"] == "regmirror-node-config"]
+    ncfg = json.loads(tiered[0]["data"]["regmirror.json"]) if tiered else {}
+    regs = ncfg.get("registries") or {}
+    t.ok(regs and all(r.get("endpoint_dns") == want_dns and r.get("mirror") for r in regs.values()),
+         "node-local tiered config: every registry reaches the owners by endpoint_dns")
 
 # the image's ENTRYPOINT and CMD (containers without command: run under the ENTRYPOINT)
 entrypoint, cmd = None, None

@@ -104,7 +104,9 @@ t.is_(dflt.get("tls"), {"cert_file": None, "key_file": None, "client_ca_file": N
       "default tls: off")
 for k in ("health_listen", "allow_clients", "allow_upstream_networks"):
     t.is_(dflt.get(k, "(absent)"), [], "default %s: none" % k)
-t.is_(len(dflt), 34, "every top-level key is printed")
+t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None},
+      "default cluster: none")
+t.is_(len(dflt), 35, "every top-level key is printed")
 rc, _, out, _ = check(os.path.join(RGM_SRCDIR, "conf", "regmirror.json"))
 t.is_(rc, 0, "conf/regmirror.json: exit 0")
 t.is_(out, dflt_out, "conf/regmirror.json gives exactly the built-in defaults")

@@ -507,6 +507,7 @@ static void check_table(const rgm_cfgtable_t *t)
         case RGM_CFG_ADDRS:
         case RGM_CFG_CIDRS:
         case RGM_CFG_STRINGS:
+        case RGM_CFG_URLS:
         case RGM_CFG_REGISTRIES:
             good = good && k->off2 != k->off && k->off2 + sizeof(size_t) <= t->size;
             good = good && (k->type != RGM_CFG_REGISTRIES || k->sub);
@@ -586,6 +587,11 @@ static void test_schema_tables(void)
             strcmp(rgm_cfgschema_registry.keys[i].name, "credentials") == 0)
             creds = &rgm_cfgschema_registry.keys[i];
     }
+    for (i = 0; i < rgm_cfgschema_top.len; i++) {
+        if (strcmp(rgm_cfgschema_top.keys[i].name, "cluster") == 0)
+            check_documented(rgm_cfgschema_top.keys[i].sub, json_object_get(doc, "cluster"),
+                             "conf/regmirror.json cluster");
+    }
     text = json_string_value(json_object_get(regdoc, "//credentials"));
     ok(creds && text, "credentials is an object key, documented");
     for (i = 0; creds && text && i < creds->sub->len; i++) {
@@ -629,7 +635,34 @@ static void test_nulls_and_hints(void)
     load_bad("nullstorage.json", "{\"storage\": null}", "storage: expected a string, got null",
              "null for a key with a default");
     load_bad("nullendpoint.json", "{\"registries\": {\"r.io\": {\"endpoint\": null}}}",
-             "registries.r.io.endpoint: expected a string, got null", "null for a required key");
+             "registries.r.io: endpoint is required", "null for a required key");
+    load_bad("ep-list.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", \"http://b:1\"]}}}",
+             "registries.r.io: an endpoint array needs \"mirror\": true",
+             "an endpoint array, no mirror");
+    load_bad("ep-dns.json", "{\"registries\": {\"r.io\": {\"endpoint_dns\": \"http://a:1\"}}}",
+             "registries.r.io: endpoint_dns needs \"mirror\": true", "endpoint_dns, no mirror");
+    load_bad("ep-both.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": \"http://a:1\", \"endpoint_dns\": "
+             "\"http://b:1\", \"mirror\": true}}}",
+             "registries.r.io: use either endpoint or endpoint_dns", "endpoint and endpoint_dns");
+    load_bad("ep-empty.json", "{\"registries\": {\"r.io\": {\"endpoint\": [], \"mirror\": true}}}",
+             "registries.r.io.endpoint: must list at least one URL", "an empty endpoint array");
+    load_bad("ep-bad.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", 5], \"mirror\": true}}}",
+             "registries.r.io.endpoint[1]: expected a URL string",
+             "a bad element of an endpoint array");
+    load_bad("ep-path.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"http://a:1\", \"http://b:1/x\"], "
+             "\"mirror\": true}}}",
+             "registries.r.io.endpoint: bad base URL \"http://b:1/x\"",
+             "a replica URL with a path");
+    load_bad("ep-dnspath.json",
+             "{\"registries\": {\"r.io\": {\"endpoint_dns\": \"http://b:1/x\", \"mirror\": true}}}",
+             "registries.r.io.endpoint_dns: bad base URL", "endpoint_dns with a path");
+    load_bad("ep-bad2.json",
+             "{\"registries\": {\"r.io\": {\"endpoint\": [\"ftp://a:1\"], \"mirror\": true}}}",
+             "registries.r.io.endpoint[0]: bad URL", "a non-http endpoint in an array");
     load_bad("nulllisten.json", "{\"listen\": null}", "listen: expected a string or an array",
              "null listen");
     load_bad("nullttl.json",
@@ -714,6 +747,140 @@ static int args(rgm_config_t *cfg, int max_files, char *err, size_t errlen, ...)
     rgm_config_init(cfg);
     rc = rgm_config_parse_args(cfg, argc, argv, max_files, err, errlen);
     return rc;
+}
+
+/* A mirror registry's endpoint as a list of a cluster's replicas, or endpoint_dns. */
+static void test_endpoint_list(void)
+{
+    rgm_config_t cfg, copy;
+    const rgm_registry_cfg_t *r;
+    char err[512], *text;
+    const char *path;
+
+    rgm_config_init(&cfg);
+    path = write_file("eplist.json", "{\"registries\": {\"docker.io\": {\"endpoint\": "
+                                     "[\"http://10.0.0.1:5000/\", \"http://10.0.0.2:5000\"], "
+                                     "\"mirror\": true}, \"ghcr.io\": {\"endpoint_dns\": "
+                                     "\"http://regmirror-peers:5000\", \"mirror\": true}}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "endpoint list loads (%s)", err);
+    r = rgm_config_registry(&cfg, "docker.io");
+    ok(r && r->endpoints_len == 2 && strcmp(r->endpoints[0], "http://10.0.0.1:5000") == 0 &&
+           strcmp(r->endpoint, "http://10.0.0.1:5000") == 0,
+       "endpoint list: every URL, trailing slash dropped, the first as endpoint");
+    r = rgm_config_registry(&cfg, "ghcr.io");
+    ok(r && !r->endpoint && r->endpoint_dns && r->endpoints_len == 0, "endpoint_dns alone");
+    rgm_cfgschema_copy(&rgm_cfgschema_top, &copy, &cfg);
+    r = rgm_config_registry(&copy, "docker.io");
+    ok(r && r->endpoints_len == 2 && strcmp(r->endpoints[1], "http://10.0.0.2:5000") == 0,
+       "endpoint list: deep-copied");
+    rgm_config_free(&copy);
+    text = rgm_config_dump(&cfg, err, sizeof(err));
+    ok(text && strstr(text, "\"endpoint\": [\n        \"http://10.0.0.1:5000\",") != NULL,
+       "endpoint list: printed as an array");
+    ok(text && strstr(text, "\"endpoint_dns\": \"http://regmirror-peers:5000\"") != NULL,
+       "endpoint_dns printed");
+    free(text);
+    is_int(rgm_config_set_registry(&cfg, "docker.io=http://one:1", err, sizeof(err)), 0,
+           "--registry over an endpoint list");
+    r = rgm_config_registry(&cfg, "docker.io");
+    ok(r && r->endpoints_len == 0 && !r->endpoints && strcmp(r->endpoint, "http://one:1") == 0,
+       "--registry: one endpoint, the list gone");
+    is_int(rgm_config_set_registry(&cfg, "ghcr.io=http://two:2", err, sizeof(err)), 0,
+           "--registry over endpoint_dns");
+    r = rgm_config_registry(&cfg, "ghcr.io");
+    ok(r && !r->endpoint_dns && strcmp(r->endpoint, "http://two:2") == 0, "--registry: dns gone");
+    rgm_config_free(&cfg);
+}
+
+/* cluster: peers (one or a list of base URLs) or peers_dns, and self; from files and flags. */
+static void test_cluster(void)
+{
+    rgm_config_t cfg;
+    char err[512];
+    const char *path;
+    int rc;
+
+    rgm_config_init(&cfg);
+    ok(cfg.cluster_peers_len == 0 && !cfg.cluster_peers_dns && !cfg.cluster_self,
+       "cluster: none by default");
+    path = write_file("cluster.json",
+                      "{\"cluster\": {\"peers\": [\"http://10.0.0.1:5000\", "
+                      "\"HTTP://Node-B:5000/\"], \"self\": \"http://10.0.0.1:5000\"}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: peers and self (%s)",
+           err);
+    ok(cfg.cluster_peers_len == 2 && strcmp(cfg.cluster_peers[1], "HTTP://Node-B:5000/") == 0,
+       "cluster: peers kept as written (canonical form is the cluster module's)");
+    is_str(cfg.cluster_self, "http://10.0.0.1:5000", "cluster: self");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), 0, "cluster: valid (%s)", err);
+    path = write_file("cluster2.json", "{\"cluster\": {\"peers\": null, \"peers_dns\": "
+                                       "\"http://regmirror-peers:5000/\", \"self\": null}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: peers_dns (%s)", err);
+    ok(cfg.cluster_peers_len == 0 && !cfg.cluster_self, "cluster: null clears peers and self");
+    is_str(cfg.cluster_peers_dns, "http://regmirror-peers:5000", "cluster: peers_dns, no slash");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), 0, "cluster: peers_dns valid (%s)", err);
+    path = write_file("cluster3.json", "{\"cluster\": {\"peers\": \"http://[::1]:5000\"}}");
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: one peer string");
+    ok(cfg.cluster_peers_len == 1, "cluster: a single string is a list of one");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: both is invalid");
+    ok(strstr(err, "cluster: use either peers or peers_dns") != NULL, "cluster: both (%s)", err);
+    rgm_config_free(&cfg);
+
+    load_bad("cl-empty.json", "{\"cluster\": {\"peers\": []}}",
+             "cluster.peers: must list at least one URL", "cluster: empty peers");
+    load_bad("cl-path.json", "{\"cluster\": {\"peers\": [\"http://a:1\", \"http://b:1/v2\"]}}",
+             "cluster.peers[1]: bad base URL \"http://b:1/v2\"", "cluster: a peer with a path");
+    load_bad("cl-query.json", "{\"cluster\": {\"peers\": \"http://a:1?x\"}}",
+             "cluster.peers: bad base URL", "cluster: a peer with a query");
+    load_bad("cl-type.json", "{\"cluster\": {\"peers\": 5}}",
+             "cluster.peers: expected a string or an array", "cluster: peers of the wrong type");
+    load_bad("cl-elem.json", "{\"cluster\": {\"peers\": [true]}}",
+             "cluster.peers[0]: expected an \"http://HOST:PORT\" string", "cluster: a bool peer");
+    load_bad("cl-dns.json", "{\"cluster\": {\"peers_dns\": \"regmirror:5000\"}}",
+             "cluster.peers_dns: bad URL", "cluster: peers_dns without a scheme");
+    load_bad("cl-key.json", "{\"cluster\": {\"peer\": \"http://a:1\"}}",
+             "cluster.peer: unknown key", "cluster: unknown key");
+    load_bad("cl-obj.json", "{\"cluster\": [\"http://a:1\"]}", "cluster: expected an object",
+             "cluster: not an object");
+
+    path = write_file("cl-self.json", "{\"cluster\": {\"self\": \"http://a:1\"}}");
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: self alone loads");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: self alone invalid");
+    ok(strstr(err, "cluster.self: needs peers or peers_dns") != NULL, "cluster: self (%s)", err);
+    rgm_config_free(&cfg);
+    path = write_file("cl-dnspath.json", "{\"cluster\": {\"peers_dns\": \"http://a:1/x\"}}");
+    rgm_config_init(&cfg);
+    is_int(rgm_config_load_file(&cfg, path, err, sizeof(err)), 0, "cluster: dns with a path loads");
+    is_int(rgm_config_validate(&cfg, err, sizeof(err)), UV_EINVAL, "cluster: dns path invalid");
+    ok(strstr(err, "cluster.peers_dns: bad base URL") != NULL, "cluster: dns path (%s)", err);
+    rgm_config_free(&cfg);
+
+    path =
+        write_file("cl-args.json", "{\"cluster\": {\"peers\": [\"http://a:1\", \"http://b:1\"]}}");
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "-c", (char *)path, "--peer", "http://c:1",
+              "--peer", "http://d:1", "--self", "http://d:1", NULL);
+    is_int(rc, 0, "cluster: --peer and --self (%s)", err);
+    ok(cfg.cluster_peers_len == 2 && strcmp(cfg.cluster_peers[0], "http://c:1") == 0 &&
+           strcmp(cfg.cluster_peers[1], "http://d:1") == 0,
+       "cluster: the first --peer replaces the file's peers, the next adds");
+    is_str(cfg.cluster_self, "http://d:1", "cluster: --self");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peers-dns", "http://regmirror:5000", NULL);
+    is_int(rc, 0, "cluster: --peers-dns (%s)", err);
+    is_str(cfg.cluster_peers_dns, "http://regmirror:5000", "cluster: --peers-dns set");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peer", "10.0.0.1:5000", NULL);
+    is_int(rc, UV_EINVAL, "cluster: --peer without a scheme");
+    ok(strstr(err, "cluster.peers[0]: bad base URL") != NULL, "cluster: --peer message (%s)", err);
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--peer", "http://a:1", "--peers-dns",
+              "http://b:1", NULL);
+    is_int(rc, UV_EINVAL, "cluster: --peer with --peers-dns");
+    rgm_config_free(&cfg);
+    rc = args(&cfg, 0, err, sizeof(err), "serve", "--self", "http://a:1/", "--peers-dns",
+              "http://b:1", NULL);
+    is_int(rc, 0, "cluster: --self with a trailing slash (%s)", err);
+    rgm_config_free(&cfg);
 }
 
 /* Issue 15: credentials.helper, lifetime, timeout, private, credential_providers, and the
@@ -1017,8 +1184,7 @@ static void test_describe(void)
     RGM_BUG_ON(fclose(f) != 0);
     ok(strstr(buf, "  listen (HOST:PORT list, default 127.0.0.1:5000): ") != NULL,
        "describe: a top-level key with its default");
-    ok(strstr(buf, "  registries.NAME.endpoint (URL, required): ") != NULL,
-       "describe: a registry key");
+    ok(strstr(buf, "  registries.NAME.endpoint (URL): ") != NULL, "describe: a registry key");
     ok(strstr(buf, "  registries.NAME.credentials.password (string, secret, set at load): ") !=
            NULL,
        "describe: the secret");
@@ -1042,14 +1208,15 @@ static void test_failure_keys(void)
     ok(a && rgm_config_negative_ttl(&cfg, a) == 10000, "default negative_ttl: 10 s");
     ok(a && rgm_config_ratelimit_reserve(&cfg, a) == 10, "default ratelimit_reserve: 10");
     ok(a && rgm_config_stale_on_not_found(&cfg, a) == 0, "default stale_on_not_found: false");
-    path = write_file("failure.json",
-                      "{\"max_stale\": \"5m\", \"negative_ttl\": \"0\", \"stale_on_not_found\": true,"
-                      " \"ratelimit_reserve\": 3, \"registries\": {"
-                      " \"a.test\": {\"endpoint\": \"http://a\", \"max_stale\": \"0\","
-                      "  \"negative_ttl\": \"30s\", \"stale_on_not_found\": false,"
-                      "  \"ratelimit_reserve\": 0},"
-                      " \"b.test\": {\"endpoint\": \"http://b\", \"max_stale\": null}},"
-                      " \"default_registry\": \"a.test\"}");
+    path =
+        write_file("failure.json",
+                   "{\"max_stale\": \"5m\", \"negative_ttl\": \"0\", \"stale_on_not_found\": true,"
+                   " \"ratelimit_reserve\": 3, \"registries\": {"
+                   " \"a.test\": {\"endpoint\": \"http://a\", \"max_stale\": \"0\","
+                   "  \"negative_ttl\": \"30s\", \"stale_on_not_found\": false,"
+                   "  \"ratelimit_reserve\": 0},"
+                   " \"b.test\": {\"endpoint\": \"http://b\", \"max_stale\": null}},"
+                   " \"default_registry\": \"a.test\"}");
     rc = rgm_config_load_file(&cfg, path, err, sizeof(err));
     is_int(rc, 0, "failure keys load (%s)", err);
     a = rgm_config_registry(&cfg, "a.test");
@@ -1091,6 +1258,8 @@ int main(void)
     test_copy();
     test_parse_args();
     test_cred_keys();
+    test_cluster();
+    test_endpoint_list();
     test_dump();
     test_describe();
     test_failure_keys();

@@ -220,9 +220,9 @@ static void test_error(void)
     char want[64];
     size_t body_len = 0;
 
-    wr = rgm_framing_error(431, "HEADERS_TOO_LARGE", "too many request headers", extra);
+    wr = rgm_framing_error(431, "UNSUPPORTED", "too many request headers", extra);
     text = rgm_strndup(wr->data, wr->len);
-    body = rgm_framing_error_json("HEADERS_TOO_LARGE", "too many request headers", &body_len);
+    body = rgm_framing_error_json("UNSUPPORTED", "too many request headers", &body_len);
     ok(strncmp(text, "HTTP/1.1 431 Request Header Fields Too Large\r\nDate: ", 52) == 0,
        "error: status line, then Date");
     ok(has_line(text, "Content-Type: application/json"), "error: JSON type");
@@ -238,7 +238,7 @@ static void test_error(void)
     free(body);
     free(wr);
 
-    wr = rgm_framing_error(408, "REQUEST_TIMEOUT", "request head not received in time", NULL);
+    wr = rgm_framing_error(408, "UNSUPPORTED", "request head not received in time", NULL);
     text = rgm_strndup(wr->data, wr->len);
     ok(strncmp(text, "HTTP/1.1 408 Request Timeout\r\n", 30) == 0, "error 408: status line");
     ok(strstr(text, "application/json\r\nContent-Length: "), "error: no extra headers: none");
@@ -252,10 +252,10 @@ static void test_error(void)
         memset(big, 'h', sizeof(big));
         memcpy(big, "X-Long: ", 8);
         memcpy(big + sizeof(big) - 3, "\r\n", 3);
-        wr = rgm_framing_error(400, "BAD_REQUEST", "malformed request", big);
+        wr = rgm_framing_error(400, "UNSUPPORTED", "malformed request", big);
         text = rgm_strndup(wr->data, wr->len);
         ok(strstr(text, big) != NULL && has_line(text, "Connection: close") &&
-               strstr(text, "\"code\":\"BAD_REQUEST\""),
+               strstr(text, "\"code\":\"UNSUPPORTED\""),
            "error: long extra headers kept whole");
         free(text);
         free(wr);

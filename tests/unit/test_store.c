@@ -162,10 +162,13 @@ static void test_partial_format(const char *dir)
     ok(f && fclose(f) == 0, "partial written");
     is_int(rgm_store_open(dir, &s), 0, "open with a partial");
     is_int((int)rgm_store_partial_count(s), 1, "partial kept");
-    is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 1, "partial taken");
+    is_int(rgm_store_take_partial(s, HELLO_SHA, "evil.test", &taken, &q), 0,
+           "another registry does not take it");
+    is_int((int)rgm_store_partial_count(s), 1, "... and it stays kept");
+    is_int(rgm_store_take_partial(s, HELLO_SHA, "docker.io", &taken, &q), 1, "partial taken");
     ok(taken && strcmp(taken, path) == 0 && q.written == 40, "taken: its path and prefix");
     free(taken);
-    is_int(rgm_store_take_partial(s, HELLO_SHA, &taken, &q), 0, "taken once");
+    is_int(rgm_store_take_partial(s, HELLO_SHA, NULL, &taken, &q), 0, "taken once");
     is_int(rgm_store_keep_partial(s, path), 0, "given back");
     is_int((int)rgm_store_partial_count(s), 1, "kept again");
     rgm_store_count_error(s, RGM_STORE_OP_WRITE, UV_ENOSPC);

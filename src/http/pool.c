@@ -24,6 +24,7 @@ struct origin {
     int insecure;
     char *cert_file; /* https only; the client certificate, or NULL */
     char *key_file;
+    char *verify_name; /* https only; the name the certificate is checked against, or NULL */
     enum rgm_net_policy net;
     const rgm_proxy_t *proxy; /* borrowed from the pool, or NULL: direct */
     struct conn *idle;        /* most recently used first */
@@ -75,6 +76,7 @@ static void on_pool_closed(uv_handle_t *h)
         free(o->ca_file);
         free(o->cert_file);
         free(o->key_file);
+        free(o->verify_name);
         free(o);
     }
     rgm_proxy_env_free(&p->proxy);
@@ -127,7 +129,7 @@ static char *dup_or_null(const char *s)
 static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
                                  const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net)
 {
-    static const rgm_tls_client_cfg_t none = {NULL, 0, NULL, NULL};
+    static const rgm_tls_client_cfg_t none = {NULL, 0, NULL, NULL, NULL};
     const rgm_tls_client_cfg_t *t = url->is_https && tls ? tls : &none;
     const int insecure = t->insecure ? 1 : 0;
     struct origin *o;
@@ -136,7 +138,8 @@ static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
         if (o->is_https == url->is_https && o->port == url->port &&
             rgm_strcaseeq(o->host, url->host) && same_str(o->ca_file, t->ca_file) &&
             o->insecure == insecure && same_str(o->cert_file, t->cert_file) &&
-            same_str(o->key_file, t->key_file) && o->net == net)
+            same_str(o->key_file, t->key_file) && same_str(o->verify_name, t->verify_name) &&
+            o->net == net)
             return o;
     }
     o = rgm_calloc(1, sizeof(*o));
@@ -148,6 +151,7 @@ static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
     o->insecure = insecure;
     o->cert_file = dup_or_null(t->cert_file);
     o->key_file = dup_or_null(t->key_file);
+    o->verify_name = dup_or_null(t->verify_name);
     o->net = net;
     o->proxy = rgm_proxy_for(&p->proxy, url->is_https, url->host);
     o->next = p->origins;
@@ -520,7 +524,8 @@ static void connect_failed(struct conn *conn, int err)
 static void tls_start(struct conn *conn)
 {
     struct origin *o = conn->origin;
-    const rgm_tls_client_cfg_t tls = {o->ca_file, o->insecure, o->cert_file, o->key_file};
+    const rgm_tls_client_cfg_t tls = {o->ca_file, o->insecure, o->cert_file, o->key_file,
+                                      o->verify_name};
     int err = 0;
 
     conn->tls = rgm_tls_new(&tls, o->host, &err);

@@ -88,6 +88,7 @@ static void on_req_closed(uv_handle_t *h)
     free(r->ca_file);
     free(r->cert_file);
     free(r->key_file);
+    free(r->verify_name);
     rgm_uphead_block_free(&r->head);
     bytes_free(&r->hold);
     bytes_free(&r->raw);
@@ -223,7 +224,8 @@ static const struct pool_user_ops user_ops = {
 
 static void dispatch(rgm_upreq_t *r)
 {
-    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file};
+    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file,
+                                      r->verify_name};
 
     r->state = R_QUEUED;
     r->user.ops = &user_ops;
@@ -694,6 +696,7 @@ static void follow_redirect(rgm_upreq_t *r)
         r->insecure = 0;
         RGM_FREE(r->cert_file); /* nor does the client certificate go there */
         RGM_FREE(r->key_file);
+        RGM_FREE(r->verify_name);
         /* Nor the trust in its addresses: a redirect may name any host. */
         if (r->net == RGM_NET_ANY)
             r->net = RGM_NET_NO_LINKLOCAL;

@@ -110,8 +110,8 @@ EXPECTED_KINDS = {
     "node-local": {"Namespace", "ConfigMap", "DaemonSet"},
     "cluster-local": {"Namespace", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget"},
     "prewarm": {"ConfigMap", "Job"},
-    "cluster-local-tls": {"Namespace", "ConfigMap", "PersistentVolumeClaim", "Deployment",
-                          "Service", "Certificate"},
+    "cluster-local-tls": {"Namespace", "ConfigMap", "StatefulSet", "Service",
+                          "PodDisruptionBudget", "Certificate"},
     "node-local-mtls": {"Namespace", "ConfigMap", "DaemonSet", "Certificate"},
 }
 rendered = {}  # kustomize dir name -> documents
@@ -170,7 +170,7 @@ else:
 if yaml is not None:
     by_kind = {}
     for rel, x in docs:
-        if "cluster-local" in rel:
+        if rel.startswith(os.path.join("contrib", "kubernetes", "cluster-local") + os.sep):
             by_kind.setdefault(x.get("kind"), []).append(x)
     sts = (by_kind.get("StatefulSet") or [{}])[0]
     spec = sts.get("spec") or {}
@@ -375,7 +375,8 @@ if yaml is not None:
 TLS_MOUNT = "/etc/regmirror-tls/"
 tls_ca = rgmtest.make_ca(ws.path("secret-ca"), cn="rgmtest cert-manager CA")
 tls_leaf = rgmtest.make_cert(tls_ca, ws.path("secret-leaf"), cn="regmirror-node",
-                             names=("127.0.0.1", "localhost", "regmirror.regmirror.svc"))
+                             names=("127.0.0.1", "localhost", "regmirror.regmirror.svc",
+                                    "regmirror-peers.regmirror.svc"))
 SECRET = ws.mkdir("secret")
 for key, src in (("tls.crt", tls_leaf.chain), ("tls.key", tls_leaf.key), ("ca.crt", tls_ca.cert)):
     shutil.copy(src, os.path.join(SECRET, key))
@@ -497,10 +498,21 @@ else:
     cobj = json.loads(with_test_certs(ccfg))
     # The cluster tier's registries are the internet's; here docker.io is the local one.
     cobj["registries"] = {"docker.io": {"endpoint": hub.url}}
+    cport = rgmtest.free_port()
+    # One replica, found as a static peer on loopback instead of the headless Service's name;
+    # the peer_* files stay as the overlay wrote them (checked at start).
+    t.ok(all(cobj["cluster"].get(k, "").startswith(SECRET)
+             for k in ("peer_ca_file", "peer_cert_file", "peer_key_file")),
+         "cluster-local-tls: the replicas reach each other with the Secret (cluster.peer_*)")
+    cobj["cluster"].pop("peers_dns", None)
+    cobj["cluster"]["peers"] = ["https://127.0.0.1:%d" % cport]
     d = ws.unique("tier")
     with open(os.path.join(d, "cluster.json"), "w") as f:
         json.dump(cobj, f)
-    cpod = TLSPod(ws, name="tier-cluster", args=["--config", os.path.join(d, "cluster.json")])
+    cpod = TLSPod(ws, name="tier-cluster", args=["--config", os.path.join(d, "cluster.json")],
+                  start=False)
+    cpod.port = cport
+    cpod.start()
     nobj = json.loads(with_test_certs(ncfg).replace("https://regmirror.regmirror.svc:5000",
                                                     cpod.url))
     t.ok(all(r.get("client_cert_file", "").startswith(SECRET)

@@ -1,12 +1,14 @@
 /* Single-flight blob fetches: one producer appends into a bounded queue of chunks, which
- * libuv's pool hashes and writes into store/tmp in batches while the producer goes on reading;
- * any number of readers pread the same file up to the readable mark and are woken when it
- * moves. Verified bytes are fsync'd and renamed into the store. A sidecar beside the temp file
- * lets a fetch cut by a restart resume (re-hashing its prefix in the pool). When the store
- * cannot take the bytes (a full disk), the fetch goes on without the file: readers are served
- * from a bounded window of the latest bytes in memory, and nothing is cached. Callbacks to the
- * producer's done and to readers' on_more are deferred to an idle pass, so none runs inside a
- * call into this module. Not here: HTTP, registries, the index (the done callback does that). */
+ * libuv's pool hashes and writes into store/tmp in batches (the hash and the write of a batch
+ * on two pool threads at once) while the producer goes on reading; any number of readers send
+ * up to the readable mark and are woken when it moves: from the latest landed chunks while
+ * they keep up, else from the file. Verified bytes are fsync'd and renamed into the store. A
+ * sidecar beside the temp file lets a fetch cut by a restart resume (re-hashing its prefix in the
+ * pool). When the store cannot take the bytes (a full disk), the fetch goes on without the file:
+ * readers are served from a bounded window of the latest bytes in memory, and nothing is cached.
+ * Callbacks to the producer's done and to readers' on_more are deferred to an idle pass, so none
+ * runs inside a call into this module. Not here: HTTP, registries, the index (the done callback
+ * does that). */
 #include "cache/fetch.h"
 
 #include <errno.h>
@@ -23,8 +25,9 @@
 #define FETCH_BUCKETS 256
 
 /* The write queue. The producer's bytes are copied into fixed chunks; one batch at a time
- * (up to BATCH_MAX) goes to libuv's pool, which hashes it and writes it with pwritev, so that
- * the upstream socket, SHA-256 and the disk overlap instead of taking turns per chunk. A
+ * (up to BATCH_MAX) goes to libuv's pool as two jobs on two threads, one hashing it and one
+ * writing it with pwritev, so that the upstream socket, SHA-256 and the disk overlap instead of
+ * taking turns (SHA-256 is sequential over the batches, the writes need not wait for it). A
  * fetch queues at most QUEUE_MAX bytes (in the pool or waiting) before its producer waits,
  * and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue may
  * always take one append (so no fetch waits on another's): memory stays flat whatever the
@@ -33,6 +36,10 @@
 #define BATCH_MAX     (1024 * 1024)
 #define QUEUE_MAX     (4 * 1024 * 1024)
 #define TOTAL_MAX     (16 * 1024 * 1024)
+/* Landed chunks kept for readers near the head, per fetch and over all fetches: a reader that
+ * keeps up sends from them (no read back from the page cache) in writes of up to a chunk. */
+#define MEM_CHUNKS    8
+#define MEM_TOTAL     32
 /* The no-file fallback: bytes queued plus bytes landed in the window, per fetch. The producer
  * waits for the slowest reader when it is full. */
 #define WINDOW_MAX    (4 * 1024 * 1024)
@@ -58,6 +65,7 @@ struct rgm_fetches {
     size_t count;                              /* fetches in the table */
     size_t live;                               /* fetches allocated (in the table or ended) */
     size_t queued;                             /* bytes in every fetch's write queue */
+    size_t mem_n;                              /* landed chunks kept for readers, all fetches */
     struct rgm_fetch *queue_head, *queue_tail; /* fetches with deferred work */
     rgm_fetch_evict_fn evict;                  /* run at once on a store write error */
     void *evict_ud;
@@ -118,11 +126,10 @@ struct rgm_fetch {
     /* The sidecar (see store.h). sc is filled on the loop before the first batch
      * (rgm_fetch_set_origin) and only read by the pool after that; sc_at is the pool's. */
     char *sc_path; /* tmp_path + RGM_STORE_KEEP_SUFFIX; kept until dispose */
-    char *sc_new;  /* sc_path + ".new", renamed over it */
+    int sc_fd;     /* the sidecar, opened by the first write job that writes it; else -1 */
     rgm_store_partial_t sc;
     int has_origin;
-    uint64_t sc_size; /* size as the batch in the pool sees it */
-    uint64_t sc_at;   /* written when the sidecar was last written */
+    uint64_t sc_at; /* written when the sidecar was last written */
     /* rgm_fetch_resume: the pool re-hashes the first rehash_want bytes (is_writing meanwhile) */
     uint64_t rehash_want;
     int rehash_ok; /* pool: the prefix matched */
@@ -133,17 +140,31 @@ struct rgm_fetch {
     uint64_t readable_at_fail;
 
     /* The write queue (loop side): chunks waiting, then the batch in the pool. While a batch
-     * is in the pool (is_writing), the pool thread owns md, wfd's file offset past written,
-     * and the batch's chunks; the loop touches neither until on_batch. */
+     * is in the pool (is_writing), the hash job owns md, the write job owns wfd's file offset
+     * past written and sc, and both read the batch's chunks; the loop touches none of them
+     * until batch_complete. */
     struct chunk *q_head, *q_tail; /* waiting for the pool, in order */
     struct chunk *batch;           /* in the pool */
     struct chunk *spare;           /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1) */
     size_t queued;                 /* bytes waiting + in the pool */
     size_t batch_len;
-    ssize_t batch_result; /* pool: bytes written, or -errno */
-    int batch_is_hashed;  /* pool: the batch was hashed already (it is being retried) */
-    uv_work_t work;
-    int is_writing;   /* a batch is in the pool */
+    ssize_t batch_result; /* pool (write job): bytes written, or -errno */
+    int hash_result;      /* pool (hash job): 0 or UV_EIO */
+    int batch_is_hashed;  /* the batch was hashed already (its write is being retried) */
+    uv_work_t work;       /* the write job (and the re-hash of a resume) */
+    uv_work_t hwork;      /* the hash job, beside the write job on another pool thread */
+    int jobs;             /* jobs of the batch still in the pool */
+    int job_status;       /* the first uv_work status < 0 of the batch's jobs */
+    int is_writing;       /* a batch (or the re-hash) is in the pool */
+    /* The sidecar for the prefix [0, sc_due) is to be written by the next write job (0: none);
+     * its prefix was computed on the loop, while no hash job ran. */
+    uint64_t sc_due;
+    /* Landed chunks kept in memory for readers that keep up: [mem_off, written) minus what was
+     * dropped; at most MEM_CHUNKS per fetch and MEM_TOTAL over all. Readers further behind
+     * read the file (they lag on disk, never pinning memory). */
+    struct chunk *mem_head, *mem_tail;
+    uint64_t mem_off;
+    size_t mem_n;     /* chunks in the list */
     int is_finishing; /* rgm_fetch_finish was called */
     int is_syncing;
     int is_append_due;    /* append_cb is to run from the idle pass */
@@ -163,6 +184,7 @@ static void chunks_free(struct chunk **head);
 static void queue_drop(rgm_fetch_t *f);
 static void release_file(rgm_fetch_t *f);
 static void append_settle(rgm_fetch_t *f);
+static void mem_release(rgm_fetch_t *f);
 
 /* ---- table ---- */
 
@@ -264,8 +286,10 @@ static void fetch_dispose(rgm_fetch_t *f)
         close(f->rfd);
     release_file(f);
     free(f->sc_path);
-    free(f->sc_new);
+    if (f->sc_fd >= 0)
+        close(f->sc_fd);
     RGM_BUG_ON(f->queued != 0); /* queue_drop ran at the end; no batch is in the pool */
+    mem_release(f);             /* (before the spares: it may recycle) */
     chunks_free(&f->q_head);
     chunks_free(&f->spare);
     chunks_free(&f->win_head);
@@ -314,6 +338,7 @@ static void fail_internal(rgm_fetch_t *f, int err)
     if (f->state != RGM_FETCH_RUNNING)
         return;
     f->readable_at_fail = rgm_fetch_readable(f);
+    mem_release(f);
     f->state = RGM_FETCH_FAILED;
     f->error = err < 0 ? err : UV_EIO;
     queue_drop(f); /* a batch in the pool comes back to on_batch_done */
@@ -360,6 +385,7 @@ static void store_error(rgm_fetch_t *f, enum rgm_store_op op, int err, const cha
  * gets a fetch of its own). With no reader left there is no one to serve: the fetch fails. */
 static void go_nofile(rgm_fetch_t *f)
 {
+    mem_release(f);
     f->is_nofile = 1;
     f->file_end = f->written;
     f->win_off = f->written;
@@ -377,6 +403,7 @@ static void go_nofile(rgm_fetch_t *f)
 /* Verified: readers may send every byte. */
 static void done_ok(rgm_fetch_t *f)
 {
+    mem_release(f);
     f->state = RGM_FETCH_DONE;
     f->size = f->written;
     if (!f->is_nofile)
@@ -510,18 +537,14 @@ static int has_room(const rgm_fetch_t *f)
     return f->queued < QUEUE_MAX && f->t->queued < TOTAL_MAX;
 }
 
-/* Pool thread: rewrite the sidecar for the prefix [0, written) that md covers now, through a
- * new file renamed over the old one (a crash leaves one or the other). Errors only cost the
- * resume: they are ignored. */
-static void sidecar_write(rgm_fetch_t *f, uint64_t written)
+/* Loop, between batches (no hash job runs): the sidecar for the prefix [0, written) that md
+ * covers now, for the next write job to put in place (sidecar_flush). */
+static void sidecar_prepare(rgm_fetch_t *f)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
-    char text[2048];
     unsigned int md_len = 0;
     unsigned int i;
     EVP_MD_CTX *c = EVP_MD_CTX_new();
-    int n;
-    int fd;
 
     if (!c || EVP_MD_CTX_copy_ex(c, f->md) != 1 || EVP_DigestFinal_ex(c, md, &md_len) != 1) {
         EVP_MD_CTX_free(c);
@@ -534,25 +557,62 @@ static void sidecar_write(rgm_fetch_t *f, uint64_t written)
         f->sc.prefix[7 + 2 * i + 1] = "0123456789abcdef"[md[i] & 15];
     }
     f->sc.prefix[7 + 2 * md_len] = '\0';
-    f->sc.size = f->sc_size;
-    f->sc.written = written;
+    f->sc.size = f->size;
+    f->sc.written = f->written;
+    f->sc_due = f->written;
+    f->sc_at = f->written;
+}
+
+/* Pool thread (write job): rewrite the prepared sidecar in place: one pwrite of a few hundred
+ * bytes, which a crash of the process cannot tear. (A new file renamed over the old one cost an
+ * inode creation per 4 MiB, a few % of an ingest in perf.) A sidecar torn by a power loss
+ * fails to parse, or its prefix fails the re-hash: the resume then starts from zero, never
+ * from wrong bytes. Errors only cost the resume: they are ignored. */
+static void sidecar_flush(rgm_fetch_t *f)
+{
+    char text[2048];
+    size_t done = 0;
+    ssize_t r;
+    int n;
+
     n = rgm_store_partial_format(&f->sc, text, sizeof(text));
     if (n < 0)
         return;
-    fd = open(f->sc_new, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0)
+    if (f->sc_fd < 0)
+        f->sc_fd = open(f->sc_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (f->sc_fd < 0)
         return;
-    if (rgm_write_all(fd, text, (size_t)n) == 0 && close(fd) == 0) {
-        if (rename(f->sc_new, f->sc_path) == 0)
-            f->sc_at = written;
-        return;
+    while (done < (size_t)n) {
+        r = pwrite(f->sc_fd, text + done, (size_t)n - done, (off_t)done);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return;
+        done += (size_t)r;
     }
-    (void)unlink(f->sc_new);
+    if (ftruncate(f->sc_fd, (off_t)n) < 0)
+        return; /* the text only grows (written gains digits): nothing stale is left anyway */
 }
 
-/* Pool thread: hash the batch, then write it at offset off. Only this fetch's md, wfd and the
- * batch are touched (see the struct). */
-static void on_batch_work(uv_work_t *w)
+/* Pool thread: hash the batch. Only md and the batch (read-only) are touched; the write job
+ * reads the same chunks at the same time on another thread. */
+static void on_hash_work(uv_work_t *w)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, hwork);
+    const struct chunk *c;
+
+    f->hash_result = 0;
+    for (c = f->batch; c; c = c->next) {
+        if (EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
+            f->hash_result = UV_EIO;
+            return;
+        }
+    }
+}
+
+/* Pool thread: write the batch at offset written (after the sidecar that is due). Only wfd,
+ * sc and the batch (read-only) are touched (see the struct). */
+static void on_write_work(uv_work_t *w)
 {
     rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
     struct iovec iov[BATCH_MAX / CHUNK_SIZE + 1];
@@ -563,19 +623,12 @@ static void on_batch_work(uv_work_t *w)
     int i = 0;
     ssize_t r;
 
+    if (f->sc_due > 0)
+        sidecar_flush(f);
     for (c = f->batch; c; c = c->next) {
-        if (!f->batch_is_hashed && EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
-            f->batch_result = UV_EIO;
-            return;
-        }
         iov[n].iov_base = (void *)c->data;
         iov[n].iov_len = c->len;
         n++;
-    }
-    f->batch_is_hashed = 1;
-    if (f->is_nofile) {
-        f->batch_result = (ssize_t)f->batch_len; /* hashed; lands in the window */
-        return;
     }
     while (done < f->batch_len) {
         r = pwritev(f->wfd, iov + i, n - i, (off_t)(off + done));
@@ -596,12 +649,27 @@ static void on_batch_work(uv_work_t *w)
         }
     }
     f->batch_result = (ssize_t)done;
-    if (f->has_origin && f->sc_size != UINT64_MAX && off + done < f->sc_size &&
-        off + done >= f->sc_at + SIDECAR_EVERY)
-        sidecar_write(f, off + done);
 }
 
-static void on_batch_done(uv_work_t *w, int status);
+/* Queue one job of the batch; 0 or a uv_queue_work error (the job is then not counted). */
+static int job_queue(rgm_fetch_t *f, uv_work_t *w, uv_work_cb work, uv_after_work_cb after)
+{
+    int err;
+
+    fetch_ref(f);
+    f->jobs++;
+    f->is_writing = 1;
+    err = uv_queue_work(f->t->loop, w, work, after);
+    if (err < 0) {
+        f->jobs--;
+        f->is_writing = f->jobs > 0;
+        fetch_unref(f); /* f still has its producer's reference */
+    }
+    return err;
+}
+
+static void on_hash_done(uv_work_t *w, int status);
+static void on_write_done(uv_work_t *w, int status);
 
 /* Hand the next batch (whole chunks from the head, at most BATCH_MAX; the tail chunk too once
  * it is full or all bytes were appended) to the pool. */
@@ -625,17 +693,19 @@ static int batch_start(rgm_fetch_t *f)
     if (!f->q_head)
         f->q_tail = NULL;
     f->batch_len = len;
-    f->batch_result = 0;
+    f->batch_result = f->is_nofile ? (ssize_t)len : 0; /* no file: hashed, lands in the window */
+    f->hash_result = 0;
     f->batch_is_hashed = 0;
-    f->sc_size = f->size;
-    f->is_writing = 1;
-    fetch_ref(f);
-    err = uv_queue_work(f->t->loop, &f->work, on_batch_work, on_batch_done);
-    if (err < 0) {
-        f->is_writing = 0;
-        fetch_unref(f); /* f still has its producer's reference */
+    /* SHA-256 is sequential, the write is not: both jobs run at once, on two pool threads. */
+    err = job_queue(f, &f->hwork, on_hash_work, on_hash_done);
+    if (err == 0 && !f->is_nofile)
+        err = job_queue(f, &f->work, on_write_work, on_write_done);
+    if (err < 0 && f->jobs == 0) {
         chunks_recycle(f, f->batch);
         f->batch = NULL;
+    } else if (err < 0) {
+        f->batch_result = err; /* the hash job comes back; the batch then fails the fetch */
+        err = 0;
     }
     return err;
 }
@@ -663,12 +733,8 @@ static int batch_failed(rgm_fetch_t *f, int err)
         if (f->t->evict)
             f->t->evict(f->t->evict_ud);
         f->batch_result = 0;
-        f->is_writing = 1;
-        fetch_ref(f);
-        if (uv_queue_work(f->t->loop, &f->work, on_batch_work, on_batch_done) == 0)
+        if (job_queue(f, &f->work, on_write_work, on_write_done) == 0)
             return 1; /* batch_is_hashed stays set: the retry only writes */
-        f->is_writing = 0;
-        fetch_unref(f);
     }
     store_error(f, RGM_STORE_OP_WRITE, err, "serving it uncached from memory");
     go_nofile(f);
@@ -676,7 +742,57 @@ static int batch_failed(rgm_fetch_t *f, int err)
 }
 
 /* Landed bytes of a batch: recycled once in the file; kept in the window without one. */
-static void batch_landed(rgm_fetch_t *f)
+/* Drop the oldest kept chunk (recycled while more appends may come). */
+static void mem_drop_head(rgm_fetch_t *f)
+{
+    struct chunk *c = f->mem_head;
+
+    f->mem_head = c->next;
+    if (!f->mem_head)
+        f->mem_tail = NULL;
+    f->mem_off += c->len;
+    f->mem_n--;
+    f->t->mem_n--;
+    c->next = NULL;
+    if (f->state == RGM_FETCH_RUNNING && !f->is_finishing)
+        chunks_recycle(f, c);
+    else
+        free(c);
+}
+
+/* Readers read the file from now on (the fetch ended, or has no file). */
+static void mem_release(rgm_fetch_t *f)
+{
+    while (f->mem_head)
+        mem_drop_head(f);
+}
+
+/* A landed batch, [written - batch_len, written): kept for readers that keep up, within the
+ * limits; the oldest chunks go first. Without readers nothing is kept. */
+static void mem_keep(rgm_fetch_t *f)
+{
+    struct chunk *c;
+
+    if (!f->mem_head)
+        f->mem_off = f->written - f->batch_len;
+    for (c = f->batch; c; c = c->next) {
+        f->mem_n++;
+        f->t->mem_n++;
+        if (!c->next)
+            break;
+    }
+    if (f->mem_tail)
+        f->mem_tail->next = f->batch;
+    else
+        f->mem_head = f->batch;
+    f->mem_tail = c;
+    while (f->mem_head && (f->mem_n > MEM_CHUNKS || f->t->mem_n > MEM_TOTAL || !f->readers_head))
+        mem_drop_head(f);
+}
+
+/* Landed bytes of a batch (is_landed: all of them): kept for readers, recycled, or kept in the
+ * window without a file. */
+static void batch_landed(rgm_fetch_t *f, int is_landed)
 {
     if (f->is_nofile && f->state == RGM_FETCH_RUNNING) {
         if (f->win_tail)
@@ -686,6 +802,8 @@ static void batch_landed(rgm_fetch_t *f)
         for (f->win_tail = f->batch; f->win_tail->next; f->win_tail = f->win_tail->next)
             ;
         f->win_len += f->batch_len;
+    } else if (f->state == RGM_FETCH_RUNNING && is_landed && f->batch) {
+        mem_keep(f);
     } else if (f->state == RGM_FETCH_RUNNING && !f->is_finishing) {
         chunks_recycle(f, f->batch);
     } else {
@@ -695,20 +813,23 @@ static void batch_landed(rgm_fetch_t *f)
     f->batch = NULL;
 }
 
-static void on_batch_done(uv_work_t *w, int status)
+/* Both jobs of the batch are back (or its write's retry is): it lands, or is retried, or fails
+ * the fetch; then the next batch goes. */
+static void batch_complete(rgm_fetch_t *f, int status)
 {
-    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
     ssize_t result = status < 0 ? status : f->batch_result;
     int err;
 
+    if (f->hash_result < 0 && !f->batch_is_hashed)
+        result = f->hash_result;
+    else if (status == 0)
+        f->batch_is_hashed = 1;
     f->is_writing = 0;
     if (!f->is_nofile && RGM_FAULT("store.write"))
         result = UV_EIO;
     if (f->state == RGM_FETCH_RUNNING && result < 0 && f->batch_is_hashed && status == 0 &&
-        batch_failed(f, (int)result)) {
-        fetch_unref(f); /* the retry holds its own reference */
-        return;
-    }
+        batch_failed(f, (int)result))
+        return; /* the retry holds its own reference */
     if (f->state == RGM_FETCH_RUNNING && f->is_nofile)
         result = (ssize_t)f->batch_len;
     f->queued -= f->batch_len;
@@ -718,7 +839,7 @@ static void on_batch_done(uv_work_t *w, int status)
         if (!f->is_nofile)
             f->file_end = f->written;
     }
-    batch_landed(f);
+    batch_landed(f, result == (ssize_t)f->batch_len);
     f->batch_len = 0;
     if (f->state != RGM_FETCH_RUNNING) {
         release_file(f);
@@ -728,6 +849,9 @@ static void on_batch_done(uv_work_t *w, int status)
         fail_internal(f, (int)result);
     } else {
         queue(f); /* readable grew */
+        if (f->has_origin && f->size != UINT64_MAX && f->written < f->size && !f->is_nofile &&
+            f->written >= f->sc_at + SIDECAR_EVERY)
+            sidecar_prepare(f);
         err = batch_start(f);
         if (err < 0)
             fail_internal(f, err);
@@ -735,7 +859,31 @@ static void on_batch_done(uv_work_t *w, int status)
             begin_verify(f);
     }
     append_settle(f);
+}
+
+static void job_done(rgm_fetch_t *f, int status)
+{
+    if (status < 0 && f->job_status == 0)
+        f->job_status = status;
+    if (--f->jobs == 0) {
+        status = f->job_status;
+        f->job_status = 0;
+        batch_complete(f, status);
+    }
     fetch_unref(f);
+}
+
+static void on_hash_done(uv_work_t *w, int status)
+{
+    job_done(rgm_container_of(w, rgm_fetch_t, hwork), status);
+}
+
+static void on_write_done(uv_work_t *w, int status)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+
+    f->sc_due = 0; /* written by it (or not: then only a resume loses) */
+    job_done(f, status);
 }
 
 /* ---- producer side ---- */
@@ -753,6 +901,7 @@ static rgm_fetch_t *fetch_new(rgm_fetches_t *t, const char *digest)
     f->t = t;
     f->wfd = -1;
     f->rfd = -1;
+    f->sc_fd = -1;
     f->size = UINT64_MAX;
     snprintf(f->digest, sizeof(f->digest), "%s", digest);
     snprintf(f->sc.digest, sizeof(f->sc.digest), "%s", digest);
@@ -773,9 +922,6 @@ static int fetch_open_file(rgm_fetch_t *f, int wflags)
     f->sc_path = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX));
     memcpy(f->sc_path, f->tmp_path, n);
     memcpy(f->sc_path + n, RGM_STORE_KEEP_SUFFIX, sizeof(RGM_STORE_KEEP_SUFFIX));
-    f->sc_new = rgm_malloc(n + sizeof(RGM_STORE_KEEP_SUFFIX ".new"));
-    memcpy(f->sc_new, f->sc_path, n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1);
-    memcpy(f->sc_new + n + sizeof(RGM_STORE_KEEP_SUFFIX) - 1, ".new", sizeof(".new"));
     if (f->wfd < 0) {
         f->wfd = open(f->tmp_path, O_RDWR | O_CLOEXEC | wflags);
         if (f->wfd < 0)
@@ -1177,6 +1323,16 @@ int rgm_fetch_peek(const rgm_fetch_reader_t *rd, uint64_t off, const char **data
 
     *data = NULL;
     *len = 0;
+    if (f->mem_head && off >= f->mem_off && off < readable) {
+        /* near the head: from the landed chunks still in memory (f has a file here) */
+        for (at = f->mem_off, c = f->mem_head; c; at += c->len, c = c->next) {
+            if (off < at + c->len) {
+                *data = c->data + (off - at);
+                *len = (size_t)((at + c->len < readable ? at + c->len : readable) - off);
+                return 0;
+            }
+        }
+    }
     if (off < f->file_end && (!f->is_nofile || f->win_off == f->file_end)) {
         at = readable < f->file_end ? readable : f->file_end;
         *len = at > off ? (size_t)(at - off < SIZE_MAX ? at - off : SIZE_MAX) : 0;

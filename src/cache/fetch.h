@@ -1,7 +1,8 @@
 /* Single-flight blob fetches, with the temp file as the buffer. A fetch is keyed by digest;
  * one producer (the upstream download, driven by the registry layer) appends bytes, which are
- * hashed and written to store/tmp; any number of readers send from the same file up to the
- * bytes written so far and are woken when more land. Verified bytes are renamed into the
+ * hashed and written to store/tmp; any number of readers send up to the bytes written so far
+ * (from the latest landed chunks while they keep up, else from the file) and are woken when
+ * more land. Verified bytes are renamed into the
  * store. A sidecar lets a fetch cut by a restart resume; a store that cannot take the bytes
  * (full disk) makes the fetch go on from a bounded window in memory, caching nothing. It
  * knows digests, files and readers, not HTTP or registries. */
@@ -139,10 +140,10 @@ uint64_t rgm_fetch_size(const rgm_fetch_t *f);
  * the fetch never had a file. */
 int rgm_fetch_fd(const rgm_fetch_t *f);
 /* What a reader at off may send now: 1 with *len bytes of the fd at off (sendfile them), 0
- * with *len bytes at *data (memory of the window, valid until the next call into this module;
- * copy them), *len 0 when nothing is there yet; or UV_ENOBUFS when off fell out of the window
- * (or the fetch failed and freed it): cut the client. *len is 0 or more, never past
- * rgm_fetch_readable. */
+ * with *len bytes at *data (memory, valid until the next call into this module; copy them:
+ * the latest landed chunks, kept for readers that keep up, or the no-file window), *len 0 when
+ * nothing is there yet; or UV_ENOBUFS when off fell out of the window (or the fetch failed and
+ * freed it): cut the client. *len is 0 or more, never past rgm_fetch_readable. */
 RGM_MUST_CHECK int rgm_fetch_peek(const rgm_fetch_reader_t *rd, uint64_t off, const char **data,
                                   size_t *len);
 /* The reader has sent everything before off: without a file, the window drops bytes that every

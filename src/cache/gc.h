@@ -1,7 +1,7 @@
 /* Size-bounded cache: evicts the least recently used objects (index and store together) in
- * small batches until the cache is under its target. Synchronous; each batch is at most
- * RGM_GC_BATCH rows, so the loop is never held for long. Files open by readers stay readable
- * (unlinked, not truncated). */
+ * small batches until the cache is under its target. Each batch is at most RGM_GC_BATCH rows,
+ * deleted in one transaction, so the loop is never held for long. Files open by readers stay
+ * readable (unlinked, not truncated). */
 #ifndef RGM_CACHE_GC_H
 #define RGM_CACHE_GC_H
 

@@ -13,6 +13,7 @@
 #define TOUCH_BUCKETS     1024
 #define TOUCH_MAX_PENDING 65536
 #define BUSY_TIMEOUT_MS   5000
+#define CKPT_PAGES        1000 /* SQLite's own auto-checkpoint threshold */
 
 enum {
     ST_BEGIN,
@@ -68,7 +69,8 @@ static const char *const stmt_sql[ST_COUNT] = {
                      "ORDER BY tag LIMIT ?4",
     [ST_TOUCH] = "UPDATE objects SET last_access = MAX(last_access, ?2), hits = hits + ?3 "
                  "WHERE digest = ?1",
-    [ST_STATS] = "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM objects",
+    /* object_totals, kept by triggers: a COUNT/SUM over 1,000,000 rows held the loop 0.2 s */
+    [ST_STATS] = "SELECT objects, bytes FROM object_totals WHERE id = 0",
     [ST_LRU] = "SELECT digest, size, media_type, kind, created, last_access, hits FROM objects "
                "ORDER BY last_access, digest LIMIT ?1",
     [ST_ROWS_AFTER] = "SELECT digest, size FROM objects WHERE digest > ?1 ORDER BY digest "
@@ -81,6 +83,24 @@ static const char *const stmt_sql[ST_COUNT] = {
     [ST_ALL_TAGS] = "SELECT registry, repository, tag, digest, checked FROM tags "
                     "ORDER BY registry, repository, tag",
 };
+
+/* The count and bytes of object rows, kept by triggers on every change of objects (ours, an
+ * older build's, a script's), so that stats (eviction's every tick, /metrics) read one row.
+ * Created, and counted once, on the first open of a store without it (setup_totals). The
+ * REPLACE conflict strategy would bypass the delete trigger: objects are never REPLACEd. */
+static const char totals_sql[] =
+    "CREATE TABLE IF NOT EXISTS object_totals("
+    " id INTEGER PRIMARY KEY CHECK (id = 0),"
+    " objects INTEGER NOT NULL,"
+    " bytes INTEGER NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS object_totals_ins AFTER INSERT ON objects BEGIN"
+    " UPDATE object_totals SET objects = objects + 1, bytes = bytes + NEW.size WHERE id = 0; END;"
+    "CREATE TRIGGER IF NOT EXISTS object_totals_del AFTER DELETE ON objects BEGIN"
+    " UPDATE object_totals SET objects = objects - 1, bytes = bytes - OLD.size WHERE id = 0; END;"
+    "CREATE TRIGGER IF NOT EXISTS object_totals_upd AFTER UPDATE OF size ON objects BEGIN"
+    " UPDATE object_totals SET bytes = bytes - OLD.size + NEW.size WHERE id = 0; END;"
+    "INSERT INTO object_totals(id, objects, bytes)"
+    " SELECT 0, COUNT(*), COALESCE(SUM(size), 0) FROM objects;";
 
 static const char schema_sql[] =
     "CREATE TABLE IF NOT EXISTS objects("
@@ -127,6 +147,8 @@ struct rgm_index {
      * not checked yet: a lookup of one checks its file itself (rgm_index_check_files). */
     rgm_store_t *check_store;
     char check_after[RGM_DIGEST_MAX];
+    char *path;
+    struct ckpt *ckpt;       /* rgm_index_use_loop: checkpoints on the pool */
     sqlite3_stmt *ref_st[6]; /* the referrers section's statements (REF_ST_*) */
 };
 
@@ -240,10 +262,26 @@ static uint64_t now_ms(void)
 
 /* ---- open / close ---- */
 
+/* sql, then sql2 (may be NULL), in one IMMEDIATE transaction; rolled back and logged (as what)
+ * on error. 0 or UV_EIO. */
+static int exec_tx(rgm_index_t *idx, const char *sql, const char *sql2, const char *what)
+{
+    char *errmsg = NULL;
+
+    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) == SQLITE_OK &&
+        sqlite3_exec(idx->db, sql, NULL, NULL, &errmsg) == SQLITE_OK &&
+        (!sql2 || sqlite3_exec(idx->db, sql2, NULL, NULL, &errmsg) == SQLITE_OK) &&
+        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) == SQLITE_OK)
+        return 0;
+    rgm_log(RGM_LOG_ERROR, "index", "%s: %s", what, errmsg ? errmsg : "?");
+    sqlite3_free(errmsg);
+    (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
+    return UV_EIO;
+}
+
 static int setup_schema(rgm_index_t *idx)
 {
     sqlite3_stmt *st = NULL;
-    char *errmsg = NULL;
     int version = -1;
     char sql[64];
 
@@ -260,16 +298,26 @@ static int setup_schema(rgm_index_t *idx)
         return UV_EIO;
     }
     snprintf(sql, sizeof(sql), "PRAGMA user_version = %d;", RGM_INDEX_SCHEMA_VERSION);
-    if (sqlite3_exec(idx->db, "BEGIN IMMEDIATE", NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, schema_sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, sql, NULL, NULL, &errmsg) != SQLITE_OK ||
-        sqlite3_exec(idx->db, "COMMIT", NULL, NULL, &errmsg) != SQLITE_OK) {
-        rgm_log(RGM_LOG_ERROR, "index", "create schema: %s", errmsg ? errmsg : "?");
-        sqlite3_free(errmsg);
-        (void)sqlite3_exec(idx->db, "ROLLBACK", NULL, NULL, NULL);
-        return UV_EIO;
-    }
-    return 0;
+    return exec_tx(idx, schema_sql, sql, "create schema");
+}
+
+/* object_totals: nothing to do when it is there (one indexed lookup); else create it with its
+ * triggers and count the rows, in one transaction so that no change slips in between. */
+static int setup_totals(rgm_index_t *idx)
+{
+    sqlite3_stmt *st = NULL;
+    int has = 0;
+
+    if (sqlite3_prepare_v2(idx->db,
+                           "SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                           "name = 'object_totals'",
+                           -1, &st, NULL) != SQLITE_OK)
+        return db_fail(idx, "totals: lookup");
+    has = sqlite3_step(st) == SQLITE_ROW;
+    sqlite3_finalize(st);
+    if (has)
+        return 0;
+    return exec_tx(idx, totals_sql, NULL, "create object_totals");
 }
 
 int rgm_index_open(const char *path, rgm_index_t **out)
@@ -281,6 +329,7 @@ int rgm_index_open(const char *path, rgm_index_t **out)
 
     *out = NULL;
     idx = rgm_calloc(1, sizeof(*idx));
+    idx->path = rgm_strdup(path);
     rc = sqlite3_open_v2(path, &idx->db,
                          SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
@@ -295,7 +344,7 @@ int rgm_index_open(const char *path, rgm_index_t **out)
         sqlite3_free(errmsg);
         goto fail;
     }
-    if (setup_schema(idx) < 0)
+    if (setup_schema(idx) < 0 || setup_totals(idx) < 0)
         goto fail;
     for (i = 0; i < ST_COUNT; i++) {
         rc = sqlite3_prepare_v3(idx->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &idx->st[i],
@@ -313,6 +362,121 @@ int rgm_index_open(const char *path, rgm_index_t **out)
 fail:
     rgm_index_close(idx);
     return UV_EIO;
+}
+
+/* ---- checkpoints off the loop ---- */
+
+/* A WAL checkpoint copies the WAL's pages into the database file and fsyncs it: tens of ms on a
+ * 1,000,000-row index (the p90 of an eviction batch's commit was 43 ms, 2 ms without), and
+ * SQLite runs it inside whichever COMMIT crosses 1000 pages. With rgm_index_use_loop the
+ * commit only sees the WAL's size (wal hook) and a PASSIVE checkpoint runs on libuv's pool,
+ * on a connection of its own, one at a time. PASSIVE never waits for the loop's readers or
+ * writer; what it could not copy is copied by the next one. */
+struct ckpt {
+    uv_work_t work;
+    rgm_index_t *idx; /* NULL once the index is closed with a checkpoint in flight */
+    uv_loop_t *loop;
+    sqlite3 *db; /* the pool's: opened and used by one work at a time */
+    char *path;
+    int is_running;
+    int is_wanted; /* the WAL grew past CKPT_PAGES while one ran */
+    int rc;
+};
+
+static void ckpt_free(struct ckpt *k)
+{
+    if (k->db && sqlite3_close(k->db) != SQLITE_OK)
+        rgm_log(RGM_LOG_WARN, "index", "checkpoint connection: close failed");
+    free(k->path);
+    free(k);
+}
+
+/* On the pool: nothing of the loop's is touched. */
+static void on_ckpt_work(uv_work_t *w)
+{
+    struct ckpt *k = rgm_container_of(w, struct ckpt, work);
+
+    if (!k->db) {
+        k->rc = sqlite3_open_v2(k->path, &k->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, NULL);
+        if (k->rc != SQLITE_OK)
+            return;
+        (void)sqlite3_busy_timeout(k->db, BUSY_TIMEOUT_MS);
+    }
+    k->rc = sqlite3_wal_checkpoint_v2(k->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+}
+
+static void ckpt_start(struct ckpt *k);
+
+static void on_ckpt_done(uv_work_t *w, int status)
+{
+    struct ckpt *k = rgm_container_of(w, struct ckpt, work);
+
+    k->is_running = 0;
+    if (!k->idx) {
+        ckpt_free(k); /* the index closed meanwhile */
+        return;
+    }
+    if (status == 0 && k->rc != SQLITE_OK && k->rc != SQLITE_BUSY)
+        rgm_log(RGM_LOG_WARN, "index", "checkpoint: %s", sqlite3_errstr(k->rc));
+    if (k->is_wanted)
+        ckpt_start(k);
+}
+
+static void ckpt_start(struct ckpt *k)
+{
+    if (k->is_running) {
+        k->is_wanted = 1;
+        return;
+    }
+    k->is_wanted = 0;
+    if (uv_queue_work(k->loop, &k->work, on_ckpt_work, on_ckpt_done) < 0) {
+        /* no pool: checkpoint here, as SQLite would have */
+        (void)sqlite3_wal_checkpoint_v2(k->idx->db, NULL, SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+        return;
+    }
+    k->is_running = 1;
+}
+
+/* After each commit on the loop's connection: pages is the WAL's size. */
+static int on_wal_commit(void *ud, sqlite3 *db, const char *name, int pages)
+{
+    struct ckpt *k = ud;
+
+    (void)db;
+    (void)name;
+    if (pages >= CKPT_PAGES)
+        ckpt_start(k);
+    return SQLITE_OK;
+}
+
+void rgm_index_use_loop(rgm_index_t *idx, uv_loop_t *loop)
+{
+    struct ckpt *k;
+
+    if (idx->ckpt)
+        return;
+    k = rgm_calloc(1, sizeof(*k));
+    k->idx = idx;
+    k->loop = loop;
+    k->path = rgm_strdup(idx->path);
+    idx->ckpt = k;
+    /* replaces SQLite's auto-checkpoint (which is a wal hook too) */
+    (void)sqlite3_wal_hook(idx->db, on_wal_commit, k);
+}
+
+/* At close: SQLite checkpoints in the commits again; a checkpoint still on the pool frees its
+ * state when it is done. */
+static void ckpt_release(rgm_index_t *idx)
+{
+    struct ckpt *k = idx->ckpt;
+
+    idx->ckpt = NULL;
+    if (!k)
+        return;
+    (void)sqlite3_wal_autocheckpoint(idx->db, CKPT_PAGES);
+    k->idx = NULL;
+    if (!k->is_running)
+        ckpt_free(k);
 }
 
 static void touches_clear(rgm_index_t *idx)
@@ -335,6 +499,7 @@ void rgm_index_close(rgm_index_t *idx)
 
     if (!idx)
         return;
+    ckpt_release(idx); /* first: the last flush must not queue work on a loop that is over */
     read_end(idx);
     if (idx->st[ST_COUNT - 1])
         (void)rgm_index_flush(idx);
@@ -344,6 +509,7 @@ void rgm_index_close(rgm_index_t *idx)
     referrers_close(idx);
     if (idx->db && sqlite3_close(idx->db) != SQLITE_OK)
         rgm_log(RGM_LOG_ERROR, "index", "close: %s", sqlite3_errmsg(idx->db));
+    free(idx->path);
     free(idx);
 }
 
@@ -527,6 +693,31 @@ int rgm_index_remove_object(rgm_index_t *idx, const char *digest)
     if (err == 0)
         return exec_st(idx, ST_COMMIT, "remove: commit");
     (void)exec_st(idx, ST_ROLLBACK, "remove: rollback");
+    return err;
+}
+
+int rgm_index_remove_objects(rgm_index_t *idx, const char *const *digests, size_t n)
+{
+    size_t i;
+    int err = 0;
+
+    if (n == 0)
+        return 0;
+    read_end(idx);
+    err = exec_st(idx, ST_BEGIN, "remove batch: begin");
+    if (err < 0)
+        return err;
+    for (i = 0; i < n && err == 0; i++) {
+        (void)bind_text(idx->st[ST_DEL_OBJECT], 1, digests[i]);
+        err = exec_st(idx, ST_DEL_OBJECT, "remove batch: object");
+        if (err == 0) {
+            (void)bind_text(idx->st[ST_DEL_ORIGINS], 1, digests[i]);
+            err = exec_st(idx, ST_DEL_ORIGINS, "remove batch: origins");
+        }
+    }
+    if (err == 0)
+        return exec_st(idx, ST_COMMIT, "remove batch: commit");
+    (void)exec_st(idx, ST_ROLLBACK, "remove batch: rollback");
     return err;
 }
 

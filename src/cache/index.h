@@ -6,6 +6,8 @@
 #ifndef RGM_CACHE_INDEX_H
 #define RGM_CACHE_INDEX_H
 
+#include <uv.h>
+
 #include "core/common.h"
 #include "cache/store.h"
 
@@ -46,6 +48,9 @@ RGM_MUST_CHECK int rgm_index_put_object(rgm_index_t *idx, const rgm_index_object
 /* Delete the object and its origins (tags are left: they name digests, which are refetched
  * when missing). 0 (also when absent) or UV_EIO. */
 RGM_MUST_CHECK int rgm_index_remove_object(rgm_index_t *idx, const char *digest);
+/* rgm_index_remove_object for n digests (borrowed) in one transaction: all or none. 0 or
+ * UV_EIO. */
+RGM_MUST_CHECK int rgm_index_remove_objects(rgm_index_t *idx, const char *const *digests, size_t n);
 
 /* Record that digest was fetched through registry/repo; is_public replaces an earlier value.
  * 0 or UV_EIO. */
@@ -83,7 +88,15 @@ void rgm_index_touch(rgm_index_t *idx, const char *digest, uint64_t now_ms);
  * 0 or UV_EIO. */
 int rgm_index_flush(rgm_index_t *idx);
 
-/* Count of object rows and the sum of their sizes. 0 or UV_EIO. */
+/* Count of object rows and the sum of their sizes, from one row kept by triggers (constant
+ * time at any size). 0 or UV_EIO. */
+/* For a server: WAL checkpoints run on loop's pool (one at a time, on a connection of their own)
+ * instead of inside the loop's commits, whose fsync held the loop tens of ms. Without it (the
+ * command-line tools) SQLite checkpoints in the commit. Once, after rgm_index_open. A
+ * checkpoint still running at rgm_index_close finishes on its own; the loop must run until
+ * then (uv_run does: the work is an active request). */
+void rgm_index_use_loop(rgm_index_t *idx, uv_loop_t *loop);
+
 RGM_MUST_CHECK int rgm_index_stats(rgm_index_t *idx, uint64_t *objects, uint64_t *bytes);
 
 /* Called per object; obj is borrowed for the call. Non-zero stops. */

@@ -56,6 +56,7 @@ struct serve {
     uv_timer_t flush_timer;
     uv_timer_t gc_timer;
     uv_timer_t reconcile_timer;
+    uv_idle_t reconcile_idle;   /* drives it when there is no pause between turns */
     rgm_reconcile_t *reconcile; /* NULL once over */
     struct rgm_cachemgmt cm;    /* references, pins, eviction by image */
     uv_timer_t backfill_timer;
@@ -130,6 +131,7 @@ static void on_routes_stopped(void *ud)
     uv_close((uv_handle_t *)&s->flush_timer, NULL);
     uv_close((uv_handle_t *)&s->gc_timer, NULL);
     uv_close((uv_handle_t *)&s->reconcile_timer, NULL);
+    uv_close((uv_handle_t *)&s->reconcile_idle, NULL);
     uv_close((uv_handle_t *)&s->backfill_timer, NULL);
     uv_close((uv_handle_t *)&s->batch_end, NULL);
     uv_close((uv_handle_t *)&s->tls_timer, NULL);
@@ -466,6 +468,7 @@ static int open_cache(struct serve *s)
                 uv_strerror(err));
         return err;
     }
+    rgm_index_use_loop(s->index, &s->loop);
     /* The reconcile runs in the background (start_reconcile): serving is correct meanwhile. */
     s->reconcile = rgm_reconcile_new(s->index, s->store);
     return 0;
@@ -511,14 +514,34 @@ static uint64_t env_knob(const char *name, uint64_t def, uint64_t max)
     return x;
 }
 
+/* One batch per turn. With no pause between turns an idle handle drives it, not a 0 ms timer:
+ * libuv 1.44 runs a timer re-armed at 0 ms again within the same pass over the timers, so the
+ * loop would not poll a socket until the reconcile was over (/v2/ waited 8 s at 1,000,000
+ * objects). An active idle handle makes each turn poll without blocking. */
+static void reconcile_turn(struct serve *s);
+
 static void on_reconcile(uv_timer_t *t)
 {
-    struct serve *s = rgm_container_of(t, struct serve, reconcile_timer);
-    int rc = rgm_reconcile_step(s->reconcile, s->reconcile_batch);
+    reconcile_turn(rgm_container_of(t, struct serve, reconcile_timer));
+}
 
-    if (rc > 0 && !s->is_stopping &&
-        uv_timer_start(t, on_reconcile, s->reconcile_interval_ms, 0) == 0)
-        return;
+static void on_reconcile_idle(uv_idle_t *h)
+{
+    reconcile_turn(rgm_container_of(h, struct serve, reconcile_idle));
+}
+
+static void reconcile_turn(struct serve *s)
+{
+    const int rc = rgm_reconcile_step(s->reconcile, s->reconcile_batch);
+
+    if (rc > 0 && !s->is_stopping) {
+        if (s->reconcile_interval_ms == 0)
+            return; /* the idle handle runs again next turn */
+        if (uv_timer_start(&s->reconcile_timer, on_reconcile, s->reconcile_interval_ms, 0) == 0)
+            return;
+    }
+    if (uv_idle_stop(&s->reconcile_idle) < 0)
+        rgm_log(RGM_LOG_WARN, "serve", "reconcile: idle stop failed");
     rgm_reconcile_free(s->reconcile);
     s->reconcile = NULL;
 }
@@ -530,6 +553,9 @@ static int start_reconcile(struct serve *s)
     if (s->reconcile_batch == 0)
         s->reconcile_batch = 1;
     uv_timer_init(&s->loop, &s->reconcile_timer);
+    uv_idle_init(&s->loop, &s->reconcile_idle);
+    if (s->reconcile_interval_ms == 0)
+        return uv_idle_start(&s->reconcile_idle, on_reconcile_idle);
     return uv_timer_start(&s->reconcile_timer, on_reconcile, 0, 0);
 }
 

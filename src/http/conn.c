@@ -28,14 +28,14 @@
 #include "http/reqhead.h"
 
 #define IN_INIT       (4 * 1024)
-#define IN_MAX        (64 * 1024)   /* pipelined input kept while a response is in progress */
+#define IN_MAX        RGM_READ_BUF  /* pipelined input kept while a response is in progress */
 #define FILE_CHUNK    (64 * 1024)   /* pread + write: one chunk in flight */
 #define SENDFILE_STEP (1024 * 1024) /* per loop turn, so one fast client can't starve others */
 #define LINGER_MS     2000          /* after our FIN: read and drop what the client still sends */
 #define CIPHER_IN     (64 * 1024)   /* one read of TLS records, decrypted at once */
 
 static void conn_close_graceful(struct conn *c);
-static void conn_process(struct conn *c);
+static void conn_process(struct conn *c, const char *fresh, size_t fresh_len);
 static void conn_kick(struct conn *c);
 static void sf_step(struct conn *c);
 static void tls_pull(struct conn *c);
@@ -207,6 +207,38 @@ static void conn_parse_error(struct conn *c, llhttp_errno_t err)
     rgm_log(RGM_LOG_INFO, "server", "client=%s bad request: %s: %s", c->client,
             llhttp_errno_name(err), llhttp_get_error_reason(&c->parser));
     conn_send_error(c, status, code, msg);
+}
+
+/* ---- input kept behind a request ---- */
+
+/* Keep len bytes of input behind what c->in holds. on_alloc capped the read, so c->in stays
+ * within IN_MAX. */
+static void in_keep(struct conn *c, const char *data, size_t len)
+{
+    RGM_BUG_ON(c->in_len + len > IN_MAX);
+    if (c->in_len + len > c->in_cap) {
+        size_t cap = c->in_cap ? c->in_cap : IN_INIT;
+        while (cap < c->in_len + len)
+            cap *= 2;
+        c->in_cap = cap < IN_MAX ? cap : IN_MAX;
+        c->in = rgm_realloc(c->in, c->in_cap);
+    }
+    memcpy(c->in + c->in_len, data, len);
+    c->in_len += len;
+}
+
+/* Drop the first used bytes of c->in; an empty c->in is freed (an idle connection holds no
+ * input memory). */
+static void in_consume(struct conn *c, size_t used)
+{
+    RGM_BUG_ON(used > c->in_len);
+    c->in_len -= used;
+    if (c->in_len > 0) {
+        memmove(c->in, c->in + used, c->in_len);
+        return;
+    }
+    RGM_FREE(c->in);
+    c->in_cap = 0;
 }
 
 /* ---- reading and the timer follow the state ---- */
@@ -406,7 +438,7 @@ static void conn_close_graceful(struct conn *c)
         return;
     }
     c->is_lingering = 1;
-    c->in_len = 0;
+    in_consume(c, c->in_len);
     rgm_conn_update(c);
 }
 
@@ -448,28 +480,29 @@ static void on_timer(uv_timer_t *t)
     rgm_conn_update(c);
 }
 
+/* Every socket reads into the server's one buffer (an idle connection holds none): on_read
+ * consumes it before the loop reads another. Input that must wait behind a request in progress
+ * is copied to c->in, so then the read is capped at what c->in may still take (IN_MAX). */
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     struct conn *c = rgm_container_of(h, struct conn, tcp);
+    size_t room = RGM_READ_BUF;
 
     (void)suggested;
-    if (c->is_lingering) {
-        static char discard[16 * 1024]; /* lingering input is dropped; one thread, one buffer */
-        *buf = uv_buf_init(discard, sizeof(discard));
-        return;
-    }
-    if (c->tls) {
+    if (c->tls && !c->is_lingering) {
         /* Records are fed to the session in on_read, right after this: one thread, one
          * buffer, so a TLS connection holds no ciphertext of its own. */
         static char cipher_in[CIPHER_IN];
         *buf = uv_buf_init(cipher_in, sizeof(cipher_in));
         return;
     }
-    if (!in_room(c)) {
+    if (!c->is_lingering && (c->in_len > 0 || c->is_active))
+        room = IN_MAX - c->in_len;
+    if (room == 0) {
         *buf = uv_buf_init(NULL, 0); /* UV_ENOBUFS: rgm_conn_update stops reading */
         return;
     }
-    *buf = uv_buf_init(c->in + c->in_len, (unsigned int)(c->in_cap - c->in_len));
+    *buf = uv_buf_init(c->srv->rbuf, (unsigned int)room);
 }
 
 /* TLS: the ciphertext of one read. Handshake first; then decrypt into the input buffer. */
@@ -549,12 +582,18 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     if (c->is_lingering)
+        return; /* dropped */
+    if (c->tls) {
+        tls_input(c, buf->base, (size_t)nread); /* plaintext into c->in */
+        conn_process(c, NULL, 0);
         return;
-    if (c->tls)
-        tls_input(c, buf->base, (size_t)nread);
-    else
-        c->in_len += (size_t)nread;
-    conn_process(c);
+    }
+    if (c->in_len > 0 || c->is_active) {
+        in_keep(c, buf->base, (size_t)nread); /* behind what is queued */
+        conn_process(c, NULL, 0);
+        return;
+    }
+    conn_process(c, buf->base, (size_t)nread);
 }
 
 /* ---- requests in turn ---- */
@@ -571,29 +610,42 @@ static void dispatch(struct conn *c)
     c->srv->handler(req, c->srv->ud);
 }
 
-/* Parse buffered input and hand complete requests to the handler, one at a time. */
-static void conn_process(struct conn *c)
+/* Parse input and hand complete requests to the handler, one at a time. fresh is input just
+ * read into the server's buffer (NULL: none), parsed in place while nothing is queued; what
+ * follows a complete request is copied to c->in before the request is dispatched, since the
+ * buffer is reused by the next read. Then c->in is parsed, request by request. */
+static void conn_process(struct conn *c, const char *fresh, size_t fresh_len)
 {
-    if (c->is_processing)
-        return; /* the loop below on the stack picks up the change */
+    if (c->is_processing) {
+        RGM_BUG_ON(fresh != NULL); /* on_read never runs inside the handler */
+        return;                    /* the loop below on the stack picks up the change */
+    }
     if (c->tls && rgm_tls_is_done(c->tls) && !c->is_active && !c->is_draining)
         tls_pull(c); /* room again: what the session held back */
     c->is_processing = 1;
-    while (c->state == CONN_OPEN && !c->is_active && !c->is_draining && c->in_len > 0) {
-        const llhttp_errno_t err = llhttp_execute(&c->parser, c->in, c->in_len);
+    while (c->state == CONN_OPEN && !c->is_active && !c->is_draining) {
+        const char *data = fresh ? fresh : c->in;
+        const size_t len = fresh ? fresh_len : c->in_len;
+        llhttp_errno_t err;
         size_t used;
 
-        if (err == HPE_OK) {
-            c->in_len = 0;
+        if (len == 0)
             break;
-        }
-        if (err != HPE_PAUSED) {
+        err = llhttp_execute(&c->parser, data, len);
+        if (err != HPE_OK && err != HPE_PAUSED) {
             conn_parse_error(c, err);
             break;
         }
-        used = (size_t)(llhttp_get_error_pos(&c->parser) - c->in);
-        memmove(c->in, c->in + used, c->in_len - used);
-        c->in_len -= used;
+        used = err == HPE_OK ? len : (size_t)(llhttp_get_error_pos(&c->parser) - data);
+        if (fresh) {
+            if (err == HPE_PAUSED && used < len)
+                in_keep(c, fresh + used, len - used);
+            fresh = NULL;
+        } else {
+            in_consume(c, used);
+        }
+        if (err == HPE_OK)
+            break; /* all used: a partial head is in the request already */
         llhttp_resume(&c->parser);
         dispatch(c);
     }
@@ -617,7 +669,7 @@ static void req_complete(struct conn *c)
         conn_close_graceful(c);
         return;
     }
-    conn_process(c);
+    conn_process(c, NULL, 0);
 }
 
 /* Move the connection forward after any completion. Safe to call any time. */

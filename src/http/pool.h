@@ -17,7 +17,10 @@
 #include "http/proxy.h"
 #include "http/tls.h"
 
-#define RGM_POOL_RBUF_SIZE (64 * 1024) /* one read from the socket, or from TLS */
+/* One read from the socket, or from TLS (several records). 256 KiB: a fast upstream's body
+ * then costs a quarter of the reads, parser runs and fetch appends of 64 KiB (see the ingest
+ * section of tests/bench/RESULTS.md). */
+#define RGM_POOL_RBUF_SIZE (256 * 1024)
 
 struct pool;
 struct origin;

@@ -13,6 +13,10 @@
 #include "http/tls.h"
 
 enum conn_state { CONN_OPEN, CONN_CLOSING };
+
+/* The loop's one read buffer (rgm_server.rbuf): every socket is read into it and parsed in
+ * place; a connection keeps (copies) only input left behind a request in progress. */
+#define RGM_READ_BUF (64 * 1024)
 enum tmode { T_NONE, T_HEADER, T_IDLE, T_SEND, T_LINGER };
 enum sf_mode { SF_SENDFILE, SF_PREAD };
 
@@ -111,7 +115,7 @@ struct conn {
     int poll_fd;
 
     llhttp_t parser;
-    char *in; /* unparsed input, from the start */
+    char *in; /* unparsed input kept behind a request, from the start; NULL when none */
     size_t in_len;
     size_t in_cap;
     rgm_req_t *req; /* being parsed, or handed to the handler (is_active) */
@@ -149,6 +153,7 @@ struct rgm_server {
     size_t listeners_len;
     struct conn *conns;
     size_t conn_count;
+    char *rbuf; /* RGM_READ_BUF bytes: conn.c's on_alloc, consumed before the next read */
     rgm_tls_server_t *tls; /* new handshakes use it; NULL: plain HTTP */
     rgm_cidr_t *allow;     /* allow_clients, parsed; NULL: everyone */
     size_t allow_len;

@@ -207,6 +207,7 @@ rgm_server_t *rgm_server_new(uv_loop_t *loop, const rgm_config_t *cfg, rgm_handl
     srv->cfg = cfg;
     srv->handler = handler;
     srv->ud = ud;
+    srv->rbuf = rgm_malloc(RGM_READ_BUF);
     rgm_req_parser_settings(srv);
     if (cfg->allow_clients_len > 0) {
         const char *bad = NULL;
@@ -365,6 +366,7 @@ void rgm_server_free(rgm_server_t *srv)
     RGM_BUG_ON(srv->handles_open != 0);
     free(srv->listeners);
     free(srv->ports);
+    free(srv->rbuf);
     free(srv->allow);
     rgm_tls_server_free(srv->tls);
     free(srv);

@@ -406,6 +406,23 @@ static void conn_eof(struct conn *conn, int err)
     rgm_pool_conn_fail(conn, err);
 }
 
+/* Decrypt into rbuf until it is full or TLS has nothing more (a record is at most 16 KiB: one
+ * parser run and fetch append per buffer, not per record). Returns the last rgm_tls_read_plain
+ * result (0: no more for now, >0: rbuf is full, <0: EOF or error after *got bytes; OpenSSL
+ * reports those again on the next read). */
+static ssize_t drain_fill(struct conn *conn, char *rbuf, size_t *got)
+{
+    ssize_t n;
+
+    *got = 0;
+    do {
+        n = rgm_tls_read_plain(conn->tls, rbuf + *got, RGM_POOL_RBUF_SIZE - *got);
+        if (n > 0)
+            *got += (size_t)n;
+    } while (n > 0 && *got < RGM_POOL_RBUF_SIZE);
+    return n;
+}
+
 /* Decrypt and hand on what the TLS layer holds, unless the request is paused. When the exchange
  * ends in the loop the connection is idle: a further byte or a TLS close ends it, as in the
  * pool's idle reader. */
@@ -415,6 +432,7 @@ static void drain_tls(struct conn *conn)
 
     for (;;) {
         ssize_t n;
+        size_t got;
 
         if (conn->state == C_BUSY) {
             const rgm_upreq_t *r = conn_req(conn);
@@ -424,14 +442,19 @@ static void drain_tls(struct conn *conn)
         } else if (conn->state != C_IDLE) {
             break;
         }
-        n = rgm_tls_read_plain(conn->tls, rbuf, RGM_POOL_RBUF_SIZE);
+        n = drain_fill(conn, rbuf, &got);
+        if (got > 0) {
+            conn_input(conn, rbuf, got);
+            if (n != 0)
+                continue; /* more (or an EOF or error, which TLS reports again) */
+            break;
+        }
         if (n == 0)
             break;
         if (n < 0) {
             conn_eof(conn, (int)n);
             return;
         }
-        conn_input(conn, rbuf, (size_t)n);
     }
     if (conn->state != C_CLOSING && rgm_pool_conn_flush(conn) < 0)
         rgm_pool_conn_fail(conn, UV_EPROTO);

@@ -4,7 +4,7 @@
 #   MIRRORS   comma list of plugins in mirrors/ (regmirror,regmirror-sf,distribution,nginx,direct)
 #             default regmirror,regmirror-sf,distribution,nginx
 #   SCENARIOS comma list of: cold herd warm head containerd ceiling                  default all
-#             also (not in the default list): ingest ingest-tls startup conns warm-tls
+#             also (not in the default list): ingest ingest-tls startup evict conns many warm-tls
 #   RUNS      repetitions per scenario (fresh mirror + empty cache each run)         default 3
 # Runs are interleaved (run 1 of every mirror, then run 2, ...) so that drift in the load of the
 # machine hits every mirror alike.
@@ -249,8 +249,21 @@ startup_store() {
   $PY "$HARNESS/mkstore.py" "$STARTUP_STORE" "$STARTUP_OBJECTS" > /dev/null || die "mkstore failed"
   touch "$STARTUP_STORE/made"
 }
+startup_pristine() {   # a copy of the generated index, for evict_restore, once the mirror has
+  # opened it (what a first open adds, e.g. object_totals, is not part of every run)
+  STARTUP_INDEX=$WORK/startup-$STARTUP_OBJECTS.index.db
+  [ -s "$STARTUP_INDEX" ] && return 0
+  local port pid; port=$(free_port)
+  "$REGMIRROR_BIN" serve --listen 127.0.0.1:$port --storage "$STARTUP_STORE" > "$RUNDIR/startup-pristine.log" 2>&1 &
+  pid=$!
+  wait_http "http://127.0.0.1:$port/v2/" 60 || { kill_pid $pid; return 1; }
+  kill_pid $pid
+  $PY -c "import sqlite3,sys;sqlite3.connect(sys.argv[1]).execute('PRAGMA wal_checkpoint(TRUNCATE)')" \
+      "$STARTUP_STORE/index.db" && cp "$STARTUP_STORE/index.db" "$STARTUP_INDEX.tmp" && mv "$STARTUP_INDEX.tmp" "$STARTUP_INDEX"
+}
 sc_startup() {   # regmirror only; STARTUP_DROP_CACHES=1 (root) starts from a cold page cache
   local port t0 t1 pid i log=$RUNDIR/startup.log ready="" rec="" cold=0
+  evict_restore || { echo '{"ok": false, "why": "restore failed"}'; return; }
   port=$(free_port)
   if [ -n "${STARTUP_DROP_CACHES:-}" ] && [ "$(id -u)" = 0 ]; then sync; echo 3 > /proc/sys/vm/drop_caches; cold=1; fi
   t0=$(now)
@@ -268,6 +281,87 @@ sc_startup() {   # regmirror only; STARTUP_DROP_CACHES=1 (root) starts from a co
   local rss; rss=$(awk '/^VmHWM:/{print $2}' /proc/$pid/status)
   kill_pid $pid
   echo "{\"ok\": $([ -n "$ready" ] && [ -n "$rec" ] && echo true || echo false), \"objects\": $STARTUP_OBJECTS, \"ready_s\": ${ready:-null}, \"cached_head_status\": ${hit:-0}, \"reconcile_ms\": ${rec:-null}, \"hwm_kib\": ${rss:-0}, \"cold_cache\": $cold}"
+}
+
+# ---- evict: the startup store over max_cache_bytes (EVICT_FRACTION of what it holds); how long
+# eviction takes, and the latency of lone cached HEADs meanwhile (evictprobe.py). Eviction
+# deletes objects: each run starts from the generated index and files again (evict_restore).
+EVICT_FRACTION=${EVICT_FRACTION:-0.8}
+evict_restore() {
+  cp "$STARTUP_INDEX" "$STARTUP_STORE/index.db" && rm -f "$STARTUP_STORE/index.db-wal" "$STARTUP_STORE/index.db-shm" &&
+    $PY "$HARNESS/mkstore.py" "$STARTUP_STORE" "$STARTUP_OBJECTS" --files > /dev/null
+}
+sc_evict() {   # regmirror only
+  local port pid log=$RUNDIR/evict.log total max d r
+  evict_restore || { echo '{"ok": false, "why": "restore failed"}'; return; }
+  total=$($PY -c "import sqlite3,sys;print(sqlite3.connect(sys.argv[1]).execute('SELECT SUM(size) FROM objects').fetchone()[0])" "$STARTUP_STORE/index.db")
+  max=$($PY -c "print(int($total * $EVICT_FRACTION))")
+  echo "{\"max_cache_bytes\": $max}" > "$RUNDIR/evict.json"
+  # the probe: the object made last (most recently accessed), never a victim
+  d=$($PY -c "import hashlib;i=$STARTUP_OBJECTS-1;print(hashlib.sha256(b'startup object %d ' % i + b'x' * (i % 64)).hexdigest())")
+  port=$(free_port)
+  "$REGMIRROR_BIN" serve --config "$RUNDIR/evict.json" --listen 127.0.0.1:$port --storage "$STARTUP_STORE" \
+      --log-level info > "$log" 2>&1 &
+  pid=$!; track $pid
+  wait_http "http://127.0.0.1:$port/v2/" 30 || { kill_pid $pid; echo '{"ok": false, "why": "no /v2/"}'; return; }
+  r=$(timeout "$SCEN_TIMEOUT" $PY "$HARNESS/evictprobe.py" "http://127.0.0.1:$port" \
+        "/v2/library/startup/blobs/sha256:$d" "$log" "$((SCEN_TIMEOUT - 30))")
+  local rss; rss=$(awk '/^VmHWM:/{print $2}' /proc/$pid/status)
+  kill_pid $pid
+  $JREC ":=$r" objects="$STARTUP_OBJECTS" total_bytes="$total" max_cache_bytes="$max" hwm_kib="${rss:-0}"
+}
+
+# ---- many: MANY_IMAGES different images of MANY_LAYERS layers, MANY_MB MB each, pulled at once
+# over the emulated WAN (PULL_CONCURRENCY parallel blob GETs each, as in cold). Targets: total
+# within 1.05x of the link time of every byte, 1 upstream GET per blob, no image later than 1.2x
+# the median. The images are generated and pushed into the upstream once (library/many).
+MANY_IMAGES=${MANY_IMAGES:-16}; MANY_LAYERS=${MANY_LAYERS:-5}; MANY_MB=${MANY_MB:-100}
+many_setup() {
+  MANY_JSON=$WORK/many-$MANY_IMAGES-$MANY_LAYERS-$MANY_MB.json
+  [ -s "$MANY_JSON" ] && return 0
+  local oci=$WORK/oci-many i j sizes per
+  log "generating $MANY_IMAGES images of $MANY_LAYERS x $((MANY_MB / MANY_LAYERS)) MiB into the upstream (once)"
+  rm -rf "$oci"
+  per=$((MANY_MB * 1048576 / MANY_LAYERS))
+  for i in $(seq 0 $((MANY_IMAGES - 1))); do
+    sizes=(); for j in $(seq 1 "$MANY_LAYERS"); do sizes+=($((per + i * 16 + j))); done
+    $PY "$HARNESS/mkimage.py" "$oci" "many$i" "${sizes[@]}" > /dev/null || return 1
+    skopeo copy --quiet --dest-tls-verify=false "oci:$oci:many$i" \
+      "docker://127.0.0.1:$UPSTREAM_PORT/library/many:many$i" || return 1
+  done
+  rm -rf "$oci"
+  $PY - "$UPSTREAM_DIRECT" "$MANY_IMAGES" "$MANY_JSON" <<'PYEOF' || return 1
+import json, sys, urllib.request
+base, n, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+acc = "application/vnd.oci.image.manifest.v1+json"
+imgs, total = [], 0
+for i in range(n):
+    r = urllib.request.urlopen(urllib.request.Request(f"{base}/v2/library/many/manifests/many{i}",
+                                                      headers={"Accept": acc}))
+    body = r.read()
+    m = json.loads(body)
+    bl = [m["config"]] + m["layers"]
+    t = len(body) + sum(b["size"] for b in bl)
+    total += t
+    imgs.append({"tag": f"many{i}", "blobs": [b["digest"] for b in bl], "total_bytes": t})
+json.dump({"images": imgs, "total_bytes": total}, open(out + ".tmp", "w"), indent=1)
+PYEOF
+  mv "$MANY_JSON.tmp" "$MANY_JSON"
+}
+sc_many() {
+  local i t0 t1 outs=() pids=()
+  relay_reset
+  t0=$(now)
+  for i in $(seq 0 $((MANY_IMAGES - 1))); do
+    outs+=("$RUNDIR/many.$i.json")
+    timeout "$SCEN_TIMEOUT" $CLIENT pull "$MIRROR_URL" library/many "many$i" --concurrency "$PULL_CONCURRENCY" \
+      > "$RUNDIR/many.$i.json" 2>/dev/null &
+    pids+=($!)
+  done
+  for i in "${pids[@]}"; do wait "$i"; done
+  t1=$(now)
+  sleep 1
+  $PY "$HARNESS/manystat.py" "$MANY_JSON" "$RELAY_CTL" "$RATE_MBIT" "$(elapsed "$t0" "$t1")" "${outs[@]}"
 }
 
 # ---- conns: CONNS idle keep-alive connections (each made one HEAD /v2/), then the cached
@@ -317,15 +411,16 @@ IFS=, read -r -a MLIST <<< "$MIRRORS"
 IFS=, read -r -a SLIST <<< "$SCENARIOS"
 echo "{\"rate_mbit\": $RATE_MBIT, \"rtt_ms\": $RTT_MS, \"burst_ms\": ${RELAY_BURST_MS:-5}, \"runs\": $RUNS, \"herd_clients\": $HERD_CLIENTS, \"herd_engine\": \"$HERD_ENGINE\", \"warm_secs\": $WARM_SECS, \"warm_conns\": $WARM_CONNS, \"date\": \"$(date -Is)\", \"nproc\": $(nproc), \"kernel\": \"$(uname -r)\", \"loadavg\": \"$(cut -d' ' -f1-3 /proc/loadavg)\"}" > "$RESULTS_DIR/env.json"
 case ",$SCENARIOS," in *,ingest,*|*,ingest-tls,*) ingest_setup ;; esac
-case ",$SCENARIOS," in *,startup,*) startup_store ;; esac
+case ",$SCENARIOS," in *,many,*) many_setup || die "many: cannot make the images" ;; esac
+case ",$SCENARIOS," in *,startup,*|*,evict,*) startup_store; startup_pristine || die "cannot copy the startup index" ;; esac
 case ",$SCENARIOS," in *,warm-tls,*) tls_bench_setup ;; esac
 for s in "${SLIST[@]}"; do
   declare -F "sc_$s" >/dev/null || die "unknown scenario $s"
-  if [ "$s" = startup ]; then
-    f=$RESULTS_DIR/regmirror__startup.jsonl; : > "$f"
+  if [ "$s" = startup ] || [ "$s" = evict ]; then
+    f=$RESULTS_DIR/regmirror__$s.jsonl; : > "$f"
     for r in $(seq 1 "$RUNS"); do
-      log "== startup run $r/$RUNS"
-      $JREC mirror=regmirror scenario=startup run="$r" ":=$(sc_startup)" | tee -a "$f"
+      log "== $s run $r/$RUNS"
+      $JREC mirror=regmirror scenario=$s run="$r" ":=$(sc_"$s")" | tee -a "$f"
     done
     continue
   fi

@@ -583,7 +583,8 @@ static void test_pause(rgm_client_t *c, int pa)
     is_int(res.err, 0, "8 MiB paused/resumed: done, nothing delivered while paused");
     is_int(res.total, 8388608, "8 MiB paused/resumed: size");
     is_str(res.sha, res.hdr_sha, "8 MiB paused/resumed: hash");
-    ok(res.n_pauses > 10, "8 MiB paused/resumed: paused %d times", res.n_pauses);
+    /* 8 MiB in reads of up to 256 KiB (RGM_POOL_RBUF_SIZE), a pause every 3rd callback */
+    ok(res.n_pauses > 5, "8 MiB paused/resumed: paused %d times", res.n_pauses);
 
     snprintf(url, sizeof(url), "http://127.0.0.1:%d/chunked?size=1000000&chunk=4096", pa);
     fetch_paused(c, &res, url, NULL, 1);

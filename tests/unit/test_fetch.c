@@ -726,6 +726,145 @@ static void test_burst(uv_loop_t *loop, rgm_fetches_t *t, rgm_store_t *s)
     free(data);
 }
 
+/* ---- readers near the head: from memory, lagging ones from the file ---- */
+
+#define MEM_STALL_AT (2 * 1024 * 1024)  /* the switcher stops reading here ... */
+#define MEM_LAG      (12 * 1024 * 1024) /* ... until the fetch is this far ahead */
+
+struct memrd {
+    struct burst *b;
+    rgm_fetch_reader_t *rd;
+    unsigned char *buf;
+    uint64_t got;
+    uint64_t from_mem, from_file;
+    uint64_t mem_after_file; /* memory bytes once it had gone to the file */
+    int is_switcher;
+    int is_stalling;
+    int file_peeks_after_stall;
+    int saw_done, saw_failed;
+    int violations;
+};
+
+static void on_mem_more(rgm_fetch_reader_t *rd, void *ud)
+{
+    struct memrd *m = ud;
+    rgm_fetch_t *f = rgm_fetch_reader_fetch(rd);
+    uint64_t readable = rgm_fetch_readable(f);
+    enum rgm_fetch_state st = rgm_fetch_state(f);
+    const char *mem;
+    size_t len;
+    ssize_t n;
+    int rc;
+
+    if (st == RGM_FETCH_RUNNING && readable >= m->b->len)
+        m->violations++; /* the last byte is held back, from memory too */
+    if (m->is_switcher && m->got >= MEM_STALL_AT && m->file_peeks_after_stall == 0 &&
+        st == RGM_FETCH_RUNNING && readable < m->got + MEM_LAG)
+        return; /* stalled: the fetch goes on without it */
+    while (m->got < readable) {
+        rc = rgm_fetch_peek(rd, m->got, &mem, &len);
+        if (rc < 0 || len == 0 || m->got + len > readable) {
+            m->violations++;
+            break;
+        }
+        if (rc == 0) {
+            memcpy(m->buf + m->got, mem, len);
+            m->from_mem += len;
+            if (m->file_peeks_after_stall > 0)
+                m->mem_after_file += len;
+        } else {
+            n = pread(rgm_fetch_fd(f), m->buf + m->got, len, (off_t)m->got);
+            if (n <= 0) {
+                m->violations++;
+                break;
+            }
+            len = (size_t)n;
+            m->from_file += len;
+            if (m->is_switcher && m->got >= MEM_STALL_AT)
+                m->file_peeks_after_stall++;
+        }
+        m->got += len;
+    }
+    rgm_fetch_reader_at(rd, m->got);
+    if (st != RGM_FETCH_RUNNING) {
+        m->saw_done = st == RGM_FETCH_DONE;
+        m->saw_failed = st == RGM_FETCH_FAILED;
+        rgm_fetch_leave(rd);
+        m->rd = NULL;
+    }
+}
+
+/* A burst with a reader that keeps up (it should send from memory), one that stalls past the
+ * kept chunks (it must go to the file, then come back to memory once it caught up) and one that
+ * never reads until the end; is_bad: the digest is of other bytes, so no reader may get the
+ * last byte, from memory or not. */
+static void mem_case(uv_loop_t *loop, rgm_fetches_t *t, rgm_store_t *s, int is_bad)
+{
+    const char *name = is_bad ? "memory, bad digest" : "memory";
+    struct burst b;
+    struct memrd keep, sw;
+    unsigned char *data = rgm_malloc(BURST_LEN);
+    char dg[RGM_DIGEST_MAX];
+    uint64_t size = 0;
+
+    memset(&b, 0, sizeof(b));
+    memset(&keep, 0, sizeof(keep));
+    memset(&sw, 0, sizeof(sw));
+    fill(data, BURST_LEN, 13);
+    data[0] ^= (unsigned char)is_bad;
+    digest_of(data, BURST_LEN, 0, dg, sizeof(dg));
+    data[0] ^= (unsigned char)is_bad;
+    b.data = data;
+    b.len = BURST_LEN;
+    keep.b = sw.b = &b;
+    keep.buf = rgm_malloc(BURST_LEN);
+    sw.buf = rgm_malloc(BURST_LEN);
+    sw.is_switcher = 1;
+    is_int(rgm_fetch_start(t, dg, on_burst_done, &b, &b.f), 0, "%s: start", name);
+    rgm_fetch_set_size(b.f, BURST_LEN);
+    keep.rd = rgm_fetch_join(b.f, on_mem_more, &keep);
+    sw.rd = rgm_fetch_join(b.f, on_mem_more, &sw);
+    b.stalled = rgm_fetch_join(b.f, on_stalled_more, &b);
+    burst_pump(&b);
+    is_int(uv_run(loop, UV_RUN_DEFAULT), 0, "%s: loop ran", name);
+    is_int(b.done_calls, 1, "%s: done once", name);
+    is_int(keep.violations + sw.violations, 0, "%s: no violation (last byte held back)", name);
+    if (is_bad) {
+        is_int(b.done_status, UV_EINVAL, "%s: done(UV_EINVAL)", name);
+        ok(keep.saw_failed && sw.saw_failed, "%s: the readers saw FAILED", name);
+        ok(keep.got < BURST_LEN && sw.got < BURST_LEN, "%s: cut before the last byte (%llu)", name,
+           (unsigned long long)keep.got);
+        ok(keep.from_mem > 0 && memcmp(keep.buf, data, (size_t)keep.got) == 0,
+           "%s: bytes so far match, some from memory", name);
+        is_int(rgm_store_has(s, dg, NULL), 0, "%s: nothing in the store", name);
+    } else {
+        is_int(b.done_status, 0, "%s: done(0)", name);
+        ok(keep.saw_done && keep.got == BURST_LEN && memcmp(keep.buf, data, BURST_LEN) == 0,
+           "%s: the reader that keeps up got every byte", name);
+        ok(keep.from_mem > keep.from_file,
+           "%s: ... mostly from memory (%llu from memory, %llu from the file)", name,
+           (unsigned long long)keep.from_mem, (unsigned long long)keep.from_file);
+        ok(sw.saw_done && sw.got == BURST_LEN && memcmp(sw.buf, data, BURST_LEN) == 0,
+           "%s: the switcher got every byte", name);
+        ok(sw.file_peeks_after_stall > 0, "%s: the switcher, once behind, read the file (%d reads)",
+           name, sw.file_peeks_after_stall);
+        ok(sw.mem_after_file > 0, "%s: ... and memory again once it caught up (%llu bytes)", name,
+           (unsigned long long)sw.mem_after_file);
+        ok(rgm_store_has(s, dg, &size) == 1 && size == BURST_LEN, "%s: stored", name);
+    }
+    ok(b.stalled_done == !is_bad && b.stalled_calls >= 2,
+       "%s: the stalled reader did not hold the fetch back (%d calls)", name, b.stalled_calls);
+    free(keep.buf);
+    free(sw.buf);
+    free(data);
+}
+
+static void test_memory(uv_loop_t *loop, rgm_fetches_t *t, rgm_store_t *s)
+{
+    mem_case(loop, t, s, 0);
+    mem_case(loop, t, s, 1);
+}
+
 int main(void)
 {
     char root[256];
@@ -752,6 +891,7 @@ int main(void)
     test_producer_fail(&loop, t, s, root);
     test_small_cases(&loop, t, s);
     test_burst(&loop, t, s);
+    test_memory(&loop, t, s);
 
     /* no loop run between the last fetch and the close: the table holds no handle */
     rgm_fetches_free(t);

@@ -263,6 +263,117 @@ static void test_reconcile(void)
     rgm_store_close(s);
 }
 
+/* Run sql on the database file (a script's or an older build's change). 0 or -1. */
+static int sql_exec(const char *path, const char *sql)
+{
+    sqlite3 *db = NULL;
+    int rc = -1;
+
+    if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL) == SQLITE_OK &&
+        sqlite3_exec(db, sql, NULL, NULL, NULL) == SQLITE_OK)
+        rc = 0;
+    sqlite3_close(db);
+    return rc;
+}
+
+/* 3000 tag rows from tag number first, one commit each. 0 or -1. */
+static int put_tags(rgm_index_t *idx, int first)
+{
+    char tag[32];
+    int i;
+
+    for (i = first; i < first + 3000; i++) {
+        snprintf(tag, sizeof(tag), "t%d", i);
+        if (rgm_index_put_tag(idx, "docker.io", "x/y", tag, D2, (uint64_t)i) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* object_totals (stats in constant time) follows every change of objects, ours or not, and a
+ * store without it is counted once on open; rgm_index_remove_objects is all or nothing. */
+static void test_totals(void)
+{
+    rgm_index_t *idx = NULL;
+    uint64_t n = 0, bytes = 0;
+    const char *const three[] = {D1, D2, D3};
+    const char *const two[] = {D1, D3};
+    char p2[600];
+    uv_loop_t loop;
+
+    snprintf(p2, sizeof(p2), "%s/totals.db", root);
+    is_int(rgm_index_open(p2, &idx), 0, "totals: open");
+    is_int(put(idx, D1, 10, RGM_OBJ_BLOB, "", 1), 0, "totals: put D1");
+    is_int(put(idx, D2, 200, RGM_OBJ_BLOB, "", 2), 0, "totals: put D2");
+    is_int(put(idx, D2, 300, RGM_OBJ_BLOB, "", 2), 0, "totals: D2 again, another size");
+    is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats");
+    ok(n == 2 && bytes == 310, "totals: 2 objects, 310 bytes (%llu, %llu)", (unsigned long long)n,
+       (unsigned long long)bytes);
+    is_int(rgm_index_add_origin(idx, D2, "docker.io", "x/y", 1), 0, "totals: an origin");
+    is_int(rgm_index_remove_objects(idx, two, 2), 0, "totals: batch remove (D3 absent)");
+    is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats after");
+    ok(n == 1 && bytes == 300, "totals: D2 left (%llu, %llu)", (unsigned long long)n,
+       (unsigned long long)bytes);
+    is_int(rgm_index_remove_objects(idx, three, 0), 0, "totals: empty batch");
+    is_int(rgm_index_remove_objects(idx, three, 3), 0, "totals: batch remove all");
+    is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats empty");
+    ok(n == 0 && bytes == 0, "totals: empty (%llu, %llu)", (unsigned long long)n,
+       (unsigned long long)bytes);
+    is_int(rgm_index_has_public_origin(idx, D2), 0, "totals: batch remove took the origins");
+    is_int(put(idx, D1, 10, RGM_OBJ_BLOB, "", 1), 0, "totals: put D1 again");
+    rgm_index_close(idx);
+    idx = NULL;
+
+    /* an older build's store: no totals table, rows it inserted itself */
+    ok(sql_exec(p2, "DROP TABLE object_totals; DROP TRIGGER IF EXISTS object_totals_ins;"
+                    "DROP TRIGGER IF EXISTS object_totals_del;"
+                    "DROP TRIGGER IF EXISTS object_totals_upd;"
+                    "INSERT INTO objects VALUES ('" D2 "', 5, '', 'blob', 1, 1, 0);") == 0,
+       "totals: make an older store");
+    is_int(rgm_index_open(p2, &idx), 0, "totals: open the older store");
+    is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats");
+    ok(n == 2 && bytes == 15, "totals: counted once on open (%llu, %llu)", (unsigned long long)n,
+       (unsigned long long)bytes);
+    rgm_index_close(idx);
+    idx = NULL;
+    /* a script's rows (mkstore.py) keep it right too */
+    ok(sql_exec(p2, "INSERT INTO objects VALUES ('" D3 "', 7, '', 'blob', 1, 1, 0);"
+                    "DELETE FROM objects WHERE digest = '" D1 "';") == 0,
+       "totals: rows changed behind our back");
+    is_int(rgm_index_open(p2, &idx), 0, "totals: reopen");
+    is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats");
+    ok(n == 2 && bytes == 12, "totals: followed by the triggers (%llu, %llu)",
+       (unsigned long long)n, (unsigned long long)bytes);
+
+    /* checkpoints on the pool: commits past 1000 WAL pages queue one (an active request on the
+     * loop: none without rgm_index_use_loop); the index may close while it runs */
+    ok(uv_loop_init(&loop) == 0, "ckpt: loop");
+    is_int(put_tags(idx, 0), 0, "ckpt: 3000 commits without a loop");
+    is_int(uv_loop_alive(&loop), 0, "ckpt: nothing queued without use_loop");
+    rgm_index_use_loop(idx, &loop);
+    is_int(put_tags(idx, 3000), 0, "ckpt: 3000 commits");
+    is_int(uv_loop_alive(&loop), 1, "ckpt: a checkpoint queued on the pool");
+    is_int(uv_run(&loop, UV_RUN_DEFAULT), 0, "ckpt: the loop runs it to its end");
+    is_int(put_tags(idx, 6000), 0, "ckpt: 3000 more commits");
+    is_int(uv_loop_alive(&loop), 1, "ckpt: another queued");
+    rgm_index_close(idx); /* with it in flight: it frees itself when done */
+    is_int(uv_run(&loop, UV_RUN_DEFAULT), 0, "ckpt: finishes after the close");
+    is_int(uv_loop_close(&loop), 0, "ckpt: nothing left on the loop");
+    {
+        sqlite3 *db = NULL;
+        sqlite3_stmt *st = NULL;
+        long long v = -1;
+
+        if (sqlite3_open_v2(p2, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+            sqlite3_prepare_v2(db, "SELECT COUNT(*) FROM tags", -1, &st, NULL) == SQLITE_OK &&
+            sqlite3_step(st) == SQLITE_ROW)
+            v = sqlite3_column_int64(st, 0);
+        sqlite3_finalize(st);
+        sqlite3_close(db);
+        is_int(v, 9000, "ckpt: every commit is in the database");
+    }
+}
+
 /* The referrers section: answers per (registry, repository, subject, query), the "no
  * referrers API" mark, pruning of week-old rows, and a version-1 database without the tables. */
 static void test_referrers(rgm_index_t *idx)
@@ -414,6 +525,7 @@ int main(void)
     }
 
     test_reconcile();
+    test_totals();
     test_referrers_upgrade();
 
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);

@@ -2,6 +2,7 @@
  * thread; each scenario's client is plain blocking socket code in a uv_thread, which records
  * what it saw; the main thread checks it once the client has finished. */
 #include "http/server.h"
+#include "http/server-int.h" /* struct conn: what an idle connection holds */
 
 #include <errno.h>
 #include <signal.h>
@@ -531,6 +532,120 @@ static void cl_pipeline(void)
     cli_close(&c);
 }
 
+/* Keep-alive connections left open after one request each (cl_idle_open), for the main
+ * thread to inspect; cl_idle_close closes them. */
+#define IDLE_CONNS 20
+static struct cli idle_cli[IDLE_CONNS];
+
+static void cl_idle_open(void)
+{
+    int i;
+
+    c_count = 0;
+    for (i = 0; i < IDLE_CONNS; i++) {
+        struct resp r;
+
+        memset(&r, 0, sizeof(r));
+        if (cli_connect(&idle_cli[i]) < 0)
+            return;
+        /* a partial second request on half of them: its bytes live in the request, not in
+         * a buffer of the connection */
+        if (cli_sends(&idle_cli[i], "GET /echo HTTP/1.1\r\n\r\n") == 0 &&
+            cli_read_resp(&idle_cli[i], &r, 0) == 0 && r.status == 200 &&
+            (i % 2 == 0 || cli_sends(&idle_cli[i], "GET /echo?n=2 HTTP/1.1\r\nX-Te") == 0))
+            c_count++;
+        resp_free(&r);
+    }
+    usleep(50000); /* the partial heads reach the server */
+}
+
+static void cl_idle_close(void)
+{
+    int i;
+
+    c_ok[0] = 1;
+    for (i = 0; i < IDLE_CONNS; i++) {
+        struct resp r;
+
+        memset(&r, 0, sizeof(r));
+        if (i % 2 == 1 && (cli_sends(&idle_cli[i], "st: late\r\n\r\n") < 0 ||
+                           cli_read_resp(&idle_cli[i], &r, 0) < 0 || r.status != 200 ||
+                           !memmem(r.body, r.body_len, "q=n=2 x=[late]", 14)))
+            c_ok[0] = 0;
+        resp_free(&r);
+        cli_close(&idle_cli[i]);
+    }
+}
+
+/* Pipelined input behind a request in progress (/delay: 300 ms), then more than the 64 KiB
+ * the connection may keep: reading stops at the cap and resumes, every request answered in
+ * order. */
+#define PIPE_N 3000
+
+static void cl_pipeline_busy(void)
+{
+    struct cli c;
+    char *reqs = NULL;
+    size_t len = 0;
+    int i;
+
+    c_count = 0;
+    if (cli_connect(&c) < 0)
+        return;
+    reqs = malloc((size_t)PIPE_N * 40);
+    if (!reqs)
+        abort();
+    for (i = 0; i < PIPE_N; i++)
+        len += (size_t)snprintf(reqs + len, 40, "GET /echo?n=%d HTTP/1.1\r\n\r\n", i);
+    c_ok[0] = cli_sends(&c, "GET /delay HTTP/1.1\r\n\r\nGET /echo?n=first HTTP/1.1\r\n\r\n") == 0 &&
+              usleep(50000) == 0 && cli_send(&c, reqs, len) == 0 &&
+              cli_read_resp(&c, &r1, 0) == 0 && cli_read_resp(&c, &r2, 0) == 0;
+    for (i = 0; c_ok[0] && i < PIPE_N; i++) {
+        struct resp r;
+        char want[32];
+
+        memset(&r, 0, sizeof(r));
+        snprintf(want, sizeof(want), "q=n=%d ", i);
+        if (cli_read_resp(&c, &r, 0) == 0 && r.status == 200 &&
+            memmem(r.body, r.body_len, want, strlen(want)))
+            c_count++;
+        resp_free(&r);
+    }
+    free(reqs);
+    cli_close(&c);
+}
+
+static void test_conn_memory(void)
+{
+    const struct conn *c;
+    int holding = 0;
+    int n = 0;
+
+    run_client(cl_idle_open);
+    is_int(c_count, IDLE_CONNS, "idle: %d connections answered", IDLE_CONNS);
+    for (c = srv->conns; c; c = c->next) {
+        n++;
+        if (c->in || c->in_cap || c->in_len)
+            holding++;
+    }
+    ok(n >= IDLE_CONNS, "idle: the server holds them (%d)", n);
+    is_int(holding, 0, "idle: no connection holds an input buffer (the loop's one is shared)");
+    memset(c_ok, 0, sizeof(c_ok));
+    run_client(cl_idle_close);
+    ok(c_ok[0], "idle: a head split across reads, parsed from the shared buffer, is answered");
+
+    memset(c_ok, 0, sizeof(c_ok));
+    run_client(cl_pipeline_busy);
+    ok(c_ok[0] && r1.status == 200 && r1.body_len == 7 && memcmp(r1.body, "delayed", 7) == 0,
+       "busy pipeline: the slow first request answered first");
+    ok(r2.body_len > 0 && memmem(r2.body, r2.body_len, "q=n=first", 9),
+       "busy pipeline: the request read behind it next");
+    is_int(c_count, PIPE_N, "busy pipeline: %d more requests (%d KiB) in order", PIPE_N,
+           PIPE_N * 28 / 1024);
+    resp_free(&r1);
+    resp_free(&r2);
+}
+
 static void cl_conn_close(void)
 {
     struct cli c;
@@ -933,6 +1048,8 @@ int main(void)
     resp_free(&r1);
     resp_free(&r2);
     resp_free(&r3);
+
+    test_conn_memory();
 
     memset(c_ok, 0, sizeof(c_ok));
     run_client(cl_conn_close);

@@ -4,5 +4,5 @@
 . "$HARNESS/mirrors/regmirror.sh"
 mirror_start() {
   [ -x "${REGMIRROR_BASE_BIN:-}" ] || die "regmirror-base: set REGMIRROR_BASE_BIN to a binary"
-  REGMIRROR_BIN=$REGMIRROR_BASE_BIN regmirror_launch
+  REGMIRROR_BIN=$REGMIRROR_BASE_BIN regmirror_launch ${REGMIRROR_CONFIG:+--config "$REGMIRROR_CONFIG"}
 }

@@ -61,6 +61,7 @@ struct serve {
     struct rgm_adminapi adminapi;
     rgm_peers_t *peers;           /* NULL without a cluster */
     rgm_client_t *cluster_client; /* forwards and probes to peers */
+    rgm_tls_opts_t peer_tls;      /* cluster.peer_* for it (strings borrowed from cfg) */
     uv_signal_t sig_term;
     uv_signal_t sig_int;
     uv_signal_t sig_hup;
@@ -198,6 +199,9 @@ static uint64_t tls_signature(const rgm_config_t *cfg)
         sig_add(&sig, cfg->registries[i].client_cert_file);
         sig_add(&sig, cfg->registries[i].client_key_file);
     }
+    sig_add(&sig, cfg->cluster_peer_ca_file);
+    sig_add(&sig, cfg->cluster_peer_cert_file);
+    sig_add(&sig, cfg->cluster_peer_key_file);
     return sig;
 }
 
@@ -208,26 +212,43 @@ static rgm_tls_server_t *tls_load(const rgm_config_t *cfg, char *msg, size_t msg
                               msglen);
 }
 
+/* A client pair that must load at start: 0, or UV_EINVAL logged and printed, naming where. */
+static int client_files_check(const char *where, const rgm_tls_client_cfg_t *tc)
+{
+    char msg[600];
+
+    if (rgm_tls_client_check(tc, msg, sizeof(msg)) == 0)
+        return 0;
+    rgm_log(RGM_LOG_ERROR, "serve", "%s: TLS client files: %s", where, msg);
+    fprintf(stderr, "regmirror: %s: TLS client files: %s\n", where, msg);
+    return UV_EINVAL;
+}
+
 /* At start: every pair must load, or serve exits 2 with the file and OpenSSL's reason. */
 static int tls_start(struct serve *s)
 {
     const rgm_config_t *cfg = &s->cfg;
     rgm_tls_server_t *tls;
+    char where[300];
     char msg[600];
     size_t i;
 
     for (i = 0; i < cfg->registries_len; i++) {
         const rgm_registry_cfg_t *r = &cfg->registries[i];
         const rgm_tls_client_cfg_t tc = {r->ca_file, r->insecure_skip_verify, r->client_cert_file,
-                                         r->client_key_file};
+                                         r->client_key_file, NULL};
 
-        if (!r->client_cert_file || strncmp(r->endpoint, "https://", 8) != 0)
-            continue;
-        if (rgm_tls_client_check(&tc, msg, sizeof(msg)) < 0) {
-            rgm_log(RGM_LOG_ERROR, "serve", "registries.%s: TLS client files: %s", r->name, msg);
-            fprintf(stderr, "regmirror: registries.%s: TLS client files: %s\n", r->name, msg);
+        snprintf(where, sizeof(where), "registries.%s", r->name);
+        if (r->client_cert_file && strncmp(r->endpoint, "https://", 8) == 0 &&
+            client_files_check(where, &tc) < 0)
             return UV_EINVAL;
-        }
+    }
+    if (cfg->cluster_peer_cert_file) {
+        const rgm_tls_client_cfg_t tc = {cfg->cluster_peer_ca_file, 0, cfg->cluster_peer_cert_file,
+                                         cfg->cluster_peer_key_file, NULL};
+
+        if (client_files_check("cluster: peer", &tc) < 0)
+            return UV_EINVAL;
     }
     s->tls_sig = tls_signature(cfg);
     if (!cfg->tls_cert_file)
@@ -314,6 +335,12 @@ static int start_cluster(struct serve *s)
     /* A dead peer must cost little: its keys go to the next owner after this. */
     copts.connect_timeout_ms = 2000;
     copts.read_timeout_ms = s->cfg.upstream_read_timeout_ms;
+    /* https peers: verified with peer_ca_file, and shown peer_cert_file (probes, forwards) */
+    s->peer_tls.ca_file = s->cfg.cluster_peer_ca_file;
+    s->peer_tls.client_cert_file = s->cfg.cluster_peer_cert_file;
+    s->peer_tls.client_key_file = s->cfg.cluster_peer_key_file;
+    s->peer_tls.server_name = s->cfg.cluster_peer_server_name;
+    copts.tls = &s->peer_tls;
     s->cluster_client = rgm_client_new(&s->loop, &copts);
     memset(&o, 0, sizeof(o));
     o.urls = (const char *const *)s->cfg.cluster_peers;

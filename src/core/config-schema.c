@@ -133,11 +133,24 @@ static const rgm_cfgkey_t cluster_keys[] = {
     LIST_(rgm_config_t, "peers", URLS, cluster_peers, cluster_peers_len, NULL, NULL, "base URLs of every replica of this cluster, this one included (docs/cluster.md)"),
     TOP("peers_dns", URL, cluster_peers_dns, 0, 0, NULL, 0, "http://NAME:PORT of a headless Service: every A record of NAME is a replica, re-resolved every 15 s"),
     TOP("self", URL, cluster_self, 0, 0, NULL, 0, "this replica's base URL; null: the peer with a local address and a listen port"),
+    TOP("peer_ca_file", FILE, cluster_peer_ca_file, 0, 0, NULL, 0, "PEM CAs that https peers are verified with instead of the system's"),
+    TOP("peer_cert_file", FILE, cluster_peer_cert_file, 0, 0, NULL, 0, "PEM certificate chain presented to https peers (mutual TLS); needs peer_key_file"),
+    TOP("peer_key_file", FILE, cluster_peer_key_file, 0, 0, NULL, 0, "PEM private key of peer_cert_file"),
+    TOP("peer_server_name", STRING, cluster_peer_server_name, 0, 0, NULL, 0, "the name https peers' certificates are checked against instead of the peer URL's host (peers_dns members are addresses)"),
 };
+
+static int finish_cluster(const rgm_cfgval_ctx_t *c, const char *key, void *base)
+{
+    const rgm_config_t *cfg = base;
+
+    if (!cfg->cluster_peer_cert_file != !cfg->cluster_peer_key_file)
+        return rgm_cfgval_fail(c, key, "peer_cert_file and peer_key_file go together");
+    return 0;
+}
 
 static const rgm_cfgtable_t cluster_table = {
     .path = "cluster.", .keys = cluster_keys, .len = RGM_ARRAY_SIZE(cluster_keys),
-    .size = sizeof(rgm_config_t), .is_hinted = 1,
+    .size = sizeof(rgm_config_t), .is_hinted = 1, .finish = finish_cluster,
 };
 
 static const rgm_cfgkey_t top_keys[] = {

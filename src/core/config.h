@@ -106,6 +106,10 @@ typedef struct rgm_config {
     size_t cluster_peers_len;
     char *cluster_peers_dns; /* "http://NAME:PORT" */
     char *cluster_self;
+    char *cluster_peer_ca_file;   /* verifies https peers; NULL: system CAs */
+    char *cluster_peer_cert_file; /* presented to https peers (mutual TLS); with the key */
+    char *cluster_peer_key_file;
+    char *cluster_peer_server_name; /* peers' certificates name this; NULL: the peer URL's host */
 
     int log_level;  /* enum rgm_log_level */
     char *log_file; /* NULL: stderr */

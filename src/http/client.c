@@ -64,6 +64,8 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
 
     if (!method || !url || rgm_url_parse(url, &u) < 0)
         return NULL;
+    if (!tls)
+        tls = c->pool.opts.tls; /* the client's default, e.g. the cluster's peer_* files */
     r = rgm_calloc(1, sizeof(*r));
     r->pool = &c->pool;
     r->state = R_NEW;
@@ -75,6 +77,7 @@ rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
     r->orig_port = u.port;
     if (tls) {
         r->ca_file = tls->ca_file ? rgm_strdup(tls->ca_file) : NULL;
+        r->verify_name = tls->server_name ? rgm_strdup(tls->server_name) : NULL;
         r->insecure = tls->insecure_skip_verify ? 1 : 0;
         if (tls->client_cert_file && tls->client_key_file) {
             r->cert_file = rgm_strdup(tls->client_cert_file);

@@ -13,6 +13,16 @@
 typedef struct rgm_client rgm_client_t;
 typedef struct rgm_upreq rgm_upreq_t;
 
+/* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
+typedef struct rgm_tls_opts {
+    const char *ca_file;          /* PEM bundle, or NULL for the system CAs */
+    int insecure_skip_verify;     /* no verification at all (logged as a warning by the caller) */
+    const char *client_cert_file; /* PEM chain presented to the server, or NULL */
+    const char *client_key_file;  /* its key; both or neither */
+    const char *server_name;      /* the certificate is checked against this name (and it is
+                                   * the SNI) instead of the URL's host; NULL: the host */
+} rgm_tls_opts_t;
+
 typedef struct rgm_client_opts {
     uint64_t connect_timeout_ms;   /* DNS + TCP + TLS handshake; default 10 s */
     uint64_t read_timeout_ms;      /* no byte received for this long; default 60 s */
@@ -21,6 +31,7 @@ typedef struct rgm_client_opts {
     uint64_t idle_timeout_ms;      /* idle pooled connections closed after; default 30 s */
     const rgm_cidr_t *allow_nets;  /* RGM_NET_PUBLIC may reach these all the same (borrowed) */
     size_t allow_nets_len;
+    const rgm_tls_opts_t *tls; /* for requests made with tls NULL (borrowed); NULL: none */
 } rgm_client_opts_t;
 
 /* Where a request may connect, checked on each address before connecting to it (so that a
@@ -32,14 +43,6 @@ enum rgm_net_policy {
     RGM_NET_PUBLIC,       /* a host a client chose: public addresses only, no IP literal,
                            * unless allow_nets names it */
 };
-
-/* TLS settings of one request's origin; connections are pooled per (origin, tls settings). */
-typedef struct rgm_tls_opts {
-    const char *ca_file;          /* PEM bundle, or NULL for the system CAs */
-    int insecure_skip_verify;     /* no verification at all (logged as a warning by the caller) */
-    const char *client_cert_file; /* PEM chain presented to the server, or NULL */
-    const char *client_key_file;  /* its key; both or neither */
-} rgm_tls_opts_t;
 
 typedef struct rgm_upreq_cbs {
     /* Final status line and headers arrived (after redirects were followed). Return 0 to read
@@ -62,8 +65,8 @@ rgm_client_t *rgm_client_new(uv_loop_t *loop, const rgm_client_opts_t *opts);
 void rgm_client_close(rgm_client_t *c, void (*cb)(void *ud), void *ud);
 
 /* A request for url ("http://host:port/path?query" or https). method is "GET" or "HEAD" (any
- * token is sent as is). tls may be NULL (system CAs, verify). Returns NULL for a URL that
- * cannot be parsed. */
+ * token is sent as is). tls may be NULL: the client's opts.tls, else system CAs and verify.
+ * Returns NULL for a URL that cannot be parsed. */
 rgm_upreq_t *rgm_upreq_new(rgm_client_t *c, const char *method, const char *url,
                            const rgm_tls_opts_t *tls);
 /* Add a request header (copied). Host, Connection, Accept-Encoding: identity and User-Agent are

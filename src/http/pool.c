@@ -1,12 +1,14 @@
 /* Per-origin keep-alive pools: origins and their FIFO wait queues, the connection limit, idle
  * connections (reused most recent first, closed after idle_timeout or when the server speaks or
- * closes), new connections (getaddrinfo, TCP connect over the address list, TLS handshake) and
- * the pool's share of the close. Nothing of HTTP: a busy connection is read by its user.
+ * closes), new connections (getaddrinfo, TCP connect over the address list, a CONNECT tunnel
+ * through a proxy, TLS handshake) and the pool's share of the close. Nothing of HTTP: a busy
+ * connection is read by its user.
  *
  * Lifetimes: a connection is freed once its handles are closed and no getaddrinfo is pending; the
  * pool reports its end (on_closed) from a close callback when the last reference goes. */
 #include "http/pool.h"
 
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 
@@ -22,8 +24,10 @@ struct origin {
     int insecure;
     char *cert_file; /* https only; the client certificate, or NULL */
     char *key_file;
+    char *verify_name; /* https only; the name the certificate is checked against, or NULL */
     enum rgm_net_policy net;
-    struct conn *idle; /* most recently used first */
+    const rgm_proxy_t *proxy; /* borrowed from the pool, or NULL: direct */
+    struct conn *idle;        /* most recently used first */
     unsigned n_idle;
     unsigned n_active; /* resolving, connecting or busy */
     struct pool_user *wait_head;
@@ -50,6 +54,15 @@ void rgm_pool_init(struct pool *p, uv_loop_t *loop, const rgm_client_opts_t *opt
     p->opts = *opts;
     p->on_closed = on_closed;
     (void)uv_timer_init(loop, &p->close_timer);
+    (void)rgm_proxy_env_load(&p->proxy); /* an unusable value is logged and fails its requests */
+    if (p->proxy.https && p->proxy.https->is_valid)
+        rgm_log(RGM_LOG_INFO, "client", "https upstreams through the proxy %s:%d%s",
+                p->proxy.https->host, p->proxy.https->port,
+                p->proxy.no_proxy ? " (no_proxy set)" : "");
+    if (p->proxy.http && p->proxy.http->is_valid)
+        rgm_log(RGM_LOG_INFO, "client", "http upstreams through the proxy %s:%d%s",
+                p->proxy.http->host, p->proxy.http->port,
+                p->proxy.no_proxy ? " (no_proxy set)" : "");
 }
 
 static void on_pool_closed(uv_handle_t *h)
@@ -63,8 +76,10 @@ static void on_pool_closed(uv_handle_t *h)
         free(o->ca_file);
         free(o->cert_file);
         free(o->key_file);
+        free(o->verify_name);
         free(o);
     }
+    rgm_proxy_env_free(&p->proxy);
     p->on_closed(p); /* may free p */
 }
 
@@ -114,7 +129,7 @@ static char *dup_or_null(const char *s)
 static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
                                  const rgm_tls_client_cfg_t *tls, enum rgm_net_policy net)
 {
-    static const rgm_tls_client_cfg_t none = {NULL, 0, NULL, NULL};
+    static const rgm_tls_client_cfg_t none = {NULL, 0, NULL, NULL, NULL};
     const rgm_tls_client_cfg_t *t = url->is_https && tls ? tls : &none;
     const int insecure = t->insecure ? 1 : 0;
     struct origin *o;
@@ -123,7 +138,8 @@ static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
         if (o->is_https == url->is_https && o->port == url->port &&
             rgm_strcaseeq(o->host, url->host) && same_str(o->ca_file, t->ca_file) &&
             o->insecure == insecure && same_str(o->cert_file, t->cert_file) &&
-            same_str(o->key_file, t->key_file) && o->net == net)
+            same_str(o->key_file, t->key_file) && same_str(o->verify_name, t->verify_name) &&
+            o->net == net)
             return o;
     }
     o = rgm_calloc(1, sizeof(*o));
@@ -135,7 +151,9 @@ static struct origin *origin_get(struct pool *p, const rgm_url_t *url,
     o->insecure = insecure;
     o->cert_file = dup_or_null(t->cert_file);
     o->key_file = dup_or_null(t->key_file);
+    o->verify_name = dup_or_null(t->verify_name);
     o->net = net;
+    o->proxy = rgm_proxy_for(&p->proxy, url->is_https, url->host);
     o->next = p->origins;
     p->origins = o;
     return o;
@@ -249,6 +267,7 @@ static void conn_maybe_free(struct conn *conn)
         uv_freeaddrinfo(conn->ai_list);
     rgm_tls_free(conn->tls);
     free(conn->rbuf);
+    free(conn->tunnel);
     free(conn);
     rgm_pool_unref(p);
 }
@@ -381,6 +400,7 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 }
 
 static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+static void tunnel_input(struct conn *conn, const char *data, size_t len);
 
 /* The pool reads a connection while it handshakes, and while it is idle to see the server close
  * it; a busy connection is read by its user, with the user's callbacks. */
@@ -451,7 +471,15 @@ static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     if (nread == 0 || conn->state == C_CLOSING)
         return;
     if (nread < 0) {
+        if (conn->state == C_TUNNEL)
+            rgm_log(RGM_LOG_WARN, "client", "proxy %s:%d closed before answering CONNECT %s:%d",
+                    conn->origin->proxy->host, conn->origin->proxy->port, conn->origin->host,
+                    conn->origin->port);
         rgm_pool_conn_fail(conn, nread == UV_EOF ? UV_ECONNRESET : (int)nread);
+        return;
+    }
+    if (conn->state == C_TUNNEL) {
+        tunnel_input(conn, buf->base, (size_t)nread);
         return;
     }
     if (!conn->tls) {
@@ -491,24 +519,15 @@ static void connect_failed(struct conn *conn, int err)
     uv_close((uv_handle_t *)&conn->tcp, on_tcp_closed_retry);
 }
 
-static void on_connect(uv_connect_t *req, int status)
+/* Connected to the origin, or through the tunnel: the TLS handshake with the origin (its name
+ * for SNI and verification, whatever carries the bytes). */
+static void tls_start(struct conn *conn)
 {
-    struct conn *conn = rgm_container_of(req, struct conn, connect_req);
     struct origin *o = conn->origin;
-    const rgm_tls_client_cfg_t tls = {o->ca_file, o->insecure, o->cert_file, o->key_file};
+    const rgm_tls_client_cfg_t tls = {o->ca_file, o->insecure, o->cert_file, o->key_file,
+                                      o->verify_name};
     int err = 0;
 
-    if (status == UV_ECANCELED || conn->state == C_CLOSING)
-        return;
-    if (status < 0) {
-        connect_failed(conn, status);
-        return;
-    }
-    (void)uv_tcp_nodelay(&conn->tcp, 1);
-    if (!conn->origin->is_https) {
-        conn_ready(conn);
-        return;
-    }
     conn->tls = rgm_tls_new(&tls, o->host, &err);
     if (!conn->tls) {
         rgm_pool_conn_fail(conn, err);
@@ -518,6 +537,126 @@ static void on_connect(uv_connect_t *req, int status)
     read_start(conn);
     if (conn->state == C_HANDSHAKE)
         tls_step(conn);
+}
+
+/* ---- connections: through a proxy ---- */
+
+#define TUNNEL_HEAD_MAX 8192 /* the proxy's answer to CONNECT: a status line and a few headers */
+
+static void proxy_fail(struct conn *conn, int err, const char *why)
+{
+    const struct origin *o = conn->origin;
+
+    rgm_log(RGM_LOG_WARN, "client", "proxy %s:%d for %s:%d: %s", o->proxy->host, o->proxy->port,
+            o->host, o->port, why);
+    rgm_pool_conn_fail(conn, err);
+}
+
+/* Connected to the proxy for an https origin: ask for a tunnel (the proxy resolves and
+ * connects; its credentials go in Proxy-Authorization, never in a log line). */
+static void tunnel_start(struct conn *conn)
+{
+    const struct origin *o = conn->origin;
+    const char *auth = o->proxy->auth;
+    const int v6 = strchr(o->host, ':') != NULL;
+    char target[300];
+    char req[2048];
+    int n, rc;
+
+    snprintf(target, sizeof(target), "%s%s%s:%d", v6 ? "[" : "", o->host, v6 ? "]" : "", o->port);
+    n = snprintf(req, sizeof(req),
+                 "CONNECT %s HTTP/1.1\r\nHost: %s\r\n%s%s%sUser-Agent: regmirror/0.1\r\n\r\n",
+                 target, target, auth ? "Proxy-Authorization: " : "", auth ? auth : "",
+                 auth ? "\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(req)) {
+        explicit_bzero(req, sizeof(req));
+        proxy_fail(conn, UV_EINVAL, "CONNECT request too long");
+        return;
+    }
+    conn->state = C_TUNNEL;
+    conn->tunnel = rgm_malloc(TUNNEL_HEAD_MAX);
+    conn->tunnel_len = 0;
+    rc = tcp_write(conn, req, (size_t)n);
+    explicit_bzero(req, sizeof(req));
+    if (rc < 0) {
+        rgm_pool_conn_fail(conn, rc);
+        return;
+    }
+    read_start(conn);
+}
+
+/* Bytes of the proxy's answer to CONNECT: a 2xx opens the tunnel; anything else fails the
+ * connection (407: UV_EACCES, otherwise UV_EHOSTUNREACH) with the proxy's status logged. */
+static void tunnel_input(struct conn *conn, const char *data, size_t len)
+{
+    const struct origin *o = conn->origin;
+    const char *t, *end;
+    char why[64];
+    size_t head_len;
+    int status;
+
+    if (len > TUNNEL_HEAD_MAX - conn->tunnel_len) {
+        proxy_fail(conn, UV_EPROTO, "answer to CONNECT too long");
+        return;
+    }
+    memcpy(conn->tunnel + conn->tunnel_len, data, len);
+    conn->tunnel_len += len;
+    t = conn->tunnel;
+    end = memmem(t, conn->tunnel_len, "\r\n\r\n", 4);
+    if (!end)
+        return;
+    head_len = (size_t)(end - t) + 4;
+    if (head_len < 16 || memcmp(t, "HTTP/1.", 7) != 0 || t[8] != ' ' || t[9] < '1' || t[9] > '5' ||
+        t[10] < '0' || t[10] > '9' || t[11] < '0' || t[11] > '9') {
+        proxy_fail(conn, UV_EPROTO, "not an HTTP answer to CONNECT");
+        return;
+    }
+    status = (t[9] - '0') * 100 + (t[10] - '0') * 10 + (t[11] - '0');
+    if (status / 100 != 2) {
+        snprintf(why, sizeof(why), "CONNECT refused with %d", status);
+        proxy_fail(conn, status == 407 ? UV_EACCES : UV_EHOSTUNREACH, why);
+        return;
+    }
+    if (head_len != conn->tunnel_len) {
+        /* The origin speaks only after our ClientHello: these bytes are not its. */
+        proxy_fail(conn, UV_EPROTO, "bytes after the answer to CONNECT");
+        return;
+    }
+    RGM_FREE(conn->tunnel);
+    conn->tunnel_len = 0;
+    read_stop(conn);
+    rgm_log(RGM_LOG_DEBUG, "client", "tunnel to %s:%d through %s:%d", o->host, o->port,
+            o->proxy->host, o->proxy->port);
+    tls_start(conn);
+}
+
+const rgm_proxy_t *rgm_pool_conn_forward(const struct conn *conn)
+{
+    const struct origin *o = conn->origin;
+
+    return o->proxy && !o->is_https ? o->proxy : NULL;
+}
+
+/* ---- connections: connected, allowed addresses, resolving ---- */
+
+static void on_connect(uv_connect_t *req, int status)
+{
+    struct conn *conn = rgm_container_of(req, struct conn, connect_req);
+    const struct origin *o = conn->origin;
+
+    if (status == UV_ECANCELED || conn->state == C_CLOSING)
+        return;
+    if (status < 0) {
+        connect_failed(conn, status);
+        return;
+    }
+    (void)uv_tcp_nodelay(&conn->tcp, 1);
+    if (o->proxy && o->is_https)
+        tunnel_start(conn);
+    else if (o->is_https)
+        tls_start(conn);
+    else
+        conn_ready(conn); /* direct, or forwarding through the proxy */
 }
 
 /* 1 when the origin's policy lets conn connect to sa (logged when not). */
@@ -552,6 +691,35 @@ static int net_allows(const struct conn *conn, const struct sockaddr *sa)
     return ok;
 }
 
+/* Through a proxy, the proxy resolves the origin's name and connects: its addresses cannot be
+ * checked here, that is the proxy's job. Refused before any byte goes out: an IP literal that
+ * the policy refuses, and for RGM_NET_PUBLIC "localhost" and its subdomains. 1 when allowed. */
+static int net_allows_name(const struct conn *conn)
+{
+    const struct origin *o = conn->origin;
+    struct sockaddr_storage ss;
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    const size_t len = strlen(o->host);
+
+    memset(&ss, 0, sizeof(ss));
+    if (inet_pton(AF_INET, o->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        return net_allows(conn, (const struct sockaddr *)&ss);
+    }
+    if (inet_pton(AF_INET6, o->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        return net_allows(conn, (const struct sockaddr *)&ss);
+    }
+    if (o->net == RGM_NET_PUBLIC &&
+        (rgm_strcaseeq(o->host, "localhost") ||
+         (len > 10 && rgm_strcaseeq(o->host + len - 10, ".localhost")))) {
+        rgm_log(RGM_LOG_WARN, "client", "not asking the proxy for %s: not allowed", o->host);
+        return 0;
+    }
+    return 1;
+}
+
 static void connect_next(struct conn *conn)
 {
     struct addrinfo *ai;
@@ -561,7 +729,8 @@ static void connect_next(struct conn *conn)
         conn->ai_next = ai->ai_next;
         if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
             continue;
-        if (!net_allows(conn, ai->ai_addr)) {
+        /* A proxy's address is the operator's choice: trusted as written. */
+        if (!conn->origin->proxy && !net_allows(conn, ai->ai_addr)) {
             conn->last_err = UV_EPERM;
             continue;
         }
@@ -577,6 +746,11 @@ static void connect_next(struct conn *conn)
             connect_failed(conn, rc);
         return;
     }
+    if (conn->origin->proxy) {
+        proxy_fail(conn, conn->last_err < 0 ? conn->last_err : UV_EADDRNOTAVAIL,
+                   uv_strerror(conn->last_err < 0 ? conn->last_err : UV_EADDRNOTAVAIL));
+        return;
+    }
     rgm_pool_conn_fail(conn, conn->last_err < 0 ? conn->last_err : UV_EADDRNOTAVAIL);
 }
 
@@ -589,6 +763,10 @@ static void on_gai(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     conn->ai_next = res;
     if (conn->state == C_CLOSING) {
         conn_maybe_free(conn);
+        return;
+    }
+    if (status < 0 && conn->origin->proxy) {
+        proxy_fail(conn, status, uv_strerror(status));
         return;
     }
     if (status < 0) {
@@ -628,9 +806,14 @@ static void conn_new(struct origin *o, struct pool_user *u)
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICSERV;
-    snprintf(port, sizeof(port), "%d", o->port);
+    if (o->proxy && (!o->proxy->is_valid || !net_allows_name(conn))) {
+        rgm_pool_conn_fail(conn, o->proxy->is_valid ? UV_EPERM : UV_EINVAL);
+        return;
+    }
+    snprintf(port, sizeof(port), "%d", o->proxy ? o->proxy->port : o->port);
     conn->is_gai_pending = 1;
-    rc = uv_getaddrinfo(p->loop, &conn->gai, on_gai, o->host, port, &hints);
+    rc = uv_getaddrinfo(p->loop, &conn->gai, on_gai, o->proxy ? o->proxy->host : o->host, port,
+                        &hints);
     if (rc < 0) {
         conn->is_gai_pending = 0;
         rgm_pool_conn_fail(conn, rc);

@@ -1,7 +1,8 @@
 /* Per-origin keep-alive connection pools of the upstream client, internal to src/http. An origin
  * is (scheme, host, port, TLS settings); each has a FIFO of users waiting for a connection, a
  * connection limit and a list of idle connections. New connections resolve, connect over the
- * address list and run the TLS handshake (tls.h). The pool knows nothing of HTTP: it hands a
+ * address list (of the origin, or of its proxy: proxy.h, then CONNECT for https) and run the TLS
+ * handshake (tls.h). The pool knows nothing of HTTP: it hands a
  * connection to a user (upreq.c), which writes the request, reads the response and gives the
  * connection back. */
 #ifndef RGM_HTTP_POOL_H
@@ -13,6 +14,7 @@
 #include "core/common.h"
 #include "core/util.h"
 #include "http/client.h"
+#include "http/proxy.h"
 #include "http/tls.h"
 
 /* One read from the socket, or from TLS (several records). 256 KiB: a fast upstream's body
@@ -50,7 +52,7 @@ struct pool_user {
     int is_fresh_only; /* a retry: waits for a new connection, not an idle one */
 };
 
-enum conn_state { C_RESOLVING, C_CONNECTING, C_HANDSHAKE, C_BUSY, C_IDLE, C_CLOSING };
+enum conn_state { C_RESOLVING, C_CONNECTING, C_TUNNEL, C_HANDSHAKE, C_BUSY, C_IDLE, C_CLOSING };
 
 /* One connection to an origin. The pool owns it and frees it once its handles are closed and no
  * getaddrinfo is pending. While it is BUSY, its user reads it: tcp (uv_read_start with its own
@@ -77,13 +79,16 @@ struct conn {
     struct conn *idle_next;
     struct conn *all_next;
     struct conn *all_prev;
-    char *rbuf; /* RGM_POOL_RBUF_SIZE bytes, see rgm_pool_conn_rbuf */
+    char *rbuf;   /* RGM_POOL_RBUF_SIZE bytes, see rgm_pool_conn_rbuf */
+    char *tunnel; /* the proxy's answer to CONNECT while it arrives (C_TUNNEL only) */
+    size_t tunnel_len;
 };
 
 /* Embedded in the client. Fields are the pool's; users read loop, opts and is_closing. */
 struct pool {
     uv_loop_t *loop;
     rgm_client_opts_t opts; /* defaults applied */
+    rgm_proxy_env_t proxy;  /* read from the environment at init */
     struct origin *origins;
     struct conn *conns; /* every connection not yet freed */
     unsigned n_refs;    /* connections and rgm_pool_ref holders not yet gone */
@@ -95,7 +100,8 @@ struct pool {
 
 /* ---- the pool ---- */
 
-/* Set up p on loop with opts (defaults already applied; copied). on_closed runs once, after
+/* Set up p on loop with opts (defaults already applied; copied) and the proxy variables of the
+ * environment (an unusable one is logged; its requests fail). on_closed runs once, after
  * rgm_pool_close, when every connection is freed and every reference is dropped; it may free
  * the memory that holds p. */
 void rgm_pool_init(struct pool *p, uv_loop_t *loop, const rgm_client_opts_t *opts,
@@ -142,5 +148,8 @@ RGM_MUST_CHECK int rgm_pool_conn_write(struct conn *conn, const char *data, size
 RGM_MUST_CHECK int rgm_pool_conn_flush(struct conn *conn);
 /* conn's read buffer of RGM_POOL_RBUF_SIZE bytes: allocated on first use, freed with conn. */
 char *rgm_pool_conn_rbuf(struct conn *conn);
+/* The proxy that conn (plain http) forwards through: requests on it are in absolute form and
+ * carry its Proxy-Authorization (borrowed; valid while conn is). NULL: direct, or a tunnel. */
+const rgm_proxy_t *rgm_pool_conn_forward(const struct conn *conn);
 
 #endif

@@ -23,15 +23,17 @@ typedef struct rgm_tls_client_cfg {
     int insecure;          /* no verification at all */
     const char *cert_file; /* client certificate chain (PEM), with key_file; NULL: none */
     const char *key_file;
+    const char *verify_name; /* the name checked (and sent as SNI) instead of host; NULL: host */
 } rgm_tls_client_cfg_t;
 
 /* ---- client sessions ---- */
 
-/* A client session for host (SNI and certificate name check; an IP literal is checked against
- * the certificate's IP addresses and gets no SNI). The context for cfg is created on first use
- * and cached. TLS 1.2 or later, ALPN "http/1.1". Returns NULL with *err = UV_EINVAL (a file
- * unreadable or a mismatched pair) or UV_EPROTO (OpenSSL failure); the reason is logged at
- * WARN. The caller owns the result and frees it with rgm_tls_free. */
+/* A client session for host (SNI and certificate name check, against cfg->verify_name instead
+ * when set; an IP literal is checked against the certificate's IP addresses and gets no SNI). The
+ * context for cfg is created on first use and cached. TLS 1.2 or later, ALPN "http/1.1". Returns
+ * NULL with *err = UV_EINVAL (a file unreadable or a mismatched pair) or UV_EPROTO (OpenSSL
+ * failure); the reason is logged at WARN. The caller owns the result and frees it with
+ * rgm_tls_free. */
 rgm_tls_t *rgm_tls_new(const rgm_tls_client_cfg_t *cfg, const char *host, int *err);
 
 /* Create (or find) the cached context for cfg now, so that a bad file is found at start-up.

@@ -88,6 +88,7 @@ static void on_req_closed(uv_handle_t *h)
     free(r->ca_file);
     free(r->cert_file);
     free(r->key_file);
+    free(r->verify_name);
     rgm_uphead_block_free(&r->head);
     bytes_free(&r->hold);
     bytes_free(&r->raw);
@@ -223,7 +224,8 @@ static const struct pool_user_ops user_ops = {
 
 static void dispatch(rgm_upreq_t *r)
 {
-    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file};
+    const rgm_tls_client_cfg_t tls = {r->ca_file, r->insecure, r->cert_file, r->key_file,
+                                      r->verify_name};
 
     r->state = R_QUEUED;
     r->user.ops = &user_ops;
@@ -232,21 +234,14 @@ static void dispatch(rgm_upreq_t *r)
 
 /* ---- writing the request ---- */
 
-static void build_request(const rgm_upreq_t *r, struct bytes *b)
+/* host[:port], IPv6 in brackets, the port only when not the scheme's default. */
+static void append_authority(const rgm_upreq_t *r, struct bytes *b)
 {
-    static const char fixed[] = "\r\nUser-Agent: regmirror/0.1\r\nAccept-Encoding: identity\r\n"
-                                "Connection: keep-alive\r\n";
-    char line[24];
-    const struct uphdr *h;
     const char *host = r->u.host;
-    int v6 = strchr(host, ':') != NULL;
+    const int v6 = strchr(host, ':') != NULL;
+    char line[24];
     int n;
 
-    /* Appended piece by piece: no fixed buffer for the method, path or host to outgrow. */
-    bytes_append(b, r->method, strlen(r->method));
-    bytes_append(b, " ", 1);
-    bytes_append(b, r->u.path, strlen(r->u.path));
-    bytes_append(b, " HTTP/1.1\r\nHost: ", 17);
     if (v6)
         bytes_append(b, "[", 1);
     bytes_append(b, host, strlen(host));
@@ -256,7 +251,33 @@ static void build_request(const rgm_upreq_t *r, struct bytes *b)
         n = snprintf(line, sizeof(line), ":%d", r->u.port);
         bytes_append(b, line, (size_t)n);
     }
+}
+
+/* The request; through a forwarding proxy (fwd) in absolute form with its Proxy-Authorization. */
+static void build_request(const rgm_upreq_t *r, const rgm_proxy_t *fwd, struct bytes *b)
+{
+    static const char fixed[] = "\r\nUser-Agent: regmirror/0.1\r\nAccept-Encoding: identity\r\n"
+                                "Connection: keep-alive\r\n";
+    char line[24];
+    const struct uphdr *h;
+    int n;
+
+    /* Appended piece by piece: no fixed buffer for the method, path or host to outgrow. */
+    bytes_append(b, r->method, strlen(r->method));
+    bytes_append(b, " ", 1);
+    if (fwd) {
+        bytes_append(b, "http://", 7);
+        append_authority(r, b);
+    }
+    bytes_append(b, r->u.path, strlen(r->u.path));
+    bytes_append(b, " HTTP/1.1\r\nHost: ", 17);
+    append_authority(r, b);
     bytes_append(b, fixed, sizeof(fixed) - 1);
+    if (fwd && fwd->auth) {
+        bytes_append(b, "Proxy-Authorization: ", 21);
+        bytes_append(b, fwd->auth, strlen(fwd->auth));
+        bytes_append(b, "\r\n", 2);
+    }
     for (h = r->hdrs.head; h; h = h->next) {
         bytes_append(b, h->name, strlen(h->name));
         bytes_append(b, ": ", 2);
@@ -278,13 +299,14 @@ static void build_request(const rgm_upreq_t *r, struct bytes *b)
 static void req_send(rgm_upreq_t *r)
 {
     struct conn *conn = r->user.conn;
+    const rgm_proxy_t *fwd = rgm_pool_conn_forward(conn);
     struct bytes b = {0};
     int rc;
 
-    build_request(r, &b);
+    build_request(r, fwd, &b);
     rc = rgm_pool_conn_write(conn, b.data, b.len);
-    if (r->has_body)
-        explicit_bzero(b.data, b.len); /* the copy of a body that may hold a secret */
+    if (r->has_body || (fwd && fwd->auth))
+        explicit_bzero(b.data, b.len); /* a body or proxy credentials: secrets */
     bytes_free(&b);
     if (rc < 0) {
         rgm_pool_conn_fail(conn, rc);
@@ -697,6 +719,7 @@ static void follow_redirect(rgm_upreq_t *r)
         r->insecure = 0;
         RGM_FREE(r->cert_file); /* nor does the client certificate go there */
         RGM_FREE(r->key_file);
+        RGM_FREE(r->verify_name);
         /* Nor the trust in its addresses: a redirect may name any host. */
         if (r->net == RGM_NET_ANY)
             r->net = RGM_NET_NO_LINKLOCAL;

@@ -42,6 +42,7 @@ struct rgm_upreq {
     enum rgm_net_policy net;
     char *cert_file; /* the client certificate presented to the first URL's origin */
     char *key_file;
+    char *verify_name; /* the first URL's origin's certificate name instead of its host */
     struct uphdr_list hdrs;
     int has_bad_header;
     char *body; /* rgm_upreq_set_body's copy (may hold a secret: wiped when freed) */

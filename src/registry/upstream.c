@@ -97,6 +97,7 @@ static rgm_tls_opts_t tls_of(const rgm_registry_cfg_t *reg)
 {
     rgm_tls_opts_t t;
 
+    memset(&t, 0, sizeof(t)); /* every field, server_name included */
     t.ca_file = reg->ca_file;
     t.insecure_skip_verify = reg->insecure_skip_verify;
     t.client_cert_file = reg->client_cert_file;

@@ -4,7 +4,7 @@
 #   MIRRORS   comma list of plugins in mirrors/ (regmirror,regmirror-sf,distribution,nginx,direct)
 #             default regmirror,regmirror-sf,distribution,nginx
 #   SCENARIOS comma list of: cold herd warm head containerd ceiling                  default all
-#             also (not in the default list): ingest ingest-tls startup evict conns many
+#             also (not in the default list): ingest ingest-tls startup evict conns many warm-tls
 #   RUNS      repetitions per scenario (fresh mirror + empty cache each run)         default 3
 # Runs are interleaved (run 1 of every mirror, then run 2, ...) so that drift in the load of the
 # machine hits every mirror alike.
@@ -215,6 +215,24 @@ sc_ingest() {   # one client, cold mirror, unthrottled upstream; the blob file i
 }
 sc_ingest-tls() { sc_ingest 1; }
 
+# ---- warm-tls: the warm scenario with the mirror's listener on HTTPS (regmirror --tls-cert,
+# nginx `listen ssl`), one ECDSA P-256 certificate for both; wrk speaks TLS (no verification)
+tls_bench_setup() {
+  local st=$WORK/tls-listener
+  if [ ! -s "$st/cert.pem" ]; then
+    mkdir -p "$st"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+      -subj /CN=127.0.0.1 -addext "subjectAltName=IP:127.0.0.1" -keyout "$st/key.pem" \
+      -out "$st/cert.pem" 2>/dev/null || die "openssl req failed"
+  fi
+  TLS_BENCH_CERT=$st/cert.pem; TLS_BENCH_KEY=$st/key.pem
+}
+sc_warm-tls() {   # what the handshake negotiated, then the warm scenario over https
+  local c; c=$(openssl s_client -connect "127.0.0.1:$MIRROR_PORT" -CAfile "$TLS_BENCH_CERT" \
+                 </dev/null 2>/dev/null | sed -n 's/^New, \(.*\), Cipher is \(.*\)$/\1 \2/p' | head -1)
+  $JREC ":=$(sc_warm)" tls="$c"
+}
+
 # ---- startup: a store of STARTUP_OBJECTS objects; how soon /v2/ answers, and how long the
 # background reconcile takes. The store is generated once (rows + files) and reused.
 STARTUP_OBJECTS=${STARTUP_OBJECTS:-1000000}
@@ -395,6 +413,7 @@ echo "{\"rate_mbit\": $RATE_MBIT, \"rtt_ms\": $RTT_MS, \"burst_ms\": ${RELAY_BUR
 case ",$SCENARIOS," in *,ingest,*|*,ingest-tls,*) ingest_setup ;; esac
 case ",$SCENARIOS," in *,many,*) many_setup || die "many: cannot make the images" ;; esac
 case ",$SCENARIOS," in *,startup,*|*,evict,*) startup_store; startup_pristine || die "cannot copy the startup index" ;; esac
+case ",$SCENARIOS," in *,warm-tls,*) tls_bench_setup ;; esac
 for s in "${SLIST[@]}"; do
   declare -F "sc_$s" >/dev/null || die "unknown scenario $s"
   if [ "$s" = startup ] || [ "$s" = evict ]; then
@@ -426,7 +445,10 @@ for s in "${SLIST[@]}"; do
       f=$RESULTS_DIR/${label}__$s.jsonl
       log "== $s / $m run $r/$RUNS"
       # ingest: the mirrors pull straight from the unthrottled (TLS) upstream
+      unset MIRROR_TLS_CERT MIRROR_TLS_KEY
       case $s in
+        warm-tls) UPSTREAM_URL=$RELAY_UPSTREAM_URL; unset REGMIRROR_CONFIG
+                  export MIRROR_TLS_CERT=$TLS_BENCH_CERT MIRROR_TLS_KEY=$TLS_BENCH_KEY ;;
         ingest) UPSTREAM_URL=$INGEST_URL; unset REGMIRROR_CONFIG ;;
         ingest-tls) UPSTREAM_URL=$INGEST_TLS_URL; export REGMIRROR_CONFIG=$RUNDIR/ingest-tls.json ;;
         conns) UPSTREAM_URL=$RELAY_UPSTREAM_URL

@@ -335,6 +335,33 @@ def main():
         P(table(["mirror", "n", "GB/s (10^9)", "req/s", "lat avg ms", "lat p99 ms", "errors", "upstream requests during test",
                  "mirror peak RSS MiB"], rows)); P()
 
+    s = "warm-tls"
+    if any(k[1] == s for k in recs):
+        P(f"## 3d. Warm throughput over TLS (cached 20 MiB blob, HTTPS listener, one ECDSA P-256 "
+          f"certificate for every mirror, wrk -t2 -c{env.get('warm_conns', 64)} -d{env.get('warm_secs', 10)}s)\n")
+        rows = []
+        for m in mirrors_for(recs, s):
+            rs = recs[(m, s)]
+            rows.append([m, len(rs), mr(rs, "GB_per_s", 2), mr(rs, "req_per_s", 1), f(med(rs, "lat_avg_ms"), 0),
+                         f(med(rs, "lat_p99_ms"), 0), int(sum(r.get("non2xx", 0) + r.get("socket_errors", 0) for r in rs)),
+                         f(med(rs, "up_upstream_requests"), 0), mr(rs, "hwm_kib", 1, 1 / 1024),
+                         ", ".join(sorted({r.get("tls") or "?" for r in rs}))])
+        P(table(["mirror", "n", "GB/s (10^9)", "req/s", "lat avg ms", "lat p99 ms", "errors",
+                 "upstream requests during test", "mirror peak RSS MiB", "negotiated"], rows))
+        # ratios within each run (the runs are interleaved), then their median
+        by_run = {}
+        for (m, sc), rs in recs.items():
+            if sc == s:
+                for r in rs:
+                    by_run.setdefault(r.get("run"), {})[m] = r.get("GB_per_s")
+        for m in ("regmirror", "regmirror-sf"):
+            rr = sorted(v[m] / v["nginx"] for v in by_run.values()
+                        if isinstance(v.get(m), (int, float)) and isinstance(v.get("nginx"), (int, float)) and v["nginx"])
+            if rr:
+                P(f"\n**{m} ÷ nginx, GB/s over TLS, per run:** {', '.join(f'{x:.2f}' for x in rr)} "
+                  f"(median {rr[len(rr) // 2]:.2f}).")
+        P()
+
     for s, title in (("head", "3b. Cached-manifest HEAD rate: GET the tag once, then HEAD /v2/library/bench/manifests/cold"),
                      ("headonly", "3c. HEAD-only tag: HEAD /v2/library/bench/manifests/cold, never GET by tag (like containerd's resolve)")):
         if any(k[1] == s for k in recs):

@@ -12,7 +12,12 @@
   Service in cluster.peers_dns, and the tiered node config reaches it with endpoint_dns;
 - every regmirror.json (ConfigMaps in contrib/, conf/regmirror.json) loads: `regmirror serve
   --config FILE` (with --listen/--storage overridden) starts, answers /v2/, refuses an
-  unconfigured registry; the same file with an unknown key is refused (exit 2).
+  unconfigured registry; the same file with an unknown key is refused (exit 2). The TLS
+  overlays' files (the Secret mounted at /etc/regmirror-tls) are test certificates from
+  rgmtest.make_cert: a config with "tls" is checked over HTTPS (a client certificate required
+  when client_ca_file is set, refused without) with /readyz on its health listener, and the
+  node-local-mtls config pulls an image through the cluster-local-tls config over mutual TLS
+  (their endpoints pointed at loopback), the cluster tier logging the node's subject.
 - `regmirror hosts`: one registry, several, --all, --default, options; the files parse as
   TOML with the right server and [host] entries; usage errors exit 2; containerd pulls
   through a hosts dir it wrote (named registry and _default) from a real docker-registry via
@@ -25,10 +30,14 @@ import os
 import re
 import shlex
 import shutil
+import socket
+import ssl
 import tomllib
 
+import http.client as http_client
+
 import rgmtest
-from rgmtest import RGM_BIN, RGM_SRCDIR
+from rgmtest import RGM_BIN, RGM_SRCDIR, http
 
 try:
     import yaml
@@ -101,7 +110,11 @@ EXPECTED_KINDS = {
     "node-local": {"Namespace", "ConfigMap", "DaemonSet"},
     "cluster-local": {"Namespace", "ConfigMap", "StatefulSet", "Service", "PodDisruptionBudget"},
     "prewarm": {"ConfigMap", "Job"},
+    "cluster-local-tls": {"Namespace", "ConfigMap", "StatefulSet", "Service",
+                          "PodDisruptionBudget", "Certificate"},
+    "node-local-mtls": {"Namespace", "ConfigMap", "DaemonSet", "Certificate"},
 }
+rendered = {}  # kustomize dir name -> documents
 
 if KUBECTL:
     for d in kdirs:
@@ -114,6 +127,7 @@ if KUBECTL:
             except yaml.YAMLError as e:
                 t.ok(False, "kustomize %s output parses" % name, diag=str(e))
                 continue
+            rendered[name] = docs
             kinds = {x.get("kind") for x in docs}
             want = EXPECTED_KINDS.get(name)
             if want:
@@ -156,7 +170,7 @@ else:
 if yaml is not None:
     by_kind = {}
     for rel, x in docs:
-        if "cluster-local" in rel:
+        if rel.startswith(os.path.join("contrib", "kubernetes", "cluster-local") + os.sep):
             by_kind.setdefault(x.get("kind"), []).append(x)
     sts = (by_kind.get("StatefulSet") or [{}])[0]
     spec = sts.get("spec") or {}
@@ -242,14 +256,19 @@ if yaml is not None:
         check_cmdline(where, argv)
 
 
-def mounted_files(c, pod):
-    """{path inside the container: content} for configMap volumes mounted by c."""
+def mounted_files(c, pod, where=""):
+    """{path inside the container: content} for configMap volumes mounted by c: the
+    ConfigMap of that name in the workload's own directory when there is one (an overlay
+    elsewhere replaces it there, not here)."""
     vols = {v["name"]: v for v in pod.get("volumes") or []}
+    here = os.path.dirname(where.split(" ", 1)[0])
     out = {}
     for vm in c.get("volumeMounts") or []:
         v = vols.get(vm["name"]) or {}
         cm = (v.get("configMap") or {}).get("name")
-        for rel, data in configmaps.get(cm, []):
+        cands = configmaps.get(cm, [])
+        local = [x for x in cands if os.path.dirname(x[0]) == here]
+        for rel, data in local or cands:
             for key, content in data.items():
                 out[os.path.join(vm["mountPath"], key)] = content
     return out
@@ -273,7 +292,7 @@ for where, argv, c, pod in cmdlines:
 for where, argv, c, pod in cmdlines:
     if argv[1] != "serve":
         continue
-    files = mounted_files(c, pod)
+    files = mounted_files(c, pod, where)
     a = list(argv[2:])
     cfg = None
     for i, x in enumerate(a):
@@ -351,9 +370,62 @@ if yaml is not None:
     t.ok(len(configs) >= 4, "found the regmirror.json files (%d)" % len(configs),
          diag=[c[0] for c in configs])
 
+# The TLS overlays mount a cert-manager Secret (tls.crt, tls.key, ca.crt) here; the test puts
+# certificates of its own CA in its place, valid for loopback and the Service's name.
+TLS_MOUNT = "/etc/regmirror-tls/"
+tls_ca = rgmtest.make_ca(ws.path("secret-ca"), cn="rgmtest cert-manager CA")
+tls_leaf = rgmtest.make_cert(tls_ca, ws.path("secret-leaf"), cn="regmirror-node",
+                             names=("127.0.0.1", "localhost", "regmirror.regmirror.svc",
+                                    "regmirror-peers.regmirror.svc"))
+SECRET = ws.mkdir("secret")
+for key, src in (("tls.crt", tls_leaf.chain), ("tls.key", tls_leaf.key), ("ca.crt", tls_ca.cert)):
+    shutil.copy(src, os.path.join(SECRET, key))
+
+
+def with_test_certs(content):
+    return content.replace(TLS_MOUNT, SECRET + "/")
+
+
+class TLSPod(rgmtest.Mirror):
+    """serve --config FILE whose listener is HTTPS: ready when its health listener (moved to
+    loopback) answers /readyz; requests over TLS with the Secret's CA and client pair."""
+
+    def __init__(self, ws, **kw):
+        self.health_port = rgmtest.free_port()
+        super().__init__(ws, **kw)
+
+    @property
+    def url(self):
+        return "https://%s" % self.host
+
+    def command(self):
+        return super().command() + ["--health-listen", "127.0.0.1:%d" % self.health_port]
+
+    def _ready(self):
+        if not self.proc.alive():
+            raise rgmtest.ProcessExited("regmirror exited (rc %s)" % self.proc.p.returncode)
+        st, _, _ = http("GET", "http://127.0.0.1:%d/readyz" % self.health_port, timeout=2)
+        return st == 200
+
+    def get(self, path, headers=None, method="GET", timeout=30, client=True):
+        ctx = ssl.create_default_context(cafile=tls_ca.cert)
+        if client:
+            ctx.load_cert_chain(tls_leaf.chain, tls_leaf.key)
+        conn = http_client.HTTPSConnection("127.0.0.1", self.port, timeout=timeout,
+                                           context=ctx)
+        try:
+            conn.request(method, path, headers=dict(headers or {}))
+            r = conn.getresponse()
+            return r.status, rgmtest.Headers(r.getheaders()), r.read()
+        finally:
+            conn.close()
+
+
+n_tls = 0
 for where, content in configs:
     d = ws.unique("cfg")
     p = os.path.join(d, "regmirror.json")
+    content = with_test_certs(content)
     with open(p, "w") as f:
         f.write(content)
     try:
@@ -362,19 +434,35 @@ for where, content in configs:
     except ValueError as e:
         t.ok(False, "%s is JSON" % where, diag=str(e))
         continue
+    is_tls = bool((obj.get("tls") or {}).get("cert_file"))
+    n_tls += is_tls
     try:
-        m = rgmtest.Mirror(ws, name="cfgmirror", args=["--config", p])
+        if is_tls:
+            m = TLSPod(ws, name="cfgmirror", args=["--config", p])
+        else:
+            m = rgmtest.Mirror(ws, name="cfgmirror", args=["--config", p])
     except RuntimeError as e:
         t.ok(False, "%s: serve --config starts (listen/storage overridden)" % where,
              diag=str(e)[-2000:])
         continue
     st, h, b = m.get("/v2/")
     t.ok(st == 200 and h.get("docker-distribution-api-version") == "registry/2.0",
-         "%s: serve --config starts and answers /v2/" % where)
+         "%s: serve --config starts and answers /v2/%s" % (where, " over TLS" if is_tls else ""))
     st, h, b = m.get("/v2/x/y/manifests/1?ns=not-configured.invalid")
     t.is_(st, 403, "%s: an unconfigured registry is refused" % where)
-    st, h, b = m.get("/readyz")
-    t.is_(st, 200, "%s: /readyz 200" % where)
+    if is_tls:
+        st, h, b = http("GET", "http://127.0.0.1:%d/readyz" % m.health_port)
+        t.is_(st, 200, "%s: /readyz 200 on the plain health listener" % where)
+        if obj["tls"].get("client_ca_file"):
+            try:
+                m.get("/v2/", client=False)
+                refused = False
+            except (ssl.SSLError, ConnectionError, OSError):
+                refused = True
+            t.ok(refused, "%s: without a client certificate the handshake is refused" % where)
+    else:
+        st, h, b = m.get("/readyz")
+        t.is_(st, 200, "%s: /readyz 200" % where)
     t.is_(m.stop(), 0, "%s: clean exit on SIGTERM" % where)
     # the loader does validate: an unknown key makes the same file fail
     obj["no_such_key_rgmtest"] = 1
@@ -385,6 +473,63 @@ for where, content in configs:
                      % ws.closed_port(), "--storage", os.path.join(d, "st-bad")],
                     timeout=20, check=False)
     t.is_(r.rc, 2, "%s + an unknown key: refused with exit 2" % where)
+
+t.ok(n_tls >= 1, "a TLS config was among them, checked over HTTPS (%d)" % n_tls)
+
+
+# ---------------------------------------------------------------------------------------
+# 3b. the two TLS overlays together: node-local-mtls pulls through cluster-local-tls
+
+
+def rendered_config(name):
+    """regmirror.json of the ConfigMap in the kustomize output of name, or None."""
+    for x in rendered.get(name, []):
+        if x.get("kind") == "ConfigMap" and "regmirror.json" in (x.get("data") or {}):
+            return x["data"]["regmirror.json"]
+    return None
+
+
+ccfg, ncfg = rendered_config("cluster-local-tls"), rendered_config("node-local-mtls")
+if ccfg is None or ncfg is None:
+    t.skip("node-local-mtls through cluster-local-tls", "kubectl kustomize output missing")
+else:
+    hub = rgmtest.Registry(ws, name="tier-hub")
+    timg = rgmtest.push(rgmtest.make_image(ws, "library/tiered:1", layers=[20_000]), hub)
+    cobj = json.loads(with_test_certs(ccfg))
+    # The cluster tier's registries are the internet's; here docker.io is the local one.
+    cobj["registries"] = {"docker.io": {"endpoint": hub.url}}
+    cport = rgmtest.free_port()
+    # One replica, found as a static peer on loopback instead of the headless Service's name;
+    # the peer_* files stay as the overlay wrote them (checked at start).
+    t.ok(all(cobj["cluster"].get(k, "").startswith(SECRET)
+             for k in ("peer_ca_file", "peer_cert_file", "peer_key_file")),
+         "cluster-local-tls: the replicas reach each other with the Secret (cluster.peer_*)")
+    cobj["cluster"].pop("peers_dns", None)
+    cobj["cluster"]["peers"] = ["https://127.0.0.1:%d" % cport]
+    d = ws.unique("tier")
+    with open(os.path.join(d, "cluster.json"), "w") as f:
+        json.dump(cobj, f)
+    cpod = TLSPod(ws, name="tier-cluster", args=["--config", os.path.join(d, "cluster.json")],
+                  start=False)
+    cpod.port = cport
+    cpod.start()
+    nobj = json.loads(with_test_certs(ncfg).replace("https://regmirror.regmirror.svc:5000",
+                                                    cpod.url))
+    t.ok(all(r.get("client_cert_file", "").startswith(SECRET)
+             and r.get("ca_file", "").startswith(SECRET) for r in nobj["registries"].values()),
+         "node-local-mtls: every registry has ca_file and the client pair (the Secret)")
+    with open(os.path.join(d, "node.json"), "w") as f:
+        json.dump(nobj, f)
+    npod = rgmtest.Mirror(ws, name="tier-node", args=["--config", os.path.join(d, "node.json")])
+    st, h, b = npod.get("/v2/library/tiered/manifests/1",
+                        headers={"Accept": rgmtest.MANIFEST_ACCEPT})
+    t.ok(st == 200 and h.get("docker-content-digest") == timg["digest"],
+         "node-local-mtls pulls a manifest through cluster-local-tls (mutual TLS)",
+         diag=(st, b[:300], cpod.log_text()[-1500:]))
+    t.like(cpod.log_text(), r"handshake \S+ \S+ subject=\S*CN ?= ?regmirror-node",
+           "the cluster tier logs the node's certificate subject")
+    npod.stop()
+    cpod.stop()
 
 # ---------------------------------------------------------------------------------------
 # 4. regmirror hosts

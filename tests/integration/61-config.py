@@ -104,7 +104,9 @@ t.is_(dflt.get("tls"), {"cert_file": None, "key_file": None, "client_ca_file": N
       "default tls: off")
 for k in ("health_listen", "allow_clients", "allow_upstream_networks"):
     t.is_(dflt.get(k, "(absent)"), [], "default %s: none" % k)
-t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None},
+t.is_(dflt.get("cluster"), {"peers": None, "peers_dns": None, "self": None,
+                            "peer_ca_file": None, "peer_cert_file": None, "peer_key_file": None,
+                            "peer_server_name": None},
       "default cluster: none")
 t.is_(len(dflt), 35, "every top-level key is printed")
 rc, _, out, _ = check(os.path.join(RGM_SRCDIR, "conf", "regmirror.json"))

@@ -1347,7 +1347,10 @@ class Mirror:
         for attempt in range(3):
             if self.port is None or attempt > 0 or not same_port:
                 self.port = free_port()
-            env = dict(os.environ)
+            # The mirror honours HTTPS_PROXY & co. (issue 14): a proxy set where the tests run
+            # would take their loopback upstreams away; a test that wants one passes it in env.
+            env = {k: v for k, v in os.environ.items()
+                   if k.lower() not in ("http_proxy", "https_proxy", "no_proxy")}
             env.update(self.env or {})
             self.proc = self.ws.spawn(self.command(), self.log, env=env)
             try:

@@ -26,7 +26,8 @@ http {
     keepalive 64;
   }
   server {
-    listen 127.0.0.1:$MIRROR_PORT backlog=4096;
+    listen 127.0.0.1:$MIRROR_PORT ${MIRROR_TLS_CERT:+ssl }backlog=4096;
+$([ -n "${MIRROR_TLS_CERT:-}" ] && printf '    ssl_certificate %s;\n    ssl_certificate_key %s;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_tickets off;\n' "$MIRROR_TLS_CERT" "$MIRROR_TLS_KEY")
     proxy_http_version 1.1;
     proxy_set_header Connection "";
     proxy_set_header Host \$http_host;
@@ -54,6 +55,7 @@ http {
   }
 }
 EOC
+  [ -n "${MIRROR_TLS_CERT:-}" ] && MIRROR_URL=https://127.0.0.1:$MIRROR_PORT  # warm-tls
   nginx -p "$MIRROR_DIR" -c "$MIRROR_DIR/nginx.conf" -g 'daemon off; master_process on;' \
       > "$MIRROR_DIR/mirror.log" 2>&1 &
   MIRROR_PID=$!

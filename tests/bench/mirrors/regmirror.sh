@@ -5,6 +5,11 @@
 regmirror_launch() {
   local bin=${REGMIRROR_BIN:-$START_DIR/src/regmirror}
   [ -x "$bin" ] || die "regmirror: no binary at $bin (build it, or set REGMIRROR_BIN)"
+  # MIRROR_TLS_CERT/_KEY (the warm-tls scenario): HTTPS on the listener
+  if [ -n "${MIRROR_TLS_CERT:-}" ]; then
+    set -- "$@" --tls-cert "$MIRROR_TLS_CERT" --tls-key "$MIRROR_TLS_KEY"
+    MIRROR_URL=https://127.0.0.1:$MIRROR_PORT
+  fi
   # shellcheck disable=SC2086
   "$bin" serve "$@" --listen "127.0.0.1:$MIRROR_PORT" --storage "$MIRROR_DIR/store" \
     --registry "docker.io=$UPSTREAM_URL" --log-level "${REGMIRROR_LOG_LEVEL:-warn}" \

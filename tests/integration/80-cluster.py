@@ -68,7 +68,22 @@ def metric(m, name):
     return m.metrics().get(name, 0.0)
 
 
-def upstream_gets(reg, substring):
+def settle(reg, timeout=5.0):
+    """Wait (bounded) until the registry's access log stops growing: it writes a line after
+    the response, so a count taken as soon as the client has its bytes can be short."""
+    deadline = time.monotonic() + timeout
+    n = len(reg.access_log_lines())
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        m = len(reg.access_log_lines())
+        if m == n:
+            return
+        n = m
+
+
+def upstream_gets(reg, substring, settled=False):
+    if not settled:
+        settle(reg)
     return reg.count_requests("GET", substring)
 
 
@@ -136,9 +151,10 @@ for k, im in enumerate(IMAGES):
 t.is_(problems, [], "second pull through other replicas: every byte right")
 
 per_blob = {}
+settle(up)
 for im in IMAGES:
     for d in blobs_of(im):
-        per_blob[d] = upstream_gets(up, "/blobs/" + d)
+        per_blob[d] = upstream_gets(up, "/blobs/" + d, True)
 t.is_(sorted(set(per_blob.values())), [1], "upstream: exactly 1 GET per blob (%d blobs)"
       % len(per_blob))
 per_tag = [up.count_requests("GET", "/v2/%s/manifests/v1" % im["name"]) - TAG_BASE[i]
@@ -199,7 +215,8 @@ for k, im in enumerate(NODE_IMGS):
 t.is_(problems, [], "pulls through the node tier: right bytes")
 fw_after = [metric(m, 'regmirror_cluster_requests_total{path="forwarded"}') for m in reps]
 t.is_(fw_after, fw_before, "the node tier reached each owner directly: no forwarded requests")
-t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) for im in NODE_IMGS for d in blobs_of(im))),
+settle(up)
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d, True) for im in NODE_IMGS for d in blobs_of(im))),
       [1], "one upstream GET per blob through the node tier")
 misplaced = [d[:19] for im in NODE_IMGS for d in blobs_of(im)
              if not os.path.exists(os.path.join(reps[URLS.index(order(d, URLS)[0])].storage,
@@ -231,7 +248,8 @@ before = upstream_gets(up, "/blobs/" + d2)
 st, h, body = get(non2, "/v2/%s/blobs/%s" % (im["name"], d2),
                   headers={"X-Regmirror-Hop": "1", "X-Regmirror-Only-If-Cached": "1"})
 t.is_(st, 404, "only-if-cached on a replica without it: 404 at once")
-t.is_(upstream_gets(up, "/blobs/" + d2), before, "and no upstream fetch for it")
+settle(up)
+t.is_(upstream_gets(up, "/blobs/" + d2, True), before, "and no upstream fetch for it")
 st, h, body = get(owner2, "/v2/%s/blobs/%s" % (im["name"], d2),
                   headers={"X-Regmirror-Hop": "1", "X-Regmirror-Only-If-Cached": "1"})
 t.ok(st == 200 and sha256_digest(body) == d2, "only-if-cached on its owner: served")
@@ -314,31 +332,36 @@ t.ok(all(ok for (_, _, ok) in results.values()), "every pull completed with the 
 healthy_errors = sum(e for (first, e, _) in results.values() if first != v_url)
 t.is_(healthy_errors, 0, "clients of healthy replicas saw no failure")
 
-before = {d: upstream_gets(up, "/blobs/" + d) for im in BIG for d in blobs_of(im)}
+settle(up)
+before = {d: upstream_gets(up, "/blobs/" + d, True) for im in BIG for d in blobs_of(im)}
 problems = []
 for k, im in enumerate(BIG + IMAGES):
     problems += pull(alive, im, k)
 t.is_(problems, [], "later pulls of every image through the two survivors: right bytes")
-extra = {d: upstream_gets(up, "/blobs/" + d) - before.get(d, 1)
+settle(up)
+extra = {d: upstream_gets(up, "/blobs/" + d, True) - before.get(d, 1)
          for im in BIG for d in blobs_of(im)}
 v_extra = [extra[d] for d in extra if order(d, URLS)[0] == v_url]
 o_extra = [extra[d] for d in extra if order(d, URLS)[0] != v_url]
 t.ok(max(v_extra + [0]) <= 1 and max(o_extra + [0]) == 0,
      "big images after the kill: at most one more upstream GET for the dead replica's blobs "
      "(%s), none for the others' (%s)" % (sorted(set(v_extra)), sorted(set(o_extra))))
-t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) for im in BIG for d in blobs_of(im)
+settle(up)
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d, True) for im in BIG for d in blobs_of(im)
                  if order(d, URLS)[0] != v_url)), [1],
       "big images: the survivors' blobs were fetched upstream once")
 # (the loop-guard blob was fetched twice on purpose above: leave it out)
 owned_by_victim = [d for im in IMAGES for d in blobs_of(im)
                    if order(d, URLS)[0] == v_url and d != LOOP_BLOB]
-gets = [upstream_gets(up, "/blobs/" + d) for d in owned_by_victim]
+settle(up)
+gets = [upstream_gets(up, "/blobs/" + d, True) for d in owned_by_victim]
 t.ok(owned_by_victim and max(gets) <= 2,
      "the dead replica's %d blobs: at most one more upstream GET each (%s)"
      % (len(owned_by_victim), sorted(set(gets))))
 others = [d for im in IMAGES for d in blobs_of(im)
           if order(d, URLS)[0] != v_url and d != LOOP_BLOB]
-t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) for d in others)), [1],
+settle(up)
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d, True) for d in others)), [1],
       "the survivors' own blobs: still one upstream GET each")
 m0 = reps[0].metrics()
 t.is_(m0.get('regmirror_cluster_peers{state="up"}'), 2.0, "metrics: the dead peer is down")
@@ -361,7 +384,8 @@ problems = []
 for k, im in enumerate(IMG2):
     problems += pull(SURLS[:2], im, k)
 t.is_(problems, [], "two replicas: 8 images pulled")
-before = {d: upstream_gets(up, "/blobs/" + d) for im in IMG2 for d in blobs_of(im)}
+settle(up)
+before = {d: upstream_gets(up, "/blobs/" + d, True) for im in IMG2 for d in blobs_of(im)}
 t.is_(sorted(set(before.values())), [1], "two replicas: one upstream GET per blob")
 moved = [d for d in before if order(d, SURLS)[0] == SURLS[2]]
 t.ok(len(moved) > 0, "the third replica will own %d of the %d blobs" % (len(moved), len(before)))
@@ -374,7 +398,8 @@ problems = []
 for k, im in enumerate(IMG2):
     problems += pull(SURLS, im, k + 1)
 t.is_(problems, [], "three replicas: the same 8 images, right bytes")
-after = {d: upstream_gets(up, "/blobs/" + d) for d in before}
+settle(up)
+after = {d: upstream_gets(up, "/blobs/" + d, True) for d in before}
 t.is_([d[:19] for d in after if after[d] != before[d]], [], "scaling out cost 0 upstream blob GETs")
 filled = metric(three[2], 'regmirror_cluster_fills_total{result="filled"}')
 t.ok(filled >= len(moved), "the new replica filled its %d blobs from their previous owners "
@@ -429,11 +454,13 @@ for u in DURLS:
                    if ln.startswith("regmirror_cluster_peer_up{") and 'self="1"' in ln])
 t.ok(all(len(s) == 1 and DURLS[i] in s[0] for i, s in enumerate(selves)),
      "each found itself by its bound address (%s)" % selves)
-base_gets = {d: upstream_gets(up, "/blobs/" + d) for d in blobs_of(IMAGES[5])}
+settle(up)
+base_gets = {d: upstream_gets(up, "/blobs/" + d, True) for d in blobs_of(IMAGES[5])}
 st, _, _ = http("GET", DURLS[0] + "/metrics", timeout=5)
 problems = pull(DURLS, IMAGES[5], 0) + pull(DURLS, IMAGES[5], 1)
 t.is_(problems, [], "a pull round robin over the DNS cluster: right bytes")
-t.is_(sorted(set(upstream_gets(up, "/blobs/" + d) - base_gets[d] for d in base_gets)), [1],
+settle(up)
+t.is_(sorted(set(upstream_gets(up, "/blobs/" + d, True) - base_gets[d] for d in base_gets)), [1],
       "one upstream GET per blob for the DNS cluster")
 
 # a node tier with endpoint_dns, in the same kind of namespace

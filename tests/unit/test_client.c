@@ -695,8 +695,8 @@ static void test_tls(rgm_client_t *c)
 {
     char cert[512], key[512], ca[512], ocert[512], okey[512], url[512];
     const char *mk[] = {"python3", script, "mkcerts", tmpdir, NULL};
-    rgm_tls_opts_t with_ca = {NULL, 0, NULL, NULL}, sys_ca = {NULL, 0, NULL, NULL};
-    rgm_tls_opts_t insecure = {NULL, 1, NULL, NULL};
+    rgm_tls_opts_t with_ca = {0}, sys_ca = {0};
+    rgm_tls_opts_t insecure = {.insecure_skip_verify = 1};
     struct res res, res2;
     int pt, pw;
 

@@ -752,10 +752,12 @@ class Streamer(threading.Thread):
 
 
 def refused(port):
+    """No new connection: refused, or reset when the listener closed with the SYN in its
+    backlog (a race with the close, not a served connection)."""
     try:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
         return False
-    except ConnectionRefusedError:
+    except (ConnectionRefusedError, ConnectionResetError):
         return True
 
 

@@ -30,18 +30,8 @@ T0 = time.monotonic()
 # ---------------------------------------------------------------------------------------
 # helpers
 
-_ACCESS = re.compile(r'\bmod=access method=(\S+) path="((?:[^"\\]|\\.)*)" status=(\d+)'
-                     r'(?:.*?\bcache=(\S+))?')
 
-
-def mirror_access(m):
-    """The mirror's access-log lines: [(method, path, status, cache)]."""
-    out = []
-    for line in m.log_text().splitlines():
-        mm = _ACCESS.search(line)
-        if mm:
-            out.append((mm.group(1), mm.group(2), int(mm.group(3)), mm.group(4)))
-    return out
+mirror_access = rgmtest.mirror_access
 
 
 def mirror_count(m, method, substring, cache=None):

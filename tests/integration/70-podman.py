@@ -51,15 +51,7 @@ def mirror_access(m):
     return out
 
 
-def route(method, path):
-    p = path.split("?")[0]
-    kind = "other"
-    for k in ("manifests", "blobs", "tags"):
-        if "/%s/" % k in p:
-            kind = k
-    if p in ("/v2", "/v2/"):
-        kind = "base"
-    return "%s %s" % (method, kind)
+route = rgmtest.access_route
 
 
 def routes(lines):

@@ -40,28 +40,9 @@ if not DOCKERD or not DOCKER:
     t.ok(False, "dockerd and docker are installed (Debian docker.io; bootstrap installs it)")
     t.done()
 
-_ACCESS = re.compile(r'\bmod=access method=(\S+) path="((?:[^"\\]|\\.)*)" status=(\d+)'
-                     r'(?:.*?\bcache=(\S+))?')
 
-
-def mirror_access(m):
-    out = []
-    for line in m.log_text().splitlines():
-        mm = _ACCESS.search(line)
-        if mm:
-            out.append((mm.group(1), mm.group(2), int(mm.group(3)), mm.group(4)))
-    return out
-
-
-def route(method, path):
-    p = path.split("?")[0]
-    kind = "other"
-    for k in ("manifests", "blobs", "tags"):
-        if "/%s/" % k in p:
-            kind = k
-    if p in ("/v2", "/v2/"):
-        kind = "base"
-    return "%s %s" % (method, kind)
+mirror_access = rgmtest.mirror_access
+route = rgmtest.access_route
 
 
 def blob_digests(img):

@@ -52,17 +52,8 @@ PARALLEL = 16
 FOOTER = 51            # eStargz footer size
 MT_ESGZ_TOC = "containerd.io/snapshot/stargz/toc.digest"
 
-_ACCESS = re.compile(r'\bmod=access method=(\S+) path="((?:[^"\\]|\\.)*)" status=(\d+)'
-                     r'(?:.*?\bcache=(\S+))?')
 
-
-def mirror_access(m):
-    out = []
-    for line in m.log_text().splitlines():
-        mm = _ACCESS.search(line)
-        if mm:
-            out.append((mm.group(1), mm.group(2), int(mm.group(3)), mm.group(4)))
-    return out
+mirror_access = rgmtest.mirror_access
 
 
 # --------------------------------------------------------------------------------------
@@ -429,8 +420,10 @@ t.is_(hub.count("HEAD", "/blobs/" + layer_hub), 0, "docker.io cold: no upstream 
       "after the fetch started")
 t.ok(kinds.get("JOIN", 0) > 0, "docker.io cold: Range requests joined the fetch in flight "
      "(JOIN %d)" % kinds.get("JOIN", 0), diag=dict(kinds))
-t.ok(sum(1 for a in cold if a[0] == "GET" and a[3] == "MISS") == 1,
-     "docker.io cold: exactly one GET is a MISS (it starts the fetch)", diag=dict(kinds))
+# Requests parked on the job before the upstream's first answer report MISS too (they waited
+# for it with the first): the upstream GET count above is the single-flight check.
+t.ok(sum(1 for a in cold if a[0] == "GET" and a[3] == "MISS") >= 1,
+     "docker.io cold: the first GET is a MISS (it starts the fetch)", diag=dict(kinds))
 t.ok(cold and all(a[1].startswith("/v2/library/lazy/blobs/") and "ns=" not in a[1]
                   for a in cold),
      "docker.io cold: every path as the snapshotter sends it (no ?ns=)")
@@ -465,10 +458,8 @@ res, got = lazy_pull("ghcr.io cold", m.url + "/v2/ghcr.io/org/lazy", esgz_gh, "d
 t.ok(got == esgz_gh["files"]["data/big.bin"], "ghcr.io cold: data/big.bin matches")
 t.is_(gh.count("GET", "/blobs/" + layer_gh), 1, "ghcr.io cold: ONE upstream GET of the layer")
 gcold = [a for a in mirror_access(m)[acc2:] if "/blobs/" in a[1]]
-# GETs only: the snapshotter's HEAD can land while the fetch's first answer is still due, and
-# is then answered by its own upstream HEAD (a MISS that moves no bytes).
-t.ok(sum(1 for a in gcold if a[0] == "GET" and a[3] == "MISS") == 1,
-     "ghcr.io cold: exactly one GET is a MISS", diag=collections.Counter(a[3] for a in gcold))
+t.ok(sum(1 for a in gcold if a[0] == "GET" and a[3] == "MISS") >= 1,
+     "ghcr.io cold: the first GET is a MISS", diag=collections.Counter(a[3] for a in gcold))
 n_up = len(gh.requests)
 res, got = lazy_pull("ghcr.io warm", m.url + "/v2/ghcr.io/org/lazy", esgz_gh, "etc/hello.txt")
 t.ok(got == esgz_gh["files"]["etc/hello.txt"], "ghcr.io warm: etc/hello.txt matches")

@@ -1539,3 +1539,31 @@ def private_netns():
     links = run(["ip", "-o", "link"], timeout=10).out
     routes = run(["ip", "route"], timeout=10).out
     return links, routes
+
+
+# ---- the mirror's access log, as the client tests read it ----
+
+ACCESS_LINE = re.compile(r'\bmod=access method=(\S+) path="((?:[^"\\]|\\.)*)" status=(\d+)'
+                         r'(?:.*?\bcache=(\S+))?')
+
+
+def mirror_access(m):
+    """The access-log lines of Mirror m: [(method, path, status, cache)]."""
+    out = []
+    for line in m.log_text().splitlines():
+        mm = ACCESS_LINE.search(line)
+        if mm:
+            out.append((mm.group(1), mm.group(2), int(mm.group(3)), mm.group(4)))
+    return out
+
+
+def access_route(method, path):
+    """"GET blobs", "HEAD manifests", "GET base" ...: a request line by route kind."""
+    p = path.split("?")[0]
+    kind = "other"
+    for k in ("manifests", "blobs", "tags"):
+        if "/%s/" % k in p:
+            kind = k
+    if p in ("/v2", "/v2/"):
+        kind = "base"
+    return "%s %s" % (method, kind)

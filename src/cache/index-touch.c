@@ -95,7 +95,8 @@ int rgm_index_flush(rgm_index_t *idx)
     }
     if (err == 0)
         err = rgm_index_exec_st(idx, ST_COMMIT, "flush: commit");
-    else
+    /* A failed COMMIT can leave the transaction open: every later write would join it. */
+    if (err < 0 && !sqlite3_get_autocommit(idx->db))
         (void)rgm_index_exec_st(idx, ST_ROLLBACK, "flush: rollback");
     rgm_index_touches_clear(idx);
     return err;

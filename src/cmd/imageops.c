@@ -304,9 +304,12 @@ static int select_top(const rgm_index_object_t *top, void *ud)
     rgm_index_t *idx = p->o->index;
     char reg[RGM_REF_HOST_MAX + 1];
     const char *slash;
+    const uint64_t now = rgm_time_ms();
     int rc;
 
-    if (p->has_older_than && top->last_access_ms + p->older_than_ms > rgm_time_ms())
+    /* The age, not last_access + older_than: a huge older_than must not wrap to "all". */
+    if (p->has_older_than &&
+        (top->last_access_ms > now || now - top->last_access_ms < p->older_than_ms))
         return 0;
     if (p->registry && rgm_index_has_registry_origin(idx, top->digest, p->registry) != 1)
         return 0;

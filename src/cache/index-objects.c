@@ -1,6 +1,6 @@
 /* Object rows: get (with pending touches, and the file check of a row the background
- * reconcile has not reached), put, remove (one or a batch, with their origins), the totals
- * and the LRU walk for eviction. Origins and tags are in their own files. */
+ * reconcile has not reached), put, remove (with its origins), the totals and the LRU walk
+ * (for ls). Origins and tags are in their own files. */
 #include "cache/index.h"
 
 #include <sqlite3.h>
@@ -127,33 +127,10 @@ int rgm_index_remove_object(rgm_index_t *idx, const char *digest)
         err = rgm_index_exec_st(idx, ST_DEL_ORIGINS, "remove origins");
     }
     if (err == 0)
-        return rgm_index_exec_st(idx, ST_COMMIT, "remove: commit");
-    (void)rgm_index_exec_st(idx, ST_ROLLBACK, "remove: rollback");
-    return err;
-}
-
-int rgm_index_remove_objects(rgm_index_t *idx, const char *const *digests, size_t n)
-{
-    size_t i;
-    int err = 0;
-
-    if (n == 0)
-        return 0;
-    rgm_index_read_end(idx);
-    err = rgm_index_exec_st(idx, ST_BEGIN, "remove batch: begin");
-    if (err < 0)
-        return err;
-    for (i = 0; i < n && err == 0; i++) {
-        (void)bind_text(idx->st[ST_DEL_OBJECT], 1, digests[i]);
-        err = rgm_index_exec_st(idx, ST_DEL_OBJECT, "remove batch: object");
-        if (err == 0) {
-            (void)bind_text(idx->st[ST_DEL_ORIGINS], 1, digests[i]);
-            err = rgm_index_exec_st(idx, ST_DEL_ORIGINS, "remove batch: origins");
-        }
-    }
-    if (err == 0)
-        return rgm_index_exec_st(idx, ST_COMMIT, "remove batch: commit");
-    (void)rgm_index_exec_st(idx, ST_ROLLBACK, "remove batch: rollback");
+        err = rgm_index_exec_st(idx, ST_COMMIT, "remove: commit");
+    /* a failed COMMIT can leave the transaction open: every later write would join it */
+    if (err < 0 && !sqlite3_get_autocommit(idx->db))
+        (void)rgm_index_exec_st(idx, ST_ROLLBACK, "remove: rollback");
     return err;
 }
 

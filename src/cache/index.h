@@ -48,9 +48,6 @@ RGM_MUST_CHECK int rgm_index_put_object(rgm_index_t *idx, const rgm_index_object
 /* Delete the object and its origins (tags are left: they name digests, which are refetched
  * when missing). 0 (also when absent) or UV_EIO. */
 RGM_MUST_CHECK int rgm_index_remove_object(rgm_index_t *idx, const char *digest);
-/* rgm_index_remove_object for n digests (borrowed) in one transaction: all or none. 0 or
- * UV_EIO. */
-RGM_MUST_CHECK int rgm_index_remove_objects(rgm_index_t *idx, const char *const *digests, size_t n);
 
 /* Record that digest was fetched through registry/repo; is_public replaces an earlier value.
  * 0 or UV_EIO. */
@@ -101,7 +98,7 @@ RGM_MUST_CHECK int rgm_index_stats(rgm_index_t *idx, uint64_t *objects, uint64_t
 
 /* Called per object; obj is borrowed for the call. Non-zero stops. */
 typedef int (*rgm_index_object_fn)(const rgm_index_object_t *obj, void *ud);
-/* Objects by last access, oldest first, at most n (0 = all), for gc and ls. Pending touches
+/* Objects by last access, oldest first, at most n (0 = all), for ls. Pending touches
  * are flushed first. The callback must not modify the index (collect, then remove). Returns
  * the number given to cb, or UV_EIO. */
 int rgm_index_walk_lru(rgm_index_t *idx, size_t n, rgm_index_object_fn cb, void *ud);

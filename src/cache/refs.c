@@ -191,8 +191,10 @@ int rgm_refs_record(rgm_refs_t *r, const char *digest, const void *data, size_t 
         err = run_st(r, RS_MARK, "mark scanned");
     }
     if (err == 0)
-        return rgm_sql_exec(db, "refs", "COMMIT");
-    (void)rgm_sql_exec(db, "refs", "ROLLBACK");
+        err = rgm_sql_exec(db, "refs", "COMMIT");
+    /* a failed COMMIT can leave the transaction open: every later write would join it */
+    if (err < 0 && !sqlite3_get_autocommit(db))
+        (void)rgm_sql_exec(db, "refs", "ROLLBACK");
     return err;
 }
 

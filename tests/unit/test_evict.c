@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <sqlite3.h>
 #include <uv.h>
 
 #include "core/util.h"
@@ -104,6 +105,29 @@ static void close_all(void)
     snprintf(cmd, sizeof(cmd), "rm -rf %s", root);
     if (system(cmd) != 0)
         abort();
+}
+
+/* A COMMIT of rgm_refs_record that fails (a deferred foreign key a trigger adds) must not
+ * leave its transaction open: the next write is its own, and the mark is not kept. */
+static void test_record_commit_fails(void)
+{
+    static const char m[] = "{\"schemaVersion\":2,\"layers\":[]}";
+    char d[RGM_DIGEST_MAX];
+    sqlite3 *db = rgm_index_db_write(idx);
+    int rc;
+
+    digest_of(m, sizeof(m) - 1, d);
+    ok(sqlite3_exec(db,
+                    "PRAGMA foreign_keys = ON; CREATE TABLE fk(d TEXT REFERENCES objects(digest) "
+                    "DEFERRABLE INITIALLY DEFERRED); CREATE TRIGGER fk_mark AFTER INSERT ON "
+                    "refs_scanned BEGIN INSERT INTO fk VALUES (NEW.digest); END;",
+                    NULL, NULL, NULL) == SQLITE_OK,
+       "record fails: a deferred reference on every mark");
+    ok(rgm_refs_record(refs, d, m, sizeof(m) - 1) < 0, "record fails: a manifest with no row");
+    ok(sqlite3_get_autocommit(db) != 0, "record fails: no transaction left open");
+    rc = sqlite3_exec(db, "DROP TRIGGER fk_mark; DROP TABLE fk; PRAGMA foreign_keys = OFF;", NULL,
+                      NULL, NULL);
+    ok(rc == SQLITE_OK, "record fails: drop the reference (%d)", rc);
 }
 
 int main(void)
@@ -227,6 +251,7 @@ int main(void)
         rgm_evict_free(e);
     }
     rgm_inuse_free(inuse);
+    test_record_commit_fails();
     close_all();
     return tap_done();
 }

@@ -291,13 +291,11 @@ static int put_tags(rgm_index_t *idx, int first)
 }
 
 /* object_totals (stats in constant time) follows every change of objects, ours or not, and a
- * store without it is counted once on open; rgm_index_remove_objects is all or nothing. */
+ * store without it is counted once on open. */
 static void test_totals(void)
 {
     rgm_index_t *idx = NULL;
     uint64_t n = 0, bytes = 0;
-    const char *const three[] = {D1, D2, D3};
-    const char *const two[] = {D1, D3};
     char p2[600];
     uv_loop_t loop;
 
@@ -310,16 +308,16 @@ static void test_totals(void)
     ok(n == 2 && bytes == 310, "totals: 2 objects, 310 bytes (%llu, %llu)", (unsigned long long)n,
        (unsigned long long)bytes);
     is_int(rgm_index_add_origin(idx, D2, "docker.io", "x/y", 1), 0, "totals: an origin");
-    is_int(rgm_index_remove_objects(idx, two, 2), 0, "totals: batch remove (D3 absent)");
+    is_int(rgm_index_remove_object(idx, D1), 0, "totals: remove D1");
+    is_int(rgm_index_remove_object(idx, D3), 0, "totals: remove D3 (absent)");
     is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats after");
     ok(n == 1 && bytes == 300, "totals: D2 left (%llu, %llu)", (unsigned long long)n,
        (unsigned long long)bytes);
-    is_int(rgm_index_remove_objects(idx, three, 0), 0, "totals: empty batch");
-    is_int(rgm_index_remove_objects(idx, three, 3), 0, "totals: batch remove all");
+    is_int(rgm_index_remove_object(idx, D2), 0, "totals: remove D2");
     is_int(rgm_index_stats(idx, &n, &bytes), 0, "totals: stats empty");
     ok(n == 0 && bytes == 0, "totals: empty (%llu, %llu)", (unsigned long long)n,
        (unsigned long long)bytes);
-    is_int(rgm_index_has_public_origin(idx, D2), 0, "totals: batch remove took the origins");
+    is_int(rgm_index_has_public_origin(idx, D2), 0, "totals: remove took the origins");
     is_int(put(idx, D1, 10, RGM_OBJ_BLOB, "", 1), 0, "totals: put D1 again");
     rgm_index_close(idx);
     idx = NULL;
@@ -462,6 +460,34 @@ static void test_referrers_upgrade(void)
     rgm_index_close(idx);
 }
 
+/* A COMMIT that fails (here a deferred foreign key another table holds on the row) must not
+ * leave the removal's transaction open: the row stays and the next write is its own. */
+static void test_remove_commit_fails(void)
+{
+    rgm_index_t *idx = NULL;
+    rgm_index_object_t obj;
+    char p2[600];
+    sqlite3 *db;
+
+    snprintf(p2, sizeof(p2), "%s/commitfail.db", root);
+    is_int(rgm_index_open(p2, &idx), 0, "commit fails: open");
+    is_int(put(idx, D1, 10, RGM_OBJ_BLOB, "", 1), 0, "commit fails: put D1");
+    db = rgm_index_db_write(idx);
+    ok(sqlite3_exec(db,
+                    "PRAGMA foreign_keys = ON; CREATE TABLE fk(d TEXT REFERENCES objects(digest) "
+                    "DEFERRABLE INITIALLY DEFERRED); INSERT INTO fk VALUES ('" D1 "');",
+                    NULL, NULL, NULL) == SQLITE_OK,
+       "commit fails: a deferred reference to D1");
+    ok(rgm_index_remove_object(idx, D1) < 0, "commit fails: remove D1 fails");
+    ok(sqlite3_get_autocommit(db) != 0, "commit fails: no transaction left open");
+    is_int(rgm_index_get_object(idx, D1, &obj), 0, "commit fails: D1 is still there");
+    ok(sqlite3_exec(db, "DROP TABLE fk", NULL, NULL, NULL) == SQLITE_OK,
+       "commit fails: drop the reference");
+    is_int(rgm_index_remove_object(idx, D1), 0, "commit fails: remove D1 now");
+    is_int(rgm_index_get_object(idx, D1, &obj), UV_ENOENT, "commit fails: D1 gone");
+    rgm_index_close(idx);
+}
+
 int main(void)
 {
     rgm_index_t *idx = NULL;
@@ -526,6 +552,7 @@ int main(void)
 
     test_reconcile();
     test_totals();
+    test_remove_commit_fails();
     test_referrers_upgrade();
 
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);

@@ -64,7 +64,6 @@ void rgm_adminapi_handle(rgm_req_t *req, void *ud)
         return;
     rgm_log(RGM_LOG_INFO, "admin", "client=%s %s %s id=%llu", rgm_req_client(req),
             rgm_req_method_name(req), rgm_req_path(req), (unsigned long long)rgm_req_id(req));
-    a->requests++;
     body = rgm_req_body(req, &len);
     if (op == OP_PURGE || op == OP_PIN || op == OP_UNPIN) {
         doc = len > 0 ? json_loadb(body, len, 0, &jerr) : json_object();

@@ -11,7 +11,6 @@
 /* ud for rgm_adminapi_handle: the operations' targets, borrowed (they outlive the server). */
 struct rgm_adminapi {
     struct rgm_imageops ops;
-    uint64_t requests; /* answered, for the log */
 };
 
 /* An rgm_handler_fn (ud: struct rgm_adminapi *). Answers every request before it returns:

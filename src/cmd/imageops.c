@@ -66,21 +66,20 @@ static int req_refs(const json_t *req, const json_t **out, char *msg, size_t msg
 
 /* ---- the listing ---- */
 
-struct tagref {
-    const char *digest;
-    char ref[RGM_REF_IMAGE_STR_MAX];
-};
-
-static int find_tag(const char *reg, const char *repo, const char *tag, const char *digest,
-                    uint64_t checked_ms, void *ud)
+/* One reference per tagged digest (its first tag), so that the listing walks the tags once,
+ * not once per image. */
+static int map_tag(const char *reg, const char *repo, const char *tag, const char *digest,
+                   uint64_t checked_ms, void *ud)
 {
-    struct tagref *t = ud;
+    json_t *map = ud;
+    char ref[RGM_REF_IMAGE_STR_MAX];
 
     (void)checked_ms;
-    if (strcmp(digest, t->digest) != 0)
+    if (json_object_get(map, digest))
         return 0;
-    snprintf(t->ref, sizeof(t->ref), "%s/%s:%s", reg, repo, tag);
-    return 1;
+    snprintf(ref, sizeof(ref), "%s/%s:%s", reg, repo, tag);
+    json_object_set_new(map, digest, json_string(ref));
+    return 0;
 }
 
 /* "os/arch[/variant]" of one platform object into the array. */
@@ -144,6 +143,7 @@ static void rfc3339(uint64_t ms, char *buf, size_t len)
 struct listing {
     const struct rgm_imageops *o;
     json_t *arr;
+    json_t *tags; /* digest: reference */
     int err;
 };
 
@@ -152,22 +152,16 @@ static int list_one(const rgm_index_object_t *top, void *ud)
     struct listing *l = ud;
     struct rgm_cachemgmt *cm = l->o->cm;
     rgm_evict_image_t info;
-    struct tagref t;
+    const char *ref = json_string_value(json_object_get(l->tags, top->digest));
     char when[64];
     json_t *obj;
 
     l->err = rgm_evict_describe(cm->evict, top, &cm->opts, &info);
     if (l->err < 0)
         return 1;
-    t.digest = top->digest;
-    snprintf(t.ref, sizeof(t.ref), "(untagged)");
-    if (rgm_index_walk_tags(l->o->index, find_tag, &t) < 0) {
-        l->err = UV_EIO;
-        return 1;
-    }
     rfc3339(info.last_used_ms, when, sizeof(when));
-    obj = json_pack("{s:s, s:s, s:o, s:I, s:I, s:s, s:b}", "reference", t.ref, "digest",
-                    top->digest, "platforms", platforms_of(l->o->store, top->digest),
+    obj = json_pack("{s:s, s:s, s:o, s:I, s:I, s:s, s:b}", "reference", ref ? ref : "(untagged)",
+                    "digest", top->digest, "platforms", platforms_of(l->o->store, top->digest),
                     "unique_bytes", (json_int_t)info.unique_bytes, "shared_bytes",
                     (json_int_t)info.shared_bytes, "last_used", when, "pinned", info.is_pinned);
     if (obj)
@@ -177,10 +171,13 @@ static int list_one(const rgm_index_object_t *top, void *ud)
 
 json_t *rgm_imageops_list(const struct rgm_imageops *o)
 {
-    struct listing l = {o, json_array(), 0};
+    struct listing l = {o, json_array(), json_object(), 0};
+    const int is_failed = rgm_index_flush(o->index) < 0 ||
+                          rgm_index_walk_tags(o->index, map_tag, l.tags) < 0 ||
+                          rgm_refs_walk_tops(o->cm->refs, 0, "", 0, list_one, &l) < 0 || l.err < 0;
 
-    if (rgm_index_flush(o->index) < 0 ||
-        rgm_refs_walk_tops(o->cm->refs, 0, "", 0, list_one, &l) < 0 || l.err < 0) {
+    json_decref(l.tags);
+    if (is_failed) {
         json_decref(l.arr);
         return NULL;
     }
@@ -304,9 +301,12 @@ static int select_top(const rgm_index_object_t *top, void *ud)
     rgm_index_t *idx = p->o->index;
     char reg[RGM_REF_HOST_MAX + 1];
     const char *slash;
+    const uint64_t now = rgm_time_ms();
     int rc;
 
-    if (p->has_older_than && top->last_access_ms + p->older_than_ms > rgm_time_ms())
+    /* The age, not last_access + older_than: a huge older_than must not wrap to "all". */
+    if (p->has_older_than &&
+        (top->last_access_ms > now || now - top->last_access_ms < p->older_than_ms))
         return 0;
     if (p->registry && rgm_index_has_registry_origin(idx, top->digest, p->registry) != 1)
         return 0;

@@ -173,6 +173,10 @@ t.ok(status_of(a) == 200 and body_of(a)["unpinned"] == ["docker.io/library/app2:
 t.is_(status_of(usock(sock, req("POST", "/purge", b'{"references": '))), 400,
       "a body that is not JSON: 400")
 t.is_(status_of(usock(sock, req("POST", "/purge", b'{}'))), 400, "a purge naming nothing: 400")
+a = usock(sock, req("POST", "/purge", b'{"older_than": "18446744073709551615ms"}'))
+t.ok(status_of(a) == 200 and body_of(a)["purged"] == [] and
+     os.path.exists(blob_path(m.storage, imgs[2]["manifest"])),
+     "older_than near 2^64 ms purges nothing (no wrap to every image)", diag=a[:300])
 t.is_(status_of(usock(sock, req("GET", "/v2/"))), 404, "the registry API is not on the socket")
 t.is_(status_of(usock(sock, req("GET", "/purge"))), 405, "GET /purge: 405")
 

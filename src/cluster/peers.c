@@ -34,6 +34,7 @@ struct probe {
     char url[RGM_PEER_URL_MAX];
     rgm_upreq_t *req; /* default probe only, until on_done */
     int status;
+    size_t body_len; /* default probe: body bytes so far */
     struct probe *prev, *next;
 };
 
@@ -489,13 +490,18 @@ static int on_probe_head(rgm_upreq_t *r, int status, void *ud)
     return 0;
 }
 
+/* /readyz answers a few bytes: a peer that sends more is not ready, and cannot keep the probe
+ * (and its connection) busy with an endless body. */
+#define PROBE_BODY_MAX 4096
+
 static int on_probe_body(rgm_upreq_t *r, const char *data, size_t len, void *ud)
 {
+    struct probe *pr = ud;
+
     (void)r;
     (void)data;
-    (void)len;
-    (void)ud;
-    return 0;
+    pr->body_len += len;
+    return pr->body_len > PROBE_BODY_MAX ? UV_E2BIG : 0;
 }
 
 static void on_probe_http_done(rgm_upreq_t *r, int err, void *ud)

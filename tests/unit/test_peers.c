@@ -468,7 +468,8 @@ static void test_dns(void)
 
 struct tiny {
     uv_tcp_t srv;
-    int status; /* what /readyz answers */
+    int status;     /* what /readyz answers */
+    int is_endless; /* a 200 whose body never ends */
     int n_requests;
     char last_line[64];
 };
@@ -487,12 +488,18 @@ static void on_tiny_closed(uv_handle_t *h)
     free(rgm_container_of((uv_tcp_t *)h, struct tiny_conn, h));
 }
 
+static char endless_chunk[16384];
+
 static void on_tiny_written(uv_write_t *w, int status)
 {
     struct tiny_conn *c = rgm_container_of(w, struct tiny_conn, w);
+    uv_buf_t out = uv_buf_init(endless_chunk, sizeof(endless_chunk));
 
-    (void)status;
-    uv_close((uv_handle_t *)&c->h, on_tiny_closed);
+    if (status == 0 && c->t->is_endless && !uv_is_closing((uv_handle_t *)&c->h) &&
+        uv_write(&c->w, (uv_stream_t *)&c->h, &out, 1, on_tiny_written) == 0)
+        return;
+    if (!uv_is_closing((uv_handle_t *)&c->h))
+        uv_close((uv_handle_t *)&c->h, on_tiny_closed);
 }
 
 static void on_tiny_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b)
@@ -523,8 +530,13 @@ static void on_tiny_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *b)
     c->t->n_requests++;
     eol = strcspn(c->buf, "\r");
     (void)snprintf(c->t->last_line, sizeof(c->t->last_line), "%.*s", (int)eol, c->buf);
-    n = snprintf(c->resp, sizeof(c->resp),
-                 "HTTP/1.1 %d X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok", c->t->status);
+    if (c->t->is_endless)
+        n = snprintf(c->resp, sizeof(c->resp),
+                     "HTTP/1.1 200 X\r\nContent-Length: 4000000000\r\n\r\n");
+    else
+        n = snprintf(c->resp, sizeof(c->resp),
+                     "HTTP/1.1 %d X\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                     c->t->status);
     out = uv_buf_init(c->resp, (unsigned)n);
     if (uv_write(&c->w, s, &out, 1, on_tiny_written) < 0)
         uv_close((uv_handle_t *)&c->h, on_tiny_closed);
@@ -618,6 +630,14 @@ static void test_http_probe(void)
         ok((strcmp(m0.url, urls[0]) == 0 ? m0.is_up && !m1.is_up : m1.is_up && !m0.is_up),
            "the up one is the tiny server");
     }
+    /* A 200 with an endless body: the probe gives up on it (not ready) and tries again. */
+    t.is_endless = 1;
+    t.n_requests = 0;
+    rgm_peers_report(p, urls[0], 0);
+    RUN_UNTIL(&loop, t.n_requests >= 2);
+    rgm_peers_stats(p, &st);
+    ok(t.n_requests >= 2 && st.n_up == 0,
+       "/readyz endless body: the probe ends, not ready (%d probes)", t.n_requests);
     rgm_peers_close(p, on_peers_closed, &is_closed);
     RUN_UNTIL(&loop, is_closed);
     ok(is_closed, "closed with probes maybe in flight (cancelled)");

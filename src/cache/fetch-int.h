@@ -34,6 +34,8 @@ struct rgm_fetches {
     size_t queued;                             /* bytes in every fetch's write queue */
     size_t mem_n;                              /* landed chunks kept for readers, all fetches */
     struct rgm_fetch *queue_head, *queue_tail; /* fetches with deferred work */
+    struct lanes *lanes;                       /* lanes' wake-up; exists only while fetches live */
+    struct rgm_fetch *lanes_head;              /* fetches whose lane is out */
     rgm_fetch_evict_fn evict;                  /* run at once on a store write error */
     void *evict_ud;
 };
@@ -43,6 +45,13 @@ struct rgm_fetches {
  * and closes every handle of the loop never meets ours. */
 struct idle {
     uv_idle_t h;
+    rgm_fetches_t *t;
+};
+
+/* The lanes' wake-up (uv_async_send from the pool after each landed batch): the loop collects
+ * what every lane out has landed. Same lifetime as struct idle. */
+struct lanes {
+    uv_async_t h;
     rgm_fetches_t *t;
 };
 
@@ -90,13 +99,14 @@ struct rgm_fetch {
     size_t win_len;
     struct chunk *win_head, *win_tail;
 
-    /* The sidecar (see store.h). sc is filled on the loop before the first batch
-     * (rgm_fetch_set_origin) and only read by the pool after that; sc_at is the pool's. */
+    /* The sidecar (see store.h). sc is filled on the loop before the first lane starts
+     * (rgm_fetch_set_origin, lane_start) and only the lane touches it after that. */
     char *sc_path; /* tmp_path + RGM_STORE_KEEP_SUFFIX; kept until dispose */
-    int sc_fd;     /* the sidecar, opened by the first write job that writes it; else -1 */
+    int sc_fd;     /* the sidecar, opened by the lane that first writes it; else -1 */
     rgm_store_partial_t sc;
     int has_origin;
-    uint64_t sc_at; /* written when the sidecar was last written */
+    int is_sc_on;   /* lane: write the sidecar (snapshot of has_origin, size, no file) */
+    uint64_t sc_at; /* lane: written when the sidecar was last written */
     /* rgm_fetch_resume: the pool re-hashes the first rehash_want bytes (is_writing meanwhile) */
     uint64_t rehash_want;
     int rehash_ok; /* pool: the prefix matched */
@@ -106,27 +116,32 @@ struct rgm_fetch {
     uint64_t written;  /* landed: in the file, or (no file) hashed into the window */
     uint64_t readable_at_fail;
 
-    /* The write queue (loop side): chunks waiting, then the batch in the pool. While a batch
-     * is in the pool (is_writing), the hash job owns md, the write job owns wfd's file offset
-     * past written and sc, and both read the batch's chunks; the loop touches none of them
-     * until batch_complete. */
-    struct chunk *q_head, *q_tail; /* waiting for the pool, in order */
-    struct chunk *batch;           /* in the pool */
+    /* The write queue (see fetch-write.c). The loop copies the producer's bytes into q_tail;
+     * the lane, one pool job at a time (is_writing), takes sealed chunks from q_head into
+     * batch, hashes and writes them, and moves them to the done list, which the loop collects.
+     * mu guards the q list's links and its chunks' len, q_len, is_tail_sealed, the done list
+     * and is_lane_stop. While the lane is out it alone touches md, batch*, lane_*, wfd's file
+     * offset past written and the sidecar; the loop touches none of them. */
+    uv_mutex_t mu;
+    int has_mu;
+    struct chunk *q_head, *q_tail; /* waiting for the lane, in order */
+    size_t q_len;                  /* bytes in the q list */
+    int is_tail_sealed;            /* q_tail takes no more bytes: the lane may take it */
+    struct chunk *done_head, *done_tail; /* landed by the lane, not collected yet */
+    size_t done_len;
+    int is_lane_stop;   /* the fetch ended: the lane stops after its batch */
+    struct chunk *batch; /* the lane's batch; after a failed lane, the batch that failed */
+    size_t batch_len;
+    int batch_is_hashed; /* the batch was hashed already (its write is being retried) */
+    int lane_err;        /* the lane stopped at an error (-errno, or UV_EIO from the hash) */
+    int is_lane_fault;   /* RGM_FAULT("store.write") fails the lane's writes (set by the loop) */
+    uint64_t lane_off;   /* lane: bytes landed so far (= written + done_len) */
+    struct rgm_fetch *lane_next; /* t->lanes, while the lane is out */
     struct chunk
         *spare;    /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1; see fetch-write.c) */
-    size_t queued; /* bytes waiting + in the pool */
-    size_t batch_len;
-    ssize_t batch_result; /* pool (write job): bytes written, or -errno */
-    int hash_result;      /* pool (hash job): 0 or UV_EIO */
-    int batch_is_hashed;  /* the batch was hashed already (its write is being retried) */
-    uv_work_t work;       /* the write job (and the re-hash of a resume) */
-    uv_work_t hwork;      /* the hash job, beside the write job on another pool thread */
-    int jobs;             /* jobs of the batch still in the pool */
-    int job_status;       /* the first uv_work status < 0 of the batch's jobs */
-    int is_writing;       /* a batch (or the re-hash) is in the pool */
-    /* The sidecar for the prefix [0, sc_due) is to be written by the next write job (0: none);
-     * its prefix was computed on the loop, while no hash job ran. */
-    uint64_t sc_due;
+    size_t queued; /* bytes appended and not collected: waiting, in the lane, done */
+    uv_work_t work; /* the lane (and the re-hash of a resume) */
+    int is_writing; /* the lane (or the re-hash) is in the pool */
     /* Landed chunks kept in memory for readers that keep up: [mem_off, written) minus what was
      * dropped; at most MEM_CHUNKS per fetch and MEM_TOTAL over all. Readers further behind
      * read the file (they lag on disk, never pinning memory). */
@@ -187,6 +202,11 @@ void rgm_fetch_mem_drop_head(rgm_fetch_t *f);
 
 /* The producer's pending append may complete: now (from the idle pass) or with the end. */
 void rgm_fetch_append_settle(rgm_fetch_t *f);
+/* The fetch ended: drop what waits in the queue and tell a lane out to stop (its batch and
+ * what it landed are freed when it is back). */
+void rgm_fetch_queue_drop(rgm_fetch_t *f);
+/* Free the lanes' wake-up (the last fetch died). */
+void rgm_fetch_lanes_release(rgm_fetches_t *t);
 
 /* ---- fetch-read.c: readers and the idle pass ---- */
 

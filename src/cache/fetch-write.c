@@ -1,8 +1,9 @@
-/* The write queue of a fetch: the producer's bytes copied into chunks, handed to libuv's pool
- * in batches (hashed and written on two pool threads at once), with flow control so that the
- * upstream runs at the speed of the disk; landed chunks kept for readers near the head; the
- * sidecar that lets a fetch resume after a restart, and the resume itself (the prefix re-hash).
- * Calls down into fetch.c (lifetime, the end of a fetch); not here: readers (fetch-read.c). */
+/* The write queue of a fetch: the producer's bytes copied into chunks and handed to the lane,
+ * one pool job that hashes and writes them batch after batch, with flow control so that the
+ * upstream runs at the speed of the disk and of SHA-256; landed chunks kept for readers near
+ * the head; the sidecar that lets a fetch resume after a restart, and the resume itself (the
+ * prefix re-hash). Calls down into fetch.c (lifetime, the end of a fetch); not here: readers
+ * (fetch-read.c). */
 #include "cache/fetch.h"
 
 #include <errno.h>
@@ -16,14 +17,19 @@
 #include "cache/fetch-int.h"
 #include "core/log.h"
 
-/* The write queue. The producer's bytes are copied into fixed chunks; one batch at a time
- * (up to BATCH_MAX) goes to libuv's pool as two jobs on two threads, one hashing it and one
- * writing it with pwritev, so that the upstream socket, SHA-256 and the disk overlap instead of
- * taking turns (SHA-256 is sequential over the batches, the writes need not wait for it). A
- * fetch queues at most QUEUE_MAX bytes (in the pool or waiting) before its producer waits,
- * and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue may
- * always take one append (so no fetch waits on another's): memory stays flat whatever the
- * network and disk speeds. Sizes measured on loopback: see tests/bench (ingest). */
+/* The write queue. The producer's bytes are copied into fixed chunks. The lane, one libuv pool
+ * job per fetch at a time, takes the sealed chunks (all but a tail that is still filling) in
+ * batches of up to BATCH_MAX, hashes each and writes it with pwritev, puts it on the done list
+ * and wakes the loop, which collects the landed bytes for readers. It goes on to the next
+ * batch without a round trip through the loop (one per batch cost about as much as the hash:
+ * see tests/bench, ingest), and ends when nothing sealed is left, after LANE_MAX bytes (so
+ * that other fetches' lanes and other pool work get a thread), at an error, or when the fetch
+ * ends; its after-work sends it out again when more is waiting. A fetch queues at most
+ * QUEUE_MAX bytes (waiting, in the lane, or landed and not collected) before its producer
+ * waits, and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue
+ * may always take one append (so no fetch waits on another's): memory stays flat whatever the
+ * network and disk speeds. */
+#define LANE_MAX      (16 * 1024 * 1024)
 #define BATCH_MAX     (1024 * 1024)
 #define QUEUE_MAX     (4 * 1024 * 1024)
 #define TOTAL_MAX     (16 * 1024 * 1024)
@@ -66,17 +72,29 @@ void rgm_fetch_append_settle(rgm_fetch_t *f)
     rgm_fetch_queue(f);
 }
 
-/* ---- batches in the pool ---- */
+/* ---- the lane (pool side) ---- */
 
-/* Loop, between batches (no hash job runs): the sidecar for the prefix [0, written) that md
- * covers now, for the next write job to put in place (sidecar_flush). */
-static void sidecar_prepare(rgm_fetch_t *f)
+/* Lane: after the batch that reached lane_off, the sidecar for that prefix, every
+ * SIDECAR_EVERY bytes: one pwrite of a few hundred bytes in place, which a crash of the process
+ * cannot tear. (A new file renamed over the old one cost an inode creation per 4 MiB, a few %
+ * of an ingest in perf.) A sidecar torn by a power loss fails to parse, or its prefix fails the
+ * re-hash: the resume then starts from zero, never from wrong bytes. Errors only cost the
+ * resume: they are ignored. */
+static void sidecar_write(rgm_fetch_t *f)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     unsigned int i;
-    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    char text[2048];
+    size_t done = 0;
+    EVP_MD_CTX *c;
+    ssize_t r;
+    int n;
 
+    if (!f->is_sc_on || f->lane_off >= f->sc.size || f->lane_off < f->sc_at + SIDECAR_EVERY)
+        return;
+    f->sc_at = f->lane_off;
+    c = EVP_MD_CTX_new();
     if (!c || EVP_MD_CTX_copy_ex(c, f->md) != 1 || EVP_DigestFinal_ex(c, md, &md_len) != 1) {
         EVP_MD_CTX_free(c);
         return;
@@ -88,24 +106,7 @@ static void sidecar_prepare(rgm_fetch_t *f)
         f->sc.prefix[7 + 2 * i + 1] = "0123456789abcdef"[md[i] & 15];
     }
     f->sc.prefix[7 + 2 * md_len] = '\0';
-    f->sc.size = f->size;
-    f->sc.written = f->written;
-    f->sc_due = f->written;
-    f->sc_at = f->written;
-}
-
-/* Pool thread (write job): rewrite the prepared sidecar in place: one pwrite of a few hundred
- * bytes, which a crash of the process cannot tear. (A new file renamed over the old one cost an
- * inode creation per 4 MiB, a few % of an ingest in perf.) A sidecar torn by a power loss
- * fails to parse, or its prefix fails the re-hash: the resume then starts from zero, never
- * from wrong bytes. Errors only cost the resume: they are ignored. */
-static void sidecar_flush(rgm_fetch_t *f)
-{
-    char text[2048];
-    size_t done = 0;
-    ssize_t r;
-    int n;
-
+    f->sc.written = f->lane_off;
     n = rgm_store_partial_format(&f->sc, text, sizeof(text));
     if (n < 0)
         return;
@@ -125,50 +126,71 @@ static void sidecar_flush(rgm_fetch_t *f)
         return; /* the text only grows (written gains digits): nothing stale is left anyway */
 }
 
-/* Pool thread: hash the batch. Only md and the batch (read-only) are touched; the write job
- * reads the same chunks at the same time on another thread. */
-static void on_hash_work(uv_work_t *w)
+/* Lane, under mu: take the next batch, whole sealed chunks from the head, at most BATCH_MAX
+ * (a chunk is sealed once it is full, or when the loop sealed the tail). 0: nothing sealed, or
+ * told to stop. */
+static int lane_take(rgm_fetch_t *f)
 {
-    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, hwork);
-    const struct chunk *c;
+    struct chunk **pp = &f->q_head;
+    size_t len = 0;
 
-    f->hash_result = 0;
-    for (c = f->batch; c; c = c->next) {
-        if (EVP_DigestUpdate(f->md, c->data, c->len) != 1) {
-            f->hash_result = UV_EIO;
-            return;
-        }
+    if (f->is_lane_stop)
+        return 0;
+    while (*pp && len + (*pp)->len <= BATCH_MAX) {
+        if (*pp == f->q_tail && (*pp)->len < CHUNK_SIZE && !f->is_tail_sealed)
+            break;
+        len += (*pp)->len;
+        pp = &(*pp)->next;
     }
+    if (pp == &f->q_head)
+        return 0;
+    f->batch = f->q_head;
+    f->q_head = *pp;
+    *pp = NULL;
+    if (!f->q_head) {
+        f->q_tail = NULL;
+        f->is_tail_sealed = 0;
+    }
+    f->q_len -= len;
+    f->batch_len = len;
+    f->batch_is_hashed = 0;
+    return 1;
 }
 
-/* Pool thread: write the batch at offset written (after the sidecar that is due). Only wfd,
- * sc and the batch (read-only) are touched (see the struct). */
-static void on_write_work(uv_work_t *w)
+static int lane_hash(rgm_fetch_t *f)
 {
-    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    const struct chunk *c;
+
+    for (c = f->batch; c; c = c->next) {
+        if (EVP_DigestUpdate(f->md, c->data, c->len) != 1)
+            return UV_EIO;
+    }
+    return 0;
+}
+
+/* Lane: write the batch at lane_off. 0 or -errno. */
+static int lane_write(rgm_fetch_t *f)
+{
     struct iovec iov[BATCH_MAX / CHUNK_SIZE + 1];
     const struct chunk *c;
-    uint64_t off = f->written;
     size_t done = 0;
     int n = 0;
     int i = 0;
     ssize_t r;
 
-    if (f->sc_due > 0)
-        sidecar_flush(f);
+    if (f->is_lane_fault)
+        return UV_EIO;
     for (c = f->batch; c; c = c->next) {
         iov[n].iov_base = (void *)c->data;
         iov[n].iov_len = c->len;
         n++;
     }
     while (done < f->batch_len) {
-        r = pwritev(f->wfd, iov + i, n - i, (off_t)(off + done));
+        r = pwritev(f->wfd, iov + i, n - i, (off_t)(f->lane_off + done));
         if (r < 0 && errno == EINTR)
             continue;
-        if (r <= 0) {
-            f->batch_result = r < 0 ? -errno : UV_EIO; /* 0: no progress on a regular file */
-            return;
-        }
+        if (r <= 0)
+            return r < 0 ? -errno : UV_EIO; /* 0: no progress on a regular file */
         done += (size_t)r;
         while (i < n && (size_t)r >= iov[i].iov_len) {
             r -= (ssize_t)iov[i].iov_len;
@@ -179,204 +201,294 @@ static void on_write_work(uv_work_t *w)
             iov[i].iov_len -= (size_t)r;
         }
     }
-    f->batch_result = (ssize_t)done;
-}
-
-/* Queue one job of the batch; 0 or a uv_queue_work error (the job is then not counted). */
-static int job_queue(rgm_fetch_t *f, uv_work_t *w, uv_work_cb work, uv_after_work_cb after)
-{
-    int err;
-
-    rgm_fetch_ref(f);
-    f->jobs++;
-    f->is_writing = 1;
-    err = uv_queue_work(f->t->loop, w, work, after);
-    if (err < 0) {
-        f->jobs--;
-        f->is_writing = f->jobs > 0;
-        rgm_fetch_unref(f); /* f still has its producer's reference */
-    }
-    return err;
-}
-
-static void on_hash_done(uv_work_t *w, int status);
-static void on_write_done(uv_work_t *w, int status);
-
-/* Hand the next batch (whole chunks from the head, at most BATCH_MAX; the tail chunk too once
- * it is full or all bytes were appended) to the pool. */
-static int batch_start(rgm_fetch_t *f)
-{
-    struct chunk **pp = &f->q_head;
-    size_t len = 0;
-    int err;
-
-    if (f->is_writing || !f->q_head || f->state != RGM_FETCH_RUNNING)
-        return 0;
-    while (*pp && len + (*pp)->len <= BATCH_MAX) {
-        if (*pp == f->q_tail && (*pp)->len < CHUNK_SIZE && !f->is_finishing && len > 0)
-            break; /* let the tail fill up unless nothing else is waiting */
-        len += (*pp)->len;
-        pp = &(*pp)->next;
-    }
-    f->batch = f->q_head;
-    f->q_head = *pp;
-    *pp = NULL;
-    if (!f->q_head)
-        f->q_tail = NULL;
-    f->batch_len = len;
-    f->batch_result = f->is_nofile ? (ssize_t)len : 0; /* no file: hashed, lands in the window */
-    f->hash_result = 0;
-    f->batch_is_hashed = 0;
-    /* SHA-256 is sequential, the write is not: both jobs run at once, on two pool threads. */
-    err = job_queue(f, &f->hwork, on_hash_work, on_hash_done);
-    if (err == 0 && !f->is_nofile)
-        err = job_queue(f, &f->work, on_write_work, on_write_done);
-    if (err < 0 && f->jobs == 0) {
-        rgm_fetch_chunks_recycle(f, f->batch);
-        f->batch = NULL;
-    } else if (err < 0) {
-        f->batch_result = err; /* the hash job comes back; the batch then fails the fetch */
-        err = 0;
-    }
-    return err;
-}
-
-/* A batch's write failed: an eviction round (when configured) and one retry of the same
- * batch (already hashed); when that fails too, the fetch goes on without the file. 1 when the
- * batch was handed to the pool again, 0 when it now lands in the window. */
-static int batch_failed(rgm_fetch_t *f, int err)
-{
-    if (!f->is_retried) {
-        f->is_retried = 1;
-        rgm_store_count_error(f->t->store, RGM_STORE_OP_WRITE, err); /* logged if it stays */
-        if (f->t->evict)
-            f->t->evict(f->t->evict_ud);
-        f->batch_result = 0;
-        if (job_queue(f, &f->work, on_write_work, on_write_done) == 0)
-            return 1; /* batch_is_hashed stays set: the retry only writes */
-    }
-    rgm_fetch_store_error(f, RGM_STORE_OP_WRITE, err, "serving it uncached from memory");
-    rgm_fetch_go_nofile(f);
     return 0;
 }
 
-/* A landed batch, [written - batch_len, written): kept for readers that keep up, within the
- * limits; the oldest chunks go first. Without readers nothing is kept. */
-static void mem_keep(rgm_fetch_t *f)
+/* Pool thread: the lane. Batch after batch: hash (unless a retried batch was hashed), write
+ * (unless the fetch has no file: then the batch lands in the window), land on the done list,
+ * wake the loop. A batch that fails stays in batch with lane_err set. */
+static void on_lane_work(uv_work_t *w)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    size_t total = 0;
+    int is_stop;
+    int err;
+
+    f->lane_err = 0;
+    for (;;) {
+        if (!f->batch) {
+            uv_mutex_lock(&f->mu);
+            err = lane_take(f);
+            uv_mutex_unlock(&f->mu);
+            if (!err)
+                return;
+        }
+        if (!f->batch_is_hashed) {
+            err = lane_hash(f);
+            if (err < 0) {
+                f->lane_err = err;
+                return;
+            }
+            f->batch_is_hashed = 1;
+        }
+        if (!f->is_nofile) {
+            err = lane_write(f);
+            if (err < 0) {
+                f->lane_err = err;
+                return;
+            }
+        }
+        f->lane_off += f->batch_len;
+        if (!f->is_nofile)
+            sidecar_write(f);
+        total += f->batch_len;
+        uv_mutex_lock(&f->mu);
+        if (f->done_tail)
+            f->done_tail->next = f->batch;
+        else
+            f->done_head = f->batch;
+        for (f->done_tail = f->batch; f->done_tail->next; f->done_tail = f->done_tail->next)
+            ;
+        f->done_len += f->batch_len;
+        is_stop = f->is_lane_stop;
+        uv_mutex_unlock(&f->mu);
+        f->batch = NULL;
+        f->batch_len = 0;
+        (void)uv_async_send(&f->t->lanes->h);
+        if (is_stop || total >= LANE_MAX)
+            return;
+    }
+}
+
+/* ---- the lane (loop side) ---- */
+
+static void on_lanes_wake(uv_async_t *h);
+static void on_lane_done(uv_work_t *w, int status);
+
+static void on_lanes_closed(uv_handle_t *h)
+{
+    free(rgm_container_of((uv_async_t *)h, struct lanes, h));
+}
+
+void rgm_fetch_lanes_release(rgm_fetches_t *t)
+{
+    if (!t->lanes)
+        return;
+    uv_close((uv_handle_t *)&t->lanes->h, on_lanes_closed);
+    t->lanes = NULL;
+}
+
+/* A landed batch, [written - len, written): kept for readers that keep up, within the limits;
+ * the oldest chunks go first. Without readers nothing is kept. */
+static void mem_keep(rgm_fetch_t *f, struct chunk *list, size_t len)
 {
     struct chunk *c;
 
     if (!f->mem_head)
-        f->mem_off = f->written - f->batch_len;
-    for (c = f->batch; c; c = c->next) {
+        f->mem_off = f->written - len;
+    for (c = list; c; c = c->next) {
         f->mem_n++;
         f->t->mem_n++;
         if (!c->next)
             break;
     }
     if (f->mem_tail)
-        f->mem_tail->next = f->batch;
+        f->mem_tail->next = list;
     else
-        f->mem_head = f->batch;
+        f->mem_head = list;
     f->mem_tail = c;
     while (f->mem_head && (f->mem_n > MEM_CHUNKS || f->t->mem_n > MEM_TOTAL || !f->readers_head))
         rgm_fetch_mem_drop_head(f);
 }
 
-/* Landed bytes of a batch (is_landed: all of them): kept for readers, recycled, or kept in the
- * window without a file. */
-static void batch_landed(rgm_fetch_t *f, int is_landed)
+/* Landed bytes (hashed, and written when there is a file): readable, and kept for readers or
+ * recycled, or kept in the window without a file. After the end they are only freed. */
+static void land(rgm_fetch_t *f, struct chunk *list, size_t len)
 {
-    if (f->is_nofile && f->state == RGM_FETCH_RUNNING) {
-        if (f->win_tail)
-            f->win_tail->next = f->batch;
-        else
-            f->win_head = f->batch;
-        for (f->win_tail = f->batch; f->win_tail->next; f->win_tail = f->win_tail->next)
-            ;
-        f->win_len += f->batch_len;
-    } else if (f->state == RGM_FETCH_RUNNING && is_landed && f->batch) {
-        mem_keep(f);
-    } else if (f->state == RGM_FETCH_RUNNING && !f->is_finishing) {
-        rgm_fetch_chunks_recycle(f, f->batch);
-    } else {
-        rgm_fetch_chunks_free(&f->batch); /* no more appends: no spares needed */
-        rgm_fetch_chunks_free(&f->spare);
+    f->queued -= len;
+    f->t->queued -= len;
+    if (f->state != RGM_FETCH_RUNNING) {
+        rgm_fetch_chunks_free(&list);
+        return;
     }
-    f->batch = NULL;
+    f->written += len;
+    if (f->is_nofile) {
+        if (f->win_tail)
+            f->win_tail->next = list;
+        else
+            f->win_head = list;
+        for (f->win_tail = list; f->win_tail->next; f->win_tail = f->win_tail->next)
+            ;
+        f->win_len += len;
+        return;
+    }
+    f->file_end = f->written;
+    mem_keep(f, list, len);
 }
 
-/* Both jobs of the batch are back (or its write's retry is): it lands, or is retried, or fails
- * the fetch; then the next batch goes. */
-static void batch_complete(rgm_fetch_t *f, int status)
+/* Take what the lane has landed since the last call. */
+static void lane_collect(rgm_fetch_t *f)
 {
-    ssize_t result = status < 0 ? status : f->batch_result;
-    int err;
+    struct chunk *list;
+    size_t len;
 
-    if (f->hash_result < 0 && !f->batch_is_hashed)
-        result = f->hash_result;
-    else if (status == 0)
-        f->batch_is_hashed = 1;
-    f->is_writing = 0;
-    if (!f->is_nofile && RGM_FAULT("store.write"))
-        result = UV_EIO;
-    if (f->state == RGM_FETCH_RUNNING && result < 0 && f->batch_is_hashed && status == 0 &&
-        batch_failed(f, (int)result))
-        return; /* the retry holds its own reference */
-    if (f->state == RGM_FETCH_RUNNING && f->is_nofile)
-        result = (ssize_t)f->batch_len;
-    f->queued -= f->batch_len;
-    f->t->queued -= f->batch_len;
-    if (f->state == RGM_FETCH_RUNNING && result >= 0) {
-        f->written += (uint64_t)result;
-        if (!f->is_nofile)
-            f->file_end = f->written;
-    }
-    batch_landed(f, result == (ssize_t)f->batch_len);
-    f->batch_len = 0;
-    if (f->state != RGM_FETCH_RUNNING) {
-        rgm_fetch_release_file(f);
-        rgm_fetch_queue(f); /* failed meanwhile: let the append cb and done run */
-    } else if (result < 0) {
-        rgm_log(RGM_LOG_ERROR, "fetch", "write %s: %s", f->digest, uv_strerror((int)result));
-        rgm_fetch_fail_internal(f, (int)result);
-    } else {
-        rgm_fetch_queue(f); /* readable grew */
-        if (f->has_origin && f->size != UINT64_MAX && f->written < f->size && !f->is_nofile &&
-            f->written >= f->sc_at + SIDECAR_EVERY)
-            sidecar_prepare(f);
-        err = batch_start(f);
-        if (err < 0)
-            rgm_fetch_fail_internal(f, err);
-        else if (f->is_finishing && !f->is_writing)
-            rgm_fetch_begin_verify(f);
-    }
+    uv_mutex_lock(&f->mu);
+    list = f->done_head;
+    len = f->done_len;
+    f->done_head = f->done_tail = NULL;
+    f->done_len = 0;
+    uv_mutex_unlock(&f->mu);
+    if (!list)
+        return;
+    land(f, list, len);
+    rgm_fetch_queue(f); /* readable grew */
     rgm_fetch_append_settle(f);
 }
 
-static void job_done(rgm_fetch_t *f, int status)
+static void on_lanes_wake(uv_async_t *h)
 {
-    if (status < 0 && f->job_status == 0)
-        f->job_status = status;
-    if (--f->jobs == 0) {
-        status = f->job_status;
-        f->job_status = 0;
-        batch_complete(f, status);
+    rgm_fetches_t *t = rgm_container_of(h, struct lanes, h)->t;
+    rgm_fetch_t *f;
+
+    for (f = t->lanes_head; f; f = f->lane_next)
+        lane_collect(f); /* defers all callbacks: the list stays as it is */
+}
+
+static void lanes_unlist(rgm_fetch_t *f)
+{
+    rgm_fetch_t **pp;
+
+    for (pp = &f->t->lanes_head; *pp; pp = &(*pp)->lane_next) {
+        if (*pp == f) {
+            *pp = f->lane_next;
+            break;
+        }
     }
+    f->lane_next = NULL;
+}
+
+/* Send the lane out when it is not and there is something for it (a retried batch, or chunks
+ * waiting: a tail still filling is sealed, so that a slow upstream's bytes move too). */
+static int lane_start(rgm_fetch_t *f)
+{
+    rgm_fetches_t *t = f->t;
+    int err;
+
+    if (f->is_writing || f->state != RGM_FETCH_RUNNING)
+        return 0;
+    if (!f->batch) {
+        /* no lane out: mu is only for form's sake */
+        uv_mutex_lock(&f->mu);
+        if (f->q_tail)
+            f->is_tail_sealed = 1;
+        uv_mutex_unlock(&f->mu);
+        if (!f->q_head)
+            return 0;
+    }
+    if (!t->lanes) {
+        t->lanes = rgm_malloc(sizeof(*t->lanes));
+        t->lanes->t = t;
+        err = uv_async_init(t->loop, &t->lanes->h, on_lanes_wake);
+        if (err < 0) {
+            free(t->lanes);
+            t->lanes = NULL;
+            return err;
+        }
+        uv_unref((uv_handle_t *)&t->lanes->h); /* the pool job keeps the loop alive */
+    }
+    f->is_sc_on = f->has_origin && f->size != UINT64_MAX && !f->is_nofile;
+    f->sc.size = f->size;
+    f->lane_off = f->written;
+    f->is_lane_fault = !f->is_nofile && RGM_FAULT("store.write");
+    rgm_fetch_ref(f);
+    f->is_writing = 1;
+    err = uv_queue_work(t->loop, &f->work, on_lane_work, on_lane_done);
+    if (err < 0) {
+        f->is_writing = 0;
+        rgm_fetch_unref(f); /* f still has its producer's reference */
+        return err;
+    }
+    f->lane_next = t->lanes_head;
+    t->lanes_head = f;
+    return 0;
+}
+
+/* A batch's write failed: an eviction round (when configured) and one retry of the same batch
+ * (already hashed); when that fails too, the fetch goes on without the file and the batch
+ * lands in the window. */
+static void batch_failed(rgm_fetch_t *f, int err)
+{
+    struct chunk *list = f->batch;
+    size_t len = f->batch_len;
+
+    if (!f->is_retried) {
+        f->is_retried = 1;
+        rgm_store_count_error(f->t->store, RGM_STORE_OP_WRITE, err); /* logged if it stays */
+        if (f->t->evict)
+            f->t->evict(f->t->evict_ud);
+        return; /* lane_start sends the lane out with the batch again */
+    }
+    rgm_fetch_store_error(f, RGM_STORE_OP_WRITE, err, "serving it uncached from memory");
+    f->batch = NULL;
+    f->batch_len = 0;
+    rgm_fetch_go_nofile(f);
+    land(f, list, len); /* hashed: it lands in the window (or is freed: no reader left) */
+    rgm_fetch_queue(f);
+}
+
+/* The lane is back: collect what it landed; a failed batch is retried, lands without a file or
+ * fails the fetch; then the lane goes out again when more is waiting, or the end comes. */
+static void on_lane_done(uv_work_t *w, int status)
+{
+    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
+    int err = status < 0 ? status : f->lane_err;
+
+    f->is_writing = 0;
+    lanes_unlist(f);
+    lane_collect(f);
+    if (f->state == RGM_FETCH_RUNNING && f->batch) {
+        if (err < 0 && f->batch_is_hashed && status == 0 && !f->is_nofile) {
+            batch_failed(f, err);
+        } else {
+            rgm_log(RGM_LOG_ERROR, "fetch", "write %s: %s", f->digest,
+                    uv_strerror(err < 0 ? err : UV_EIO));
+            rgm_fetch_fail_internal(f, err < 0 ? err : UV_EIO);
+        }
+    }
+    if (f->state != RGM_FETCH_RUNNING) {
+        f->queued -= f->batch_len;
+        f->t->queued -= f->batch_len;
+        rgm_fetch_chunks_free(&f->batch);
+        f->batch_len = 0;
+        rgm_fetch_release_file(f);
+        rgm_fetch_queue(f); /* failed meanwhile: let the append cb and done run */
+    } else {
+        err = lane_start(f);
+        if (err < 0)
+            rgm_fetch_fail_internal(f, err);
+        else if (f->is_finishing && !f->is_writing && f->queued == 0)
+            rgm_fetch_begin_verify(f);
+    }
+    rgm_fetch_append_settle(f);
     rgm_fetch_unref(f);
 }
 
-static void on_hash_done(uv_work_t *w, int status)
+/* The fetch ended: what waits in the queue is dropped (a lane out stops after its batch; that
+ * batch and what it landed are freed when it is back), and the spares. */
+void rgm_fetch_queue_drop(rgm_fetch_t *f)
 {
-    job_done(rgm_container_of(w, rgm_fetch_t, hwork), status);
-}
+    size_t pending;
 
-static void on_write_done(uv_work_t *w, int status)
-{
-    rgm_fetch_t *f = rgm_container_of(w, rgm_fetch_t, work);
-
-    f->sc_due = 0; /* written by it (or not: then only a resume loses) */
-    job_done(f, status);
+    uv_mutex_lock(&f->mu);
+    f->is_lane_stop = 1;
+    pending = f->q_len;
+    rgm_fetch_chunks_free(&f->q_head);
+    f->q_tail = NULL;
+    f->q_len = 0;
+    uv_mutex_unlock(&f->mu);
+    rgm_fetch_chunks_free(&f->spare);
+    f->queued -= pending;
+    f->t->queued -= pending;
 }
 
 /* ---- resuming a partial kept across a restart ---- */
@@ -508,30 +620,45 @@ int rgm_fetch_resume(rgm_fetches_t *t, const char *digest, const char *registry,
 
 /* ---- producer side ---- */
 
-/* Copy len bytes to the queue's tail, in as many chunks as they take. */
+/* Copy len bytes to the queue's tail, in as many chunks as they take. The bytes go in outside
+ * mu (a lane never reads past a chunk's len, nor takes a tail that is filling); lengths and
+ * links change under it. */
 static void queue_copy(rgm_fetch_t *f, const char *data, size_t len)
 {
-    struct chunk *c = f->q_tail;
+    struct chunk *c;
     size_t n;
 
     while (len > 0) {
-        if (!c || c->len == CHUNK_SIZE) {
+        uv_mutex_lock(&f->mu);
+        c = f->q_tail;
+        if (c && (c->len == CHUNK_SIZE || f->is_tail_sealed))
+            c = NULL;
+        uv_mutex_unlock(&f->mu);
+        if (c) {
+            n = CHUNK_SIZE - c->len < len ? CHUNK_SIZE - c->len : len;
+            memcpy(c->data + c->len, data, n);
+            uv_mutex_lock(&f->mu);
+            c->len += n;
+        } else {
             c = f->spare;
             if (c)
                 f->spare = c->next;
             else
                 c = rgm_malloc(sizeof(*c));
+            n = CHUNK_SIZE < len ? CHUNK_SIZE : len;
+            memcpy(c->data, data, n);
             c->next = NULL;
-            c->len = 0;
+            c->len = n;
+            uv_mutex_lock(&f->mu);
             if (f->q_tail)
                 f->q_tail->next = c;
             else
                 f->q_head = c;
             f->q_tail = c;
+            f->is_tail_sealed = 0;
         }
-        n = CHUNK_SIZE - c->len < len ? CHUNK_SIZE - c->len : len;
-        memcpy(c->data + c->len, data, n);
-        c->len += n;
+        f->q_len += n;
+        uv_mutex_unlock(&f->mu);
         data += n;
         len -= n;
         f->queued += n;
@@ -559,7 +686,7 @@ static int enqueue(rgm_fetch_t *f, const void *data, size_t len, int is_wait)
     }
     queue_copy(f, data, len);
     f->appended += len;
-    err = batch_start(f);
+    err = lane_start(f);
     if (err < 0)
         rgm_fetch_fail_internal(f, err);
     return err;
@@ -590,7 +717,11 @@ void rgm_fetch_finish(rgm_fetch_t *f)
     if (f->state != RGM_FETCH_RUNNING || f->is_finishing)
         return;
     f->is_finishing = 1;
-    err = batch_start(f); /* the tail chunk, when it was waiting to fill up */
+    uv_mutex_lock(&f->mu);
+    if (f->q_tail)
+        f->is_tail_sealed = 1; /* a lane out takes the tail too */
+    uv_mutex_unlock(&f->mu);
+    err = lane_start(f);
     if (err < 0)
         rgm_fetch_fail_internal(f, err);
     else if (!f->is_writing)

@@ -47,7 +47,7 @@ void rgm_fetches_free(rgm_fetches_t *t)
         rgm_log(RGM_LOG_ERROR, "fetch", "%zu fetches still alive at shutdown", t->live);
         return;
     }
-    RGM_BUG_ON(t->idle != NULL);
+    RGM_BUG_ON(t->idle != NULL || t->lanes != NULL);
     free(t);
 }
 
@@ -123,19 +123,6 @@ void rgm_fetch_chunks_recycle(rgm_fetch_t *f, struct chunk *list)
     }
 }
 
-/* No more bytes will be queued (the fetch ended or all were appended): drop what is queued
- * and the spares; a batch in the pool is freed when it comes back. */
-static void queue_drop(rgm_fetch_t *f)
-{
-    size_t pending = f->queued - (f->is_writing ? f->batch_len : 0);
-
-    rgm_fetch_chunks_free(&f->q_head);
-    f->q_tail = NULL;
-    rgm_fetch_chunks_free(&f->spare);
-    f->queued -= pending;
-    f->t->queued -= pending;
-}
-
 /* Drop the oldest kept chunk (recycled while more appends may come). */
 void rgm_fetch_mem_drop_head(rgm_fetch_t *f)
 {
@@ -175,14 +162,20 @@ void rgm_fetch_dispose(rgm_fetch_t *f)
     free(f->sc_path);
     if (f->sc_fd >= 0)
         close(f->sc_fd);
-    RGM_BUG_ON(f->queued != 0); /* queue_drop ran at the end; no batch is in the pool */
+    RGM_BUG_ON(f->queued != 0); /* the queue was dropped at the end; the lane is back */
     mem_release(f);             /* (before the spares: it may recycle) */
     rgm_fetch_chunks_free(&f->q_head);
     rgm_fetch_chunks_free(&f->spare);
     rgm_fetch_chunks_free(&f->win_head);
+    rgm_fetch_chunks_free(&f->done_head);
+    rgm_fetch_chunks_free(&f->batch);
     EVP_MD_CTX_free(f->md);
-    if (--f->t->live == 0)
+    if (f->has_mu)
+        uv_mutex_destroy(&f->mu);
+    if (--f->t->live == 0) {
         idle_release(f->t); /* nothing can be queued: queued fetches are alive */
+        rgm_fetch_lanes_release(f->t);
+    }
     free(f);
 }
 
@@ -228,7 +221,7 @@ void rgm_fetch_fail_internal(rgm_fetch_t *f, int err)
     mem_release(f);
     f->state = RGM_FETCH_FAILED;
     f->error = err < 0 ? err : UV_EIO;
-    queue_drop(f); /* a batch in the pool comes back to on_batch_done */
+    rgm_fetch_queue_drop(f); /* a lane out comes back to on_lane_done */
     rgm_fetch_chunks_free(&f->win_head);
     f->win_tail = NULL;
     f->win_len = 0;
@@ -396,8 +389,9 @@ rgm_fetch_t *rgm_fetch_new(rgm_fetches_t *t, const char *digest)
     snprintf(f->digest, sizeof(f->digest), "%s", digest);
     snprintf(f->sc.digest, sizeof(f->sc.digest), "%s", digest);
     t->live++;
+    f->has_mu = uv_mutex_init(&f->mu) == 0;
     f->md = EVP_MD_CTX_new();
-    if (!f->md || EVP_DigestInit_ex(f->md, rgm_fetch_digest_md(digest), NULL) != 1) {
+    if (!f->has_mu || !f->md || EVP_DigestInit_ex(f->md, rgm_fetch_digest_md(digest), NULL) != 1) {
         rgm_fetch_dispose(f);
         return NULL;
     }
@@ -486,7 +480,7 @@ void rgm_fetches_set_evict(rgm_fetches_t *t, rgm_fetch_evict_fn fn, void *ud)
 void rgm_fetch_set_origin(rgm_fetch_t *f, const char *registry, const char *repo)
 {
     if (f->has_origin || f->appended > 0 || f->is_writing)
-        return; /* the pool may read sc from the first batch on */
+        return; /* the lane may read sc from the first batch on */
     snprintf(f->sc.registry, sizeof(f->sc.registry), "%s", registry);
     snprintf(f->sc.repo, sizeof(f->sc.repo), "%s", repo);
     f->has_origin = 1;

@@ -124,12 +124,12 @@ struct rgm_fetch {
      * offset past written and the sidecar; the loop touches none of them. */
     uv_mutex_t mu;
     int has_mu;
-    struct chunk *q_head, *q_tail; /* waiting for the lane, in order */
-    size_t q_len;                  /* bytes in the q list */
-    int is_tail_sealed;            /* q_tail takes no more bytes: the lane may take it */
+    struct chunk *q_head, *q_tail;       /* waiting for the lane, in order */
+    size_t q_len;                        /* bytes in the q list */
+    int is_tail_sealed;                  /* q_tail takes no more bytes: the lane may take it */
     struct chunk *done_head, *done_tail; /* landed by the lane, not collected yet */
     size_t done_len;
-    int is_lane_stop;   /* the fetch ended: the lane stops after its batch */
+    int is_lane_stop;    /* the fetch ended: the lane stops after its batch */
     struct chunk *batch; /* the lane's batch; after a failed lane, the batch that failed */
     size_t batch_len;
     int batch_is_hashed; /* the batch was hashed already (its write is being retried) */
@@ -138,8 +138,8 @@ struct rgm_fetch {
     uint64_t lane_off;   /* lane: bytes landed so far (= written + done_len) */
     struct rgm_fetch *lane_next; /* t->lanes, while the lane is out */
     struct chunk
-        *spare;    /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1; see fetch-write.c) */
-    size_t queued; /* bytes appended and not collected: waiting, in the lane, done */
+        *spare;     /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1; see fetch-write.c) */
+    size_t queued;  /* bytes appended and not collected: waiting, in the lane, done */
     uv_work_t work; /* the lane (and the re-hash of a resume) */
     int is_writing; /* the lane (or the re-hash) is in the pool */
     /* Landed chunks kept in memory for readers that keep up: [mem_off, written) minus what was

@@ -124,9 +124,10 @@ struct rgm_fetch {
      * offset past written and the sidecar; the loop touches none of them. */
     uv_mutex_t mu;
     int has_mu;
-    struct chunk *q_head, *q_tail;       /* waiting for the lane, in order */
-    size_t q_len;                        /* bytes in the q list */
-    int is_tail_sealed;                  /* q_tail takes no more bytes: the lane may take it */
+    struct chunk *q_head, *q_tail; /* waiting for the lane, in order */
+    size_t q_len;                  /* bytes in the q list */
+    int is_tail_sealed;            /* q_tail takes no more bytes: the lane may take it */
+    int is_seal_due; /* loop: the idle pass is to seal the tail (rgm_fetch_seal_due) */
     struct chunk *done_head, *done_tail; /* landed by the lane, not collected yet */
     size_t done_len;
     int is_lane_stop;    /* the fetch ended: the lane stops after its batch */
@@ -205,6 +206,8 @@ void rgm_fetch_append_settle(rgm_fetch_t *f);
 /* The fetch ended: drop what waits in the queue and tell a lane out to stop (its batch and
  * what it landed are freed when it is back). */
 void rgm_fetch_queue_drop(rgm_fetch_t *f);
+/* From the idle pass: seal a tail still filling and send the lane out with it (no lane out). */
+void rgm_fetch_seal_due(rgm_fetch_t *f);
 /* Free the lanes' wake-up (the last fetch died). */
 void rgm_fetch_lanes_release(rgm_fetches_t *t);
 

@@ -175,14 +175,15 @@ static void notify_readers(rgm_fetch_t *f)
     }
 }
 
-/* Deferred work of one fetch: the producer's append cb when it is due (or the fetch ended),
- * done once the fetch ended and its I/O is over, then readers. */
+/* Deferred work of one fetch: a tail to seal for the lane, the producer's append cb when it
+ * is due (or the fetch ended), done once the fetch ended and its I/O is over, then readers. */
 static void process(rgm_fetch_t *f)
 {
     void (*cb)(rgm_fetch_t *, int, void *) = f->append_cb;
     void *cb_ud = f->append_ud;
     int status;
 
+    rgm_fetch_seal_due(f);
     if (cb && (f->is_append_due || f->state != RGM_FETCH_RUNNING)) {
         f->append_cb = NULL;
         f->append_ud = NULL;

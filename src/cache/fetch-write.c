@@ -29,22 +29,28 @@
  * waits, and all fetches together at most TOTAL_MAX, except that a fetch with an empty queue
  * may always take one append (so no fetch waits on another's): memory stays flat whatever the
  * network and disk speeds. */
-#define LANE_MAX      (16 * 1024 * 1024)
-#define BATCH_MAX     (1024 * 1024)
-#define QUEUE_MAX     (4 * 1024 * 1024)
-#define TOTAL_MAX     (16 * 1024 * 1024)
+#define LANE_MAX       (16 * 1024 * 1024)
+#define BATCH_MAX      (1024 * 1024)
+#define QUEUE_MAX      (4 * 1024 * 1024)
+#define TOTAL_MAX      (16 * 1024 * 1024)
 /* Landed chunks kept for readers near the head, per fetch and over all fetches: a reader that
- * keeps up sends from them (no read back from the page cache) in writes of up to a chunk. */
-#define MEM_CHUNKS    8
-#define MEM_TOTAL     32
+ * keeps up sends from them (no read back from the page cache). Past MEM_CHUNKS (MEM_TOTAL) a
+ * chunk goes once no reader sending from memory still needs it; past MEM_HARD (MEM_TOTAL_HARD)
+ * it goes anyway, and a reader that needed it reads the file (a stalled reader lags on disk).
+ * The room between the two holds what the loop collects at once when it was busy while the
+ * lane ran on (up to a queue's worth, QUEUE_MAX), for readers that have not sent it yet. */
+#define MEM_CHUNKS     8
+#define MEM_TOTAL      32
+#define MEM_HARD       (MEM_CHUNKS + QUEUE_MAX / CHUNK_SIZE + 8)
+#define MEM_TOTAL_HARD (2 * MEM_TOTAL)
 /* The no-file fallback: bytes queued plus bytes landed in the window, per fetch. The producer
  * waits for the slowest reader when it is full. */
-#define WINDOW_MAX    (4 * 1024 * 1024)
+#define WINDOW_MAX     (4 * 1024 * 1024)
 /* The sidecar is rewritten (from the pool, after a batch) every this many bytes: a restart
  * loses at most this much of the download. */
-#define SIDECAR_EVERY (4 * 1024 * 1024)
+#define SIDECAR_EVERY  (4 * 1024 * 1024)
 /* The prefix re-hash reads the temp file in blocks of this size. */
-#define REHASH_BLOCK  (1024 * 1024)
+#define REHASH_BLOCK   (1024 * 1024)
 
 /* ---- flow control ---- */
 
@@ -278,6 +284,19 @@ void rgm_fetch_lanes_release(rgm_fetches_t *t)
     t->lanes = NULL;
 }
 
+/* Does a reader sending from memory (at or past mem_off) still need the oldest kept chunk? */
+static int mem_head_is_needed(const rgm_fetch_t *f)
+{
+    const uint64_t end = f->mem_off + f->mem_head->len;
+    const rgm_fetch_reader_t *rd;
+
+    for (rd = f->readers_head; rd; rd = rd->next) {
+        if (!rd->is_gone && rd->pos >= f->mem_off && rd->pos < end)
+            return 1;
+    }
+    return 0;
+}
+
 /* A landed batch, [written - len, written): kept for readers that keep up, within the limits;
  * the oldest chunks go first. Without readers nothing is kept. */
 static void mem_keep(rgm_fetch_t *f, struct chunk *list, size_t len)
@@ -297,7 +316,9 @@ static void mem_keep(rgm_fetch_t *f, struct chunk *list, size_t len)
     else
         f->mem_head = list;
     f->mem_tail = c;
-    while (f->mem_head && (f->mem_n > MEM_CHUNKS || f->t->mem_n > MEM_TOTAL || !f->readers_head))
+    while (f->mem_head &&
+           (!f->readers_head || f->mem_n > MEM_HARD || f->t->mem_n > MEM_TOTAL_HARD ||
+            ((f->mem_n > MEM_CHUNKS || f->t->mem_n > MEM_TOTAL) && !mem_head_is_needed(f))))
         rgm_fetch_mem_drop_head(f);
 }
 
@@ -367,11 +388,14 @@ static void lanes_unlist(rgm_fetch_t *f)
     f->lane_next = NULL;
 }
 
-/* Send the lane out when it is not and there is something for it (a retried batch, or chunks
- * waiting: a tail still filling is sealed, so that a slow upstream's bytes move too). */
-static int lane_start(rgm_fetch_t *f)
+/* Send the lane out when it is not and there is something for it: a retried batch, or a
+ * sealed chunk. A tail still filling is sealed only when is_seal (rgm_fetch_finish, and the
+ * idle pass after the loop turn that queued it: the turn's other reads fill it first, and a
+ * slow upstream's bytes still move on). */
+static int lane_start(rgm_fetch_t *f, int is_seal)
 {
     rgm_fetches_t *t = f->t;
+    int has_sealed;
     int err;
 
     if (f->is_writing || f->state != RGM_FETCH_RUNNING)
@@ -379,11 +403,20 @@ static int lane_start(rgm_fetch_t *f)
     if (!f->batch) {
         /* no lane out: mu is only for form's sake */
         uv_mutex_lock(&f->mu);
-        if (f->q_tail)
+        has_sealed = f->q_head &&
+                     (f->q_head != f->q_tail || f->q_head->len == CHUNK_SIZE || f->is_tail_sealed);
+        if (!has_sealed && f->q_tail && is_seal) {
             f->is_tail_sealed = 1;
+            has_sealed = 1;
+        }
         uv_mutex_unlock(&f->mu);
-        if (!f->q_head)
+        if (!has_sealed) {
+            if (f->q_tail && !f->is_seal_due) {
+                f->is_seal_due = 1;
+                rgm_fetch_queue(f);
+            }
             return 0;
+        }
     }
     if (!t->lanes) {
         t->lanes = rgm_malloc(sizeof(*t->lanes));
@@ -463,7 +496,7 @@ static void on_lane_done(uv_work_t *w, int status)
         rgm_fetch_release_file(f);
         rgm_fetch_queue(f); /* failed meanwhile: let the append cb and done run */
     } else {
-        err = lane_start(f);
+        err = lane_start(f, f->is_finishing);
         if (err < 0)
             rgm_fetch_fail_internal(f, err);
         else if (f->is_finishing && !f->is_writing && f->queued == 0)
@@ -471,6 +504,18 @@ static void on_lane_done(uv_work_t *w, int status)
     }
     rgm_fetch_append_settle(f);
     rgm_fetch_unref(f);
+}
+
+void rgm_fetch_seal_due(rgm_fetch_t *f)
+{
+    int err;
+
+    if (!f->is_seal_due)
+        return;
+    f->is_seal_due = 0;
+    err = lane_start(f, 1);
+    if (err < 0)
+        rgm_fetch_fail_internal(f, err);
 }
 
 /* The fetch ended: what waits in the queue is dropped (a lane out stops after its batch; that
@@ -686,7 +731,7 @@ static int enqueue(rgm_fetch_t *f, const void *data, size_t len, int is_wait)
     }
     queue_copy(f, data, len);
     f->appended += len;
-    err = lane_start(f);
+    err = lane_start(f, 0);
     if (err < 0)
         rgm_fetch_fail_internal(f, err);
     return err;
@@ -721,7 +766,7 @@ void rgm_fetch_finish(rgm_fetch_t *f)
     if (f->q_tail)
         f->is_tail_sealed = 1; /* a lane out takes the tail too */
     uv_mutex_unlock(&f->mu);
-    err = lane_start(f);
+    err = lane_start(f, 1);
     if (err < 0)
         rgm_fetch_fail_internal(f, err);
     else if (!f->is_writing)

@@ -61,14 +61,20 @@ static int resp_flush_head(rgm_req_t *req)
     return err;
 }
 
-int rgm_resp_write(rgm_req_t *req, const void *data, size_t len, rgm_resp_cb cb, void *ud)
+int rgm_resp_writev(rgm_req_t *req, const struct iovec *iov, int n, rgm_resp_cb cb, void *ud)
 {
     struct conn *c = req->c;
     struct wreq *wr;
+    size_t len = 0;
+    char *at;
     int err;
+    int i;
 
-    if (len > WRITE_MAX)
-        return UV_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (iov[i].iov_len > WRITE_MAX - len)
+            return UV_EINVAL;
+        len += iov[i].iov_len;
+    }
     err = resp_body_check(req, len);
     if (err < 0)
         return err;
@@ -81,13 +87,26 @@ int rgm_resp_write(rgm_req_t *req, const void *data, size_t len, rgm_resp_cb cb,
         rgm_conn_defer(c, cb, ud, 0);
         return 0;
     }
-    wr = rgm_framing_write(req, data, len, 0, NULL);
+    wr = rgm_framing_write(req, NULL, len, 0, &at);
+    for (i = 0; i < n; i++) {
+        memcpy(at, iov[i].iov_base, iov[i].iov_len);
+        at += iov[i].iov_len;
+    }
     wr->cb = cb;
     wr->ud = ud;
     err = rgm_conn_send(c, wr);
     if (err < 0)
         rgm_conn_close(c, "write failed");
     return err;
+}
+
+int rgm_resp_write(rgm_req_t *req, const void *data, size_t len, rgm_resp_cb cb, void *ud)
+{
+    struct iovec iov;
+
+    iov.iov_base = (void *)data;
+    iov.iov_len = len;
+    return rgm_resp_writev(req, &iov, 1, cb, ud);
 }
 
 int rgm_resp_sendfile(rgm_req_t *req, int fd, uint64_t off, uint64_t len, rgm_resp_cb cb, void *ud)

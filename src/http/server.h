@@ -6,6 +6,7 @@
 #ifndef RGM_HTTP_SERVER_H
 #define RGM_HTTP_SERVER_H
 
+#include <sys/uio.h>
 #include <uv.h>
 #include "core/common.h"
 #include "core/buf.h"
@@ -118,6 +119,9 @@ RGM_MUST_CHECK int rgm_resp_start(rgm_req_t *req, int status, const char *hdrs,
  * or <0 (nothing queued, cb never runs). */
 RGM_MUST_CHECK int rgm_resp_write(rgm_req_t *req, const void *data, size_t len, rgm_resp_cb cb,
                                   void *ud);
+/* The same for the n pieces of iov, copied into one write. */
+RGM_MUST_CHECK int rgm_resp_writev(rgm_req_t *req, const struct iovec *iov, int n, rgm_resp_cb cb,
+                                   void *ud);
 
 /* Send len bytes of fd starting at off (fd is borrowed; the caller keeps it open until cb).
  * sendfile(2) when enabled and possible, else pread + write in chunks of at most 64 KiB.

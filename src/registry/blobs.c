@@ -7,12 +7,16 @@
 
 #include <uv.h>
 #include <inttypes.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "core/common.h"
 #include "core/log.h"
 #include "core/util.h"
 
+/* A reader sends at most this much from memory per write, in at most GATHER_N pieces. */
+#define GATHER_MAX     (1024 * 1024)
+#define GATHER_N       16
 #define RESUME_MAX     4
 #define RESUME_BASE_MS 200
 
@@ -210,10 +214,41 @@ static void on_reader_sent(rgm_req_t *req, int status, void *ud)
     pump(q);
 }
 
-/* Send what the fetch has for q now: from its file (sendfile), or from its memory window when
- * the store could not take the bytes (copied). */
+/* From memory: the n bytes at data (at q->off) and those that follow in memory, up to
+ * GATHER_MAX, into iov for one write (a reader that sent a chunk per loop turn fell behind
+ * what the lane lands). Returns the bytes gathered. */
+static size_t gather(const struct rq *q, const char *data, size_t n, struct iovec *iov, int *iov_n)
+{
+    uint64_t at = q->off + n;
+    size_t total = n;
+    const char *d;
+    size_t len;
+
+    iov[0].iov_base = (void *)data;
+    iov[0].iov_len = n;
+    *iov_n = 1;
+    while (*iov_n < GATHER_N && total < GATHER_MAX && at < q->end) {
+        if (rgm_fetch_peek(q->rd, at, &d, &len) != 0 || len == 0)
+            break;
+        if (len > q->end - at)
+            len = (size_t)(q->end - at);
+        if (len > GATHER_MAX - total)
+            len = GATHER_MAX - total;
+        iov[*iov_n].iov_base = (void *)d;
+        iov[*iov_n].iov_len = len;
+        (*iov_n)++;
+        total += len;
+        at += len;
+    }
+    return total;
+}
+
+/* Send what the fetch has for q now: from its file (sendfile), or from memory (the last landed
+ * chunks, or the window when the store could not take the bytes; copied). */
 static void pump(struct rq *q)
 {
+    struct iovec iov[GATHER_N];
+    int iov_n = 0;
     rgm_fetch_t *f;
     enum rgm_fetch_state st;
     const char *data = NULL;
@@ -236,11 +271,14 @@ static void pump(struct rq *q)
         n = (size_t)(q->end - q->off);
     if (n > 0) {
         q->is_sending = 1;
-        rq_count_bytes(q, n);
-        if (rc == 1)
+        if (rc == 1) {
+            rq_count_bytes(q, n);
             err = rgm_resp_sendfile(q->req, rgm_fetch_fd(f), q->off, n, on_reader_sent, q);
-        else
-            err = rgm_resp_write(q->req, data, n, on_reader_sent, q);
+        } else {
+            n = gather(q, data, n, iov, &iov_n);
+            rq_count_bytes(q, n);
+            err = rgm_resp_writev(q->req, iov, iov_n, on_reader_sent, q);
+        }
         if (err < 0) {
             q->is_sending = 0;
             reader_end(q, 0, "sendfile failed");

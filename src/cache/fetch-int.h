@@ -137,7 +137,7 @@ struct rgm_fetch {
     int lane_err;        /* the lane stopped at an error (-errno, or UV_EIO from the hash) */
     int is_lane_fault;   /* RGM_FAULT("store.write") fails the lane's writes (set by the loop) */
     uint64_t lane_off;   /* lane: bytes landed so far (= written + done_len) */
-    struct rgm_fetch *lane_next; /* t->lanes, while the lane is out */
+    struct rgm_fetch *lane_next; /* t->lanes_head list, while the lane is out */
     struct chunk
         *spare;     /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1; see fetch-write.c) */
     size_t queued;  /* bytes appended and not collected: waiting, in the lane, done */

@@ -138,11 +138,10 @@ struct rgm_fetch {
     int is_lane_fault;   /* RGM_FAULT("store.write") fails the lane's writes (set by the loop) */
     uint64_t lane_off;   /* lane: bytes landed so far (= written + done_len) */
     struct rgm_fetch *lane_next; /* t->lanes_head list, while the lane is out */
-    struct chunk
-        *spare;     /* recycled chunks (at most QUEUE_MAX / CHUNK_SIZE + 1; see fetch-write.c) */
-    size_t queued;  /* bytes appended and not collected: waiting, in the lane, done */
-    uv_work_t work; /* the lane (and the re-hash of a resume) */
-    int is_writing; /* the lane (or the re-hash) is in the pool */
+    struct chunk *spare; /* recycled chunks: at most as many as were queued and kept at once */
+    size_t queued;       /* bytes appended and not collected: waiting, in the lane, done */
+    uv_work_t work;      /* the lane (and the re-hash of a resume) */
+    int is_writing;      /* the lane (or the re-hash) is in the pool */
     /* Landed chunks kept in memory for readers that keep up: [mem_off, written) minus what was
      * dropped; at most MEM_CHUNKS per fetch and MEM_TOTAL over all. Readers further behind
      * read the file (they lag on disk, never pinning memory). */

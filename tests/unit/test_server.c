@@ -376,9 +376,12 @@ static void on_chunk3(rgm_req_t *req, int status, void *ud)
 
 static void on_chunk2(rgm_req_t *req, int status, void *ud)
 {
+    /* three pieces in one write: framed as one chunk of their sum */
+    struct iovec iov[3] = {{"chunked", 7}, {" ", 1}, {"world", 5}};
+
     (void)ud;
     (void)status;
-    if (rgm_resp_write(req, "chunked world", 13, on_chunk3, NULL) < 0)
+    if (rgm_resp_writev(req, iov, 3, on_chunk3, NULL) < 0)
         rgm_resp_abort(req, "write failed");
 }
 

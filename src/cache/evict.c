@@ -59,7 +59,14 @@ struct ctx {
     rgm_evict_t *e;
     const rgm_evict_opts_t *o;
     uint64_t now;
+    uint64_t t0; /* uv_hrtime() at the start of the step's removals */
 };
+
+/* The step has used its time (o->budget_us; never without one). */
+static int is_out_of_time(const struct ctx *c)
+{
+    return c->o->budget_us > 0 && (uv_hrtime() - c->t0) / 1000 >= c->o->budget_us;
+}
 
 rgm_evict_t *rgm_evict_new(rgm_index_t *idx, rgm_store_t *store, rgm_refs_t *refs, rgm_pins_t *pins,
                            rgm_fetches_t *fetches, rgm_inuse_t *inuse)
@@ -346,8 +353,8 @@ static int evict_orphans(const struct ctx *c, uint64_t need, uint64_t *freed, si
     o = rgm_calloc(1, sizeof(*o));
     rc = orphan_window(e, c->now - c->o->orphan_grace_ms, c->now, o);
     for (i = 0; rc >= 0 && i < o->n; i++) {
-        if (*freed >= need) {
-            orphan_rewind(e, &o->obj[i]);
+        if (*freed >= need || (i > 0 && is_out_of_time(c))) {
+            orphan_rewind(e, &o->obj[i]); /* the next step starts with it */
             break;
         }
         if (is_busy(e, o->obj[i].digest) || rgm_refs_remove(e->refs, o->obj[i].digest) < 0)
@@ -428,7 +435,7 @@ static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, 
      * a later step, when those are gone */
     memset(&from, 0, sizeof(from));
     rc = rgm_refs_scan_orphans(e->refs, &from, c->now + 1, ORPHAN_SCAN, on_orphan, o);
-    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH) {
+    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH && !is_out_of_time(c)) {
         const rgm_index_object_t *b;
 
         while (i < o->n && is_busy(e, o->obj[i].digest))
@@ -459,7 +466,7 @@ static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, 
 
 int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
 {
-    struct ctx c = {e, o, rgm_time_ms()};
+    struct ctx c = {e, o, rgm_time_ms(), 0};
     struct closure best;
     uint64_t objects = 0, bytes = 0, freed = 0, need;
     uint64_t after_ms = 0;
@@ -490,12 +497,12 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
         return UV_EIO;
     need = bytes - (o->target_bytes < o->max_bytes ? o->target_bytes : o->max_bytes);
     t0 = uv_hrtime();
+    c.t0 = t0;
     if (o->is_cluster)
         rc = evict_by_access(&c, need, &freed, &removed);
     else
         rc = evict_orphans(&c, need, &freed, &removed);
-    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH &&
-           (o->budget_us == 0 || (uv_hrtime() - t0) / 1000 < o->budget_us)) {
+    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH && !is_out_of_time(&c)) {
         rc = choose_image(&c, &after_ms, after_d, &best);
         if (rc <= 0)
             break;
@@ -532,7 +539,7 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
 int rgm_evict_describe(rgm_evict_t *e, const rgm_index_object_t *top, const rgm_evict_opts_t *o,
                        rgm_evict_image_t *out)
 {
-    struct ctx c = {e, o, rgm_time_ms()};
+    struct ctx c = {e, o, rgm_time_ms(), 0};
     struct closure cl;
     size_t i;
     int rc;
@@ -566,7 +573,7 @@ int rgm_evict_describe(rgm_evict_t *e, const rgm_index_object_t *top, const rgm_
 int rgm_evict_remove_image(rgm_evict_t *e, const char *digest, enum rgm_evict_reason reason,
                            const rgm_evict_opts_t *o, uint64_t *freed)
 {
-    struct ctx c = {e, o, rgm_time_ms()};
+    struct ctx c = {e, o, rgm_time_ms(), 0};
     rgm_index_object_t top;
     struct closure cl;
     uint64_t f = 0;

@@ -32,7 +32,7 @@ typedef struct rgm_evict_opts {
      * replica holds, so none is an orphan; each goes by its last access, in turn with the
      * least recently used images (counted as lru-image), with no orphan_grace. */
     int is_cluster;
-    /* A step ends after the image (or orphan window) that takes it past this many
+    /* A step ends after the image (or the orphan) that takes it past this many
      * microseconds, so that one step never holds serve's loop long; 0: the batch's count
      * alone bounds it (offline gc). */
     uint64_t budget_us;

@@ -20,7 +20,7 @@ import urllib.parse
 url, path, logf, max_s = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 AFTER_S = 3.0
 u = urllib.parse.urlsplit(url)
-GC = re.compile(r'^time=(\S+) .*mod=gc msg="evicted (\d+) objects \((\d+) bytes\)"')
+GC = re.compile(r'^time=(\S+) .*mod=gc msg="evicted (\d+) objects \((\d+) bytes\)')
 REC = re.compile(r'^time=(\S+) .*mod=reconcile msg="done in (\d+) ms')
 
 
@@ -29,24 +29,37 @@ def ts(s):
         tzinfo=datetime.timezone.utc).timestamp()
 
 
-def scan():
-    first = last = rec_end = None
-    objs = nbytes = batches = 0
-    with open(logf, errors="replace") as f:
-        for line in f:
+class Scan:
+    """What the log says so far; each call reads only the lines added since the last (the
+    mirror logs every HEAD at info: a whole read per call grew with the run)."""
+    def __init__(self):
+        self.f = open(logf, errors="replace")
+        self.part = ""
+        self.first = self.last = self.rec_end = None
+        self.objs = self.nbytes = self.batches = 0
+
+    def __call__(self):
+        for line in self.f:
+            if not line.endswith("\n"):
+                self.part += line  # a line still being written: finished by the next read
+                break
+            line, self.part = self.part + line, ""
             m = GC.match(line)
             if m:
                 t = ts(m.group(1))
-                first = t if first is None else first
-                last = t
-                objs += int(m.group(2))
-                nbytes += int(m.group(3))
-                batches += 1
+                self.first = t if self.first is None else self.first
+                self.last = t
+                self.objs += int(m.group(2))
+                self.nbytes += int(m.group(3))
+                self.batches += 1
                 continue
             m = REC.match(line)
             if m:
-                rec_end = ts(m.group(1))
-    return first, last, objs, nbytes, batches, rec_end
+                self.rec_end = ts(m.group(1))
+        return self.first, self.last, self.objs, self.nbytes, self.batches, self.rec_end
+
+
+scan = Scan()
 
 
 def pct(v, p):

@@ -48,7 +48,12 @@ static const char *const rs_sql[RS_COUNT] = {
     [RS_DEL_MARK] = "DELETE FROM refs_scanned WHERE digest = ?1",
 };
 
-/* An index on tags(digest) serves cache/pins and the listing (which tags name an image). */
+/* An index on tags(digest) serves cache/pins and the listing (which tags name an image).
+ * objects_manifests serves RS_TOPS: the manifests in the order of use, from a cursor. Without
+ * it that walk went through every blob first (2.9 s at 1,000,000 blobs and no manifest, 13 s
+ * while eviction ran: the image tally's first step after the reconcile held the loop that
+ * long). A partial index: manifests are few; an older index.db gets it at the next start (one
+ * pass over the objects, 0.1 s at 1,000,000 rows here). */
 static const char refs_schema_sql[] =
     "CREATE TABLE IF NOT EXISTS refs("
     " parent TEXT NOT NULL,"
@@ -58,7 +63,9 @@ static const char refs_schema_sql[] =
     ") WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS refs_child ON refs(child);"
     "CREATE TABLE IF NOT EXISTS refs_scanned(digest TEXT PRIMARY KEY NOT NULL) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);";
+    "CREATE INDEX IF NOT EXISTS tags_digest ON tags(digest);"
+    "CREATE INDEX IF NOT EXISTS objects_manifests ON objects(last_access, digest) "
+    "WHERE kind = 'manifest';";
 
 struct rgm_refs {
     rgm_index_t *idx;

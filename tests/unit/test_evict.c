@@ -144,6 +144,23 @@ int main(void)
     int n;
 
     open_all();
+    {
+        /* the walk of the manifests by last use goes through their own index, not every blob */
+        sqlite3_stmt *st = NULL;
+        int uses = 0;
+
+        if (sqlite3_prepare_v2(rgm_index_db_read(idx),
+                               "EXPLAIN QUERY PLAN SELECT digest FROM objects WHERE kind = "
+                               "'manifest' AND (last_access, digest) > (0, '') "
+                               "ORDER BY last_access, digest LIMIT 8",
+                               -1, &st, NULL) == SQLITE_OK) {
+            while (sqlite3_step(st) == SQLITE_ROW)
+                uses |=
+                    strstr((const char *)sqlite3_column_text(st, 3), "objects_manifests") != NULL;
+        }
+        sqlite3_finalize(st);
+        ok(uses, "refs: manifests walked through objects_manifests");
+    }
     inuse = rgm_inuse_new();
     put_blob(10000, 'b', now - 90000, base);
     put_blob(100, '1', now - 90000, c1);

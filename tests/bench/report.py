@@ -252,8 +252,9 @@ def scale_sections(recs, P):
         for r in rs:
             n = r.get("conns") or 1
             d = (r.get("rss1_kib", 0) - r.get("rss0_kib", 0))
-            w0 = (r.get("without") or {}).get("req_per_s")
-            w1 = (r.get("with") or {}).get("req_per_s")
+            # jrec.py flattens the ab records into without_* / with_* keys
+            w0 = r.get("without_req_per_s", (r.get("without") or {}).get("req_per_s"))
+            w1 = r.get("with_req_per_s", (r.get("with") or {}).get("req_per_s"))
             rows.append([n, r.get("rss0_kib"), r.get("rss1_kib"), f"{d * 1024 / n:.0f}",
                          f(w0, 0), f(w1, 0), ratio(w1, w0)])
         P(table(["idle conns", "RSS before (KiB)", "RSS with (KiB)", "bytes/conn",

@@ -202,13 +202,8 @@ void rgm_fetch_mem_drop_head(rgm_fetch_t *f);
 
 /* The producer's pending append may complete: now (from the idle pass) or with the end. */
 void rgm_fetch_append_settle(rgm_fetch_t *f);
-/* The fetch ended: drop what waits in the queue and tell a lane out to stop (its batch and
- * what it landed are freed when it is back). */
-void rgm_fetch_queue_drop(rgm_fetch_t *f);
 /* From the idle pass: seal a tail still filling and send the lane out with it (no lane out). */
 void rgm_fetch_seal_due(rgm_fetch_t *f);
-/* Free the lanes' wake-up (the last fetch died). */
-void rgm_fetch_lanes_release(rgm_fetches_t *t);
 
 /* ---- fetch-read.c: readers and the idle pass ---- */
 

@@ -271,19 +271,6 @@ static void on_lane_work(uv_work_t *w)
 static void on_lanes_wake(uv_async_t *h);
 static void on_lane_done(uv_work_t *w, int status);
 
-static void on_lanes_closed(uv_handle_t *h)
-{
-    free(rgm_container_of((uv_async_t *)h, struct lanes, h));
-}
-
-void rgm_fetch_lanes_release(rgm_fetches_t *t)
-{
-    if (!t->lanes)
-        return;
-    uv_close((uv_handle_t *)&t->lanes->h, on_lanes_closed);
-    t->lanes = NULL;
-}
-
 /* Does a reader sending from memory (at or past mem_off) still need the oldest kept chunk? */
 static int mem_head_is_needed(const rgm_fetch_t *f)
 {
@@ -516,24 +503,6 @@ void rgm_fetch_seal_due(rgm_fetch_t *f)
     err = lane_start(f, 1);
     if (err < 0)
         rgm_fetch_fail_internal(f, err);
-}
-
-/* The fetch ended: what waits in the queue is dropped (a lane out stops after its batch; that
- * batch and what it landed are freed when it is back), and the spares. */
-void rgm_fetch_queue_drop(rgm_fetch_t *f)
-{
-    size_t pending;
-
-    uv_mutex_lock(&f->mu);
-    f->is_lane_stop = 1;
-    pending = f->q_len;
-    rgm_fetch_chunks_free(&f->q_head);
-    f->q_tail = NULL;
-    f->q_len = 0;
-    uv_mutex_unlock(&f->mu);
-    rgm_fetch_chunks_free(&f->spare);
-    f->queued -= pending;
-    f->t->queued -= pending;
 }
 
 /* ---- resuming a partial kept across a restart ---- */

@@ -56,6 +56,21 @@ static void on_idle_closed(uv_handle_t *h)
     free(rgm_container_of((uv_idle_t *)h, struct idle, h));
 }
 
+static void on_lanes_closed(uv_handle_t *h)
+{
+    free(rgm_container_of((uv_async_t *)h, struct lanes, h));
+}
+
+/* The lanes' wake-up (made by fetch-write.c when the first lane goes out), with the last
+ * fetch: no lane can be out then. */
+static void lanes_release(rgm_fetches_t *t)
+{
+    if (!t->lanes)
+        return;
+    uv_close((uv_handle_t *)&t->lanes->h, on_lanes_closed);
+    t->lanes = NULL;
+}
+
 static void idle_release(rgm_fetches_t *t)
 {
     if (!t->idle)
@@ -123,6 +138,24 @@ void rgm_fetch_chunks_recycle(rgm_fetch_t *f, struct chunk *list)
     }
 }
 
+/* The fetch ended: what waits in the queue is dropped (a lane out stops after its batch; that
+ * batch and what it landed are freed when it is back: fetch-write.c), and the spares. */
+static void queue_drop(rgm_fetch_t *f)
+{
+    size_t pending;
+
+    uv_mutex_lock(&f->mu);
+    f->is_lane_stop = 1;
+    pending = f->q_len;
+    rgm_fetch_chunks_free(&f->q_head);
+    f->q_tail = NULL;
+    f->q_len = 0;
+    uv_mutex_unlock(&f->mu);
+    rgm_fetch_chunks_free(&f->spare);
+    f->queued -= pending;
+    f->t->queued -= pending;
+}
+
 /* Drop the oldest kept chunk (recycled while more appends may come). */
 void rgm_fetch_mem_drop_head(rgm_fetch_t *f)
 {
@@ -174,7 +207,7 @@ void rgm_fetch_dispose(rgm_fetch_t *f)
         uv_mutex_destroy(&f->mu);
     if (--f->t->live == 0) {
         idle_release(f->t); /* nothing can be queued: queued fetches are alive */
-        rgm_fetch_lanes_release(f->t);
+        lanes_release(f->t);
     }
     free(f);
 }
@@ -221,7 +254,7 @@ void rgm_fetch_fail_internal(rgm_fetch_t *f, int err)
     mem_release(f);
     f->state = RGM_FETCH_FAILED;
     f->error = err < 0 ? err : UV_EIO;
-    rgm_fetch_queue_drop(f); /* a lane out comes back to on_lane_done */
+    queue_drop(f); /* a lane out comes back to on_lane_done */
     rgm_fetch_chunks_free(&f->win_head);
     f->win_tail = NULL;
     f->win_len = 0;

@@ -144,7 +144,9 @@ m.port = ports[0]
 m.start()
 mine = [d for d, i in far if i == 0]  # asked of replica 0, owned by replica 1
 # Until the restarted replica has a view of its peer it serves locally: keep asking (each poll
-# asks one blob the peer owns) until a forward or a probe has met the refused certificate.
+# asks the blobs the peer owns) until a forward or a probe has met the refused certificate.
+# The blobs' owners follow the ports, so in some runs replica 1 owns none of them (mine is
+# empty): then the probes alone mark the peer down.
 
 
 def peer_down():
@@ -154,11 +156,11 @@ def peer_down():
 
 
 try:
-    down = rgmtest.wait_for(peer_down, timeout=30, interval=0.5, what="the peer marked down")
+    down = rgmtest.wait_for(peer_down, timeout=60, interval=0.5, what="the peer marked down")
 except TimeoutError:
     down = False
-t.ok(mine and down, "without peer_server_name the peer's certificate (no address in it) is "
-     "refused: the peer is down")
+t.ok(down, "without peer_server_name the peer's certificate (no address in it) is "
+     "refused: the peer is down", diag=(len(mine), m.log_text()[-1500:]))
 m.stop()
 reps[1].stop()
 

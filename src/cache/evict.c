@@ -435,7 +435,8 @@ static int evict_by_access(const struct ctx *c, uint64_t need, uint64_t *freed, 
      * a later step, when those are gone */
     memset(&from, 0, sizeof(from));
     rc = rgm_refs_scan_orphans(e->refs, &from, c->now + 1, ORPHAN_SCAN, on_orphan, o);
-    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH && !is_out_of_time(c)) {
+    while (rc >= 0 && *freed < need && *removed < RGM_EVICT_BATCH &&
+           (i == 0 || !is_out_of_time(c))) { /* one candidate a step whatever the scan cost */
         const rgm_index_object_t *b;
 
         while (i < o->n && is_busy(e, o->obj[i].digest))
@@ -502,7 +503,9 @@ int rgm_evict_step(rgm_evict_t *e, const rgm_evict_opts_t *o)
         rc = evict_by_access(&c, need, &freed, &removed);
     else
         rc = evict_orphans(&c, need, &freed, &removed);
-    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH && !is_out_of_time(&c)) {
+    /* one image a step when the orphans freed nothing, whatever their scan cost */
+    while (rc >= 0 && freed < need && removed < RGM_EVICT_BATCH &&
+           (removed == 0 || !is_out_of_time(&c))) {
         rc = choose_image(&c, &after_ms, after_d, &best);
         if (rc <= 0)
             break;

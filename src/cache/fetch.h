@@ -140,8 +140,8 @@ uint64_t rgm_fetch_size(const rgm_fetch_t *f);
  * the fetch never had a file. */
 int rgm_fetch_fd(const rgm_fetch_t *f);
 /* What a reader at off may send now: 1 with *len bytes of the fd at off (sendfile them), 0
- * with *len bytes at *data (memory, valid until the loop runs on or another call into this
- * module other than this one; copy them:
+ * with *len bytes at *data (memory, valid until the loop runs on or until a call into this
+ * module other than rgm_fetch_peek; copy them:
  * the latest landed chunks, kept for readers that keep up, or the no-file window), *len 0 when
  * nothing is there yet; or UV_ENOBUFS when off fell out of the window (or the fetch failed and
  * freed it): cut the client. *len is 0 or more, never past rgm_fetch_readable. */
